@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The AIO engine: one libaio io_context per daemon.  Submissions are queued
+ * and sent with one io_submit() per loop iteration (from an ev_prepare
+ * watcher); completions are reaped from an eventfd (io_set_eventfd) watched
+ * by an ev_io.  Short transfers are resubmitted for the remainder; a
+ * transfer that makes no progress completes with -EIO.
+ *
+ * No allocation per operation: the caller embeds a struct vbd_aio_op (in a
+ * driver's io scratch) and keeps it and the iovec alive until done runs.
+ */
+#pragma once
+
+#include <libaio.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct ev_loop;
+struct vbd_aio;
+struct vbd_aio_op;
+
+/* res: bytes transferred (always the full length) or -errno. */
+typedef void (*vbd_aio_done_fn)(struct vbd_aio_op *op, ssize_t res);
+
+struct vbd_aio_op {
+        vbd_aio_done_fn done;
+        void *opaque;
+        /* private to aio.c */
+        struct iocb iocb;
+        struct vbd_aio_op *next;
+        struct iovec *iov;
+        int iovcnt;
+        int fd;
+        uint64_t offset, len, transferred;
+        struct iovec rest[2]; /* for resubmitting a short transfer */
+};
+
+/* max_inflight: the most operations ever in flight at once.  NULL + errno. */
+struct vbd_aio *vbd_aio_new(struct ev_loop *loop, unsigned max_inflight);
+void vbd_aio_free(struct vbd_aio *aio);
+
+/* Each calls op->done exactly once, possibly later in this loop iteration, never inline. */
+void vbd_aio_preadv(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct iovec *iov,
+                    int iovcnt, uint64_t offset);
+void vbd_aio_pwritev(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct iovec *iov,
+                     int iovcnt, uint64_t offset);
+void vbd_aio_fdatasync(struct vbd_aio *aio, struct vbd_aio_op *op, int fd);
+
+/* Operations submitted and not yet completed. */
+unsigned vbd_aio_inflight(const struct vbd_aio *aio);
