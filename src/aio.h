@@ -7,11 +7,24 @@
  * transfer that makes no progress completes with -EIO.
  *
  * No allocation per operation: the caller embeds a struct vbd_aio_op (in a
- * driver's io scratch) and keeps it and the iovec alive until done runs.
+ * driver's io scratch) and keeps it and the iovec alive until done runs.  The
+ * iovec is never modified; a short transfer is continued from op->rest.  An
+ * op may be reused (submitted again) from inside its own done callback.
+ *
+ * Submissions are flushed by an ev_prepare watcher; an op queued from another
+ * ev_prepare watcher that runs after it in the same iteration is flushed by an
+ * ev_idle watcher instead, so that nothing waits for an unrelated wakeup.
+ * The engine's own watchers do not keep ev_run() alive; operations in flight
+ * do (ev_ref while vbd_aio_inflight() > 0).
+ *
+ * fdatasync uses IOCB_CMD_FDSYNC.  If the kernel or file system refuses it
+ * (-EINVAL), this and every later fdatasync of this engine runs fdatasync(2)
+ * on a worker thread whose result comes back to the loop through ev_async.
  */
 #pragma once
 
 #include <libaio.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -34,6 +47,7 @@ struct vbd_aio_op {
         int fd;
         uint64_t offset, len, transferred;
         struct iovec rest[2]; /* for resubmitting a short transfer */
+        ssize_t result;       /* status of a completion waiting to be delivered */
 };
 
 /* max_inflight: the most operations ever in flight at once.  NULL + errno. */
@@ -47,5 +61,9 @@ void vbd_aio_pwritev(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct 
                      int iovcnt, uint64_t offset);
 void vbd_aio_fdatasync(struct vbd_aio *aio, struct vbd_aio_op *op, int fd);
 
-/* Operations submitted and not yet completed. */
+/* Operations submitted and not yet completed (queued, in the kernel, on the
+ * fdatasync thread, or waiting for their done callback). */
 unsigned vbd_aio_inflight(const struct vbd_aio *aio);
+
+/* True once IOCB_CMD_FDSYNC was refused and fdatasync runs on the worker thread. */
+bool vbd_aio_fdsync_threaded(const struct vbd_aio *aio);

@@ -68,18 +68,41 @@ struct vbd_opts {
 
 struct vbd_driver {
         unsigned abi; /* VBD_DRIVER_ABI */
+        /* name: the spec prefix ("raw").  description: one line for --help.
+         * usage: the spec syntax, e.g. "raw:PATH[,direct=on|off|auto]". */
         const char *name, *description, *usage;
         size_t state_size;      /* per image, zeroed, vbd_image_state() */
         size_t io_scratch_size; /* per io, io->scratch */
 
+        /*
+         * open: set up the image from o (o->arg and the key=value options,
+         * already checked against keys).  Open read-only when o->readonly.
+         * Returns 0 or -errno with err set (vbd_err_set).  o and its strings
+         * are valid only during the call.  On failure close() is not called,
+         * so open() undoes what it did.
+         */
         int (*open)(struct vbd_image *img, const struct vbd_opts *o, struct vbd_err *err);
+        /* get_info: called once after open; fills every field. 0 or -errno. */
         int (*get_info)(struct vbd_image *img, struct vbd_info *ret_info);
+        /* submit: start io (already validated by vbd_image_submit); complete it
+         * exactly once with vbd_io_complete(), inline or later. */
         void (*submit)(struct vbd_image *img, struct vbd_io *io);
+        /* close: undo open; never called with I/O in flight. */
         void (*close)(struct vbd_image *img);
+
+        /* Option keys accepted after the arg (NULL-terminated, NULL = none).
+         * The core rejects any other key and duplicates before open(). */
+        const char *const *keys;
 };
 
 /* Services the core gives drivers. */
 void *vbd_image_state(struct vbd_image *img);
-struct vbd_aio *vbd_image_aio(struct vbd_image *img);
-const char *vbd_image_name(struct vbd_image *img);
-void vbd_io_complete(struct vbd_io *io, int status);
+struct vbd_aio *vbd_image_aio(struct vbd_image *img); /* may be NULL (no AIO engine) */
+const char *vbd_image_name(struct vbd_image *img);    /* the spec, for messages */
+void vbd_io_complete(struct vbd_io *io, int status);  /* status 0 or -errno */
+
+/* Parse a size with optional K/M/G/T suffix (powers of 1024): 0, -EINVAL, -ERANGE. */
+int vbd_parse_size(const char *s, uint64_t *ret);
+
+/* The value of option key in o, or NULL when it was not given. */
+const char *vbd_opts_get(const struct vbd_opts *o, const char *key);
