@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * One virtual block device's data path: the connected ring, the request
+ * pool with its bounce buffers, grant copies in batches, the image.
+ *
+ * Requests are consumed when the event channel fires; WRITE data is
+ * grant-copied into bounce buffers in one batch per ring pass, then handed
+ * to the image.  Completions are collected, and once per loop iteration
+ * (an ev_prepare watcher) READ data is grant-copied out in one batch, the
+ * responses are pushed and the frontend notified at most once.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ring.h"
+
+struct ev_loop;
+struct vbd_xen;
+struct vbd_image;
+struct vbd;
+
+struct vbd_op_stats {
+        uint64_t requests, bytes, errors;
+};
+
+struct vbd_stats {
+        struct vbd_op_stats read, write, flush, other;
+        uint64_t bad_requests, grant_errors, notifies, batches;
+};
+
+/* Called once when the ring must be dropped (bogus ring): the owner disconnects. */
+typedef void (*vbd_fatal_fn)(void *opaque);
+
+struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
+                    uint32_t frontend_domid, bool readonly, vbd_fatal_fn fatal, void *opaque);
+void vbd_free(struct vbd *v); /* NULL-safe; disconnected only */
+
+/* Map the ring pages, bind the event channel, allocate the pool.  -errno. */
+int vbd_connect(struct vbd *v, const uint32_t *refs, unsigned nr_pages, uint32_t remote_port,
+                enum vbd_ring_abi abi);
+
+/*
+ * Stop taking requests; once every request in flight has completed and its
+ * response is pushed, unmap and unbind and call done (possibly inline).
+ * respond=false: the frontend is gone, drop responses instead.
+ */
+void vbd_disconnect(struct vbd *v, bool respond, void (*done)(void *opaque), void *opaque);
+
+bool vbd_is_connected(const struct vbd *v);
+unsigned vbd_inflight(const struct vbd *v);
+void vbd_get_stats(const struct vbd *v, struct vbd_stats *ret);

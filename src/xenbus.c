@@ -1,0 +1,447 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#define VBD_LOG_TOPIC "xenbus"
+#include <errno.h>
+#include <ev.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xen/io/blkif.h>
+#include <xen/io/xenbus.h>
+
+#include "image.h"
+#include "vbd.h"
+#include "vbd/log.h"
+#include "xen.h"
+#include "xenbus.h"
+
+#define PATH_LEN 256
+
+struct vbd_xenbus {
+        struct ev_loop *loop;
+        struct vbd_xen *xen;
+        struct vbd_image *img;
+        struct vbd *vbd;
+        struct vbd_xenbus_config cfg;
+        char be[PATH_LEN], fe[PATH_LEN], fe_state_path[PATH_LEN + 8];
+        enum xenbus_state state; /* ours, as last written */
+        bool disconnecting;      /* waiting for in-flight I/O to drain */
+        bool frontend_gone;      /* the frontend domain died */
+        bool stopping;           /* SIGTERM */
+        bool finished;
+        int exit_code;
+        ev_io xs_watcher;
+};
+
+static void xenbus_evaluate(struct vbd_xenbus *xb);
+
+static const char *state_name(enum xenbus_state s)
+{
+        static const char *const names[] = {"Unknown",     "Initialising",  "InitWait",
+                                            "Initialised", "Connected",     "Closing",
+                                            "Closed",      "Reconfiguring", "Reconfigured"};
+        return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "invalid";
+}
+
+static int switch_state(struct vbd_xenbus *xb, enum xenbus_state s)
+{
+        char v[4];
+        const char *kv[] = {"state", v, NULL};
+        int r;
+
+        if (xb->state == s)
+                return 0;
+        snprintf(v, sizeof(v), "%d", (int)s);
+        r = vbd_xs_write_all(xb->xen, xb->be, kv);
+        if (r < 0)
+                return vbd_log_errno(r, "cannot write backend state %s: %m", state_name(s));
+        vbd_debug("backend state %s -> %s", state_name(xb->state), state_name(s));
+        xb->state = s;
+        return 0;
+}
+
+static void finish(struct vbd_xenbus *xb, int code, const char *why)
+{
+        if (xb->finished)
+                return;
+        vbd_info("%s; exiting", why);
+        xb->finished = true;
+        xb->exit_code = code;
+        ev_io_stop(xb->loop, &xb->xs_watcher);
+        ev_break(xb->loop, EVBREAK_ALL);
+}
+
+static int publish(struct vbd_xenbus *xb)
+{
+        const struct vbd_info *info = vbd_image_info(xb->img);
+        char sectors[24], ssize[12], psize[12], vinfo[12], order[4];
+        bool flush = !xb->cfg.readonly && (info->caps & VBD_CAP_FLUSH);
+        const char *kv[] = {"sectors",
+                            sectors,
+                            "sector-size",
+                            ssize,
+                            "physical-sector-size",
+                            psize,
+                            "info",
+                            vinfo,
+                            "mode",
+                            xb->cfg.readonly ? "r" : "w",
+                            "feature-flush-cache",
+                            flush ? "1" : "0",
+                            "feature-barrier",
+                            flush ? "1" : "0",
+                            "max-ring-page-order",
+                            order,
+                            "hotplug-status",
+                            "connected",
+                            NULL};
+
+        snprintf(sectors, sizeof(sectors), "%" PRIu64, info->size / VBD_SECTOR_SIZE);
+        snprintf(ssize, sizeof(ssize), "%u", VBD_SECTOR_SIZE);
+        snprintf(psize, sizeof(psize), "%" PRIu32,
+                 info->physical_block ? info->physical_block : VBD_SECTOR_SIZE);
+        snprintf(vinfo, sizeof(vinfo), "%u", xb->cfg.readonly ? VDISK_READONLY : 0);
+        snprintf(order, sizeof(order), "%u", VBD_RING_MAX_ORDER);
+        return vbd_xs_write_all(xb->xen, xb->be, kv);
+}
+
+/* Read "<fe>/<name>" as an unsigned number <= max. */
+static int fe_uint(struct vbd_xenbus *xb, const char *name, unsigned long long max,
+                   unsigned long long *ret)
+{
+        char path[PATH_LEN + 32];
+
+        snprintf(path, sizeof(path), "%s/%s", xb->fe, name);
+        return vbd_xs_read_uint(xb->xen, path, max, ret);
+}
+
+static int bad_value(struct vbd_xenbus *xb, const char *name, int r)
+{
+        char path[PATH_LEN + 32], *v;
+
+        snprintf(path, sizeof(path), "%s/%s", xb->fe, name);
+        v = vbd_xs_read(xb->xen, path);
+        vbd_err("frontend published a bad %s '%.40s': %s", name, v ? v : "(missing)", strerror(-r));
+        free(v);
+        return r;
+}
+
+/* Read the frontend's ring description and connect. */
+static int connect_ring(struct vbd_xenbus *xb)
+{
+        uint32_t refs[1u << VBD_RING_MAX_ORDER];
+        unsigned long long order = 0, n;
+        enum vbd_ring_abi abi;
+        char path[PATH_LEN + 32], name[24], *proto;
+        int r;
+
+        r = fe_uint(xb, "ring-page-order", ~0ULL, &order);
+        if (r == -ENOENT)
+                order = 0;
+        else if (r < 0)
+                return bad_value(xb, "ring-page-order", r);
+        if (order > VBD_RING_MAX_ORDER) {
+                vbd_err("frontend asked for ring-page-order %llu, the most is %u", order,
+                        VBD_RING_MAX_ORDER);
+                return -EINVAL;
+        }
+        for (unsigned i = 0; i < (1u << order); i++) {
+                if (order == 0)
+                        snprintf(name, sizeof(name), "ring-ref");
+                else
+                        snprintf(name, sizeof(name), "ring-ref%u", i);
+                r = fe_uint(xb, name, UINT32_MAX, &n);
+                if (r == -ENOENT && order == 0) {
+                        snprintf(name, sizeof(name), "ring-ref0");
+                        r = fe_uint(xb, name, UINT32_MAX, &n);
+                }
+                if (r < 0)
+                        return bad_value(xb, name, r);
+                refs[i] = (uint32_t)n;
+        }
+        r = fe_uint(xb, "event-channel", UINT32_MAX, &n);
+        if (r < 0)
+                return bad_value(xb, "event-channel", r);
+
+        snprintf(path, sizeof(path), "%s/protocol", xb->fe);
+        proto = vbd_xs_read(xb->xen, path);
+        if (!proto && errno != ENOENT)
+                return vbd_log_errno(errno, "cannot read the frontend protocol: %m");
+        r = vbd_ring_parse_abi(proto, &abi);
+        if (r < 0) {
+                vbd_err("frontend asked for unknown protocol '%.40s'", proto);
+                free(proto);
+                return r;
+        }
+        free(proto);
+        return vbd_connect(xb->vbd, refs, 1u << order, (uint32_t)n, abi);
+}
+
+/* The frontend's state, or Unknown if it is missing or garbage. */
+static enum xenbus_state frontend_state(struct vbd_xenbus *xb)
+{
+        unsigned long long s;
+        int r = vbd_xs_read_uint(xb->xen, xb->fe_state_path, XenbusStateReconfigured, &s);
+
+        if (r == -ENOENT)
+                return XenbusStateUnknown;
+        if (r < 0) {
+                vbd_warn("frontend state is not a xenbus state: treating it as closed");
+                return XenbusStateClosed;
+        }
+        return (enum xenbus_state)s;
+}
+
+static void disconnected(void *opaque)
+{
+        struct vbd_xenbus *xb = opaque;
+
+        xb->disconnecting = false;
+        if (xb->frontend_gone) {
+                finish(xb, 0, "frontend domain is gone");
+                return;
+        }
+        if (xb->stopping) {
+                (void)switch_state(xb, XenbusStateClosed);
+                finish(xb, 0, "stopped");
+                return;
+        }
+        xenbus_evaluate(xb);
+}
+
+static void start_disconnect(struct vbd_xenbus *xb, bool respond)
+{
+        if (xb->disconnecting)
+                return;
+        xb->disconnecting = true;
+        vbd_disconnect(xb->vbd, respond, disconnected, xb);
+}
+
+/* The ring was found bogus: drop it and tell the frontend to go away. */
+static void ring_fatal(void *opaque)
+{
+        struct vbd_xenbus *xb = opaque;
+
+        (void)switch_state(xb, XenbusStateClosing);
+        start_disconnect(xb, true);
+}
+
+static void xenbus_evaluate(struct vbd_xenbus *xb)
+{
+        unsigned long long online = 1;
+        enum xenbus_state fe;
+        char path[PATH_LEN + 16];
+        int r;
+
+        if (xb->finished || xb->disconnecting)
+                return;
+
+        r = vbd_xs_exists(xb->xen, xb->be);
+        if (r == 0) {
+                if (vbd_is_connected(xb->vbd)) {
+                        start_disconnect(xb, true);
+                        return;
+                }
+                finish(xb, 0, "backend directory removed by the toolstack");
+                return;
+        }
+        snprintf(path, sizeof(path), "%s/online", xb->be);
+        if (vbd_xs_read_uint(xb->xen, path, 1, &online) < 0)
+                online = 1;
+
+        fe = frontend_state(xb);
+        vbd_debug("evaluate: backend %s, frontend %s, online %llu", state_name(xb->state),
+                  state_name(fe), online);
+
+        if (vbd_is_connected(xb->vbd)) {
+                if (fe == XenbusStateInitialised || fe == XenbusStateConnected)
+                        return;
+                /* Frontend closing, closed, gone or restarting: drain and drop the ring. */
+                start_disconnect(xb, true);
+                return;
+        }
+
+        switch (fe) {
+        case XenbusStateInitialised:
+        case XenbusStateConnected:
+                if (xb->state != XenbusStateInitWait)
+                        break;
+                r = connect_ring(xb);
+                if (r < 0) {
+                        vbd_err("cannot connect the ring: %s; closing the device", strerror(-r));
+                        (void)switch_state(xb, XenbusStateClosing);
+                        return;
+                }
+                (void)switch_state(xb, XenbusStateConnected);
+                return;
+        case XenbusStateInitialising:
+        case XenbusStateInitWait:
+                if (online && (xb->state == XenbusStateClosed || xb->state == XenbusStateClosing)) {
+                        vbd_info("frontend restarted: waiting for it to connect");
+                        (void)switch_state(xb, XenbusStateInitWait);
+                        return;
+                }
+                break;
+        case XenbusStateClosing:
+                (void)switch_state(xb, XenbusStateClosing);
+                return;
+        default: /* Closed, Unknown, and states that make no sense for blkif */
+                if (xb->state == XenbusStateConnected || xb->state == XenbusStateClosing)
+                        (void)switch_state(xb, XenbusStateClosed);
+                break;
+        }
+
+        if (!online && (fe == XenbusStateClosed || fe == XenbusStateUnknown ||
+                        fe == XenbusStateInitialising || xb->state != XenbusStateConnected))
+                finish(xb, 0, "detached by the toolstack");
+}
+
+static void check_frontend_domain(struct vbd_xenbus *xb)
+{
+        int alive = vbd_xen_domain_alive(xb->xen, xb->cfg.domid);
+
+        if (alive != 0)
+                return; /* alive, or we cannot tell */
+        vbd_info("frontend domain %" PRIu32 " is dying or gone", xb->cfg.domid);
+        xb->frontend_gone = true;
+        if (vbd_is_connected(xb->vbd)) {
+                xb->disconnecting = false; /* restart the disconnect without responses */
+                start_disconnect(xb, false);
+                return;
+        }
+        if (!xb->disconnecting)
+                finish(xb, 0, "frontend domain is gone");
+}
+
+static void xs_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct vbd_xenbus *xb = w->data;
+        const char *path, *token;
+        bool evaluate = false, release = false;
+
+        while (vbd_xs_next_event(xb->xen, &path, &token) > 0) {
+                if (strcmp(token, "rel") == 0)
+                        release = true;
+                else
+                        evaluate = true;
+        }
+        if (release)
+                check_frontend_domain(xb);
+        if (evaluate)
+                xenbus_evaluate(xb);
+}
+
+struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
+                                  const struct vbd_xenbus_config *cfg)
+{
+        struct vbd_xenbus *xb = calloc(1, sizeof(*xb));
+        char path[PATH_LEN + 32], *fe = NULL;
+        unsigned long long fe_id;
+        int r;
+
+        if (!xb)
+                return NULL;
+        xb->loop = loop;
+        xb->xen = x;
+        xb->img = img;
+        xb->cfg = *cfg;
+        xb->state = XenbusStateUnknown;
+        snprintf(xb->be, sizeof(xb->be),
+                 "/local/domain/%" PRIu32 "/backend/%s/%" PRIu32 "/%" PRIu32, cfg->backend_domid,
+                 cfg->type, cfg->domid, cfg->devid);
+
+        r = vbd_xs_exists(x, xb->be);
+        if (r <= 0) {
+                r = r ? r : -ENOENT;
+                vbd_log_errno(r, "backend directory %s: %m (the toolstack creates it first)",
+                              xb->be);
+                goto fail;
+        }
+        snprintf(path, sizeof(path), "%s/frontend-id", xb->be);
+        r = vbd_xs_read_uint(x, path, UINT16_MAX, &fe_id);
+        if (r < 0 || fe_id != cfg->domid) {
+                r = r < 0 ? r : -EINVAL;
+                vbd_log_errno(r, "%s does not name domain %" PRIu32 ": %m", path, cfg->domid);
+                goto fail;
+        }
+        snprintf(path, sizeof(path), "%s/frontend", xb->be);
+        fe = vbd_xs_read(x, path);
+        if (!fe || fe[0] != '/' || strlen(fe) >= sizeof(xb->fe)) {
+                r = fe ? -EINVAL : -errno;
+                vbd_log_errno(r, "bad or missing %s: %m", path);
+                goto fail;
+        }
+        snprintf(xb->fe, sizeof(xb->fe), "%s", fe);
+        snprintf(xb->fe_state_path, sizeof(xb->fe_state_path), "%s/state", xb->fe);
+        free(fe);
+        fe = NULL;
+
+        xb->vbd = vbd_new(loop, x, img, cfg->domid, cfg->readonly, ring_fatal, xb);
+        if (!xb->vbd) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = publish(xb);
+        if (r < 0) {
+                vbd_log_errno(r, "cannot publish the disk in %s: %m", xb->be);
+                goto fail;
+        }
+        r = switch_state(xb, XenbusStateInitWait);
+        if (r < 0)
+                goto fail;
+
+        ev_io_init(&xb->xs_watcher, xs_cb, vbd_xs_fd(x), EV_READ);
+        xb->xs_watcher.data = xb;
+        ev_io_start(loop, &xb->xs_watcher);
+        if ((r = vbd_xs_watch(x, xb->be, "be")) < 0 ||
+            (r = vbd_xs_watch(x, xb->fe_state_path, "fe")) < 0 ||
+            (r = vbd_xs_watch(x, "@releaseDomain", "rel")) < 0) {
+                vbd_log_errno(r, "cannot set xenstore watches: %m");
+                goto fail;
+        }
+        vbd_info("backend %s ready for frontend %s (%s)", xb->be, xb->fe,
+                 cfg->readonly ? "read-only" : "read-write");
+        return xb;
+fail:
+        free(fe);
+        vbd_xenbus_free(xb);
+        errno = -r;
+        return NULL;
+}
+
+void vbd_xenbus_shutdown(struct vbd_xenbus *xb)
+{
+        if (xb->finished)
+                return;
+        xb->stopping = true;
+        if (vbd_is_connected(xb->vbd)) {
+                (void)switch_state(xb, XenbusStateClosing);
+                xb->disconnecting = false;
+                start_disconnect(xb, true);
+                return;
+        }
+        if (!xb->disconnecting) {
+                (void)switch_state(xb, XenbusStateClosed);
+                finish(xb, 0, "stopped");
+        }
+}
+
+bool vbd_xenbus_finished(const struct vbd_xenbus *xb)
+{
+        return xb->finished;
+}
+
+int vbd_xenbus_exit_code(const struct vbd_xenbus *xb)
+{
+        return xb->exit_code;
+}
+
+void vbd_xenbus_free(struct vbd_xenbus *xb)
+{
+        if (!xb)
+                return;
+        if (ev_is_active(&xb->xs_watcher))
+                ev_io_stop(xb->loop, &xb->xs_watcher);
+        vbd_free(xb->vbd);
+        free(xb);
+}

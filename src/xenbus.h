@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The backend side of the xenbus handshake for one VBD (see
+ * xen/io/xenbus.h and xen/io/blkif.h): publishes the disk, follows the
+ * frontend's state, connects and disconnects the ring, notices detaching
+ * (backend directory removed, or online=0 once the frontend has closed) and
+ * the death of the frontend domain.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct ev_loop;
+struct vbd_xen;
+struct vbd_image;
+struct vbd_xenbus;
+
+struct vbd_xenbus_config {
+        uint32_t domid, devid, backend_domid;
+        const char *type; /* backend directory name, "vbd3" */
+        bool readonly;
+};
+
+/* Publishes the disk and enters InitWait.  NULL + errno, logged. */
+struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
+                                  const struct vbd_xenbus_config *cfg);
+void vbd_xenbus_free(struct vbd_xenbus *xb);
+
+/* Graceful stop (SIGTERM): drain, answer what is in flight, state Closed. */
+void vbd_xenbus_shutdown(struct vbd_xenbus *xb);
+
+/* Set once the VBD's job is over and the loop should end. */
+bool vbd_xenbus_finished(const struct vbd_xenbus *xb);
+int vbd_xenbus_exit_code(const struct vbd_xenbus *xb);
