@@ -17,6 +17,9 @@
 #define REQ_MAX_BYTES (VBD_RING_MAX_SEGMENTS * VBD_PAGE_SIZE)
 #define MAX_PASSES    8 /* ring passes per loop iteration before yielding */
 
+/* Kinds of malformed requests, each with its own log rate limit. */
+enum bad_kind { BAD_READONLY, BAD_SEGMENTS, BAD_SECTORS, BAD_RANGE, BAD_OP, _BAD_MAX };
+
 enum req_phase { PHASE_FREE, PHASE_BARRIER_WAIT, PHASE_IO, PHASE_FLUSH_AFTER, PHASE_DONE };
 
 struct vbd_req {
@@ -70,7 +73,8 @@ struct vbd {
         xengnttab_grant_copy_segment_t *copy;
         struct vbd_req **copy_reqs;
 
-        struct vbd_ratelimit rl;
+        struct vbd_ratelimit rl;               /* I/O and grant errors */
+        struct vbd_ratelimit rl_bad[_BAD_MAX]; /* per kind: one flood can't hide another */
         struct vbd_stats stats;
 };
 
@@ -96,6 +100,8 @@ struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *i
         v->fatal = fatal;
         v->fatal_opaque = opaque;
         v->rl = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 10);
+        for (unsigned i = 0; i < _BAD_MAX; i++)
+                v->rl_bad[i] = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 5);
         ev_prepare_init(&v->flush_watcher, vbd_flush_cb);
         ev_set_priority(&v->flush_watcher, EV_MAXPRI);
         v->flush_watcher.data = v;
@@ -358,10 +364,11 @@ static void req_submit(struct vbd *v, struct vbd_req *rq)
         vbd_image_submit(v->img, &rq->io);
 }
 
-static void bad_request(struct vbd *v, const struct vbd_ring_req *req, const char *why)
+static void bad_request(struct vbd *v, const struct vbd_ring_req *req, enum bad_kind kind,
+                        const char *why)
 {
         v->stats.bad_requests++;
-        if (vbd_ratelimit_ok(&v->rl))
+        if (vbd_ratelimit_ok(&v->rl_bad[kind]))
                 vbd_warn("bad request id %" PRIu64 " op %u: %s", req->id, req->operation, why);
 }
 
@@ -375,18 +382,18 @@ static int req_validate_rw(struct vbd *v, const struct vbd_ring_req *req, struct
         unsigned min = req->operation == BLKIF_OP_WRITE_BARRIER ? 0 : 1;
 
         if (req->operation != BLKIF_OP_READ && v->readonly) {
-                bad_request(v, req, "write to a read-only disk");
+                bad_request(v, req, BAD_READONLY, "write to a read-only disk");
                 return -EROFS;
         }
         if (req->nr_segments < min || req->nr_segments > VBD_RING_MAX_SEGMENTS) {
-                bad_request(v, req, "nr_segments out of range");
+                bad_request(v, req, BAD_SEGMENTS, "nr_segments out of range");
                 return -EINVAL;
         }
         for (unsigned i = 0; i < req->nr_segments; i++) {
                 const struct vbd_ring_seg *s = &req->seg[i];
                 if (s->first_sect > s->last_sect ||
                     s->last_sect >= VBD_PAGE_SIZE / VBD_SECTOR_SIZE) {
-                        bad_request(v, req, "bad segment sector range");
+                        bad_request(v, req, BAD_SECTORS, "bad segment sector range");
                         return -EINVAL;
                 }
                 rq->seg[i] = *s;
@@ -394,7 +401,7 @@ static int req_validate_rw(struct vbd *v, const struct vbd_ring_req *req, struct
         }
         if (req->sector_number > size / VBD_SECTOR_SIZE ||
             len > size - req->sector_number * VBD_SECTOR_SIZE) {
-                bad_request(v, req, "sector range past the end of the disk");
+                bad_request(v, req, BAD_RANGE, "sector range past the end of the disk");
                 return -EINVAL;
         }
         rq->nr_segs = req->nr_segments;
@@ -522,7 +529,7 @@ static bool consume(struct vbd *v)
                         req_submit(v, rq);
                         break;
                 default:
-                        bad_request(v, &req, "unsupported operation");
+                        bad_request(v, &req, BAD_OP, "unsupported operation");
                         req_finish(rq, -EOPNOTSUPP);
                         break;
                 }

@@ -31,6 +31,7 @@ struct vbd_xenbus {
         bool finished;
         int exit_code;
         ev_io xs_watcher;
+        struct vbd_ratelimit rl; /* messages the guest can repeat at will */
 };
 
 static void xenbus_evaluate(struct vbd_xenbus *xb);
@@ -186,7 +187,8 @@ static enum xenbus_state frontend_state(struct vbd_xenbus *xb)
         if (r == -ENOENT)
                 return XenbusStateUnknown;
         if (r < 0) {
-                vbd_warn("frontend state is not a xenbus state: treating it as closed");
+                if (vbd_ratelimit_ok(&xb->rl))
+                        vbd_warn("frontend state is not a xenbus state: treating it as closed");
                 return XenbusStateClosed;
         }
         return (enum xenbus_state)s;
@@ -267,8 +269,7 @@ static void xenbus_evaluate(struct vbd_xenbus *xb)
                 if (xb->state != XenbusStateInitWait)
                         break;
                 r = connect_ring(xb);
-                if (r < 0) {
-                        vbd_err("cannot connect the ring: %s; closing the device", strerror(-r));
+                if (r < 0) { /* connect_ring said why */
                         (void)switch_state(xb, XenbusStateClosing);
                         return;
                 }
@@ -346,6 +347,7 @@ struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struc
         xb->img = img;
         xb->cfg = *cfg;
         xb->state = XenbusStateUnknown;
+        xb->rl = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 5);
         snprintf(xb->be, sizeof(xb->be),
                  "/local/domain/%" PRIu32 "/backend/%s/%" PRIu32 "/%" PRIu32, cfg->backend_domid,
                  cfg->type, cfg->domid, cfg->devid);
