@@ -672,7 +672,8 @@ static int do_read(struct req *r)
                 return rc;
         if (n->value_len > sizeof(r->reply))
                 return -E2BIG;
-        memcpy(r->reply, n->value, n->value_len);
+        if (n->value_len)
+                memcpy(r->reply, n->value, n->value_len);
         r->reply_len = n->value_len;
         return 0;
 }
