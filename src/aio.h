@@ -52,9 +52,18 @@ struct vbd_aio_op {
 
 /* max_inflight: the most operations ever in flight at once.  NULL + errno. */
 struct vbd_aio *vbd_aio_new(struct ev_loop *loop, unsigned max_inflight);
+/* NULL-safe.  Call with vbd_aio_inflight() == 0: ops still queued are dropped
+ * (with a warning), ops in the kernel are waited for, neither calls done. */
 void vbd_aio_free(struct vbd_aio *aio);
 
-/* Each calls op->done exactly once, possibly later in this loop iteration, never inline. */
+/*
+ * Each calls op->done exactly once, on the loop thread, from one of the
+ * engine's watchers (possibly later in this loop iteration), never inline.
+ * res is the full length on success (len 0 completes with 0), -EIO when a
+ * transfer stops short (end of file), or the -errno from the kernel; bad
+ * arguments (iovcnt < 0 or > IOV_MAX, overflowing lengths) give -EINVAL.
+ * op->done must be set; fd, iov and the buffers must stay valid until done.
+ */
 void vbd_aio_preadv(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct iovec *iov,
                     int iovcnt, uint64_t offset);
 void vbd_aio_pwritev(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct iovec *iov,
