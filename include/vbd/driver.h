@@ -53,15 +53,15 @@ struct vbd_err {
 };
 
 int vbd_err_set(struct vbd_err *err, int code, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 struct vbd_image;
 struct vbd_aio;
 
 /* Parsed image options: "driver:arg[,key=value...]" (see image.c). */
 struct vbd_opts {
-        const char *arg;      /* the part after "driver:" up to the first ',' */
-        bool readonly;        /* the VBD is read-only: open for reading only */
+        const char *arg; /* the part after "driver:" up to the first ',' */
+        bool readonly;   /* the VBD is read-only: open for reading only */
         unsigned nkeys;
         const char *const *keys, *const *values;
 };

@@ -1,0 +1,389 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * raw: a regular file or a block device, byte for byte.
+ *
+ *   raw:PATH[,direct=on|off|auto]
+ *
+ * direct=auto (default) opens with O_DIRECT and falls back to buffered I/O
+ * when the file system refuses it (EINVAL); on requires O_DIRECT, off never
+ * uses it.  With O_DIRECT a second, buffered descriptor of the same file
+ * serves the requests O_DIRECT cannot take (offset, length or buffers not
+ * aligned as statx(STATX_DIOALIGN) says; without that, 512 bytes for
+ * offset/length and 4096 for memory are assumed).
+ *
+ * READ/WRITE and FLUSH go through the AIO engine; a FUA write is a write
+ * followed by fdatasync.  DISCARD and WRITE_ZEROES are fallocate() on files
+ * and BLKDISCARD/BLKZEROOUT on block devices: synchronous system calls on
+ * the loop thread, completed inline.
+ */
+#define VBD_LOG_TOPIC "drv.raw"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "aio.h"
+#include "vbd/driver.h"
+#include "vbd/log.h"
+
+#define RAW_DEFAULT_DIO_OFFSET_ALIGN 512
+#define RAW_DEFAULT_DIO_MEM_ALIGN    4096
+#define RAW_ZERO_CHUNK               65536
+
+enum raw_direct {
+        RAW_DIRECT_AUTO,
+        RAW_DIRECT_ON,
+        RAW_DIRECT_OFF,
+};
+
+struct raw_state {
+        int fd;  /* O_DIRECT when direct, else buffered */
+        int bfd; /* buffered; == fd when !direct */
+        bool direct, blockdev, readonly;
+        uint64_t size;
+        uint32_t logical_block, physical_block, discard_granularity;
+        uint32_t dio_offset_align, dio_mem_align;
+        struct vbd_aio *aio;
+};
+
+/* Per-io scratch. */
+struct raw_io {
+        struct vbd_aio_op op;
+        struct vbd_io *io;
+        struct raw_state *s;
+};
+
+/* Source of zeroes for WRITE_ZEROES when the file system cannot zero a range. */
+static char raw_zeroes[RAW_ZERO_CHUNK] __attribute__((aligned(4096)));
+
+static const char *const raw_keys[] = {"direct", NULL};
+
+static bool is_pow2(uint32_t v)
+{
+        return v && !(v & (v - 1));
+}
+
+static int raw_parse_direct(const char *v, enum raw_direct *ret)
+{
+        if (!v || strcmp(v, "auto") == 0)
+                *ret = RAW_DIRECT_AUTO;
+        else if (strcmp(v, "on") == 0)
+                *ret = RAW_DIRECT_ON;
+        else if (strcmp(v, "off") == 0)
+                *ret = RAW_DIRECT_OFF;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+/* Alignment O_DIRECT needs on fd. */
+static void raw_dio_align(struct raw_state *s)
+{
+        s->dio_offset_align = RAW_DEFAULT_DIO_OFFSET_ALIGN;
+        s->dio_mem_align = RAW_DEFAULT_DIO_MEM_ALIGN;
+        if (s->logical_block > s->dio_offset_align)
+                s->dio_offset_align = s->logical_block;
+#ifdef STATX_DIOALIGN
+        struct statx stx;
+
+        if (statx(s->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+            (stx.stx_mask & STATX_DIOALIGN) && is_pow2(stx.stx_dio_offset_align) &&
+            is_pow2(stx.stx_dio_mem_align)) {
+                s->dio_offset_align = stx.stx_dio_offset_align;
+                s->dio_mem_align = stx.stx_dio_mem_align;
+        }
+#endif
+}
+
+static int raw_blockdev_geometry(struct raw_state *s, const char *path, struct vbd_err *err)
+{
+        uint64_t size;
+        int lbs;
+        unsigned int pbs;
+
+        if (ioctl(s->bfd, BLKGETSIZE64, &size) < 0)
+                return vbd_err_set(err, -errno, "raw: BLKGETSIZE64 on '%s': %s", path,
+                                   strerror(errno));
+        if (ioctl(s->bfd, BLKSSZGET, &lbs) < 0)
+                return vbd_err_set(err, -errno, "raw: BLKSSZGET on '%s': %s", path,
+                                   strerror(errno));
+        if (lbs < 512 || !is_pow2((uint32_t)lbs))
+                return vbd_err_set(err, -EINVAL, "raw: '%s' has logical block size %d", path, lbs);
+        s->logical_block = (uint32_t)lbs;
+        if (ioctl(s->bfd, BLKPBSZGET, &pbs) < 0 || !is_pow2(pbs) || pbs < (unsigned)lbs)
+                pbs = (unsigned)lbs;
+        s->physical_block = pbs;
+        s->discard_granularity = pbs;
+        s->size = size - size % s->logical_block;
+        return 0;
+}
+
+static int raw_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_err *err)
+{
+        struct raw_state *s = vbd_image_state(img);
+        const char *path = o->arg;
+        enum raw_direct direct;
+        struct stat st, dst;
+        int flags, r;
+
+        s->fd = s->bfd = -1;
+        if (!path || !*path)
+                return vbd_err_set(err, -EINVAL, "raw: missing path (raw:PATH)");
+        if (raw_parse_direct(vbd_opts_get(o, "direct"), &direct) < 0)
+                return vbd_err_set(err, -EINVAL, "raw: direct=%.32s: expected on, off or auto",
+                                   vbd_opts_get(o, "direct"));
+        s->aio = vbd_image_aio(img);
+        if (!s->aio)
+                return vbd_err_set(err, -EINVAL, "raw: no AIO engine given");
+        s->readonly = o->readonly;
+
+        flags = (o->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY;
+        s->bfd = open(path, flags);
+        if (s->bfd < 0)
+                return vbd_err_set(err, -errno, "raw: cannot open '%s'%s: %s", path,
+                                   o->readonly ? "" : " for writing", strerror(errno));
+        if (fstat(s->bfd, &st) < 0) {
+                r = vbd_err_set(err, -errno, "raw: fstat '%s': %s", path, strerror(errno));
+                goto fail;
+        }
+        if (S_ISBLK(st.st_mode)) {
+                s->blockdev = true;
+                r = raw_blockdev_geometry(s, path, err);
+                if (r < 0)
+                        goto fail;
+        } else if (S_ISREG(st.st_mode)) {
+                s->logical_block = 512;
+                s->physical_block = 4096;
+                if (is_pow2((uint32_t)st.st_blksize) && st.st_blksize >= 512 &&
+                    st.st_blksize <= 65536)
+                        s->physical_block = (uint32_t)st.st_blksize;
+                s->discard_granularity = s->physical_block;
+                s->size = (uint64_t)st.st_size;
+                if (s->size % s->logical_block) {
+                        vbd_warn("'%s': size %llu is not a multiple of %u, exposing %llu bytes",
+                                 path, (unsigned long long)s->size, s->logical_block,
+                                 (unsigned long long)(s->size - s->size % s->logical_block));
+                        s->size -= s->size % s->logical_block;
+                }
+        } else {
+                r = vbd_err_set(err, -EINVAL, "raw: '%s' is not a regular file or block device",
+                                path);
+                goto fail;
+        }
+
+        s->fd = s->bfd;
+        if (direct != RAW_DIRECT_OFF) {
+                int dfd = open(path, flags | O_DIRECT);
+
+                if (dfd < 0 && (errno != EINVAL || direct == RAW_DIRECT_ON)) {
+                        r = vbd_err_set(err, -errno, "raw: cannot open '%s' with O_DIRECT: %s",
+                                        path, strerror(errno));
+                        goto fail;
+                }
+                if (dfd < 0) {
+                        vbd_info("'%s': O_DIRECT not supported here, using buffered I/O", path);
+                } else if (fstat(dfd, &dst) < 0 || dst.st_dev != st.st_dev ||
+                           dst.st_ino != st.st_ino) {
+                        close(dfd);
+                        r = vbd_err_set(err, -ESTALE, "raw: '%s' was replaced while opening", path);
+                        goto fail;
+                } else {
+                        s->fd = dfd;
+                        s->direct = true;
+                        raw_dio_align(s);
+                }
+        }
+        vbd_debug("'%s': %llu bytes, %s, %s I/O (dio align offset %u mem %u)", path,
+                  (unsigned long long)s->size, s->blockdev ? "block device" : "file",
+                  s->direct ? "direct" : "buffered", s->dio_offset_align, s->dio_mem_align);
+        return 0;
+
+fail:
+        close(s->bfd);
+        s->fd = s->bfd = -1;
+        return r;
+}
+
+static int raw_get_info(struct vbd_image *img, struct vbd_info *ret_info)
+{
+        struct raw_state *s = vbd_image_state(img);
+        uint32_t mem_align = RAW_DEFAULT_DIO_MEM_ALIGN;
+
+        if (s->direct && s->dio_mem_align > mem_align)
+                mem_align = s->dio_mem_align;
+        *ret_info = (struct vbd_info){
+            .size = s->size,
+            .caps = VBD_CAP_FLUSH,
+            .logical_block = s->logical_block,
+            .physical_block = s->physical_block,
+            .mem_align = mem_align,
+            .max_io = 0,
+            .discard_granularity = s->discard_granularity,
+            .discard_alignment = 0,
+        };
+        if (!s->readonly)
+                ret_info->caps |=
+                    VBD_CAP_WRITE | VBD_CAP_FUA | VBD_CAP_DISCARD | VBD_CAP_WRITE_ZEROES;
+        return 0;
+}
+
+/* Can O_DIRECT take this request? */
+static bool raw_dio_ok(const struct raw_state *s, const struct vbd_io *io)
+{
+        if (!s->direct)
+                return false;
+        if (io->offset % s->dio_offset_align || io->len % s->dio_offset_align)
+                return false;
+        for (unsigned i = 0; i < io->iovcnt; i++)
+                if ((uintptr_t)io->iov[i].iov_base % s->dio_mem_align ||
+                    io->iov[i].iov_len % s->dio_offset_align)
+                        return false;
+        return true;
+}
+
+static struct raw_io *raw_io_of(struct vbd_aio_op *op)
+{
+        return (struct raw_io *)((char *)op - offsetof(struct raw_io, op));
+}
+
+static void raw_flush_done(struct vbd_aio_op *op, ssize_t res)
+{
+        struct raw_io *rio = raw_io_of(op);
+
+        vbd_io_complete(rio->io, res < 0 ? (int)res : 0);
+}
+
+static void raw_rw_done(struct vbd_aio_op *op, ssize_t res)
+{
+        struct raw_io *rio = raw_io_of(op);
+        struct vbd_io *io = rio->io;
+
+        if (res >= 0 && io->op == VBD_OP_WRITE && (io->flags & VBD_IO_FUA)) {
+                op->done = raw_flush_done;
+                vbd_aio_fdatasync(rio->s->aio, op, rio->s->fd);
+                return;
+        }
+        vbd_io_complete(io, res < 0 ? (int)res : 0);
+}
+
+/* Write zeroes with plain writes, when the file system cannot zero a range. */
+static int raw_write_zero_buffers(struct raw_state *s, uint64_t offset, uint64_t len)
+{
+        while (len) {
+                size_t n = len < sizeof(raw_zeroes) ? (size_t)len : sizeof(raw_zeroes);
+                ssize_t w = pwrite(s->bfd, raw_zeroes, n, (off_t)offset);
+
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w < 0)
+                        return -errno;
+                if (w == 0)
+                        return -EIO;
+                offset += (uint64_t)w;
+                len -= (uint64_t)w;
+        }
+        return 0;
+}
+
+static int raw_fallocate(struct raw_state *s, int mode, uint64_t offset, uint64_t len)
+{
+        return fallocate(s->fd, mode, (off_t)offset, (off_t)len) < 0 ? -errno : 0;
+}
+
+static int raw_discard(struct raw_state *s, uint64_t offset, uint64_t len)
+{
+        if (s->blockdev) {
+                uint64_t range[2] = {offset, len};
+
+                return ioctl(s->fd, BLKDISCARD, range) < 0 ? -errno : 0;
+        }
+        return raw_fallocate(s, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+}
+
+static int raw_write_zeroes(struct raw_state *s, uint64_t offset, uint64_t len, bool may_unmap)
+{
+        int r = -EOPNOTSUPP;
+
+        if (s->blockdev) {
+                uint64_t range[2] = {offset, len};
+
+                r = ioctl(s->fd, BLKZEROOUT, range) < 0 ? -errno : 0;
+        } else {
+                if (may_unmap)
+                        r = raw_fallocate(s, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+                                          len);
+                if (r == -EOPNOTSUPP)
+                        r = raw_fallocate(s, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset,
+                                          len);
+        }
+        if (r == -EOPNOTSUPP || r == -ENOTTY)
+                r = raw_write_zero_buffers(s, offset, len);
+        return r;
+}
+
+static void raw_submit(struct vbd_image *img, struct vbd_io *io)
+{
+        struct raw_state *s = vbd_image_state(img);
+        struct raw_io *rio = io->scratch;
+        int fd;
+
+        rio->io = io;
+        rio->s = s;
+        switch (io->op) {
+        case VBD_OP_READ:
+        case VBD_OP_WRITE:
+                fd = raw_dio_ok(s, io) ? s->fd : s->bfd;
+                rio->op.done = raw_rw_done;
+                if (io->op == VBD_OP_READ)
+                        vbd_aio_preadv(s->aio, &rio->op, fd, io->iov, (int)io->iovcnt, io->offset);
+                else
+                        vbd_aio_pwritev(s->aio, &rio->op, fd, io->iov, (int)io->iovcnt, io->offset);
+                return;
+        case VBD_OP_FLUSH:
+                rio->op.done = raw_flush_done;
+                vbd_aio_fdatasync(s->aio, &rio->op, s->fd);
+                return;
+        case VBD_OP_DISCARD:
+                /* Synchronous: fallocate/ioctl block the loop for their duration. */
+                vbd_io_complete(io, raw_discard(s, io->offset, io->len));
+                return;
+        case VBD_OP_WRITE_ZEROES:
+                vbd_io_complete(
+                    io, raw_write_zeroes(s, io->offset, io->len, io->flags & VBD_IO_MAY_UNMAP));
+                return;
+        default:
+                vbd_io_complete(io, -EOPNOTSUPP);
+                return;
+        }
+}
+
+static void raw_close(struct vbd_image *img)
+{
+        struct raw_state *s = vbd_image_state(img);
+
+        if (s->fd >= 0 && s->fd != s->bfd)
+                close(s->fd);
+        if (s->bfd >= 0)
+                close(s->bfd);
+        s->fd = s->bfd = -1;
+}
+
+const struct vbd_driver vbd_driver_raw = {
+    .abi = VBD_DRIVER_ABI,
+    .name = "raw",
+    .description = "a regular file or block device, byte for byte",
+    .usage = "raw:PATH[,direct=on|off|auto]",
+    .state_size = sizeof(struct raw_state),
+    .io_scratch_size = sizeof(struct raw_io),
+    .open = raw_open,
+    .get_info = raw_get_info,
+    .submit = raw_submit,
+    .close = raw_close,
+    .keys = raw_keys,
+};
