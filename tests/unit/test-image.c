@@ -1,0 +1,528 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * image.c: spec parsing (good and bad specs, through the real registry and
+ * through a mock driver that records what it was given), the dispatcher's
+ * rejection rules one by one, and the null driver.
+ */
+#include <limits.h>
+#include <stdint.h>
+
+#include "image.h"
+#include "unit-test.h"
+
+/* ---- a mock driver --------------------------------------------------- */
+
+static struct {
+        struct vbd_info info; /* what get_info reports */
+        int open_ret;
+        /* what open saw */
+        char arg[256];
+        bool readonly;
+        unsigned nkeys;
+        char keys[VBD_IMAGE_KEYS_MAX][32], values[VBD_IMAGE_KEYS_MAX][32];
+        int submits, closes;
+        struct vbd_io *last;
+} mock;
+
+static const char *const mock_keys[] = {"k0",  "k1",  "k2",  "k3",  "k4",  "k5",  "k6",
+                                        "k7",  "k8",  "k9",  "k10", "k11", "k12", "k13",
+                                        "k14", "k15", "k16", "k17", NULL};
+
+static int mock_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_err *err)
+{
+        snprintf(mock.arg, sizeof(mock.arg), "%s", o->arg);
+        mock.readonly = o->readonly;
+        mock.nkeys = o->nkeys;
+        for (unsigned i = 0; i < o->nkeys && i < VBD_IMAGE_KEYS_MAX; i++) {
+                snprintf(mock.keys[i], sizeof(mock.keys[i]), "%s", o->keys[i]);
+                snprintf(mock.values[i], sizeof(mock.values[i]), "%s", o->values[i]);
+        }
+        if (mock.open_ret < 0)
+                return vbd_err_set(err, mock.open_ret, "mock: refused");
+        return 0;
+}
+
+static int mock_get_info(struct vbd_image *img, struct vbd_info *ret_info)
+{
+        *ret_info = mock.info;
+        return 0;
+}
+
+static void mock_submit(struct vbd_image *img, struct vbd_io *io)
+{
+        mock.submits++;
+        mock.last = io;
+        vbd_io_complete(io, 0);
+}
+
+static void mock_close(struct vbd_image *img)
+{
+        mock.closes++;
+}
+
+static const struct vbd_driver mock_driver = {
+    .abi = VBD_DRIVER_ABI,
+    .name = "mock",
+    .description = "test double",
+    .state_size = 64,
+    .io_scratch_size = 32,
+    .open = mock_open,
+    .get_info = mock_get_info,
+    .submit = mock_submit,
+    .close = mock_close,
+    .keys = mock_keys,
+};
+
+#define MB (1024ULL * 1024)
+
+static void mock_reset(void)
+{
+        memset(&mock, 0, sizeof(mock));
+        mock.info = (struct vbd_info){
+            .size = MB,
+            .caps = VBD_CAP_WRITE | VBD_CAP_FLUSH | VBD_CAP_FUA | VBD_CAP_DISCARD |
+                    VBD_CAP_WRITE_ZEROES,
+            .logical_block = 4096,
+            .physical_block = 4096,
+            .mem_align = 512,
+            .max_io = 65536,
+        };
+}
+
+/* ---- specs ----------------------------------------------------------- */
+
+static void test_parse_size(void)
+{
+        static const struct {
+                const char *s;
+                int ret;
+                uint64_t v;
+        } cases[] = {
+            {"0", 0, 0},
+            {"512", 0, 512},
+            {"1k", 0, 1024},
+            {"1K", 0, 1024},
+            {"3M", 0, 3 * MB},
+            {"10G", 0, 10ULL << 30},
+            {"2t", 0, 2ULL << 40},
+            {"18446744073709551615", 0, UINT64_MAX},
+            {"18446744073709551616", -ERANGE, 0},
+            {"16777216T", -ERANGE, 0},
+            {"16777215T", 0, 16777215ULL << 40},
+            {"", -EINVAL, 0},
+            {"M", -EINVAL, 0},
+            {"-1", -EINVAL, 0},
+            {" 1", -EINVAL, 0},
+            {"1 ", -EINVAL, 0},
+            {"1MB", -EINVAL, 0},
+            {"1X", -EINVAL, 0},
+            {"0x10", -EINVAL, 0},
+            {"1.5G", -EINVAL, 0},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                uint64_t v = 777;
+                int r = vbd_parse_size(cases[i].s, &v);
+
+                if (r != cases[i].ret)
+                        fprintf(stderr, "parse_size('%s') = %d\n", cases[i].s, r);
+                CHECK_EQ(r, cases[i].ret);
+                if (r == 0)
+                        CHECK(v == cases[i].v);
+                else
+                        CHECK_EQ(v, 777); /* untouched on error */
+        }
+        CHECK_EQ(vbd_parse_size(NULL, &(uint64_t){0}), -EINVAL);
+}
+
+static void test_bad_specs(void)
+{
+        static char overlong[VBD_IMAGE_SPEC_MAX + 100];
+        static const struct {
+                const char *spec;
+                bool mock;
+                int code;
+                const char *msg; /* substring of err.msg */
+        } cases[] = {
+            {"", false, -EINVAL, "empty image spec"},
+            {"null", false, -EINVAL, "expected DRIVER:ARG"},
+            {":1M", false, -EINVAL, "missing driver name"},
+            {"nosuch:1", false, -ENOENT, "unknown image driver 'nosuch'"},
+            {"nosuch:1", false, -ENOENT, "compiled in: "},
+            {"Null:1M", false, -EINVAL, "bad driver name"},
+            {"nu ll:1M", false, -EINVAL, "bad driver name"},
+            {"null:1M,foo=bar", false, -EINVAL, "null: unknown option 'foo' (options: none)"},
+            {"null:1M,", false, -EINVAL, "empty option"},
+            {"null:1M,,", false, -EINVAL, "empty option"},
+            {"null:1M,direct", false, -EINVAL, "'direct' needs a value"},
+            {"null:1M,=x", false, -EINVAL, "option without a name"},
+            {"null:", false, -EINVAL, "null: missing size"},
+            {"null:1X", false, -EINVAL, "null: bad size '1X'"},
+            {"null:100", false, -EINVAL, "not a positive multiple of 512"},
+            {"null:0", false, -EINVAL, "not a positive multiple of 512"},
+            {"null:99999999999999999999", false, -ERANGE, "bad size"},
+            {"null:8388608T", false, -EFBIG, "too large"},
+            {"raw:", false, -EINVAL, "raw: missing path"},
+            {"raw:/nonexistent,direct=maybe", false, -EINVAL, "direct=maybe: expected on"},
+            {"raw:/x,direct=on,direct=off", false, -EINVAL, "option 'direct' given twice"},
+            {"raw:/x,size=1", false, -EINVAL, "unknown option 'size' (options: direct)"},
+            {"raw:/x", false, -EINVAL, "raw: no AIO engine"},
+            {"null:1M", true, -EINVAL, "is not for driver 'mock'"},
+            {"mock:a,k1=1,k1=2", true, -EINVAL, "option 'k1' given twice"},
+            {"mock:a,k0=0,k1=1,k2=2,k3=3,k4=4,k5=5,k6=6,k7=7,k8=8,k9=9,k10=10,k11=11,"
+             "k12=12,k13=13,k14=14,k15=15,k16=16",
+             true, -E2BIG, "more than 16 options"},
+            {overlong, false, -ENAMETOOLONG, "longer than 4096"},
+        };
+
+        memset(overlong, 'a', sizeof(overlong) - 1);
+        memcpy(overlong, "null:", 5);
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct vbd_err err = {0};
+                struct vbd_image *img;
+
+                mock_reset();
+                errno = 0;
+                if (cases[i].mock)
+                        img = vbd_image_open_driver(&mock_driver, cases[i].spec, false, NULL, &err);
+                else
+                        img = vbd_image_open(cases[i].spec, false, NULL, &err);
+                if (img || err.code != cases[i].code || !strstr(err.msg, cases[i].msg))
+                        fprintf(stderr, "spec '%.40s': code %d msg '%s'\n", cases[i].spec, err.code,
+                                err.msg);
+                CHECK(img == NULL);
+                CHECK_EQ(err.code, cases[i].code);
+                CHECK_EQ(errno, -cases[i].code);
+                CHECK(strstr(err.msg, cases[i].msg) != NULL);
+                CHECK_EQ(mock.closes, 0);
+                vbd_image_close(img);
+        }
+}
+
+static void test_good_specs(void)
+{
+        static const struct {
+                const char *spec;
+                const char *arg;
+                unsigned nkeys;
+                const char *kv[3][2];
+        } cases[] = {
+            {"mock:x", "x", 0, {{0}}},
+            {"mock:", "", 0, {{0}}},
+            {"mock:/dev/disk/by-path/pci-0000:00:1f.2-ata-1",
+             "/dev/disk/by-path/pci-0000:00:1f.2-ata-1",
+             0,
+             {{0}}},
+            {"mock:a:b:c,k1=v1", "a:b:c", 1, {{"k1", "v1"}}},
+            {"mock:x,k2=v=2,k1=,k3=:", "x", 3, {{"k2", "v=2"}, {"k1", ""}, {"k3", ":"}}},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct vbd_err err = {0};
+                struct vbd_image *img;
+
+                mock_reset();
+                img = vbd_image_open_driver(&mock_driver, cases[i].spec, true, NULL, &err);
+                if (!img)
+                        fprintf(stderr, "spec '%s': %s\n", cases[i].spec, err.msg);
+                CHECK(img != NULL);
+                CHECK_EQ(err.code, 0);
+                CHECK(strcmp(mock.arg, cases[i].arg) == 0);
+                CHECK(mock.readonly);
+                CHECK_EQ(mock.nkeys, cases[i].nkeys);
+                for (unsigned k = 0; k < cases[i].nkeys && k < 3; k++) {
+                        CHECK(strcmp(mock.keys[k], cases[i].kv[k][0]) == 0);
+                        CHECK(strcmp(mock.values[k], cases[i].kv[k][1]) == 0);
+                }
+                if (img) {
+                        CHECK(strcmp(vbd_image_name(img), cases[i].spec) == 0);
+                        CHECK(vbd_image_readonly(img));
+                        /* read-only masks the write-side caps whatever the driver says */
+                        CHECK_EQ(vbd_image_info(img)->caps, VBD_CAP_FLUSH);
+                        CHECK_EQ(vbd_image_io_scratch_size(img), 32);
+                        CHECK(vbd_image_state(img) != NULL);
+                        CHECK(vbd_image_aio(img) == NULL);
+                }
+                vbd_image_close(img);
+                CHECK_EQ(mock.closes, img ? 1 : 0);
+        }
+
+        /* A driver whose open fails: its message is kept, close is not called. */
+        struct vbd_err err = {0};
+        mock_reset();
+        mock.open_ret = -EACCES;
+        CHECK(vbd_image_open_driver(&mock_driver, "mock:x", false, NULL, &err) == NULL);
+        CHECK_EQ(err.code, -EACCES);
+        CHECK(strcmp(err.msg, "mock: refused") == 0);
+        CHECK_EQ(mock.closes, 0);
+
+        /* Bad info from a driver is caught, and the image closed. */
+        mock_reset();
+        mock.info.logical_block = 1000;
+        CHECK(vbd_image_open_driver(&mock_driver, "mock:x", false, NULL, &err) == NULL);
+        CHECK(strstr(err.msg, "bad logical block size 1000") != NULL);
+        CHECK_EQ(mock.closes, 1);
+        mock_reset();
+        mock.info.size = MB + 512;
+        CHECK(vbd_image_open_driver(&mock_driver, "mock:x", false, NULL, &err) == NULL);
+        CHECK(strstr(err.msg, "not a multiple of the block size") != NULL);
+        CHECK_EQ(mock.closes, 1);
+
+        /* Real registry, real drivers. */
+        struct vbd_image *img = vbd_image_open("null:10G", false, NULL, &err);
+        CHECK(img != NULL);
+        if (img) {
+                const struct vbd_info *info = vbd_image_info(img);
+
+                CHECK(info->size == 10ULL << 30);
+                CHECK_EQ(info->logical_block, 512);
+                CHECK_EQ(info->caps, VBD_CAP_WRITE | VBD_CAP_FLUSH | VBD_CAP_FUA | VBD_CAP_DISCARD |
+                                         VBD_CAP_WRITE_ZEROES);
+        }
+        vbd_image_close(img);
+        vbd_image_close(NULL);
+        CHECK(vbd_image_find_driver("null") != NULL);
+        CHECK(vbd_image_find_driver("raw") != NULL);
+        CHECK(vbd_image_find_driver("mock") == NULL);
+}
+
+/* ---- the dispatcher -------------------------------------------------- */
+
+struct done_rec {
+        int calls, status;
+};
+
+static void rec_done(struct vbd_io *io, int status)
+{
+        struct done_rec *d = io->opaque;
+
+        d->calls++;
+        d->status = status;
+}
+
+static void test_dispatcher(void)
+{
+        enum { IOV_OK, IOV_NONE, IOV_NULL, IOV_SHORT, IOV_LONG, IOV_TOO_MANY, IOV_SPLIT };
+        static const struct {
+                const char *what;
+                bool readonly;
+                uint32_t drop_caps;
+                int op;
+                uint32_t flags;
+                uint64_t offset, len;
+                int iov;
+                int expect; /* 1: reaches the driver (which returns 0) */
+        } cases[] = {
+            {"read", false, 0, VBD_OP_READ, 0, 0, 4096, IOV_OK, 1},
+            {"read last block", false, 0, VBD_OP_READ, 0, MB - 4096, 4096, IOV_OK, 1},
+            {"read max_io, 3 segments", false, 0, VBD_OP_READ, 0, 0, 65536, IOV_SPLIT, 1},
+            {"write fua", false, 0, VBD_OP_WRITE, VBD_IO_FUA, 4096, 8192, IOV_OK, 1},
+            {"flush", false, 0, VBD_OP_FLUSH, 0, 0, 0, IOV_NONE, 1},
+            {"flush read-only", true, 0, VBD_OP_FLUSH, 0, 0, 0, IOV_NONE, 1},
+            {"read read-only", true, 0, VBD_OP_READ, 0, 0, 4096, IOV_OK, 1},
+            {"discard", false, 0, VBD_OP_DISCARD, 0, 0, MB, IOV_NONE, 1},
+            {"write-zeroes unmap", false, 0, VBD_OP_WRITE_ZEROES, VBD_IO_MAY_UNMAP, 8192, 4096,
+             IOV_NONE, 1},
+            {"discard len 0", false, 0, VBD_OP_DISCARD, 0, 4096, 0, IOV_NONE, 0},
+            {"write-zeroes len 0", false, 0, VBD_OP_WRITE_ZEROES, 0, 0, 0, IOV_NONE, 0},
+
+            {"bad op", false, 0, 99, 0, 0, 4096, IOV_OK, -EINVAL},
+            {"negative op", false, 0, -1, 0, 0, 4096, IOV_OK, -EINVAL},
+            {"unknown flag", false, 0, VBD_OP_WRITE, 1 << 7, 0, 4096, IOV_OK, -EINVAL},
+            {"fua on read", false, 0, VBD_OP_READ, VBD_IO_FUA, 0, 4096, IOV_OK, -EINVAL},
+            {"unmap on write", false, 0, VBD_OP_WRITE, VBD_IO_MAY_UNMAP, 0, 4096, IOV_OK, -EINVAL},
+            {"write read-only", true, 0, VBD_OP_WRITE, 0, 0, 4096, IOV_OK, -EROFS},
+            {"discard read-only", true, 0, VBD_OP_DISCARD, 0, 0, 4096, IOV_NONE, -EROFS},
+            {"zeroes read-only", true, 0, VBD_OP_WRITE_ZEROES, 0, 0, 4096, IOV_NONE, -EROFS},
+            {"write no cap", false, VBD_CAP_WRITE, VBD_OP_WRITE, 0, 0, 4096, IOV_OK, -EOPNOTSUPP},
+            {"flush no cap", false, VBD_CAP_FLUSH, VBD_OP_FLUSH, 0, 0, 0, IOV_NONE, -EOPNOTSUPP},
+            {"discard no cap", false, VBD_CAP_DISCARD, VBD_OP_DISCARD, 0, 0, 4096, IOV_NONE,
+             -EOPNOTSUPP},
+            {"zeroes no cap", false, VBD_CAP_WRITE_ZEROES, VBD_OP_WRITE_ZEROES, 0, 0, 4096,
+             IOV_NONE, -EOPNOTSUPP},
+            {"fua no cap", false, VBD_CAP_FUA, VBD_OP_WRITE, VBD_IO_FUA, 0, 4096, IOV_OK,
+             -EOPNOTSUPP},
+            {"flush with len", false, 0, VBD_OP_FLUSH, 0, 0, 4096, IOV_NONE, -EINVAL},
+            {"flush with offset", false, 0, VBD_OP_FLUSH, 0, 4096, 0, IOV_NONE, -EINVAL},
+            {"flush with iov", false, 0, VBD_OP_FLUSH, 0, 0, 0, IOV_OK, -EINVAL},
+            {"past end", false, 0, VBD_OP_READ, 0, MB, 4096, IOV_OK, -EINVAL},
+            {"straddles end", false, 0, VBD_OP_READ, 0, MB - 4096, 8192, IOV_OK, -EINVAL},
+            {"offset overflow", false, 0, VBD_OP_READ, 0, UINT64_MAX - 4095, 8192, IOV_OK, -EINVAL},
+            {"discard overflow", false, 0, VBD_OP_DISCARD, 0, 4096, UINT64_MAX - 4095, IOV_NONE,
+             -EINVAL},
+            {"len > size", false, 0, VBD_OP_DISCARD, 0, 0, 2 * MB, IOV_NONE, -EINVAL},
+            {"offset unaligned", false, 0, VBD_OP_READ, 0, 512, 4096, IOV_OK, -EINVAL},
+            {"len unaligned", false, 0, VBD_OP_WRITE, 0, 0, 4096 + 512, IOV_OK, -EINVAL},
+            {"discard unaligned", false, 0, VBD_OP_DISCARD, 0, 0, 512, IOV_NONE, -EINVAL},
+            {"read len 0", false, 0, VBD_OP_READ, 0, 0, 0, IOV_NONE, -EINVAL},
+            {"write len 0", false, 0, VBD_OP_WRITE, 0, 0, 0, IOV_NONE, -EINVAL},
+            {"len > max_io", false, 0, VBD_OP_READ, 0, 0, 65536 + 4096, IOV_OK, -EINVAL},
+            {"iov short", false, 0, VBD_OP_WRITE, 0, 0, 8192, IOV_SHORT, -EINVAL},
+            {"iov long", false, 0, VBD_OP_READ, 0, 0, 8192, IOV_LONG, -EINVAL},
+            {"iov missing", false, 0, VBD_OP_READ, 0, 0, 4096, IOV_NONE, -EINVAL},
+            {"iov NULL", false, 0, VBD_OP_READ, 0, 0, 4096, IOV_NULL, -EINVAL},
+            {"iovcnt > IOV_MAX", false, 0, VBD_OP_READ, 0, 0, 4096, IOV_TOO_MANY, -EINVAL},
+            {"discard with iov", false, 0, VBD_OP_DISCARD, 0, 0, 4096, IOV_OK, -EINVAL},
+        };
+        static unsigned char buf[2 * 65536];
+        static struct iovec many[IOV_MAX + 1];
+        unsigned char scratch[32];
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct vbd_err err = {0};
+                struct done_rec d = {0};
+                struct vbd_image *img;
+                struct iovec iov[3];
+                struct vbd_io io = {
+                    .op = (enum vbd_op)cases[i].op,
+                    .flags = cases[i].flags,
+                    .offset = cases[i].offset,
+                    .len = cases[i].len,
+                    .done = rec_done,
+                    .opaque = &d,
+                    .scratch = scratch,
+                };
+
+                mock_reset();
+                mock.info.caps &= ~cases[i].drop_caps;
+                img = vbd_image_open_driver(&mock_driver, "mock:x", cases[i].readonly, NULL, &err);
+                REQUIRE(img);
+                switch (cases[i].iov) {
+                case IOV_OK:
+                        iov[0] = (struct iovec){buf, (size_t)cases[i].len};
+                        io.iov = iov;
+                        io.iovcnt = 1;
+                        break;
+                case IOV_NONE:
+                        break;
+                case IOV_NULL:
+                        io.iovcnt = 1;
+                        break;
+                case IOV_SHORT:
+                case IOV_LONG:
+                        iov[0] = (struct iovec){buf, 4096};
+                        iov[1] =
+                            (struct iovec){buf + 4096, cases[i].iov == IOV_SHORT ? 2048 : 8192};
+                        io.iov = iov;
+                        io.iovcnt = 2;
+                        break;
+                case IOV_TOO_MANY:
+                        for (int k = 0; k <= IOV_MAX; k++)
+                                many[k] = (struct iovec){buf, k == 0 ? 4096 : 0};
+                        io.iov = many;
+                        io.iovcnt = IOV_MAX + 1;
+                        break;
+                case IOV_SPLIT:
+                        iov[0] = (struct iovec){buf, 512};
+                        iov[1] = (struct iovec){buf + 512, 65536 - 1024};
+                        iov[2] = (struct iovec){buf + 65536 - 512, 512};
+                        io.iov = iov;
+                        io.iovcnt = 3;
+                        break;
+                }
+                vbd_image_submit(img, &io);
+                if (d.calls != 1 || (cases[i].expect <= 0 && d.status != cases[i].expect) ||
+                    mock.submits != (cases[i].expect == 1))
+                        fprintf(stderr, "case '%s': calls %d status %d submits %d\n", cases[i].what,
+                                d.calls, d.status, mock.submits);
+                CHECK_EQ(d.calls, 1); /* exactly once, inline */
+                CHECK_EQ(mock.submits, cases[i].expect == 1 ? 1 : 0);
+                CHECK_EQ(d.status, cases[i].expect == 1 ? 0 : cases[i].expect);
+                if (cases[i].expect == 1)
+                        CHECK(mock.last == &io);
+                vbd_image_close(img);
+        }
+}
+
+/* ---- the null driver and the rest ------------------------------------ */
+
+static void test_null(void)
+{
+        static unsigned char buf[65536];
+        struct iovec iov[2] = {{buf, 4096}, {buf + 4096, 65536 - 4096}};
+        struct vbd_err err = {0};
+        struct done_rec d = {0};
+        struct vbd_io io = {.done = rec_done, .opaque = &d};
+        struct vbd_image *img;
+
+        img = vbd_image_open("null:1M", false, NULL, &err);
+        REQUIRE(img);
+        memset(buf, 0xaa, sizeof(buf));
+        io.op = VBD_OP_READ;
+        io.offset = MB - 65536;
+        io.len = 65536;
+        io.iov = iov;
+        io.iovcnt = 2;
+        vbd_image_submit(img, &io);
+        CHECK_EQ(d.calls, 1);
+        CHECK_EQ(d.status, 0);
+        for (size_t i = 0; i < sizeof(buf); i++)
+                if (buf[i]) {
+                        CHECK(!"null read returned non-zero data");
+                        break;
+                }
+        memset(buf, 0x55, sizeof(buf));
+        io.op = VBD_OP_WRITE;
+        io.flags = VBD_IO_FUA;
+        vbd_image_submit(img, &io);
+        CHECK_EQ(d.calls, 2);
+        CHECK_EQ(d.status, 0);
+        CHECK_EQ(buf[0], 0x55); /* writes leave the buffer alone */
+        vbd_image_close(img);
+
+        img = vbd_image_open("null:1M", true, NULL, &err);
+        REQUIRE(img);
+        CHECK_EQ(vbd_image_info(img)->caps, VBD_CAP_FLUSH);
+        io.flags = 0;
+        vbd_image_submit(img, &io);
+        CHECK_EQ(d.calls, 3);
+        CHECK_EQ(d.status, -EROFS);
+        vbd_image_close(img);
+}
+
+static void test_misc(void)
+{
+        static const struct {
+                int op;
+                const char *name;
+        } names[] = {
+            {VBD_OP_READ, "read"},
+            {VBD_OP_WRITE, "write"},
+            {VBD_OP_FLUSH, "flush"},
+            {VBD_OP_DISCARD, "discard"},
+            {VBD_OP_WRITE_ZEROES, "write-zeroes"},
+            {_VBD_OP_MAX, "unknown"},
+            {-3, "unknown"},
+        };
+        struct vbd_err err = {0};
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f;
+
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                CHECK(strcmp(vbd_op_name((enum vbd_op)names[i].op), names[i].name) == 0);
+
+        CHECK_EQ(vbd_err_set(&err, EIO, "x %d", 5), -EIO); /* positive codes are negated */
+        CHECK_EQ(err.code, -EIO);
+        CHECK(strcmp(err.msg, "x 5") == 0);
+        CHECK_EQ(vbd_err_set(NULL, -ENOENT, "nothing"), -ENOENT);
+
+        f = open_memstream(&text, &size);
+        REQUIRE(f);
+        vbd_image_list_drivers(f);
+        fclose(f);
+        CHECK(strstr(text, "raw") && strstr(text, "raw:PATH[,direct=on|off|auto]"));
+        CHECK(strstr(text, "null") && strstr(text, "reads zeroes"));
+        free(text);
+}
+
+int main(void)
+{
+        test_parse_size();
+        test_bad_specs();
+        test_good_specs();
+        test_dispatcher();
+        test_null();
+        test_misc();
+        return unit_result("test-image");
+}
