@@ -1,0 +1,1498 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The simulated blkfront: a guest domain's block frontend on the simulated
+ * hypervisor, talking to vbdd-sim through xenstore, a shared ring in granted
+ * guest pages and an event channel.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xenevtchn.h>
+#include <xenstore.h>
+
+#include "simfront.h"
+#include "simfront-internal.h"
+#include "simxen.h"
+
+/* Barriers for the ring macros (x86-TSO and others alike). */
+#undef xen_mb
+#undef xen_rmb
+#undef xen_wmb
+#define xen_mb()  __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define xen_rmb() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define xen_wmb() __atomic_thread_fence(__ATOMIC_RELEASE)
+
+#define MAX_RING_ORDER 4
+#define MAX_RING_PAGES (1u << MAX_RING_ORDER)
+#define WAIT_SLICE_MS  50
+
+enum io_state { IO_FREE, IO_OWNED, IO_INFLIGHT };
+
+struct slot {
+        struct simfront_io io;
+        enum io_state state;
+        uint16_t gen;
+        uint8_t granted; /* per-request grants held (in gref_rw[]) */
+};
+
+struct raw_grant {
+        uint32_t pfn, gref;
+        bool ended;
+};
+
+struct simfront {
+        struct simfront_env *env;
+        struct simxen *sx;
+        struct xs_handle *xsh;
+        struct simfront_opts o;
+        char fe[256], be[256];
+        char err[512];
+        int (*check)(void *opaque);
+        void *check_opaque;
+        bool watching;
+        struct simfront_disk disk;
+        bool prepared, connected;
+
+        unsigned ring_order, ring_pages;
+        uint32_t ring_pfn[MAX_RING_PAGES], ring_gref[MAX_RING_PAGES];
+        unsigned ring_granted, ring_allocated;
+        blkif_sring_t *sring;
+        blkif_front_ring_t ring;
+
+        xenevtchn_handle *xce;
+        evtchn_port_t port;
+        bool port_bound;
+        int evfd;
+
+        unsigned nr_slots, segs;
+        struct slot *slots;
+        unsigned *free_stack, nr_free;
+        void **pages;                /* nr_slots * segs */
+        uint32_t *pfns;              /* nr_slots * segs */
+        uint32_t *gref_rw, *gref_ro; /* per-request mode: gref_rw = current grants */
+        unsigned pages_allocated, grants_rw, grants_ro;
+        bool pregranted;
+        unsigned inflight;
+
+        struct raw_grant *raw;
+        unsigned nr_raw;
+
+        struct simfront_stats st;
+};
+
+static int seterr(struct simfront *fe, int r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int seterr(struct simfront *fe, int r, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(fe->err, sizeof(fe->err), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+const char *simfront_errmsg(struct simfront *fe)
+{
+        return fe->err;
+}
+
+void simfront_set_check(struct simfront *fe, int (*check)(void *opaque), void *opaque)
+{
+        fe->check = check;
+        fe->check_opaque = opaque;
+}
+
+const char *simfront_frontend_path(struct simfront *fe)
+{
+        return fe->fe;
+}
+
+const char *simfront_backend_path(struct simfront *fe)
+{
+        return fe->be;
+}
+
+const struct simfront_disk *simfront_disk(struct simfront *fe)
+{
+        return &fe->disk;
+}
+
+uint64_t simfront_size(struct simfront *fe)
+{
+        return fe->disk.sectors * SIMFRONT_SECTOR;
+}
+
+unsigned simfront_ring_size(struct simfront *fe)
+{
+        return fe->nr_slots;
+}
+
+unsigned simfront_inflight(struct simfront *fe)
+{
+        return fe->inflight;
+}
+
+bool simfront_connected(struct simfront *fe)
+{
+        return fe->connected;
+}
+
+void simfront_get_stats(struct simfront *fe, struct simfront_stats *ret)
+{
+        *ret = fe->st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* xenstore, as the guest */
+
+int simfront_xs_write(struct simfront *fe, const char *key, const char *value)
+{
+        char path[512];
+
+        snprintf(path, sizeof(path), "%s/%s", fe->fe, key);
+        if (!xs_write(fe->xsh, XBT_NULL, path, value, strlen(value)))
+                return seterr(fe, -errno, "xenstore write %s: %s", path, strerror(errno));
+        return 0;
+}
+
+int simfront_xs_rm(struct simfront *fe, const char *key)
+{
+        char path[512];
+
+        snprintf(path, sizeof(path), "%s/%s", fe->fe, key);
+        if (!xs_rm(fe->xsh, XBT_NULL, path) && errno != ENOENT)
+                return seterr(fe, -errno, "xenstore rm %s: %s", path, strerror(errno));
+        return 0;
+}
+
+char *simfront_xs_read_backend(struct simfront *fe, const char *key)
+{
+        char path[512];
+        unsigned len;
+
+        snprintf(path, sizeof(path), "%s/%s", fe->be, key);
+        return xs_read(fe->xsh, XBT_NULL, path, &len);
+}
+
+int simfront_set_state(struct simfront *fe, int state)
+{
+        char v[16];
+
+        snprintf(v, sizeof(v), "%d", state);
+        return simfront_xs_write(fe, "state", v);
+}
+
+/* Parse an unsigned decimal; -EINVAL on garbage. */
+static int parse_u64(const char *s, uint64_t *ret)
+{
+        char *end;
+        unsigned long long x;
+
+        if (!s || !*s || *s == '-' || *s == ' ')
+                return -EINVAL;
+        errno = 0;
+        x = strtoull(s, &end, 10);
+        if (errno || *end)
+                return -EINVAL;
+        *ret = x;
+        return 0;
+}
+
+/* Backend state; 0 (Unknown) when the node is missing. */
+int simfront_backend_state(struct simfront *fe)
+{
+        char *v = simfront_xs_read_backend(fe, "state");
+        uint64_t x;
+        int r;
+
+        if (!v)
+                return errno == ENOENT ? 0 : -errno;
+        r = parse_u64(v, &x);
+        free(v);
+        if (r < 0 || x > 255)
+                return 0;
+        return (int)x;
+}
+
+static void drain_watch(struct simfront *fe)
+{
+        char **w;
+
+        while ((w = xs_check_watch(fe->xsh)))
+                free(w);
+}
+
+static int ensure_watch(struct simfront *fe)
+{
+        char path[512];
+
+        if (fe->watching)
+                return 0;
+        snprintf(path, sizeof(path), "%s/state", fe->be);
+        if (!xs_watch(fe->xsh, path, "simfront-be-state"))
+                return seterr(fe, -errno, "xenstore watch %s: %s", path, strerror(errno));
+        fe->watching = true;
+        return 0;
+}
+
+static const char *state_name(int s)
+{
+        static const char *names[] = {"Unknown",   "Initialising", "InitWait", "Initialised",
+                                      "Connected", "Closing",      "Closed"};
+
+        return s >= 0 && s <= 6 ? names[s] : "?";
+}
+
+/* Wait until the backend state is in want (bit mask of states); fail early
+ * if it is in fail. */
+static int wait_be(struct simfront *fe, unsigned want, unsigned fail, int timeout_ms,
+                   const char *what)
+{
+        uint64_t deadline = simfront_now_ns() + (uint64_t)timeout_ms * 1000000u;
+        int s, r;
+
+        r = ensure_watch(fe);
+        if (r < 0)
+                return r;
+        for (;;) {
+                struct pollfd p = {.fd = xs_fileno(fe->xsh), .events = POLLIN};
+                uint64_t now;
+                int ms;
+
+                s = simfront_backend_state(fe);
+                if (s < 0)
+                        return seterr(fe, s, "reading backend state: %s", strerror(-s));
+                if (want & (1u << s))
+                        return s;
+                if (fail & (1u << s))
+                        return seterr(fe, -ECONNRESET,
+                                      "backend went to state %d (%s) while waiting for %s", s,
+                                      state_name(s), what);
+                if (fe->check) {
+                        r = fe->check(fe->check_opaque);
+                        if (r < 0)
+                                return seterr(fe, r, "the backend went away while waiting for %s",
+                                              what);
+                }
+                now = simfront_now_ns();
+                if (now >= deadline)
+                        return seterr(fe, -ETIMEDOUT,
+                                      "timeout (%d ms) waiting for %s; backend state %d (%s)",
+                                      timeout_ms, what, s, state_name(s));
+                ms = (int)((deadline - now) / 1000000u) + 1;
+                if (ms > WAIT_SLICE_MS)
+                        ms = WAIT_SLICE_MS;
+                if (p.fd >= 0 && poll(&p, 1, ms) > 0)
+                        drain_watch(fe);
+                else if (p.fd < 0)
+                        simfront_sleep_ms(ms);
+        }
+}
+
+int simfront_wait_backend_state(struct simfront *fe, int state, int timeout_ms)
+{
+        char what[32];
+        int r;
+
+        snprintf(what, sizeof(what), "state %d", state);
+        r = wait_be(fe, 1u << state, 0, timeout_ms, what);
+        return r < 0 ? r : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Construction */
+
+struct simfront *simfront_new(struct simfront_env *env, const struct simfront_opts *o)
+{
+        struct simfront *fe;
+        char arg[16], path[512], *res;
+        unsigned len;
+        int e;
+
+        if (o->ring_order > MAX_RING_ORDER || o->max_segments > SIMFRONT_MAX_SEG) {
+                errno = EINVAL;
+                return NULL;
+        }
+        fe = calloc(1, sizeof(*fe));
+        if (!fe)
+                return NULL;
+        fe->env = env;
+        fe->sx = simfront_env_xen(env);
+        fe->o = *o;
+        if (!fe->o.max_segments)
+                fe->o.max_segments = SIMFRONT_MAX_SEG;
+        if (!fe->o.timeout_ms)
+                fe->o.timeout_ms = 10000;
+        fe->evfd = -1;
+        snprintf(fe->fe, sizeof(fe->fe), "/local/domain/%u/device/vbd/%u", o->domid, o->devid);
+
+        /* libxenstore takes the socket from the environment at open. */
+        if (setenv("XENSTORED_PATH", simfront_env_xs_path(env), 1) < 0)
+                goto fail;
+        fe->xsh = xs_open(XS_OPEN_SOCKETONLY);
+        if (!fe->xsh)
+                goto fail;
+        snprintf(arg, sizeof(arg), "%u", o->domid);
+        res = xs_control_command(fe->xsh, "sim-domid", arg, strlen(arg) + 1);
+        if (!res)
+                goto fail;
+        free(res);
+
+        snprintf(path, sizeof(path), "%s/backend", fe->fe);
+        res = xs_read(fe->xsh, XBT_NULL, path, &len);
+        if (!res)
+                goto fail;
+        if (len >= sizeof(fe->be)) {
+                free(res);
+                errno = ENAMETOOLONG;
+                goto fail;
+        }
+        strcpy(fe->be, res);
+        free(res);
+        return fe;
+fail:
+        e = errno;
+        if (fe->xsh)
+                xs_close(fe->xsh);
+        free(fe);
+        errno = e;
+        return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Resources: ring, event channel, data pages */
+
+static int end_grant(struct simfront *fe, uint32_t gref, uint64_t deadline)
+{
+        int r;
+
+        for (;;) {
+                r = simxen_grant_end(fe->sx, fe->o.domid, gref);
+                if (r != -EBUSY || simfront_now_ns() >= deadline)
+                        return r;
+                simfront_sleep_ms(1);
+        }
+}
+
+/* Undo prepare.  Grants still mapped by the backend after the deadline
+ * are leaked (and so are their pages), never freed under its feet. */
+static int teardown(struct simfront *fe)
+{
+        uint64_t deadline = simfront_now_ns() + 2000000000ull;
+        unsigned leaked = 0, i, n = fe->nr_slots * fe->segs;
+        int r;
+
+        if (fe->watching) {
+                char path[512];
+
+                snprintf(path, sizeof(path), "%s/state", fe->be);
+                (void)xs_unwatch(fe->xsh, path, "simfront-be-state");
+                fe->watching = false;
+        }
+        if (fe->xce) {
+                if (fe->port_bound)
+                        (void)xenevtchn_unbind(fe->xce, fe->port);
+                xenevtchn_close(fe->xce);
+                fe->xce = NULL;
+                fe->port_bound = false;
+                fe->evfd = -1;
+        }
+        for (i = 0; !fe->pregranted && i < fe->nr_slots; i++) {
+                struct slot *s = &fe->slots[i];
+
+                for (unsigned k = 0; k < s->granted; k++)
+                        if (end_grant(fe, fe->gref_rw[i * fe->segs + k], deadline) == -EBUSY) {
+                                /* keep the page: it is still mapped */
+                                fe->pfns[i * fe->segs + k] = UINT32_MAX;
+                                leaked++;
+                        }
+                s->granted = 0;
+        }
+        for (i = 0; i < n; i++) {
+                bool busy = false;
+
+                if (fe->pfns[i] == UINT32_MAX)
+                        continue;
+                if (i < fe->grants_rw && end_grant(fe, fe->gref_rw[i], deadline) == -EBUSY)
+                        busy = true;
+                if (i < fe->grants_ro && end_grant(fe, fe->gref_ro[i], deadline) == -EBUSY)
+                        busy = true;
+                if (busy)
+                        leaked++;
+                else if (i < fe->pages_allocated)
+                        (void)simxen_page_free(fe->sx, fe->o.domid, fe->pfns[i]);
+        }
+        for (i = 0; i < fe->ring_allocated; i++) {
+                if (i < fe->ring_granted && end_grant(fe, fe->ring_gref[i], deadline) == -EBUSY) {
+                        leaked++;
+                        continue;
+                }
+                (void)simxen_page_free(fe->sx, fe->o.domid, fe->ring_pfn[i]);
+        }
+        for (i = 0; i < fe->nr_raw; i++) {
+                if (!fe->raw[i].ended && end_grant(fe, fe->raw[i].gref, deadline) == -EBUSY) {
+                        leaked++;
+                        continue;
+                }
+                (void)simxen_page_free(fe->sx, fe->o.domid, fe->raw[i].pfn);
+        }
+        free(fe->raw);
+        fe->raw = NULL;
+        fe->nr_raw = 0;
+        fe->ring_allocated = fe->ring_granted = 0;
+        fe->pages_allocated = fe->grants_rw = fe->grants_ro = 0;
+        fe->sring = NULL;
+        free(fe->slots);
+        free(fe->free_stack);
+        free(fe->pages);
+        free(fe->pfns);
+        free(fe->gref_rw);
+        free(fe->gref_ro);
+        fe->slots = NULL;
+        fe->free_stack = NULL;
+        fe->pages = NULL;
+        fe->pfns = fe->gref_rw = fe->gref_ro = NULL;
+        fe->nr_slots = fe->nr_free = fe->inflight = 0;
+        fe->prepared = fe->connected = fe->pregranted = false;
+        r = 0;
+        if (leaked)
+                r = seterr(fe, -EBUSY, "%u grants still mapped by the backend; pages leaked",
+                           leaked);
+        return r;
+}
+
+/* 2^order guest pages whose mappings in this process are contiguous. */
+static int alloc_ring(struct simfront *fe)
+{
+        uint32_t junk[8 * MAX_RING_PAGES];
+        unsigned nj = 0, i, attempt;
+        int r = 0;
+
+        for (attempt = 0; attempt < 8; attempt++) {
+                bool ok = true;
+
+                for (i = 0; i < fe->ring_pages; i++) {
+                        r = simxen_page_alloc(fe->sx, fe->o.domid, &fe->ring_pfn[i]);
+                        if (r < 0) {
+                                fe->ring_allocated = i;
+                                seterr(fe, r, "allocating ring page: %s", strerror(-r));
+                                goto out;
+                        }
+                }
+                fe->ring_allocated = fe->ring_pages;
+                for (i = 1; i < fe->ring_pages; i++)
+                        if ((char *)simxen_page(fe->sx, fe->ring_pfn[i]) !=
+                            (char *)simxen_page(fe->sx, fe->ring_pfn[0]) + i * SIMFRONT_PAGE)
+                                ok = false;
+                if (ok && simxen_page(fe->sx, fe->ring_pfn[0]))
+                        goto out;
+                for (i = 0; i < fe->ring_pages; i++)
+                        junk[nj++] = fe->ring_pfn[i];
+                fe->ring_allocated = 0;
+        }
+        r = seterr(fe, -ENOMEM, "no %u contiguous guest pages for the ring", fe->ring_pages);
+out:
+        for (i = 0; i < nj; i++)
+                (void)simxen_page_free(fe->sx, fe->o.domid, junk[i]);
+        return r;
+}
+
+static int read_disk_info(struct simfront *fe)
+{
+        static const char *const keys[] = {"sectors",
+                                           "sector-size",
+                                           "physical-sector-size",
+                                           "info",
+                                           "feature-flush-cache",
+                                           "feature-barrier",
+                                           "max-ring-page-order"};
+        uint64_t val[7];
+        bool have[7];
+        char *v;
+        int r;
+
+        memset(&fe->disk, 0, sizeof(fe->disk));
+        for (unsigned i = 0; i < 7; i++) {
+                v = simfront_xs_read_backend(fe, keys[i]);
+                have[i] = v != NULL;
+                if (!v)
+                        continue;
+                r = parse_u64(v, &val[i]);
+                if (r < 0) {
+                        r = seterr(fe, -EPROTO, "backend %s '%s' is not a number", keys[i], v);
+                        free(v);
+                        return r;
+                }
+                free(v);
+        }
+        if (!have[0])
+                return seterr(fe, -EPROTO, "backend did not publish sectors");
+        fe->disk.sectors = val[0];
+        fe->disk.sector_size = have[1] ? (uint32_t)val[1] : 512;
+        if (fe->disk.sector_size < 512 || (fe->disk.sector_size & (fe->disk.sector_size - 1)))
+                return seterr(fe, -EPROTO, "backend sector-size %u is not a power of two >= 512",
+                              fe->disk.sector_size);
+        fe->disk.physical_sector_size = have[2] ? (uint32_t)val[2] : fe->disk.sector_size;
+        fe->disk.info = have[3] ? (uint32_t)val[3] : 0;
+        fe->disk.flush = have[4] && val[4];
+        fe->disk.barrier = have[5] && val[5];
+        fe->disk.max_ring_page_order = have[6] ? (int)(val[6] > 16 ? 16 : val[6]) : -1;
+        v = simfront_xs_read_backend(fe, "mode");
+        if (v) {
+                snprintf(fe->disk.mode, sizeof(fe->disk.mode), "%s", v);
+                free(v);
+        }
+        return 0;
+}
+
+int simfront_prepare(struct simfront *fe)
+{
+        unsigned i, n;
+        int r;
+
+        if (fe->prepared)
+                return seterr(fe, -EALREADY, "already prepared");
+        /* A reconnect (guest reboot) starts from Initialising again. */
+        {
+                char path[512], *v;
+                unsigned len;
+
+                snprintf(path, sizeof(path), "%s/state", fe->fe);
+                v = xs_read(fe->xsh, XBT_NULL, path, &len);
+                if (!v || strcmp(v, "1")) {
+                        r = simfront_set_state(fe, SIMFRONT_XB_INITIALISING);
+                        if (r < 0) {
+                                free(v);
+                                return r;
+                        }
+                }
+                free(v);
+        }
+        r = wait_be(fe, 1u << SIMFRONT_XB_INITWAIT, 0, fe->o.timeout_ms, "backend InitWait");
+        if (r < 0)
+                return r;
+        r = read_disk_info(fe);
+        if (r < 0)
+                return r;
+        if (fe->o.ring_order > 0 && (int)fe->o.ring_order > fe->disk.max_ring_page_order)
+                return seterr(fe, -EOPNOTSUPP,
+                              "ring order %u requested but backend max-ring-page-order is %d",
+                              fe->o.ring_order, fe->disk.max_ring_page_order);
+
+        fe->prepared = true; /* from here on, teardown() undoes */
+        fe->ring_order = fe->o.ring_order;
+        fe->ring_pages = 1u << fe->ring_order;
+        r = alloc_ring(fe);
+        if (r < 0)
+                goto fail;
+        for (i = 0; i < fe->ring_pages; i++) {
+                r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid, fe->ring_pfn[i],
+                                        false, &fe->ring_gref[i]);
+                if (r < 0) {
+                        seterr(fe, r, "granting ring page: %s", strerror(-r));
+                        goto fail;
+                }
+                fe->ring_granted = i + 1;
+        }
+        fe->sring = simxen_page(fe->sx, fe->ring_pfn[0]);
+        memset(fe->sring, 0, (size_t)fe->ring_pages * SIMFRONT_PAGE);
+        SHARED_RING_INIT(fe->sring);
+        FRONT_RING_INIT(&fe->ring, fe->sring, (size_t)fe->ring_pages * SIMFRONT_PAGE);
+
+        fe->xce = simxen_evtchn_open_as(fe->sx, fe->o.domid);
+        if (!fe->xce) {
+                r = seterr(fe, -errno, "opening event channel as dom%u: %s", fe->o.domid,
+                           strerror(errno));
+                goto fail;
+        }
+        r = xenevtchn_bind_unbound_port(fe->xce, fe->o.backend_domid);
+        if (r < 0) {
+                r = seterr(fe, -errno, "allocating unbound event channel: %s", strerror(errno));
+                goto fail;
+        }
+        fe->port = (evtchn_port_t)r;
+        fe->port_bound = true;
+        fe->evfd = xenevtchn_fd(fe->xce);
+
+        fe->nr_slots = RING_SIZE(&fe->ring);
+        fe->segs = fe->o.max_segments;
+        n = fe->nr_slots * fe->segs;
+        fe->slots = calloc(fe->nr_slots, sizeof(*fe->slots));
+        fe->free_stack = calloc(fe->nr_slots, sizeof(*fe->free_stack));
+        fe->pages = calloc(n, sizeof(*fe->pages));
+        fe->pfns = calloc(n, sizeof(*fe->pfns));
+        fe->gref_rw = calloc(n, sizeof(*fe->gref_rw));
+        fe->gref_ro = calloc(n, sizeof(*fe->gref_ro));
+        if (!fe->slots || !fe->free_stack || !fe->pages || !fe->pfns || !fe->gref_rw ||
+            !fe->gref_ro) {
+                r = seterr(fe, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        for (i = 0; i < n; i++) {
+                r = simxen_page_alloc(fe->sx, fe->o.domid, &fe->pfns[i]);
+                if (r < 0) {
+                        seterr(fe, r, "allocating data page %u of %u: %s", i, n, strerror(-r));
+                        goto fail;
+                }
+                fe->pages_allocated = i + 1;
+                fe->pages[i] = simxen_page(fe->sx, fe->pfns[i]);
+        }
+        /* Pre-grant every data page twice (read-write for reads, read-only
+         * for writes) if the grant table has room; else grant per request. */
+        fe->pregranted = !fe->o.grant_per_request;
+        for (i = 0; fe->pregranted && i < n; i++) {
+                r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid, fe->pfns[i],
+                                        false, &fe->gref_rw[i]);
+                if (r == 0) {
+                        fe->grants_rw = i + 1;
+                        r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid,
+                                                fe->pfns[i], true, &fe->gref_ro[i]);
+                        if (r == 0)
+                                fe->grants_ro = i + 1;
+                }
+                if (r == -ENOSPC) {
+                        uint64_t dl = simfront_now_ns();
+
+                        for (unsigned k = 0; k < fe->grants_rw; k++)
+                                (void)end_grant(fe, fe->gref_rw[k], dl);
+                        for (unsigned k = 0; k < fe->grants_ro; k++)
+                                (void)end_grant(fe, fe->gref_ro[k], dl);
+                        fe->grants_rw = fe->grants_ro = 0;
+                        fe->pregranted = false;
+                } else if (r < 0) {
+                        seterr(fe, r, "granting data page: %s", strerror(-r));
+                        goto fail;
+                }
+        }
+        for (i = 0; i < fe->nr_slots; i++) {
+                struct slot *s = &fe->slots[i];
+
+                s->io.slot = i;
+                s->io.nr_pages = fe->segs;
+                s->io.page = &fe->pages[i * fe->segs];
+                s->state = IO_FREE;
+                fe->free_stack[fe->nr_slots - 1 - i] = i;
+        }
+        fe->nr_free = fe->nr_slots;
+        return 0;
+fail:
+        (void)teardown(fe);
+        return r;
+}
+
+int simfront_publish(struct simfront *fe)
+{
+        xs_transaction_t t;
+        char path[512], v[32];
+        unsigned i;
+        bool ok;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not prepared");
+        for (;;) {
+                t = xs_transaction_start(fe->xsh);
+                if (t == XBT_NULL)
+                        return seterr(fe, -errno, "xenstore transaction: %s", strerror(errno));
+#define PUT(key, ...)                                                                              \
+        (snprintf(path, sizeof(path), "%s/%s", fe->fe, key), snprintf(v, sizeof(v), __VA_ARGS__),  \
+         xs_write(fe->xsh, t, path, v, strlen(v)))
+                ok = true;
+                if (fe->ring_order == 0) {
+                        ok = ok && PUT("ring-ref", "%u", fe->ring_gref[0]);
+                        snprintf(path, sizeof(path), "%s/ring-page-order", fe->fe);
+                        (void)xs_rm(fe->xsh, t, path);
+                } else {
+                        ok = ok && PUT("ring-page-order", "%u", fe->ring_order);
+                        for (i = 0; ok && i < fe->ring_pages; i++) {
+                                char key[32];
+
+                                snprintf(key, sizeof(key), "ring-ref%u", i);
+                                ok = PUT(key, "%u", fe->ring_gref[i]);
+                        }
+                        snprintf(path, sizeof(path), "%s/ring-ref", fe->fe);
+                        (void)xs_rm(fe->xsh, t, path);
+                }
+                ok = ok && PUT("event-channel", "%u", fe->port);
+                if (ok && fe->o.protocol) {
+                        snprintf(path, sizeof(path), "%s/protocol", fe->fe);
+                        ok = xs_write(fe->xsh, t, path, fe->o.protocol, strlen(fe->o.protocol));
+                }
+#undef PUT
+                if (!ok) {
+                        int e = errno;
+
+                        xs_transaction_end(fe->xsh, t, true);
+                        return seterr(fe, -e, "xenstore write %s: %s", path, strerror(e));
+                }
+                if (xs_transaction_end(fe->xsh, t, false))
+                        break;
+                if (errno != EAGAIN)
+                        return seterr(fe, -errno, "xenstore commit: %s", strerror(errno));
+        }
+        return simfront_set_state(fe, SIMFRONT_XB_INITIALISED);
+}
+
+int simfront_finish(struct simfront *fe)
+{
+        int r;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not prepared");
+        r = wait_be(fe, 1u << SIMFRONT_XB_CONNECTED,
+                    (1u << SIMFRONT_XB_CLOSING) | (1u << SIMFRONT_XB_CLOSED), fe->o.timeout_ms,
+                    "backend Connected");
+        if (r < 0)
+                return r;
+        r = simfront_set_state(fe, SIMFRONT_XB_CONNECTED);
+        if (r < 0)
+                return r;
+        fe->connected = true;
+        return 0;
+}
+
+int simfront_connect(struct simfront *fe)
+{
+        int r;
+
+        r = simfront_prepare(fe);
+        if (r < 0)
+                return r;
+        r = simfront_publish(fe);
+        if (r < 0)
+                goto fail;
+        r = simfront_finish(fe);
+        if (r < 0)
+                goto fail;
+        return 0;
+fail:
+        (void)teardown(fe);
+        return r;
+}
+
+int simfront_disconnect(struct simfront *fe)
+{
+        char saved[sizeof(fe->err)];
+        int r, first = 0;
+
+        if (!fe->prepared)
+                return 0;
+        if (fe->connected && fe->inflight) {
+                r = simfront_drain(fe, fe->o.timeout_ms);
+                if (r < 0)
+                        first = r;
+        }
+        fe->connected = false;
+        r = simfront_set_state(fe, SIMFRONT_XB_CLOSING);
+        if (r < 0 && !first)
+                first = r;
+        r = wait_be(fe,
+                    (1u << SIMFRONT_XB_UNKNOWN) | (1u << SIMFRONT_XB_CLOSING) |
+                        (1u << SIMFRONT_XB_CLOSED),
+                    0, fe->o.timeout_ms, "backend Closing");
+        if (r < 0 && !first)
+                first = r;
+        r = simfront_set_state(fe, SIMFRONT_XB_CLOSED);
+        if (r < 0 && !first)
+                first = r;
+        r = wait_be(fe, (1u << SIMFRONT_XB_UNKNOWN) | (1u << SIMFRONT_XB_CLOSED), 0,
+                    fe->o.timeout_ms, "backend Closed");
+        if (r < 0 && !first)
+                first = r;
+        memcpy(saved, fe->err, sizeof(saved));
+        r = teardown(fe);
+        if (first) {
+                memcpy(fe->err, saved, sizeof(saved));
+                return first;
+        }
+        return r;
+}
+
+void simfront_free(struct simfront *fe)
+{
+        if (!fe)
+                return;
+        if (fe->prepared) {
+                int t = fe->o.timeout_ms;
+
+                fe->o.timeout_ms = t < 2000 ? t : 2000;
+                (void)simfront_disconnect(fe);
+        }
+        if (fe->prepared)
+                (void)teardown(fe);
+        if (fe->watching) {
+                char path[512];
+
+                snprintf(path, sizeof(path), "%s/state", fe->be);
+                (void)xs_unwatch(fe->xsh, path, "simfront-be-state");
+        }
+        xs_close(fe->xsh);
+        free(fe);
+}
+
+/* ------------------------------------------------------------------------ */
+/* I/O */
+
+struct simfront_io *simfront_io_get(struct simfront *fe)
+{
+        struct slot *s;
+
+        if (!fe->connected || !fe->nr_free)
+                return NULL;
+        s = &fe->slots[fe->free_stack[--fe->nr_free]];
+        s->state = IO_OWNED;
+        s->io.done = NULL;
+        s->io.opaque = NULL;
+        s->io.tag = 0;
+        s->io.status = 0;
+        return &s->io;
+}
+
+void simfront_io_put(struct simfront *fe, struct simfront_io *io)
+{
+        struct slot *s = &fe->slots[io->slot];
+
+        if (s->state != IO_OWNED)
+                return;
+        s->state = IO_FREE;
+        fe->free_stack[fe->nr_free++] = io->slot;
+}
+
+uint32_t simfront_io_gref(struct simfront *fe, struct simfront_io *io, unsigned seg, bool readonly)
+{
+        unsigned i = io->slot * fe->segs + (seg < fe->segs ? seg : 0);
+
+        if (!fe->pregranted) /* the current request's grant, if any */
+                return seg < fe->slots[io->slot].granted ? fe->gref_rw[i] : 0;
+        return readonly ? fe->gref_ro[i] : fe->gref_rw[i];
+}
+
+int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
+{
+        struct slot *s = &fe->slots[io->slot];
+        blkif_request_t *req;
+        unsigned nseg, i, base;
+        bool ro;
+
+        if (s->state != IO_OWNED)
+                return seterr(fe, -EINVAL, "io %u not owned", io->slot);
+        if (RING_FULL(&fe->ring))
+                return seterr(fe, -EBUSY, "ring full");
+        switch (io->op) {
+        case BLKIF_OP_READ:
+        case BLKIF_OP_WRITE:
+                if (!io->len)
+                        return seterr(fe, -EINVAL, "read/write of 0 bytes");
+                break;
+        case BLKIF_OP_FLUSH_DISKCACHE:
+        case BLKIF_OP_WRITE_BARRIER:
+                break;
+        default:
+                return seterr(fe, -EINVAL, "op %u not supported by simfront_io_queue", io->op);
+        }
+        if (io->offset % SIMFRONT_SECTOR || io->len % SIMFRONT_SECTOR ||
+            io->len > fe->segs * SIMFRONT_PAGE)
+                return seterr(fe, -EINVAL, "bad io offset %" PRIu64 " len %u", io->offset, io->len);
+        nseg = (io->len + SIMFRONT_PAGE - 1) / SIMFRONT_PAGE;
+        ro = io->op == BLKIF_OP_WRITE || io->op == BLKIF_OP_WRITE_BARRIER;
+        base = io->slot * fe->segs;
+
+        if (!fe->pregranted) {
+                for (i = 0; i < nseg; i++) {
+                        int r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid,
+                                                    fe->pfns[base + i], ro, &fe->gref_rw[base + i]);
+
+                        if (r < 0) {
+                                uint64_t dl = simfront_now_ns();
+
+                                while (i--)
+                                        (void)end_grant(fe, fe->gref_rw[base + i], dl);
+                                return seterr(fe, r, "granting data page: %s", strerror(-r));
+                        }
+                        fe->st.grants++;
+                }
+                s->granted = (uint8_t)nseg;
+        }
+        req = RING_GET_REQUEST(&fe->ring, fe->ring.req_prod_pvt);
+        req->operation = io->op;
+        req->nr_segments = (uint8_t)nseg;
+        req->handle = (blkif_vdev_t)fe->o.devid;
+        req->id = ((uint64_t)++s->gen << 16) | io->slot;
+        req->sector_number = io->offset / SIMFRONT_SECTOR;
+        for (i = 0; i < nseg; i++) {
+                uint32_t bytes = io->len - i * SIMFRONT_PAGE;
+
+                if (bytes > SIMFRONT_PAGE)
+                        bytes = SIMFRONT_PAGE;
+                req->seg[i].gref =
+                    ro && fe->pregranted ? fe->gref_ro[base + i] : fe->gref_rw[base + i];
+                req->seg[i].first_sect = 0;
+                req->seg[i].last_sect = (uint8_t)(bytes / SIMFRONT_SECTOR - 1);
+        }
+        fe->ring.req_prod_pvt++;
+        s->state = IO_INFLIGHT;
+        fe->inflight++;
+        fe->st.requests++;
+        return 0;
+}
+
+int simfront_push(struct simfront *fe)
+{
+        int notify;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not connected");
+        RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&fe->ring, notify);
+        fe->st.pushes++;
+        if (!notify)
+                return 0;
+        fe->st.notifies++;
+        if (xenevtchn_notify(fe->xce, fe->port) < 0)
+                return seterr(fe, -errno, "event channel notify: %s", strerror(errno));
+        return 1;
+}
+
+static int consume(struct simfront *fe)
+{
+        int n = 0, more;
+
+        do {
+                RING_IDX rp = fe->ring.sring->rsp_prod, i;
+
+                xen_rmb();
+                if (rp - fe->ring.rsp_cons > fe->ring.req_prod_pvt - fe->ring.rsp_cons)
+                        return seterr(fe, -EPROTO,
+                                      "backend rsp_prod %u ahead of requests (rsp_cons %u, "
+                                      "req_prod %u)",
+                                      rp, fe->ring.rsp_cons, fe->ring.req_prod_pvt);
+                for (i = fe->ring.rsp_cons; i != rp; i++) {
+                        blkif_response_t rsp = *RING_GET_RESPONSE(&fe->ring, i);
+                        unsigned idx = (unsigned)(rsp.id & 0xffff);
+                        struct slot *s;
+
+                        fe->ring.rsp_cons = i + 1;
+                        fe->st.responses++;
+                        if (idx >= fe->nr_slots || fe->slots[idx].state != IO_INFLIGHT ||
+                            (uint16_t)(rsp.id >> 16) != fe->slots[idx].gen || rsp.id >> 32)
+                                return seterr(fe, -EPROTO, "response with unknown id %#" PRIx64,
+                                              rsp.id);
+                        s = &fe->slots[idx];
+                        if (rsp.operation != s->io.op)
+                                return seterr(fe, -EPROTO,
+                                              "response for id %#" PRIx64
+                                              " has operation %u, request had %u",
+                                              rsp.id, rsp.operation, s->io.op);
+                        s->io.status = rsp.status;
+                        if (rsp.status != BLKIF_RSP_OKAY)
+                                fe->st.errors++;
+                        for (unsigned k = 0; k < s->granted; k++) {
+                                uint32_t g = fe->gref_rw[idx * fe->segs + k];
+                                int r = simxen_grant_end(fe->sx, fe->o.domid, g);
+
+                                if (r < 0) {
+                                        /* Still mapped after the answer: the page stays
+                                         * with the backend; the slot is unusable. */
+                                        s->granted = 0;
+                                        return seterr(fe, -EPROTO,
+                                                      "ending grant %u after the response to "
+                                                      "id %#" PRIx64 ": %s",
+                                                      g, rsp.id, strerror(-r));
+                                }
+                        }
+                        s->granted = 0;
+                        s->state = IO_OWNED;
+                        fe->inflight--;
+                        n++;
+                        if (s->io.done)
+                                s->io.done(fe, &s->io);
+                        if (s->state == IO_OWNED) {
+                                s->state = IO_FREE;
+                                fe->free_stack[fe->nr_free++] = idx;
+                        }
+                }
+                RING_FINAL_CHECK_FOR_RESPONSES(&fe->ring, more);
+        } while (more);
+        return n;
+}
+
+/* Wait for an event up to ms; 1 if one came, 0 on timeout. */
+static int wait_event(struct simfront *fe, int ms)
+{
+        struct pollfd p = {.fd = fe->evfd, .events = POLLIN};
+        xenevtchn_port_or_error_t port;
+        int r;
+
+        fe->st.polls++;
+        r = poll(&p, 1, ms);
+        if (r < 0)
+                return errno == EINTR ? 0 : seterr(fe, -errno, "poll: %s", strerror(errno));
+        if (r == 0)
+                return 0;
+        fe->st.wakeups++;
+        port = xenevtchn_pending(fe->xce);
+        if (port >= 0)
+                (void)xenevtchn_unmask(fe->xce, (evtchn_port_t)port);
+        return 1;
+}
+
+int simfront_poll(struct simfront *fe, int timeout_ms)
+{
+        uint64_t deadline = 0;
+        int n, r;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not connected");
+        n = consume(fe);
+        if (n != 0 || timeout_ms == 0)
+                return n;
+        if (timeout_ms > 0)
+                deadline = simfront_now_ns() + (uint64_t)timeout_ms * 1000000u;
+        for (;;) {
+                int ms = 1000;
+
+                if (timeout_ms > 0) {
+                        uint64_t now = simfront_now_ns();
+
+                        if (now >= deadline)
+                                return 0;
+                        if ((deadline - now) / 1000000u + 1 < (uint64_t)ms)
+                                ms = (int)((deadline - now) / 1000000u) + 1;
+                }
+                r = wait_event(fe, ms);
+                if (r < 0)
+                        return r;
+                n = consume(fe);
+                if (n != 0)
+                        return n;
+                if (r == 0 && fe->check) {
+                        r = fe->check(fe->check_opaque);
+                        if (r < 0)
+                                return seterr(fe, r, "the backend went away with I/O in flight");
+                }
+        }
+}
+
+int simfront_drain(struct simfront *fe, int timeout_ms)
+{
+        while (fe->inflight) {
+                int r = simfront_poll(fe, timeout_ms);
+
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return seterr(fe, -ETIMEDOUT, "%u requests unanswered after %d ms",
+                                      fe->inflight, timeout_ms);
+        }
+        return 0;
+}
+
+void simfront_io_copy_in(struct simfront_io *io, size_t at, const void *src, size_t len)
+{
+        const char *p = src;
+
+        while (len) {
+                size_t pg = at / SIMFRONT_PAGE, off = at % SIMFRONT_PAGE;
+                size_t n = SIMFRONT_PAGE - off;
+
+                if (n > len)
+                        n = len;
+                memcpy((char *)io->page[pg] + off, p, n);
+                p += n;
+                at += n;
+                len -= n;
+        }
+}
+
+void simfront_io_copy_out(struct simfront_io *io, size_t at, void *dst, size_t len)
+{
+        char *p = dst;
+
+        while (len) {
+                size_t pg = at / SIMFRONT_PAGE, off = at % SIMFRONT_PAGE;
+                size_t n = SIMFRONT_PAGE - off;
+
+                if (n > len)
+                        n = len;
+                memcpy(p, (char *)io->page[pg] + off, n);
+                p += n;
+                at += n;
+                len -= n;
+        }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Synchronous helpers */
+
+struct sync_job {
+        bool write;
+        uint64_t off, end; /* the caller's byte range */
+        uint64_t a, e;     /* sector-aligned cover */
+        char *rbuf;        /* read destination */
+        const char *wbuf;  /* write source */
+        char head[SIMFRONT_SECTOR], tail[SIMFRONT_SECTOR];
+        unsigned inflight;
+        int error;
+        uint64_t err_off;
+        uint32_t err_len;
+        int16_t err_status;
+};
+
+static const char *status_name(int s)
+{
+        switch (s) {
+        case BLKIF_RSP_OKAY:
+                return "BLKIF_RSP_OKAY";
+        case BLKIF_RSP_ERROR:
+                return "BLKIF_RSP_ERROR";
+        case BLKIF_RSP_EOPNOTSUPP:
+                return "BLKIF_RSP_EOPNOTSUPP";
+        default:
+                return "unknown status";
+        }
+}
+
+/* Copy the byte range [lo, hi) between an io covering [c, ...) and the job. */
+static void sync_done(struct simfront *fe, struct simfront_io *io)
+{
+        struct sync_job *j = io->opaque;
+        uint64_t lo, hi;
+
+        j->inflight--;
+        if (io->status != BLKIF_RSP_OKAY) {
+                if (!j->error) {
+                        j->error = -EIO;
+                        j->err_off = io->offset;
+                        j->err_len = io->len;
+                        j->err_status = io->status;
+                }
+                return;
+        }
+        if (j->write || !io->len)
+                return;
+        lo = io->offset > j->off ? io->offset : j->off;
+        hi = io->offset + io->len < j->end ? io->offset + io->len : j->end;
+        if (lo < hi)
+                simfront_io_copy_out(io, lo - io->offset, j->rbuf + (lo - j->off), hi - lo);
+}
+
+/* Fill a write io covering [c, c + len) from head/tail/user buffers. */
+static void sync_fill(struct sync_job *j, struct simfront_io *io)
+{
+        uint64_t c = io->offset, cend = io->offset + io->len, lo, hi;
+
+        lo = c > j->off ? c : j->off;
+        hi = cend < j->end ? cend : j->end;
+        if (lo < hi)
+                simfront_io_copy_in(io, lo - c, j->wbuf + (lo - j->off), hi - lo);
+        if (c < j->off) /* the head sector, first part */
+                simfront_io_copy_in(io, 0, j->head, j->off - c);
+        if (cend > j->end) /* the tail sector, last part */
+                simfront_io_copy_in(io, j->end - c, j->tail + (j->end - (j->e - SIMFRONT_SECTOR)),
+                                    cend - j->end);
+}
+
+static int run_job(struct simfront *fe, struct sync_job *j, uint8_t op)
+{
+        uint64_t next = j->a;
+        uint32_t max = fe->segs * SIMFRONT_PAGE;
+        int r;
+
+        while (next < j->e || j->inflight) {
+                bool queued = false;
+
+                while (next < j->e && !j->error) {
+                        struct simfront_io *io = simfront_io_get(fe);
+                        uint64_t len = j->e - next;
+
+                        if (!io)
+                                break;
+                        if (len > max)
+                                len = max;
+                        io->op = op;
+                        io->offset = next;
+                        io->len = (uint32_t)len;
+                        io->done = sync_done;
+                        io->opaque = j;
+                        if (j->write)
+                                sync_fill(j, io);
+                        r = simfront_io_queue(fe, io);
+                        if (r == -ENOSPC && fe->inflight) {
+                                simfront_io_put(fe, io); /* grants run out: wait */
+                                break;
+                        }
+                        if (r < 0) {
+                                simfront_io_put(fe, io);
+                                return r;
+                        }
+                        j->inflight++;
+                        next += len;
+                        queued = true;
+                }
+                if (queued) {
+                        r = simfront_push(fe);
+                        if (r < 0)
+                                return r;
+                }
+                if (!j->inflight)
+                        break;
+                r = simfront_poll(fe, fe->o.timeout_ms);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return seterr(fe, -ETIMEDOUT, "no response within %d ms", fe->o.timeout_ms);
+        }
+        if (j->error)
+                return seterr(fe, j->error,
+                              "%s of %u bytes at offset %" PRIu64
+                              " failed: backend answered %d (%s)%s",
+                              op == BLKIF_OP_READ ? "read" : "write", j->err_len, j->err_off,
+                              j->err_status, status_name(j->err_status),
+                              op != BLKIF_OP_READ && (fe->disk.info & VDISK_READONLY)
+                                  ? "; the disk is read-only"
+                                  : "");
+        return 0;
+}
+
+static int sync_rw(struct simfront *fe, bool write, uint64_t off, void *buf, size_t len)
+{
+        struct sync_job j = {.write = write, .off = off, .end = off + len};
+        int r;
+
+        if (!fe->connected)
+                return seterr(fe, -ENOTCONN, "not connected");
+        if (!len)
+                return 0;
+        if (off + len < off)
+                return seterr(fe, -EINVAL, "range overflows");
+        j.a = off & ~(uint64_t)(SIMFRONT_SECTOR - 1);
+        j.e = (j.end + SIMFRONT_SECTOR - 1) & ~(uint64_t)(SIMFRONT_SECTOR - 1);
+        if (write) {
+                j.wbuf = buf;
+                /* Read-modify-write for the unaligned ends. */
+                if (j.a != off) {
+                        r = sync_rw(fe, false, j.a, j.head, SIMFRONT_SECTOR);
+                        if (r < 0)
+                                return r;
+                }
+                if (j.e != j.end) {
+                        r = sync_rw(fe, false, j.e - SIMFRONT_SECTOR, j.tail, SIMFRONT_SECTOR);
+                        if (r < 0)
+                                return r;
+                        if (j.e - SIMFRONT_SECTOR == j.a && j.a != off)
+                                memcpy(j.head, j.tail, SIMFRONT_SECTOR);
+                }
+        } else {
+                j.rbuf = buf;
+        }
+        r = run_job(fe, &j, write ? BLKIF_OP_WRITE : BLKIF_OP_READ);
+        if (r < 0 && j.inflight)
+                (void)simfront_drain(fe, fe->o.timeout_ms);
+        return r;
+}
+
+int simfront_read(struct simfront *fe, uint64_t offset, void *buf, size_t len)
+{
+        return sync_rw(fe, false, offset, buf, len);
+}
+
+int simfront_write(struct simfront *fe, uint64_t offset, const void *buf, size_t len)
+{
+        return sync_rw(fe, true, offset, (void *)buf, len);
+}
+
+static int sync_op(struct simfront *fe, uint8_t op)
+{
+        struct sync_job j = {.write = true};
+        struct simfront_io *io;
+        int r;
+
+        if (!fe->connected)
+                return seterr(fe, -ENOTCONN, "not connected");
+        while (!(io = simfront_io_get(fe))) {
+                r = simfront_poll(fe, fe->o.timeout_ms);
+                if (r <= 0)
+                        return r < 0 ? r : seterr(fe, -ETIMEDOUT, "ring stays full");
+        }
+        io->op = op;
+        io->offset = 0;
+        io->len = 0;
+        io->done = sync_done;
+        io->opaque = &j;
+        r = simfront_io_queue(fe, io);
+        if (r < 0) {
+                simfront_io_put(fe, io);
+                return r;
+        }
+        j.inflight = 1;
+        r = simfront_push(fe);
+        if (r < 0)
+                return r;
+        while (j.inflight) {
+                r = simfront_poll(fe, fe->o.timeout_ms);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return seterr(fe, -ETIMEDOUT, "no response within %d ms", fe->o.timeout_ms);
+        }
+        if (j.error)
+                return seterr(fe, -EIO, "%s failed: backend answered %d (%s)",
+                              op == BLKIF_OP_FLUSH_DISKCACHE ? "flush" : "barrier", j.err_status,
+                              status_name(j.err_status));
+        return 0;
+}
+
+int simfront_flush(struct simfront *fe)
+{
+        return sync_op(fe, BLKIF_OP_FLUSH_DISKCACHE);
+}
+
+int simfront_barrier(struct simfront *fe)
+{
+        return sync_op(fe, BLKIF_OP_WRITE_BARRIER);
+}
+
+/* ------------------------------------------------------------------------ */
+/* hostile */
+
+blkif_front_ring_t *simfront_raw_ring(struct simfront *fe)
+{
+        return fe->prepared ? &fe->ring : NULL;
+}
+
+blkif_sring_t *simfront_raw_sring(struct simfront *fe)
+{
+        return fe->sring;
+}
+
+unsigned simfront_raw_ring_grefs(struct simfront *fe, uint32_t *grefs, unsigned max)
+{
+        unsigned i;
+
+        for (i = 0; i < fe->ring_granted && i < max; i++)
+                grefs[i] = fe->ring_gref[i];
+        return fe->ring_granted;
+}
+
+uint32_t simfront_raw_port(struct simfront *fe)
+{
+        return fe->port;
+}
+
+int simfront_raw_put(struct simfront *fe, const void *req, size_t len)
+{
+        void *slot;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not prepared");
+        if (len > sizeof(blkif_request_t))
+                return seterr(fe, -EINVAL, "raw request of %zu bytes", len);
+        slot = RING_GET_REQUEST(&fe->ring, fe->ring.req_prod_pvt);
+        memset(slot, 0, sizeof(blkif_request_t));
+        memcpy(slot, req, len);
+        fe->ring.req_prod_pvt++;
+        return 0;
+}
+
+void simfront_raw_push(struct simfront *fe)
+{
+        xen_wmb();
+        fe->sring->req_prod = fe->ring.req_prod_pvt;
+        xen_mb();
+}
+
+void simfront_raw_set_req_prod(struct simfront *fe, uint32_t req_prod)
+{
+        xen_wmb();
+        fe->sring->req_prod = req_prod;
+        xen_mb();
+}
+
+int simfront_raw_notify(struct simfront *fe)
+{
+        if (!fe->xce)
+                return seterr(fe, -ENOTCONN, "no event channel");
+        if (xenevtchn_notify(fe->xce, fe->port) < 0)
+                return seterr(fe, -errno, "notify: %s", strerror(errno));
+        fe->st.notifies++;
+        return 0;
+}
+
+int simfront_raw_get_response(struct simfront *fe, blkif_response_t *ret, int timeout_ms)
+{
+        uint64_t deadline =
+            simfront_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not prepared");
+        for (;;) {
+                RING_IDX rp = fe->sring->rsp_prod;
+                uint64_t now;
+                int r, ms;
+
+                xen_rmb();
+                if (rp != fe->ring.rsp_cons) {
+                        *ret = *RING_GET_RESPONSE(&fe->ring, fe->ring.rsp_cons);
+                        fe->ring.rsp_cons++;
+                        fe->st.responses++;
+                        return 1;
+                }
+                fe->sring->rsp_event = fe->ring.rsp_cons + 1;
+                xen_mb();
+                if (fe->sring->rsp_prod != fe->ring.rsp_cons)
+                        continue;
+                now = simfront_now_ns();
+                if (timeout_ms >= 0 && now >= deadline)
+                        return 0;
+                ms = timeout_ms < 0 ? 1000 : (int)((deadline - now) / 1000000u) + 1;
+                r = wait_event(fe, ms > 1000 ? 1000 : ms);
+                if (r < 0)
+                        return r;
+        }
+}
+
+int simfront_raw_grant(struct simfront *fe, uint32_t to_domid, bool readonly, bool ended,
+                       uint32_t *ret_gref, void **ret_page)
+{
+        struct raw_grant *g, *n;
+        int r;
+
+        n = realloc(fe->raw, (fe->nr_raw + 1) * sizeof(*fe->raw));
+        if (!n)
+                return seterr(fe, -ENOMEM, "out of memory");
+        fe->raw = n;
+        g = &fe->raw[fe->nr_raw];
+        r = simxen_page_alloc(fe->sx, fe->o.domid, &g->pfn);
+        if (r < 0)
+                return seterr(fe, r, "page alloc: %s", strerror(-r));
+        r = simxen_grant_access(fe->sx, fe->o.domid, to_domid, g->pfn, readonly, &g->gref);
+        if (r < 0) {
+                (void)simxen_page_free(fe->sx, fe->o.domid, g->pfn);
+                return seterr(fe, r, "grant: %s", strerror(-r));
+        }
+        g->ended = false;
+        if (ended) {
+                r = simxen_grant_end(fe->sx, fe->o.domid, g->gref);
+                if (r < 0) {
+                        fe->nr_raw++;
+                        return seterr(fe, r, "end grant: %s", strerror(-r));
+                }
+                g->ended = true;
+        }
+        fe->nr_raw++;
+        memset(simxen_page(fe->sx, g->pfn), 0, SIMFRONT_PAGE);
+        *ret_gref = g->gref;
+        if (ret_page)
+                *ret_page = simxen_page(fe->sx, g->pfn);
+        return 0;
+}
+
+bool simfront_pregranted(struct simfront *fe)
+{
+        return fe->pregranted;
+}
