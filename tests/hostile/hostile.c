@@ -34,6 +34,7 @@ void h_fail(const char *file, int line, const char *fmt, ...)
         if (current) {
                 dump_log("victim", current->victim_vbd);
                 dump_log("bystander", current->bystander_vbd);
+                simfront_env_free(current->env); /* kill the daemons, remove the dir */
         }
         exit(1);
 }
