@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install what vbd needs to build and test on Debian 12 (bookworm).
+# Idempotent; uses sudo when not root.  Set VBD_DEPS_EXTRA for more packages.
+set -eu
+
+PKGS="build-essential meson ninja-build pkg-config clang clang-format \
+libxen-dev libaio-dev libev-dev xenstore-utils fio qemu-utils python3 \
+${VBD_DEPS_EXTRA:-}"
+
+missing=""
+for p in $PKGS; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "installing:$missing"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
