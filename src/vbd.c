@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <xen/io/blkif.h>
 #include <xengnttab.h>
 
@@ -35,6 +36,7 @@ struct vbd_req {
         struct iovec iov;
         uint8_t *bounce;
         uint32_t copy_first; /* index of its first segment in the copy batch */
+        uint64_t start_ns;   /* when it was taken from the ring */
 };
 
 struct vbd {
@@ -49,6 +51,9 @@ struct vbd {
 
         /* connection */
         bool connected, closing, respond;
+        bool paused;
+        void (*paused_cb)(void *opaque);
+        void *paused_opaque;
         void *ring_mem;
         unsigned ring_pages;
         struct vbd_ring ring;
@@ -83,6 +88,7 @@ static void vbd_evtchn_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void vbd_kick_cb(struct ev_loop *loop, ev_idle *w, int revents);
 static void vbd_process_ring(struct vbd *v);
 static void vbd_maybe_closed(struct vbd *v);
+static void pause_check(struct vbd *v);
 
 struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
                     uint32_t frontend_domid, bool readonly, vbd_fatal_fn fatal, void *opaque)
@@ -249,6 +255,7 @@ static void vbd_maybe_closed(struct vbd *v)
                 (void)vbd_xen_evtchn_notify(v->xen, v->local_port);
         vbd_teardown(v);
         vbd_info("disconnected");
+        pause_check(v);
         cb = v->closed_cb;
         v->closed_cb = NULL;
         if (cb)
@@ -268,6 +275,95 @@ unsigned vbd_inflight(const struct vbd *v)
 void vbd_get_stats(const struct vbd *v, struct vbd_stats *ret)
 {
         *ret = v->stats;
+        ret->inflight = v->connected ? vbd_ring_outstanding(&v->ring) : 0;
+}
+
+uint64_t vbd_stats_percentile(const struct vbd_op_stats *s, double p)
+{
+        uint64_t total = 0, seen = 0;
+
+        for (unsigned i = 0; i < VBD_LAT_BUCKETS; i++)
+                total += s->lat_hist[i];
+        if (!total)
+                return 0;
+        for (unsigned i = 0; i < VBD_LAT_BUCKETS; i++) {
+                seen += s->lat_hist[i];
+                if ((double)seen >= p * (double)total)
+                        return 2ull << i;
+        }
+        return 2ull << (VBD_LAT_BUCKETS - 1);
+}
+
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void account_latency(struct vbd_op_stats *s, uint64_t ns)
+{
+        uint64_t us = ns / 1000;
+        unsigned b = 0;
+
+        s->lat_sum_us += us;
+        while (us > 1 && b < VBD_LAT_BUCKETS - 1) {
+                us >>= 1;
+                b++;
+        }
+        s->lat_hist[b]++;
+}
+
+bool vbd_is_paused(const struct vbd *v)
+{
+        return v->paused;
+}
+
+bool vbd_is_drained(const struct vbd *v)
+{
+        return v->paused && !v->inflight && !v->done_head && !v->barrier &&
+               (!v->connected || vbd_ring_outstanding(&v->ring) == 0);
+}
+
+static void pause_check(struct vbd *v)
+{
+        void (*cb)(void *);
+
+        if (!v->paused_cb || !vbd_is_drained(v))
+                return;
+        cb = v->paused_cb;
+        v->paused_cb = NULL;
+        cb(v->paused_opaque);
+}
+
+void vbd_pause(struct vbd *v, void (*done)(void *opaque), void *opaque)
+{
+        v->paused = true;
+        v->paused_cb = done;
+        v->paused_opaque = opaque;
+        pause_check(v);
+}
+
+void vbd_resume(struct vbd *v)
+{
+        if (!v->paused)
+                return;
+        v->paused = false;
+        v->paused_cb = NULL;
+        if (v->connected)
+                ev_feed_event(v->loop, &v->evtchn_watcher, EV_CUSTOM); /* look at the ring */
+}
+
+int vbd_set_image(struct vbd *v, struct vbd_image *img)
+{
+        if (!vbd_is_drained(v))
+                return -EBUSY;
+        if (v->connected && vbd_image_io_scratch_size(img) > v->scratch_size)
+                return -EINVAL; /* the pool was sized for the old driver */
+        v->img = img;
+        v->info = vbd_image_info(img);
+        return 0;
 }
 
 void vbd_free(struct vbd *v)
@@ -291,6 +387,8 @@ static struct vbd_op_stats *op_stats(struct vbd *v, uint8_t operation)
                 return &v->stats.write;
         case BLKIF_OP_FLUSH_DISKCACHE:
                 return &v->stats.flush;
+        case BLKIF_OP_DISCARD:
+                return &v->stats.discard;
         default:
                 return &v->stats.other;
         }
@@ -498,6 +596,7 @@ static bool consume(struct vbd *v)
                 rq->operation = req.operation;
                 rq->nr_segs = 0;
                 rq->io.flags = 0;
+                rq->start_ns = now_ns();
                 op_stats(v, req.operation)->requests++;
 
                 switch (req.operation) {
@@ -568,7 +667,7 @@ static void barrier_try(struct vbd *v)
 
 static void vbd_process_ring(struct vbd *v)
 {
-        if (!v->connected || v->closing)
+        if (!v->connected || v->closing || v->paused)
                 return;
         for (;;) {
                 barrier_try(v);
@@ -593,11 +692,13 @@ static void respond_all(struct vbd *v)
         struct vbd_req *head = v->done_head, *rq;
         unsigned nsegs = 0, nreads = 0;
         int st = 0;
+        uint64_t t;
 
         v->done_head = NULL;
         v->done_tail = &v->done_head;
         if (!head)
                 return;
+        t = now_ns();
 
         if (v->respond) {
                 for (rq = head; rq; rq = rq->next)
@@ -617,6 +718,7 @@ static void respond_all(struct vbd *v)
                                 rq->status = BLKIF_RSP_ERROR;
                         if (rq->status != BLKIF_RSP_OKAY)
                                 op_stats(v, rq->operation)->errors++;
+                        account_latency(op_stats(v, rq->operation), t - rq->start_ns);
                         vbd_ring_put_response(&v->ring, rq->id, rq->operation, rq->status);
                 }
                 rq->phase = PHASE_FREE;
@@ -638,6 +740,7 @@ static void vbd_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
                         v->stats.notifies++;
                         (void)vbd_xen_evtchn_notify(v->xen, v->local_port);
                 }
+                pause_check(v);
                 if (v->closing) {
                         barrier_try(v);
                         vbd_maybe_closed(v);

@@ -21,14 +21,25 @@ struct vbd_xen;
 struct vbd_image;
 struct vbd;
 
+/* Latency histogram: bucket i counts completions that took [2^i, 2^(i+1))
+ * microseconds (bucket 0 also counts < 1 us). */
+#define VBD_LAT_BUCKETS 32
+
 struct vbd_op_stats {
         uint64_t requests, bytes, errors;
+        uint64_t lat_sum_us;
+        uint64_t lat_hist[VBD_LAT_BUCKETS];
 };
 
 struct vbd_stats {
-        struct vbd_op_stats read, write, flush, other;
+        struct vbd_op_stats read, write, flush, discard, other;
         uint64_t bad_requests, grant_errors, notifies, batches;
+        unsigned inflight; /* requests taken from the ring and not yet answered */
 };
+
+/* The latency (us) below which a fraction p (0..1) of completions fall, as the
+ * upper bound of the histogram bucket; 0 when there were none. */
+uint64_t vbd_stats_percentile(const struct vbd_op_stats *s, double p);
 
 /* Called once when the ring must be dropped (bogus ring): the owner disconnects. */
 typedef void (*vbd_fatal_fn)(void *opaque);
@@ -49,5 +60,20 @@ int vbd_connect(struct vbd *v, const uint32_t *refs, unsigned nr_pages, uint32_t
 void vbd_disconnect(struct vbd *v, bool respond, void (*done)(void *opaque), void *opaque);
 
 bool vbd_is_connected(const struct vbd *v);
+
+/*
+ * Pause: take no more requests from the ring (they wait there, the guest
+ * sees slow I/O, nothing fails); done runs once every request taken has
+ * been answered (inline if nothing is in flight).  The pause outlives a
+ * reconnect.  Resume takes requests again.
+ */
+void vbd_pause(struct vbd *v, void (*done)(void *opaque), void *opaque);
+void vbd_resume(struct vbd *v);
+bool vbd_is_paused(const struct vbd *v);
+/* True when paused and nothing is in flight: the image may be swapped. */
+bool vbd_is_drained(const struct vbd *v);
+/* Serve from another image from now on; only when drained (-EBUSY).  The
+ * caller owns both images and republishes the size. */
+int vbd_set_image(struct vbd *v, struct vbd_image *img);
 unsigned vbd_inflight(const struct vbd *v);
 void vbd_get_stats(const struct vbd *v, struct vbd_stats *ret);

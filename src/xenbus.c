@@ -72,6 +72,18 @@ static void finish(struct vbd_xenbus *xb, int code, const char *why)
         ev_break(xb->loop, EVBREAK_ALL);
 }
 
+static int publish_size(struct vbd_xenbus *xb)
+{
+        const struct vbd_info *info = vbd_image_info(xb->img);
+        char sectors[24], psize[12];
+        const char *kv[] = {"sectors", sectors, "physical-sector-size", psize, NULL};
+
+        snprintf(sectors, sizeof(sectors), "%" PRIu64, info->size / VBD_SECTOR_SIZE);
+        snprintf(psize, sizeof(psize), "%" PRIu32,
+                 info->physical_block ? info->physical_block : VBD_SECTOR_SIZE);
+        return vbd_xs_write_all(xb->xen, xb->be, kv);
+}
+
 static int publish(struct vbd_xenbus *xb)
 {
         const struct vbd_info *info = vbd_image_info(xb->img);
@@ -446,4 +458,44 @@ void vbd_xenbus_free(struct vbd_xenbus *xb)
                 ev_io_stop(xb->loop, &xb->xs_watcher);
         vbd_free(xb->vbd);
         free(xb);
+}
+
+struct vbd *vbd_xenbus_vbd(struct vbd_xenbus *xb)
+{
+        return xb->vbd;
+}
+
+const struct vbd_xenbus_config *vbd_xenbus_config(const struct vbd_xenbus *xb)
+{
+        return &xb->cfg;
+}
+
+const char *vbd_xenbus_backend_path(const struct vbd_xenbus *xb)
+{
+        return xb->be;
+}
+
+int vbd_xenbus_state(const struct vbd_xenbus *xb)
+{
+        return (int)xb->state;
+}
+
+int vbd_xenbus_frontend_state(struct vbd_xenbus *xb)
+{
+        return (int)frontend_state(xb);
+}
+
+int vbd_xenbus_swap_image(struct vbd_xenbus *xb, struct vbd_image *img)
+{
+        int r = vbd_set_image(xb->vbd, img);
+
+        if (r < 0)
+                return r;
+        xb->img = img;
+        r = publish_size(xb);
+        if (r < 0)
+                return vbd_log_errno(r, "cannot publish the new size: %m");
+        vbd_info("now serving %s (%" PRIu64 " bytes)", vbd_image_name(img),
+                 vbd_image_info(img)->size);
+        return 0;
 }

@@ -30,6 +30,16 @@ void vbd_xenbus_free(struct vbd_xenbus *xb);
 /* Graceful stop (SIGTERM): drain, answer what is in flight, state Closed. */
 void vbd_xenbus_shutdown(struct vbd_xenbus *xb);
 
+/* For the control socket. */
+struct vbd *vbd_xenbus_vbd(struct vbd_xenbus *xb);
+const struct vbd_xenbus_config *vbd_xenbus_config(const struct vbd_xenbus *xb);
+const char *vbd_xenbus_backend_path(const struct vbd_xenbus *xb);
+int vbd_xenbus_state(const struct vbd_xenbus *xb);    /* ours, XenbusState */
+int vbd_xenbus_frontend_state(struct vbd_xenbus *xb); /* as xenstore says now */
+/* Serve from img from now on (the VBD must be paused and drained, -EBUSY);
+ * republishes sectors and physical-sector-size.  The caller owns both images. */
+int vbd_xenbus_swap_image(struct vbd_xenbus *xb, struct vbd_image *img);
+
 /* Set once the VBD's job is over and the loop should end. */
 bool vbd_xenbus_finished(const struct vbd_xenbus *xb);
 int vbd_xenbus_exit_code(const struct vbd_xenbus *xb);
