@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <string.h>
 
+#include <stdint.h>
+#include <xen/io/blkif.h>
+
 #include "ring.h"
 #include "vbd/log.h"
 
@@ -110,23 +113,103 @@ int vbd_ring_init(struct vbd_ring *r, void *sring, size_t size, enum vbd_ring_ab
         return 0;
 }
 
-static void copy_segs(struct vbd_ring_req *req, const struct wire_seg *ws)
-{
-        unsigned n = req->nr_segments;
+/* Byte offsets of the fields of each request layout, per ABI. */
+struct layout {
+        uint8_t id, sector, seg;                           /* READ/WRITE/BARRIER/FLUSH */
+        uint8_t ind_id, ind_sector, ind_handle, ind_grefs; /* INDIRECT */
+        uint8_t dis_id, dis_sector, dis_nr_sectors;        /* DISCARD */
+};
 
-        /* Copy only what fits; nr_segments itself is checked by the caller. */
-        if (n > VBD_RING_MAX_SEGMENTS)
-                n = VBD_RING_MAX_SEGMENTS;
+static const struct layout layout64 = {8, 16, 24, 8, 16, 24, 28, 8, 16, 24};
+static const struct layout layout32 = {4, 12, 20, 4, 12, 20, 24, 4, 12, 20};
+
+static uint64_t get64(const uint8_t *b, unsigned off)
+{
+        uint64_t v;
+
+        memcpy(&v, b + off, sizeof(v));
+        return v;
+}
+
+static uint32_t get32(const uint8_t *b, unsigned off)
+{
+        uint32_t v;
+
+        memcpy(&v, b + off, sizeof(v));
+        return v;
+}
+
+static uint16_t get16(const uint8_t *b, unsigned off)
+{
+        uint16_t v;
+
+        memcpy(&v, b + off, sizeof(v));
+        return v;
+}
+
+static void decode_segs(const uint8_t *b, unsigned n, struct vbd_ring_seg *out)
+{
         for (unsigned i = 0; i < n; i++) {
-                req->seg[i].gref = ws[i].gref;
-                req->seg[i].first_sect = ws[i].first_sect;
-                req->seg[i].last_sect = ws[i].last_sect;
+                out[i].gref = get32(b, i * 8);
+                out[i].first_sect = b[i * 8 + 4];
+                out[i].last_sect = b[i * 8 + 5];
         }
+}
+
+void vbd_ring_decode_indirect(const void *pages, unsigned n, struct vbd_ring_seg *out)
+{
+        decode_segs(pages, n, out);
+}
+
+/* Decode one ring entry, already copied out of shared memory. */
+static void decode(const uint8_t *b, const struct layout *l, struct vbd_ring_req *req)
+{
+        memset(req, 0, sizeof(*req));
+        req->operation = b[0];
+        switch (req->operation) {
+        case BLKIF_OP_INDIRECT:
+                req->indirect_op = b[1];
+                req->nr_segments = get16(b, 2);
+                req->id = get64(b, l->ind_id);
+                req->sector_number = get64(b, l->ind_sector);
+                req->handle = get16(b, l->ind_handle);
+                for (unsigned i = 0; i < VBD_RING_MAX_INDIRECT_PAGES; i++)
+                        req->indirect_grefs[i] = get32(b, l->ind_grefs + 4 * i);
+                break;
+        case BLKIF_OP_DISCARD:
+                req->flag = b[1];
+                req->handle = get16(b, 2);
+                req->id = get64(b, l->dis_id);
+                req->sector_number = get64(b, l->dis_sector);
+                req->nr_sectors = get64(b, l->dis_nr_sectors);
+                break;
+        default:
+                req->nr_segments = b[1];
+                req->handle = get16(b, 2);
+                req->id = get64(b, l->id);
+                req->sector_number = get64(b, l->sector);
+                /* Only what fits; nr_segments itself is checked later. */
+                decode_segs(b + l->seg,
+                            req->nr_segments < VBD_RING_MAX_SEGMENTS ? req->nr_segments
+                                                                     : VBD_RING_MAX_SEGMENTS,
+                            req->seg);
+                break;
+        }
+}
+
+int vbd_ring_peek_op(const struct vbd_ring *r)
+{
+        uint32_t prod = __atomic_load_n(&hdr(r)->req_prod, __ATOMIC_ACQUIRE);
+
+        if (r->req_cons == prod || prod - r->rsp_prod_pvt > r->nr_ents)
+                return -1;
+        return __atomic_load_n((const uint8_t *)entry(r, r->req_cons), __ATOMIC_RELAXED);
 }
 
 int vbd_ring_get_request(struct vbd_ring *r, struct vbd_ring_req *req)
 {
         uint32_t prod = __atomic_load_n(&hdr(r)->req_prod, __ATOMIC_ACQUIRE);
+        uint8_t buf[sizeof(struct req64)];
 
         if (prod - r->rsp_prod_pvt > r->nr_ents)
                 return -EPROTO;
@@ -136,29 +219,105 @@ int vbd_ring_get_request(struct vbd_ring *r, struct vbd_ring_req *req)
                 return 0; /* no room for another response yet */
 
         /* Copy the whole entry once: the guest may change it under us. */
-        if (r->abi == VBD_RING_ABI_X86_32) {
-                struct req32 w;
-                memcpy(&w, entry(r, r->req_cons), sizeof(w));
-                __atomic_signal_fence(__ATOMIC_SEQ_CST);
-                req->operation = w.operation;
-                req->nr_segments = w.nr_segments;
-                req->handle = w.handle;
-                req->id = w.id;
-                req->sector_number = w.sector_number;
-                copy_segs(req, w.seg);
-        } else {
-                struct req64 w;
-                memcpy(&w, entry(r, r->req_cons), sizeof(w));
-                __atomic_signal_fence(__ATOMIC_SEQ_CST);
-                req->operation = w.operation;
-                req->nr_segments = w.nr_segments;
-                req->handle = w.handle;
-                req->id = w.id;
-                req->sector_number = w.sector_number;
-                copy_segs(req, w.seg);
-        }
+        memcpy(buf, entry(r, r->req_cons), entry_size(r->abi));
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        decode(buf, r->abi == VBD_RING_ABI_X86_32 ? &layout32 : &layout64, req);
         r->req_cons++;
         return 1;
+}
+
+int vbd_ring_check_request(const struct vbd_ring_req *req, const struct vbd_ring_limits *l,
+                           struct vbd_ring_xfer *ret, const char **ret_why)
+{
+        *ret = (struct vbd_ring_xfer){.op = req->operation, .sector = req->sector_number};
+        switch (req->operation) {
+        case BLKIF_OP_READ:
+        case BLKIF_OP_WRITE:
+        case BLKIF_OP_WRITE_BARRIER:
+                if (req->operation != BLKIF_OP_READ && l->readonly) {
+                        *ret_why = "write to a read-only disk";
+                        return -EROFS;
+                }
+                if (req->nr_segments > VBD_RING_MAX_SEGMENTS ||
+                    (req->nr_segments == 0 && req->operation != BLKIF_OP_WRITE_BARRIER)) {
+                        *ret_why = "nr_segments out of range";
+                        return -EINVAL;
+                }
+                ret->nr_segs = req->nr_segments;
+                ret->offset = req->sector_number * VBD_SECTOR_SIZE;
+                return 0;
+        case BLKIF_OP_FLUSH_DISKCACHE:
+                return 0;
+        case BLKIF_OP_INDIRECT:
+                if (!l->max_indirect_segments) {
+                        *ret_why = "unsupported operation";
+                        return -EOPNOTSUPP;
+                }
+                if (req->indirect_op != BLKIF_OP_READ && req->indirect_op != BLKIF_OP_WRITE) {
+                        *ret_why = "indirect request of an unsupported operation";
+                        return -EOPNOTSUPP;
+                }
+                ret->op = req->indirect_op;
+                if (ret->op == BLKIF_OP_WRITE && l->readonly) {
+                        *ret_why = "write to a read-only disk";
+                        return -EROFS;
+                }
+                if (req->nr_segments == 0 || req->nr_segments > l->max_indirect_segments) {
+                        *ret_why = "indirect nr_segments out of range";
+                        return -EINVAL;
+                }
+                ret->nr_segs = req->nr_segments;
+                ret->nr_indirect_pages = (req->nr_segments + VBD_RING_SEGS_PER_INDIRECT_PAGE - 1) /
+                                         VBD_RING_SEGS_PER_INDIRECT_PAGE;
+                ret->offset = req->sector_number * VBD_SECTOR_SIZE;
+                return 0;
+        case BLKIF_OP_DISCARD:
+                if (!l->discard) {
+                        *ret_why = "unsupported operation";
+                        return -EOPNOTSUPP;
+                }
+                if (req->flag & BLKIF_DISCARD_SECURE) {
+                        *ret_why = "secure discard is not offered";
+                        return -EOPNOTSUPP;
+                }
+                if (l->readonly) {
+                        *ret_why = "discard on a read-only disk";
+                        return -EROFS;
+                }
+                if (req->sector_number > l->size / VBD_SECTOR_SIZE ||
+                    req->nr_sectors > l->size / VBD_SECTOR_SIZE - req->sector_number) {
+                        *ret_why = "discard range past the end of the disk";
+                        return -EINVAL;
+                }
+                ret->offset = req->sector_number * VBD_SECTOR_SIZE;
+                ret->len = req->nr_sectors * VBD_SECTOR_SIZE;
+                return 0;
+        default:
+                *ret_why = "unsupported operation";
+                return -EOPNOTSUPP;
+        }
+}
+
+int vbd_ring_check_segments(const struct vbd_ring_seg *segs, unsigned n, uint64_t size,
+                            struct vbd_ring_xfer *x, const char **ret_why)
+{
+        uint64_t len = 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                if (segs[i].first_sect > segs[i].last_sect ||
+                    segs[i].last_sect >= VBD_PAGE_SIZE / VBD_SECTOR_SIZE) {
+                        *ret_why = "bad segment sector range";
+                        return -EINVAL;
+                }
+                len += (uint64_t)(segs[i].last_sect - segs[i].first_sect + 1) * VBD_SECTOR_SIZE;
+        }
+        /* The sector first: its byte offset may have wrapped around 2^64. */
+        if (x->sector > size / VBD_SECTOR_SIZE || len > size - x->sector * VBD_SECTOR_SIZE) {
+                *ret_why = "sector range past the end of the disk";
+                return -EINVAL;
+        }
+        x->len = len;
+        return 0;
 }
 
 void vbd_ring_put_response(struct vbd_ring *r, uint64_t id, uint8_t operation, int16_t status)

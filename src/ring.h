@@ -11,10 +11,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VBD_RING_MAX_SEGMENTS 11 /* BLKIF_MAX_SEGMENTS_PER_REQUEST */
-#define VBD_RING_MAX_ORDER    4  /* 16 pages */
-#define VBD_SECTOR_SIZE       512u
-#define VBD_PAGE_SIZE         4096u
+#define VBD_RING_MAX_SEGMENTS           11  /* BLKIF_MAX_SEGMENTS_PER_REQUEST */
+#define VBD_RING_MAX_INDIRECT_SEGMENTS  256 /* what we offer: 1 MiB per request */
+#define VBD_RING_SEGS_PER_INDIRECT_PAGE 512 /* 4096 / sizeof(blkif_request_segment) */
+#define VBD_RING_MAX_INDIRECT_PAGES     8   /* BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST */
+#define VBD_RING_MAX_ORDER              4   /* 16 pages */
+#define VBD_SECTOR_SIZE                 512u
+#define VBD_PAGE_SIZE                   4096u
 
 enum vbd_ring_abi { VBD_RING_ABI_NATIVE, VBD_RING_ABI_X86_32, VBD_RING_ABI_X86_64 };
 
@@ -23,15 +26,52 @@ struct vbd_ring_seg {
         uint8_t first_sect, last_sect;
 };
 
-/* A request as copied out of the ring (not yet validated against the image). */
+/* A request as copied out of the ring (not yet validated). */
 struct vbd_ring_req {
         uint8_t operation;
-        uint8_t nr_segments;
+        uint8_t indirect_op; /* BLKIF_OP_INDIRECT: READ or WRITE */
+        uint8_t flag;        /* BLKIF_OP_DISCARD: BLKIF_DISCARD_SECURE */
+        uint16_t nr_segments;
         uint16_t handle;
         uint64_t id;
         uint64_t sector_number;
-        struct vbd_ring_seg seg[VBD_RING_MAX_SEGMENTS];
+        uint64_t nr_sectors; /* BLKIF_OP_DISCARD */
+        uint32_t indirect_grefs[VBD_RING_MAX_INDIRECT_PAGES];
+        struct vbd_ring_seg seg[VBD_RING_MAX_SEGMENTS]; /* direct requests */
 };
+
+/* What the disk allows, for vbd_ring_check_request(). */
+struct vbd_ring_limits {
+        uint64_t size; /* bytes */
+        bool readonly;
+        bool discard;
+        unsigned max_indirect_segments; /* 0: no indirect requests */
+};
+
+/* A request's data transfer once checked. */
+struct vbd_ring_xfer {
+        uint8_t op;       /* BLKIF_OP_READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE/DISCARD */
+        unsigned nr_segs; /* data segments (direct, or in the indirect pages) */
+        unsigned nr_indirect_pages;
+        uint64_t sector;      /* as the guest gave it */
+        uint64_t offset, len; /* bytes; len of READ/WRITE known after check_segments */
+};
+
+/*
+ * Check the fixed fields of a request: operation, segment count, read-only,
+ * discard range.  0 and *ret filled, or -EOPNOTSUPP (operation not offered),
+ * -EROFS, -EINVAL; *ret_why says what was wrong.
+ */
+int vbd_ring_check_request(const struct vbd_ring_req *req, const struct vbd_ring_limits *l,
+                           struct vbd_ring_xfer *ret, const char **ret_why);
+
+/* Check a request's data segments (from the ring or from its indirect pages)
+ * and the disk range they cover; sets x->len.  0 or -EINVAL. */
+int vbd_ring_check_segments(const struct vbd_ring_seg *segs, unsigned n, uint64_t size,
+                            struct vbd_ring_xfer *x, const char **ret_why);
+
+/* Decode n segments from the contents of indirect pages (n <= 512 per page). */
+void vbd_ring_decode_indirect(const void *pages, unsigned n, struct vbd_ring_seg *out);
 
 struct vbd_ring {
         void *sring; /* the mapped shared pages */
@@ -52,6 +92,10 @@ int vbd_ring_init(struct vbd_ring *r, void *sring, size_t size, enum vbd_ring_ab
  * ahead of us (a bogus ring: disconnect).
  */
 int vbd_ring_get_request(struct vbd_ring *r, struct vbd_ring_req *req);
+
+/* The operation of the next request, without consuming it (-1: none).  The
+ * guest may still change it: whoever consumes must not rely on it. */
+int vbd_ring_peek_op(const struct vbd_ring *r);
 
 void vbd_ring_put_response(struct vbd_ring *r, uint64_t id, uint8_t operation, int16_t status);
 

@@ -18,8 +18,21 @@
 #define REQ_MAX_BYTES (VBD_RING_MAX_SEGMENTS * VBD_PAGE_SIZE)
 #define MAX_PASSES    8 /* ring passes per loop iteration before yielding */
 
-/* Kinds of malformed requests, each with its own log rate limit. */
-enum bad_kind { BAD_READONLY, BAD_SEGMENTS, BAD_SECTORS, BAD_RANGE, BAD_OP, _BAD_MAX };
+#define MAX_BIG       64 /* indirect-capable slots: bounds a guest's hold on memory */
+#define BIG_MAX_BYTES ((size_t)VBD_RING_MAX_INDIRECT_SEGMENTS * VBD_PAGE_SIZE)
+#define BIG_DESC_PAGES                                                                             \
+        ((VBD_RING_MAX_INDIRECT_SEGMENTS + VBD_RING_SEGS_PER_INDIRECT_PAGE - 1) /                  \
+         VBD_RING_SEGS_PER_INDIRECT_PAGE)
+#define BAD_KINDS 16 /* distinct malformed-request messages, each rate-limited alone */
+
+/* What an indirect request needs besides a ring slot: its segment table and
+ * a bounce buffer for up to VBD_RING_MAX_INDIRECT_SEGMENTS pages. */
+struct vbd_big {
+        struct vbd_big *next;
+        uint8_t *bounce;
+        uint8_t *desc; /* the indirect pages, copied from the guest */
+        struct vbd_ring_seg segs[VBD_RING_MAX_INDIRECT_SEGMENTS];
+};
 
 enum req_phase { PHASE_FREE, PHASE_BARRIER_WAIT, PHASE_IO, PHASE_FLUSH_AFTER, PHASE_DONE };
 
@@ -28,13 +41,17 @@ struct vbd_req {
         struct vbd *vbd;
         struct vbd_req *next; /* free list or done list */
         uint64_t id;
-        uint8_t operation;
-        uint8_t nr_segs;
+        uint8_t operation; /* echoed in the response (the inner op of an indirect one) */
+        uint16_t nr_segs;
         int16_t status;
         enum req_phase phase;
+        struct vbd_ring_xfer xfer;
+        struct vbd_ring_seg *segs; /* seg, or big->segs */
         struct vbd_ring_seg seg[VBD_RING_MAX_SEGMENTS];
+        struct vbd_big *big; /* indirect requests only */
         struct iovec iov;
-        uint8_t *bounce;
+        uint8_t *bounce; /* small_bounce, or big->bounce */
+        uint8_t *small_bounce;
         uint32_t copy_first; /* index of its first segment in the copy batch */
         uint64_t start_ns;   /* when it was taken from the ring */
 };
@@ -77,9 +94,19 @@ struct vbd {
         unsigned inflight;       /* requests handed to the image and not completed */
         xengnttab_grant_copy_segment_t *copy;
         struct vbd_req **copy_reqs;
+        struct vbd_big *bigs, *big_free;
+        unsigned nr_big;
+        uint8_t *big_mem;
+        size_t big_size;
+        xengnttab_grant_copy_segment_t *desc_copy; /* indirect pages, one batch per pass */
+        struct vbd_req **desc_reqs;
+        struct vbd_ring_limits limits;
 
-        struct vbd_ratelimit rl;               /* I/O and grant errors */
-        struct vbd_ratelimit rl_bad[_BAD_MAX]; /* per kind: one flood can't hide another */
+        struct vbd_ratelimit rl; /* I/O and grant errors */
+        struct {
+                const char *why;
+                struct vbd_ratelimit rl;
+        } rl_bad[BAD_KINDS]; /* per message: one flood can't hide another */
         struct vbd_stats stats;
 };
 
@@ -89,6 +116,16 @@ static void vbd_kick_cb(struct ev_loop *loop, ev_idle *w, int revents);
 static void vbd_process_ring(struct vbd *v);
 static void vbd_maybe_closed(struct vbd *v);
 static void pause_check(struct vbd *v);
+
+static void set_limits(struct vbd *v)
+{
+        v->limits = (struct vbd_ring_limits){
+            .size = v->info->size,
+            .readonly = v->readonly,
+            .discard = !v->readonly && (v->info->caps & VBD_CAP_DISCARD),
+            .max_indirect_segments = VBD_RING_MAX_INDIRECT_SEGMENTS,
+        };
+}
 
 struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
                     uint32_t frontend_domid, bool readonly, vbd_fatal_fn fatal, void *opaque)
@@ -106,8 +143,7 @@ struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *i
         v->fatal = fatal;
         v->fatal_opaque = opaque;
         v->rl = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 10);
-        for (unsigned i = 0; i < _BAD_MAX; i++)
-                v->rl_bad[i] = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 5);
+        set_limits(v);
         ev_prepare_init(&v->flush_watcher, vbd_flush_cb);
         ev_set_priority(&v->flush_watcher, EV_MAXPRI);
         v->flush_watcher.data = v;
@@ -120,6 +156,15 @@ static void pool_free(struct vbd *v)
 {
         if (v->bounce_mem)
                 munmap(v->bounce_mem, v->bounce_size);
+        if (v->big_mem)
+                munmap(v->big_mem, v->big_size);
+        free(v->bigs);
+        free(v->desc_copy);
+        free(v->desc_reqs);
+        v->big_mem = NULL;
+        v->bigs = v->big_free = NULL;
+        v->desc_copy = NULL;
+        v->desc_reqs = NULL;
         free(v->scratch_mem);
         free(v->reqs);
         free(v->copy);
@@ -132,24 +177,42 @@ static void pool_free(struct vbd *v)
         v->free_list = NULL;
 }
 
+static void *map_anon(size_t size)
+{
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+        return p == MAP_FAILED ? NULL : p;
+}
+
+/*
+ * Everything the data path uses, sized by the ring: n request slots with an
+ * 11-segment bounce buffer each, nr_big indirect slots with a 1 MiB bounce
+ * buffer each (touched only when used), and the grant copy batches.
+ */
 static int pool_alloc(struct vbd *v, unsigned n)
 {
         size_t scratch = vbd_image_io_scratch_size(v->img);
+        size_t max_copy;
 
         scratch = (scratch + 63) & ~(size_t)63;
         v->nr_reqs = n;
+        v->nr_big = n < MAX_BIG ? n : MAX_BIG;
+        max_copy =
+            (size_t)n * VBD_RING_MAX_SEGMENTS + (size_t)v->nr_big * VBD_RING_MAX_INDIRECT_SEGMENTS;
         v->reqs = calloc(n, sizeof(*v->reqs));
-        v->copy = calloc((size_t)n * VBD_RING_MAX_SEGMENTS, sizeof(*v->copy));
+        v->copy = calloc(max_copy, sizeof(*v->copy));
         v->copy_reqs = calloc(n, sizeof(*v->copy_reqs));
         v->scratch_size = scratch;
         v->scratch_mem = scratch ? calloc(n, scratch) : NULL;
         v->bounce_size = (size_t)n * REQ_MAX_BYTES;
-        v->bounce_mem =
-            mmap(NULL, v->bounce_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (v->bounce_mem == MAP_FAILED)
-                v->bounce_mem = NULL;
+        v->bounce_mem = map_anon(v->bounce_size);
+        v->bigs = calloc(v->nr_big, sizeof(*v->bigs));
+        v->big_size = (size_t)v->nr_big * (BIG_MAX_BYTES + BIG_DESC_PAGES * VBD_PAGE_SIZE);
+        v->big_mem = map_anon(v->big_size);
+        v->desc_copy = calloc((size_t)v->nr_big * BIG_DESC_PAGES, sizeof(*v->desc_copy));
+        v->desc_reqs = calloc(v->nr_big, sizeof(*v->desc_reqs));
         if (!v->reqs || !v->copy || !v->copy_reqs || (scratch && !v->scratch_mem) ||
-            !v->bounce_mem) {
+            !v->bounce_mem || !v->bigs || !v->big_mem || !v->desc_copy || !v->desc_reqs) {
                 pool_free(v);
                 return -ENOMEM;
         }
@@ -157,10 +220,19 @@ static int pool_alloc(struct vbd *v, unsigned n)
         for (unsigned i = n; i-- > 0;) {
                 struct vbd_req *rq = &v->reqs[i];
                 rq->vbd = v;
-                rq->bounce = v->bounce_mem + (size_t)i * REQ_MAX_BYTES;
+                rq->small_bounce = v->bounce_mem + (size_t)i * REQ_MAX_BYTES;
                 rq->io.scratch = scratch ? v->scratch_mem + (size_t)i * scratch : NULL;
                 rq->next = v->free_list;
                 v->free_list = rq;
+        }
+        v->big_free = NULL;
+        for (unsigned i = v->nr_big; i-- > 0;) {
+                struct vbd_big *b = &v->bigs[i];
+                b->bounce = v->big_mem + (size_t)i * BIG_MAX_BYTES;
+                b->desc = v->big_mem + (size_t)v->nr_big * BIG_MAX_BYTES +
+                          (size_t)i * BIG_DESC_PAGES * VBD_PAGE_SIZE;
+                b->next = v->big_free;
+                v->big_free = b;
         }
         v->done_head = NULL;
         v->done_tail = &v->done_head;
@@ -363,6 +435,7 @@ int vbd_set_image(struct vbd *v, struct vbd_image *img)
                 return -EINVAL; /* the pool was sized for the old driver */
         v->img = img;
         v->info = vbd_image_info(img);
+        set_limits(v);
         return 0;
 }
 
@@ -441,7 +514,13 @@ static void req_submit(struct vbd *v, struct vbd_req *rq)
 
         v->inflight++;
         rq->phase = PHASE_IO;
-        if (rq->operation == BLKIF_OP_FLUSH_DISKCACHE || (barrier && rq->iov.iov_len == 0)) {
+        if (rq->operation == BLKIF_OP_DISCARD) {
+                rq->io.op = VBD_OP_DISCARD;
+                rq->io.offset = rq->xfer.offset;
+                rq->io.len = rq->xfer.len;
+                rq->io.iov = NULL;
+                rq->io.iovcnt = 0;
+        } else if (rq->operation == BLKIF_OP_FLUSH_DISKCACHE || (barrier && rq->iov.iov_len == 0)) {
                 rq->io.op = VBD_OP_FLUSH;
                 rq->io.offset = rq->io.len = 0;
                 rq->io.iov = NULL;
@@ -462,51 +541,21 @@ static void req_submit(struct vbd *v, struct vbd_req *rq)
         vbd_image_submit(v->img, &rq->io);
 }
 
-static void bad_request(struct vbd *v, const struct vbd_ring_req *req, enum bad_kind kind,
-                        const char *why)
+static void bad_request(struct vbd *v, const struct vbd_ring_req *req, const char *why)
 {
+        unsigned i;
+
         v->stats.bad_requests++;
-        if (vbd_ratelimit_ok(&v->rl_bad[kind]))
+        for (i = 0; i < BAD_KINDS && v->rl_bad[i].why && v->rl_bad[i].why != why; i++)
+                ;
+        if (i == BAD_KINDS)
+                i = BAD_KINDS - 1; /* shares the last limit */
+        if (!v->rl_bad[i].why) {
+                v->rl_bad[i].why = why;
+                v->rl_bad[i].rl = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 5);
+        }
+        if (vbd_ratelimit_ok(&v->rl_bad[i].rl))
                 vbd_warn("bad request id %" PRIu64 " op %u: %s", req->id, req->operation, why);
-}
-
-/*
- * Check a READ/WRITE/WRITE_BARRIER request against the blkif rules and the
- * image.  Fills rq's segments, iov and io range.  Returns 0 or -errno.
- */
-static int req_validate_rw(struct vbd *v, const struct vbd_ring_req *req, struct vbd_req *rq)
-{
-        uint64_t len = 0, size = v->info->size;
-        unsigned min = req->operation == BLKIF_OP_WRITE_BARRIER ? 0 : 1;
-
-        if (req->operation != BLKIF_OP_READ && v->readonly) {
-                bad_request(v, req, BAD_READONLY, "write to a read-only disk");
-                return -EROFS;
-        }
-        if (req->nr_segments < min || req->nr_segments > VBD_RING_MAX_SEGMENTS) {
-                bad_request(v, req, BAD_SEGMENTS, "nr_segments out of range");
-                return -EINVAL;
-        }
-        for (unsigned i = 0; i < req->nr_segments; i++) {
-                const struct vbd_ring_seg *s = &req->seg[i];
-                if (s->first_sect > s->last_sect ||
-                    s->last_sect >= VBD_PAGE_SIZE / VBD_SECTOR_SIZE) {
-                        bad_request(v, req, BAD_SECTORS, "bad segment sector range");
-                        return -EINVAL;
-                }
-                rq->seg[i] = *s;
-                len += (uint64_t)(s->last_sect - s->first_sect + 1) * VBD_SECTOR_SIZE;
-        }
-        if (req->sector_number > size / VBD_SECTOR_SIZE ||
-            len > size - req->sector_number * VBD_SECTOR_SIZE) {
-                bad_request(v, req, BAD_RANGE, "sector range past the end of the disk");
-                return -EINVAL;
-        }
-        rq->nr_segs = req->nr_segments;
-        rq->iov = (struct iovec){.iov_base = rq->bounce, .iov_len = len};
-        rq->io.offset = req->sector_number * VBD_SECTOR_SIZE;
-        rq->io.len = len;
-        return 0;
 }
 
 /* Append rq's segments to the copy batch (guest -> bounce or bounce -> guest). */
@@ -517,18 +566,19 @@ static unsigned stage_copy(struct vbd *v, struct vbd_req *rq, unsigned n, bool t
         rq->copy_first = n;
         for (unsigned i = 0; i < rq->nr_segs; i++) {
                 xengnttab_grant_copy_segment_t *c = &v->copy[n++];
-                uint16_t off = rq->seg[i].first_sect * VBD_SECTOR_SIZE;
-                uint16_t len = (rq->seg[i].last_sect - rq->seg[i].first_sect + 1) * VBD_SECTOR_SIZE;
+                const struct vbd_ring_seg *sg = &rq->segs[i];
+                uint16_t off = sg->first_sect * VBD_SECTOR_SIZE;
+                uint16_t len = (sg->last_sect - sg->first_sect + 1) * VBD_SECTOR_SIZE;
 
                 memset(c, 0, sizeof(*c));
                 if (to_guest) {
                         c->source.virt = rq->bounce + pos;
-                        c->dest.foreign.ref = rq->seg[i].gref;
+                        c->dest.foreign.ref = sg->gref;
                         c->dest.foreign.domid = (domid_t)v->domid;
                         c->dest.foreign.offset = off;
                         c->flags = GNTCOPY_dest_gref;
                 } else {
-                        c->source.foreign.ref = rq->seg[i].gref;
+                        c->source.foreign.ref = sg->gref;
                         c->source.foreign.domid = (domid_t)v->domid;
                         c->source.foreign.offset = off;
                         c->dest.virt = rq->bounce + pos;
@@ -540,49 +590,198 @@ static unsigned stage_copy(struct vbd *v, struct vbd_req *rq, unsigned n, bool t
         return n;
 }
 
-/* Run the batch; returns per request whether all its segments succeeded. */
-static int run_copy(struct vbd *v, unsigned nsegs)
+static int run_copy(struct vbd *v, xengnttab_grant_copy_segment_t *segs, unsigned nsegs)
 {
         int r;
 
         if (nsegs == 0)
                 return 0;
         v->stats.batches++;
-        r = vbd_xen_grant_copy(v->xen, nsegs, v->copy);
+        r = vbd_xen_grant_copy(v->xen, nsegs, segs);
         if (r < 0 && vbd_ratelimit_ok(&v->rl))
                 vbd_log_errno(r, "grant copy of %u segments failed: %m", nsegs);
         return r;
 }
 
-static bool copy_ok(struct vbd *v, struct vbd_req *rq, int batch_status)
+static bool copy_status_ok(struct vbd *v, struct vbd_req *rq,
+                           const xengnttab_grant_copy_segment_t *c, unsigned n, int batch_status)
 {
         if (batch_status < 0)
                 return false;
-        for (unsigned i = 0; i < rq->nr_segs; i++) {
-                int16_t st = v->copy[rq->copy_first + i].status;
-                if (st != GNTST_okay) {
+        for (unsigned i = 0; i < n; i++) {
+                if (c[i].status != GNTST_okay) {
                         v->stats.grant_errors++;
                         if (vbd_ratelimit_ok(&v->rl))
                                 vbd_warn("request id %" PRIu64 ": grant copy of gref %" PRIu32
                                          " failed (status %d)",
-                                         rq->id, rq->seg[i].gref, st);
+                                         rq->id,
+                                         c[i].flags & GNTCOPY_source_gref ? c[i].source.foreign.ref
+                                                                          : c[i].dest.foreign.ref,
+                                         c[i].status);
                         return false;
                 }
         }
         return true;
 }
 
+static bool copy_ok(struct vbd *v, struct vbd_req *rq, int batch_status)
+{
+        return copy_status_ok(v, rq, &v->copy[rq->copy_first], rq->nr_segs, batch_status);
+}
+
+/* The batch being built by one pass over the ring. */
+struct pass {
+        unsigned nsegs, nwrites, ndesc, nind;
+};
+
+/* A READ/WRITE/WRITE_BARRIER with checked segments: set up its io, then
+ * submit it (READ), stage its data copy (WRITE) or park it (BARRIER). */
+static void dispatch_rw(struct vbd *v, struct vbd_req *rq, struct pass *ps)
+{
+        rq->iov = (struct iovec){.iov_base = rq->bounce, .iov_len = rq->xfer.len};
+        rq->io.offset = rq->xfer.offset;
+        rq->io.len = rq->xfer.len;
+        op_stats(v, rq->operation)->bytes += rq->xfer.len;
+        if (rq->operation == BLKIF_OP_WRITE_BARRIER) {
+                /* Everything before it completes first, nothing after it starts. */
+                rq->phase = PHASE_BARRIER_WAIT;
+                v->barrier = rq;
+        } else if (rq->operation == BLKIF_OP_WRITE) {
+                ps->nsegs = stage_copy(v, rq, ps->nsegs, false);
+                v->copy_reqs[ps->nwrites++] = rq;
+        } else {
+                req_submit(v, rq);
+        }
+}
+
+/* Take one request off the ring and start it.  Indirect ones wait in the
+ * pass for their descriptor pages. */
+static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
+{
+        struct vbd_req *rq = v->free_list;
+        const char *why = NULL;
+        int r;
+
+        v->free_list = rq->next;
+        rq->id = req->id;
+        rq->operation = req->operation;
+        rq->nr_segs = 0;
+        rq->io.flags = 0;
+        rq->segs = rq->seg;
+        rq->bounce = rq->small_bounce;
+        rq->big = NULL;
+        rq->start_ns = now_ns();
+
+        r = vbd_ring_check_request(req, &v->limits, &rq->xfer, &why);
+        if (r == 0)
+                rq->operation = rq->xfer.op;
+        op_stats(v, rq->operation)->requests++;
+        if (r < 0) {
+                bad_request(v, req, why);
+                req_finish(rq, r);
+                return;
+        }
+
+        switch (rq->xfer.op) {
+        case BLKIF_OP_FLUSH_DISKCACHE:
+                if (v->readonly)
+                        req_finish(rq, 0); /* nothing to flush */
+                else
+                        req_submit(v, rq);
+                return;
+        case BLKIF_OP_DISCARD:
+                op_stats(v, rq->operation)->bytes += rq->xfer.len;
+                if (rq->xfer.len == 0)
+                        req_finish(rq, 0);
+                else
+                        req_submit(v, rq);
+                return;
+        }
+
+        if (req->operation == BLKIF_OP_INDIRECT) {
+                struct vbd_big *b = v->big_free;
+                unsigned left = rq->xfer.nr_segs;
+
+                if (!b) { /* the guest changed the request after we peeked at it */
+                        bad_request(v, req, "indirect request changed while being read");
+                        req_finish(rq, -EBUSY);
+                        return;
+                }
+                v->big_free = b->next;
+                rq->big = b;
+                rq->segs = b->segs;
+                rq->bounce = b->bounce;
+                for (unsigned i = 0; i < rq->xfer.nr_indirect_pages; i++) {
+                        xengnttab_grant_copy_segment_t *c = &v->desc_copy[ps->ndesc++];
+                        unsigned n = left < VBD_RING_SEGS_PER_INDIRECT_PAGE
+                                         ? left
+                                         : VBD_RING_SEGS_PER_INDIRECT_PAGE;
+
+                        memset(c, 0, sizeof(*c));
+                        c->source.foreign.ref = req->indirect_grefs[i];
+                        c->source.foreign.domid = (domid_t)v->domid;
+                        c->dest.virt = b->desc + (size_t)i * VBD_PAGE_SIZE;
+                        c->len = (uint16_t)(n * 8);
+                        c->flags = GNTCOPY_source_gref;
+                        left -= n;
+                }
+                v->desc_reqs[ps->nind++] = rq;
+                return;
+        }
+
+        r = vbd_ring_check_segments(req->seg, rq->xfer.nr_segs, v->limits.size, &rq->xfer, &why);
+        if (r < 0) {
+                bad_request(v, req, why);
+                req_finish(rq, r);
+                return;
+        }
+        rq->nr_segs = (uint16_t)rq->xfer.nr_segs;
+        memcpy(rq->seg, req->seg, rq->nr_segs * sizeof(rq->seg[0]));
+        dispatch_rw(v, rq, ps);
+}
+
+/* Indirect requests of this pass: fetch their segment tables, check them. */
+static void finish_indirect(struct vbd *v, struct pass *ps)
+{
+        unsigned d = 0;
+        int st = run_copy(v, v->desc_copy, ps->ndesc);
+
+        for (unsigned i = 0; i < ps->nind; i++) {
+                struct vbd_req *rq = v->desc_reqs[i];
+                unsigned pages = rq->xfer.nr_indirect_pages;
+                struct vbd_ring_req fake = {.id = rq->id, .operation = BLKIF_OP_INDIRECT};
+                const char *why = NULL;
+
+                if (!copy_status_ok(v, rq, &v->desc_copy[d], pages, st)) {
+                        d += pages;
+                        req_finish(rq, -EFAULT);
+                        continue;
+                }
+                d += pages;
+                vbd_ring_decode_indirect(rq->big->desc, rq->xfer.nr_segs, rq->segs);
+                if (vbd_ring_check_segments(rq->segs, rq->xfer.nr_segs, v->limits.size, &rq->xfer,
+                                            &why) < 0) {
+                        bad_request(v, &fake, why);
+                        req_finish(rq, -EINVAL);
+                        continue;
+                }
+                rq->nr_segs = (uint16_t)rq->xfer.nr_segs;
+                dispatch_rw(v, rq, ps);
+        }
+        ps->ndesc = ps->nind = 0;
+}
+
 /* Consume requests from the ring.  Returns true if the ring must be dropped. */
 static bool consume(struct vbd *v)
 {
-        unsigned nsegs = 0, nwrites = 0;
+        struct pass ps = {0};
         struct vbd_ring_req req;
         bool bogus = false;
         int r;
 
         while (!v->barrier && v->free_list) {
-                struct vbd_req *rq;
-
+                if (!v->big_free && vbd_ring_peek_op(&v->ring) == BLKIF_OP_INDIRECT)
+                        break; /* resumed when an indirect slot frees */
                 r = vbd_ring_get_request(&v->ring, &req);
                 if (r == -EPROTO) {
                         bogus = true;
@@ -590,53 +789,13 @@ static bool consume(struct vbd *v)
                 }
                 if (r == 0)
                         break;
-                rq = v->free_list;
-                v->free_list = rq->next;
-                rq->id = req.id;
-                rq->operation = req.operation;
-                rq->nr_segs = 0;
-                rq->io.flags = 0;
-                rq->start_ns = now_ns();
-                op_stats(v, req.operation)->requests++;
-
-                switch (req.operation) {
-                case BLKIF_OP_READ:
-                case BLKIF_OP_WRITE:
-                case BLKIF_OP_WRITE_BARRIER:
-                        r = req_validate_rw(v, &req, rq);
-                        if (r < 0) {
-                                req_finish(rq, r);
-                                continue;
-                        }
-                        op_stats(v, req.operation)->bytes += rq->io.len;
-                        if (req.operation == BLKIF_OP_WRITE_BARRIER) {
-                                /* Everything before it completes first, nothing after it starts. */
-                                rq->phase = PHASE_BARRIER_WAIT;
-                                v->barrier = rq;
-                        } else if (req.operation == BLKIF_OP_WRITE) {
-                                nsegs = stage_copy(v, rq, nsegs, false);
-                                v->copy_reqs[nwrites++] = rq;
-                        } else {
-                                req_submit(v, rq);
-                        }
-                        break;
-                case BLKIF_OP_FLUSH_DISKCACHE:
-                        if (v->readonly) {
-                                req_finish(rq, 0); /* nothing to flush */
-                                break;
-                        }
-                        req_submit(v, rq);
-                        break;
-                default:
-                        bad_request(v, &req, BAD_OP, "unsupported operation");
-                        req_finish(rq, -EOPNOTSUPP);
-                        break;
-                }
+                take(v, &req, &ps);
         }
-
-        if (nwrites) {
-                int st = run_copy(v, nsegs);
-                for (unsigned i = 0; i < nwrites; i++) {
+        if (ps.nind)
+                finish_indirect(v, &ps);
+        if (ps.nwrites) {
+                int st = run_copy(v, v->copy, ps.nsegs);
+                for (unsigned i = 0; i < ps.nwrites; i++) {
                         struct vbd_req *rq = v->copy_reqs[i];
                         if (copy_ok(v, rq, st))
                                 req_submit(v, rq);
@@ -657,7 +816,7 @@ static void barrier_try(struct vbd *v)
         v->barrier = NULL;
         if (rq->nr_segs) {
                 unsigned n = stage_copy(v, rq, 0, false);
-                if (!copy_ok(v, rq, run_copy(v, n))) {
+                if (!copy_ok(v, rq, run_copy(v, v->copy, n))) {
                         req_finish(rq, -EFAULT);
                         return;
                 }
@@ -708,7 +867,7 @@ static void respond_all(struct vbd *v)
                                 nreads++;
                         }
                 if (nreads)
-                        st = run_copy(v, nsegs);
+                        st = run_copy(v, v->copy, nsegs);
         }
         while ((rq = head)) {
                 head = rq->next;
@@ -722,6 +881,11 @@ static void respond_all(struct vbd *v)
                         vbd_ring_put_response(&v->ring, rq->id, rq->operation, rq->status);
                 }
                 rq->phase = PHASE_FREE;
+                if (rq->big) {
+                        rq->big->next = v->big_free;
+                        v->big_free = rq->big;
+                        rq->big = NULL;
+                }
                 rq->next = v->free_list;
                 v->free_list = rq;
         }

@@ -87,14 +87,11 @@ static int publish_size(struct vbd_xenbus *xb)
 static int publish(struct vbd_xenbus *xb)
 {
         const struct vbd_info *info = vbd_image_info(xb->img);
-        char sectors[24], ssize[12], psize[12], vinfo[12], order[4];
+        char vinfo[12], order[4], indirect[8], gran[12], align[12];
         bool flush = !xb->cfg.readonly && (info->caps & VBD_CAP_FLUSH);
-        const char *kv[] = {"sectors",
-                            sectors,
-                            "sector-size",
-                            ssize,
-                            "physical-sector-size",
-                            psize,
+        bool discard = !xb->cfg.readonly && (info->caps & VBD_CAP_DISCARD);
+        const char *kv[] = {"sector-size",
+                            "512",
                             "info",
                             vinfo,
                             "mode",
@@ -105,17 +102,29 @@ static int publish(struct vbd_xenbus *xb)
                             flush ? "1" : "0",
                             "max-ring-page-order",
                             order,
+                            "feature-max-indirect-segments",
+                            indirect,
+                            "feature-discard",
+                            discard ? "1" : "0",
+                            "discard-granularity",
+                            gran,
+                            "discard-alignment",
+                            align,
+                            "discard-secure",
+                            "0",
                             "hotplug-status",
                             "connected",
                             NULL};
+        int r;
 
-        snprintf(sectors, sizeof(sectors), "%" PRIu64, info->size / VBD_SECTOR_SIZE);
-        snprintf(ssize, sizeof(ssize), "%u", VBD_SECTOR_SIZE);
-        snprintf(psize, sizeof(psize), "%" PRIu32,
-                 info->physical_block ? info->physical_block : VBD_SECTOR_SIZE);
         snprintf(vinfo, sizeof(vinfo), "%u", xb->cfg.readonly ? VDISK_READONLY : 0);
         snprintf(order, sizeof(order), "%u", VBD_RING_MAX_ORDER);
-        return vbd_xs_write_all(xb->xen, xb->be, kv);
+        snprintf(indirect, sizeof(indirect), "%u", VBD_RING_MAX_INDIRECT_SEGMENTS);
+        snprintf(gran, sizeof(gran), "%" PRIu32,
+                 info->discard_granularity ? info->discard_granularity : VBD_SECTOR_SIZE);
+        snprintf(align, sizeof(align), "%" PRIu32, info->discard_alignment);
+        r = publish_size(xb);
+        return r < 0 ? r : vbd_xs_write_all(xb->xen, xb->be, kv);
 }
 
 /* Read "<fe>/<name>" as an unsigned number <= max. */

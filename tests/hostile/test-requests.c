@@ -45,8 +45,7 @@ static void test_operations(void)
         void *page;
         uint32_t gref;
         uint64_t id = 1000;
-        static const uint8_t bad_ops[] = {
-            BLKIF_OP_RESERVED_1, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT, 7, 99, 255};
+        static const uint8_t bad_ops[] = {BLKIF_OP_RESERVED_1, 7, 99, 255};
 
         h_setup(&h, "unknown operations", "w", true);
         gref = data_gref(&h, &page);
@@ -55,7 +54,30 @@ static void test_operations(void)
                 H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "op %u not refused",
                         bad_ops[i]);
         }
+        /* Indirect requests wrapping something other than READ/WRITE. */
+        static const uint8_t bad_inner[] = {BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER,
+                                            BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT, 99};
+        for (unsigned i = 0; i < sizeof(bad_inner); i++) {
+                struct blkif_request_indirect ind = {.operation = BLKIF_OP_INDIRECT,
+                                                     .indirect_op = bad_inner[i],
+                                                     .nr_segments = 1,
+                                                     .id = id++,
+                                                     .indirect_grefs = {gref}};
+                blkif_request_t q;
+                memcpy(&q, &ind, sizeof(ind));
+                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "indirect op %u not refused",
+                        bad_inner[i]);
+        }
+        /* Secure discard is not offered. */
+        struct blkif_request_discard dis = {.operation = BLKIF_OP_DISCARD,
+                                            .flag = BLKIF_DISCARD_SECURE,
+                                            .id = id++,
+                                            .nr_sectors = 8};
+        blkif_request_t q;
+        memcpy(&q, &dis, sizeof(dis));
+        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "secure discard accepted");
         h_expect_log(&h, "unsupported operation");
+        h_expect_log(&h, "secure discard");
         good_read(&h, gref, page, id++);
         h_teardown(&h);
 }

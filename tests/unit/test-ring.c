@@ -176,8 +176,120 @@ static void test_segment_copy_bounded(void)
         CHECK(req.nr_segments == 255);
 }
 
+static void test_indirect_discard_decode(void)
+{
+        blkif_sring_t *s = (blkif_sring_t *)pages[0];
+        blkif_front_ring_t fr;
+        struct vbd_ring r;
+        struct vbd_ring_req req;
+
+        memset(pages, 0, sizeof(pages));
+        SHARED_RING_INIT(s);
+        FRONT_RING_INIT(&fr, s, 4096);
+        CHECK(vbd_ring_init(&r, s, 4096, VBD_RING_ABI_X86_64) == 0);
+        struct blkif_request_indirect *ind = (void *)RING_GET_REQUEST(&fr, fr.req_prod_pvt++);
+        ind->operation = BLKIF_OP_INDIRECT;
+        ind->indirect_op = BLKIF_OP_WRITE;
+        ind->nr_segments = 300;
+        ind->id = 77;
+        ind->sector_number = 1234;
+        for (unsigned i = 0; i < BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST; i++)
+                ind->indirect_grefs[i] = 100 + i;
+        struct blkif_request_discard *d = (void *)RING_GET_REQUEST(&fr, fr.req_prod_pvt++);
+        d->operation = BLKIF_OP_DISCARD;
+        d->flag = BLKIF_DISCARD_SECURE;
+        d->id = 78;
+        d->sector_number = 9;
+        d->nr_sectors = 1ULL << 40;
+        RING_PUSH_REQUESTS(&fr);
+        CHECK(vbd_ring_peek_op(&r) == BLKIF_OP_INDIRECT);
+        CHECK(vbd_ring_get_request(&r, &req) == 1);
+        CHECK(req.operation == BLKIF_OP_INDIRECT && req.indirect_op == BLKIF_OP_WRITE);
+        CHECK(req.nr_segments == 300 && req.id == 77 && req.sector_number == 1234);
+        CHECK(req.indirect_grefs[0] == 100 && req.indirect_grefs[7] == 107);
+        CHECK(vbd_ring_get_request(&r, &req) == 1);
+        CHECK(req.operation == BLKIF_OP_DISCARD && req.flag == BLKIF_DISCARD_SECURE);
+        CHECK(req.id == 78 && req.sector_number == 9 && req.nr_sectors == (1ULL << 40));
+        CHECK(vbd_ring_peek_op(&r) == -1);
+}
+
+static void test_check(void)
+{
+        const struct vbd_ring_limits l = {
+            .size = 1 << 20, .discard = true, .max_indirect_segments = 256};
+        const struct vbd_ring_limits ro = {.size = 1 << 20, .readonly = true};
+        struct vbd_ring_xfer x;
+        const char *why;
+        struct {
+                struct vbd_ring_req req;
+                const struct vbd_ring_limits *l;
+                int want;
+        } cases[] = {
+            {{.operation = BLKIF_OP_READ, .nr_segments = 1}, &l, 0},
+            {{.operation = BLKIF_OP_READ, .nr_segments = 0}, &l, -EINVAL},
+            {{.operation = BLKIF_OP_READ, .nr_segments = 12}, &l, -EINVAL},
+            {{.operation = BLKIF_OP_WRITE, .nr_segments = 1}, &ro, -EROFS},
+            {{.operation = BLKIF_OP_WRITE_BARRIER, .nr_segments = 0}, &l, 0},
+            {{.operation = BLKIF_OP_FLUSH_DISKCACHE}, &ro, 0},
+            {{.operation = BLKIF_OP_INDIRECT, .indirect_op = 0, .nr_segments = 256}, &l, 0},
+            {{.operation = BLKIF_OP_INDIRECT, .indirect_op = 0, .nr_segments = 257}, &l, -EINVAL},
+            {{.operation = BLKIF_OP_INDIRECT, .indirect_op = 3, .nr_segments = 1}, &l, -EOPNOTSUPP},
+            {{.operation = BLKIF_OP_INDIRECT, .indirect_op = 0, .nr_segments = 1},
+             &ro,
+             -EOPNOTSUPP},
+            {{.operation = BLKIF_OP_DISCARD, .sector_number = 2047, .nr_sectors = 1}, &l, 0},
+            {{.operation = BLKIF_OP_DISCARD, .sector_number = 2047, .nr_sectors = 2}, &l, -EINVAL},
+            {{.operation = BLKIF_OP_DISCARD, .sector_number = 1, .nr_sectors = UINT64_MAX},
+             &l,
+             -EINVAL},
+            {{.operation = BLKIF_OP_DISCARD, .flag = 1, .nr_sectors = 1}, &l, -EOPNOTSUPP},
+            {{.operation = BLKIF_OP_DISCARD, .nr_sectors = 1}, &ro, -EOPNOTSUPP},
+            {{.operation = 99}, &l, -EOPNOTSUPP},
+        };
+        for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                int r = vbd_ring_check_request(&cases[i].req, cases[i].l, &x, &why);
+                if (r != cases[i].want)
+                        fprintf(stderr, "check case %u: got %d want %d\n", i, r, cases[i].want);
+                CHECK(r == cases[i].want);
+        }
+        CHECK(vbd_ring_check_request(&cases[6].req, &l, &x, &why) == 0 && x.nr_indirect_pages == 1);
+
+        /* Segments and range, including a sector whose byte offset wraps. */
+        struct vbd_ring_seg seg[2] = {{1, 0, 7}, {2, 0, 3}};
+        struct vbd_ring_req rw = {.operation = BLKIF_OP_READ, .nr_segments = 2};
+        const uint64_t sectors[] = {
+            0, 2048 - 12, 2048 - 11, 2048, UINT64_MAX / 512 + 1, (1ULL << 55) + 1, UINT64_MAX};
+        const int want[] = {0, 0, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL};
+        for (unsigned i = 0; i < sizeof(sectors) / sizeof(sectors[0]); i++) {
+                rw.sector_number = sectors[i];
+                CHECK(vbd_ring_check_request(&rw, &l, &x, &why) == 0);
+                int r = vbd_ring_check_segments(seg, 2, l.size, &x, &why);
+                if (r != want[i])
+                        fprintf(stderr, "sector %llu: got %d\n", (unsigned long long)sectors[i], r);
+                CHECK(r == want[i]);
+                if (r == 0)
+                        CHECK(x.len == 6144 && x.offset == sectors[i] * 512);
+        }
+        seg[1].first_sect = 4;
+        seg[1].last_sect = 3;
+        rw.sector_number = 0;
+        CHECK(vbd_ring_check_request(&rw, &l, &x, &why) == 0);
+        CHECK(vbd_ring_check_segments(seg, 2, l.size, &x, &why) == -EINVAL);
+        seg[1] = (struct vbd_ring_seg){2, 0, 8};
+        CHECK(vbd_ring_check_segments(seg, 2, l.size, &x, &why) == -EINVAL);
+
+        /* Indirect segment tables decode from the wire layout. */
+        struct blkif_request_segment wire[3] = {{5, 1, 2}, {6, 0, 7}, {0xffffffff, 7, 7}};
+        struct vbd_ring_seg out[3];
+        vbd_ring_decode_indirect(wire, 3, out);
+        CHECK(out[0].gref == 5 && out[0].first_sect == 1 && out[0].last_sect == 2);
+        CHECK(out[2].gref == 0xffffffff && out[2].first_sect == 7);
+}
+
 int main(void)
 {
+        test_indirect_discard_decode();
+        test_check();
         test_native_roundtrip();
         test_bogus_producer();
         test_x86_32_layout();
