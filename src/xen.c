@@ -11,6 +11,7 @@
 #include <xengnttab.h>
 #include <xenstore.h>
 
+#include "util/parse.h"
 #include "vbd/log.h"
 #include "xen.h"
 
@@ -161,24 +162,14 @@ char *vbd_xs_read(struct vbd_xen *x, const char *path)
 int vbd_xs_read_uint(struct vbd_xen *x, const char *path, unsigned long long max,
                      unsigned long long *ret)
 {
-        char *v = vbd_xs_read(x, path), *end;
-        unsigned long long n;
+        char *v = vbd_xs_read(x, path);
+        int r;
 
         if (!v)
                 return -errno;
-        errno = 0;
-        if (v[0] < '0' || v[0] > '9') {
-                free(v);
-                return -EINVAL;
-        }
-        n = strtoull(v, &end, 10);
-        if (errno || *end || n > max) {
-                free(v);
-                return errno == ERANGE || n > max ? -ERANGE : -EINVAL;
-        }
+        r = vbd_parse_uint(v, max, ret);
         free(v);
-        *ret = n;
-        return 0;
+        return r;
 }
 
 int vbd_xs_exists(struct vbd_xen *x, const char *path)

@@ -10,6 +10,7 @@
 #include <xen/io/xenbus.h>
 
 #include "image.h"
+#include "util/parse.h"
 #include "vbd.h"
 #include "vbd/log.h"
 #include "xen.h"
@@ -127,76 +128,94 @@ static int publish(struct vbd_xenbus *xb)
         return r < 0 ? r : vbd_xs_write_all(xb->xen, xb->be, kv);
 }
 
-/* Read "<fe>/<name>" as an unsigned number <= max. */
-static int fe_uint(struct vbd_xenbus *xb, const char *name, unsigned long long max,
-                   unsigned long long *ret)
+/* Read a value and parse it as a number <= max; on failure say why in msg. */
+static int get_uint(vbd_xs_get_fn get, void *opaque, const char *name, unsigned long long max,
+                    unsigned long long *ret, char *msg, size_t msglen)
 {
+        char *v = get(opaque, name);
+        int r;
+
+        if (!v) {
+                r = -errno;
+                if (r != -ENOENT)
+                        snprintf(msg, msglen, "cannot read the frontend's %s: %s", name,
+                                 strerror(-r));
+                else
+                        snprintf(msg, msglen, "frontend published no %s", name);
+                return r;
+        }
+        r = vbd_parse_uint(v, max, ret);
+        if (r == -ERANGE)
+                snprintf(msg, msglen, "frontend published a bad %s '%.40s': the most is %llu", name,
+                         v, max);
+        else if (r < 0)
+                snprintf(msg, msglen, "frontend published a bad %s '%.40s': not a number", name, v);
+        free(v);
+        return r;
+}
+
+int vbd_xenbus_parse_ring(vbd_xs_get_fn get, void *opaque, struct vbd_ring_config *ret, char *msg,
+                          size_t msglen)
+{
+        unsigned long long order = 0, n;
+        char name[24], *proto;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = get_uint(get, opaque, "ring-page-order", VBD_RING_MAX_ORDER, &order, msg, msglen);
+        if (r == -ENOENT)
+                order = 0;
+        else if (r < 0)
+                return r;
+        ret->nr_pages = 1u << order;
+        for (unsigned i = 0; i < ret->nr_pages; i++) {
+                snprintf(name, sizeof(name), order ? "ring-ref%u" : "ring-ref", i);
+                r = get_uint(get, opaque, name, UINT32_MAX, &n, msg, msglen);
+                if (r == -ENOENT && order == 0) /* some frontends number even one page */
+                        r = get_uint(get, opaque, "ring-ref0", UINT32_MAX, &n, msg, msglen);
+                if (r < 0)
+                        return r;
+                ret->refs[i] = (uint32_t)n;
+        }
+        r = get_uint(get, opaque, "event-channel", UINT32_MAX, &n, msg, msglen);
+        if (r < 0)
+                return r;
+        ret->port = (uint32_t)n;
+
+        proto = get(opaque, "protocol");
+        if (!proto && errno != ENOENT) {
+                r = -errno;
+                snprintf(msg, msglen, "cannot read the frontend's protocol: %s", strerror(-r));
+                return r;
+        }
+        r = vbd_ring_parse_abi(proto, &ret->abi);
+        if (r < 0)
+                snprintf(msg, msglen, "frontend asked for unknown protocol '%.40s'", proto);
+        free(proto);
+        return r;
+}
+
+static char *fe_get(void *opaque, const char *name)
+{
+        struct vbd_xenbus *xb = opaque;
         char path[PATH_LEN + 32];
 
         snprintf(path, sizeof(path), "%s/%s", xb->fe, name);
-        return vbd_xs_read_uint(xb->xen, path, max, ret);
-}
-
-static int bad_value(struct vbd_xenbus *xb, const char *name, int r)
-{
-        char path[PATH_LEN + 32], *v;
-
-        snprintf(path, sizeof(path), "%s/%s", xb->fe, name);
-        v = vbd_xs_read(xb->xen, path);
-        vbd_err("frontend published a bad %s '%.40s': %s", name, v ? v : "(missing)", strerror(-r));
-        free(v);
-        return r;
+        return vbd_xs_read(xb->xen, path);
 }
 
 /* Read the frontend's ring description and connect. */
 static int connect_ring(struct vbd_xenbus *xb)
 {
-        uint32_t refs[1u << VBD_RING_MAX_ORDER];
-        unsigned long long order = 0, n;
-        enum vbd_ring_abi abi;
-        char path[PATH_LEN + 32], name[24], *proto;
-        int r;
+        struct vbd_ring_config rc;
+        char msg[160];
+        int r = vbd_xenbus_parse_ring(fe_get, xb, &rc, msg, sizeof(msg));
 
-        r = fe_uint(xb, "ring-page-order", ~0ULL, &order);
-        if (r == -ENOENT)
-                order = 0;
-        else if (r < 0)
-                return bad_value(xb, "ring-page-order", r);
-        if (order > VBD_RING_MAX_ORDER) {
-                vbd_err("frontend asked for ring-page-order %llu, the most is %u", order,
-                        VBD_RING_MAX_ORDER);
-                return -EINVAL;
-        }
-        for (unsigned i = 0; i < (1u << order); i++) {
-                if (order == 0)
-                        snprintf(name, sizeof(name), "ring-ref");
-                else
-                        snprintf(name, sizeof(name), "ring-ref%u", i);
-                r = fe_uint(xb, name, UINT32_MAX, &n);
-                if (r == -ENOENT && order == 0) {
-                        snprintf(name, sizeof(name), "ring-ref0");
-                        r = fe_uint(xb, name, UINT32_MAX, &n);
-                }
-                if (r < 0)
-                        return bad_value(xb, name, r);
-                refs[i] = (uint32_t)n;
-        }
-        r = fe_uint(xb, "event-channel", UINT32_MAX, &n);
-        if (r < 0)
-                return bad_value(xb, "event-channel", r);
-
-        snprintf(path, sizeof(path), "%s/protocol", xb->fe);
-        proto = vbd_xs_read(xb->xen, path);
-        if (!proto && errno != ENOENT)
-                return vbd_log_errno(errno, "cannot read the frontend protocol: %m");
-        r = vbd_ring_parse_abi(proto, &abi);
         if (r < 0) {
-                vbd_err("frontend asked for unknown protocol '%.40s'", proto);
-                free(proto);
+                vbd_err("%s", msg);
                 return r;
         }
-        free(proto);
-        return vbd_connect(xb->vbd, refs, 1u << order, (uint32_t)n, abi);
+        return vbd_connect(xb->vbd, rc.refs, rc.nr_pages, rc.port, rc.abi);
 }
 
 /* The frontend's state, or Unknown if it is missing or garbage. */

@@ -9,12 +9,35 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "ring.h"
 
 struct ev_loop;
 struct vbd_xen;
 struct vbd_image;
 struct vbd_xenbus;
+
+/* What a frontend published for its ring, parsed and checked. */
+struct vbd_ring_config {
+        unsigned nr_pages; /* 1 << ring-page-order */
+        uint32_t refs[1u << VBD_RING_MAX_ORDER];
+        uint32_t port;
+        enum vbd_ring_abi abi;
+};
+
+/* Reads a frontend value by name: malloc'd string, or NULL with errno
+ * (ENOENT when absent). */
+typedef char *(*vbd_xs_get_fn)(void *opaque, const char *name);
+
+/*
+ * Parse ring-page-order, ring-ref / ring-ref%u, event-channel and protocol
+ * (all guest-controlled) through get.  0, or -errno with msg set to the one
+ * line to log.  Pure: used by the handshake and by the fuzzer.
+ */
+int vbd_xenbus_parse_ring(vbd_xs_get_fn get, void *opaque, struct vbd_ring_config *ret, char *msg,
+                          size_t msglen);
 
 struct vbd_xenbus_config {
         uint32_t domid, devid, backend_domid;
