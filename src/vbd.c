@@ -672,9 +672,11 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
         rq->big = NULL;
         rq->start_ns = now_ns();
 
+        /* Responses to indirect requests carry the inner operation (blkfront
+         * compares it with what it sent), even when refusing them. */
+        if (req->operation == BLKIF_OP_INDIRECT)
+                rq->operation = req->indirect_op;
         r = vbd_ring_check_request(req, &v->limits, &rq->xfer, &why);
-        if (r == 0)
-                rq->operation = rq->xfer.op;
         op_stats(v, rq->operation)->requests++;
         if (r < 0) {
                 bad_request(v, req, why);
