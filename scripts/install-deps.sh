@@ -4,6 +4,7 @@
 set -eu
 
 PKGS="build-essential meson ninja-build pkg-config clang clang-format \
+libjansson-dev libinih-dev libsystemd-dev \
 libxen-dev libaio-dev libev-dev xenstore-utils fio qemu-utils python3 \
 ${VBD_DEPS_EXTRA:-}"
 

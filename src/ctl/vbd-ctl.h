@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vbd-ctl internals: the options every verb shares, output helpers and the
+ * verb table.  One file per verb: cmd-<verb>.c.
+ */
+#pragma once
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "libvbdctl.h"
+
+struct vbdctl {
+        struct vbd_config conf;
+        const char *config_path;      /* NULL: the default, may be missing */
+        char dir[VBD_CONFIG_STR_MAX]; /* runtime dir */
+        bool json;
+        int timeout_ms; /* -1: the verb's default */
+        bool have_domid, have_devid;
+        uint32_t domid, devid;
+        const char *verb;
+};
+
+struct vbdctl_verb {
+        const char *name;
+        int (*run)(struct vbdctl *o, int argc, char **argv);
+        const char *args;    /* for usage */
+        const char *summary; /* one line */
+};
+
+extern const struct vbdctl_verb vbdctl_verb_list, vbdctl_verb_info, vbdctl_verb_stats,
+    vbdctl_verb_pause, vbdctl_verb_resume, vbdctl_verb_detach, vbdctl_verb_reopen,
+    vbdctl_verb_log_level, vbdctl_verb_spawn, vbdctl_verb_attach, vbdctl_verb_watch,
+    vbdctl_verb_version;
+
+/*
+ * Parse a verb's options: the common ones (-d/--domid, -n/--devid, -j/--json,
+ * --ctl-dir, -t/--timeout, -h/--help) plus extra (terminated by a zero entry)
+ * whose codes go to handle (returns 0, or an exit code to stop).  Returns
+ * 0, or an exit code (usage: 2; --help: -1 meaning "exit 0").
+ */
+int vbdctl_parse(struct vbdctl *o, int argc, char **argv, const struct option *extra,
+                 int (*handle)(struct vbdctl *o, int c, const char *arg, void *data), void *data);
+/* Require -d and -n: 0 or VBDCTL_EXIT_USAGE (with a message). */
+int vbdctl_need_vbd(struct vbdctl *o);
+
+int vbdctl_usage_error(struct vbdctl *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Report an error (stderr; with --json also {"ok":false,...} on stdout) and
+ * return the exit code for it.  daemon: the daemon answered the error. */
+int vbdctl_fail(struct vbdctl *o, int code, bool daemon, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Call the daemon -d/-n names; 0 with *ret_result, or the exit code (reported). */
+int vbdctl_call_vbd(struct vbdctl *o, const char *cmd, json_t *args, int timeout_ms,
+                    json_t **ret_result);
+
+/* Print a JSON value (pretty) on stdout; decrefs it. */
+void vbdctl_print_json(json_t *j);
+
+int vbdctl_timeout(struct vbdctl *o, int def_ms);
+
+/* Getters that tolerate missing fields. */
+long long vbdctl_jint(json_t *obj, const char *key);
+const char *vbdctl_jstr(json_t *obj, const char *key);
+
+/* Spawning daemons (cmd-spawn.c, also used by watch). */
+struct vbdctl_spawn {
+        uint32_t domid, devid, backend_domid;
+        const char *image; /* NULL: vbdd reads params from xenstore */
+        const char *mode;  /* NULL: default */
+        const char *type;
+        const char *vbdd; /* path */
+        const char *log;  /* NULL: <dir>/vbdd-D-N.log */
+        bool systemd;
+        int timeout_ms;
+        bool wait; /* wait for the socket */
+};
+/* Start vbdd; wait until it answers on its socket (if sp->wait).  0 with
+ * *ret_pid (0 under systemd), or an exit code (reported). */
+int vbdctl_spawn_vbdd(struct vbdctl *o, const struct vbdctl_spawn *sp, pid_t *ret_pid);
+
+/* spawn and attach share their options (cmd-spawn.c). */
+struct vbdctl_spawn_args {
+        struct vbdctl_spawn sp;
+        const char *vdev;
+        bool no_xenstore, have_bdomid;
+};
+int vbdctl_spawn_opt(struct vbdctl *o, int c, const char *arg, void *data);
+void vbdctl_spawn_defaults(struct vbdctl *o, struct vbdctl_spawn *sp);
+int vbdctl_spawn_report(struct vbdctl *o, pid_t pid, const char *what);
+
+/* A VBD name for messages: "5/51712". */
+const char *vbdctl_name(uint32_t domid, uint32_t devid);
+
+/* xenstore, as the toolstack (xs.c). */
+struct xs_handle;
+/* NULL with the failure reported. */
+struct xs_handle *vbdctl_xs_open(struct vbdctl *o);
+/* malloc'd value or NULL (errno). */
+char *vbdctl_xs_read(struct xs_handle *xs, const char *path);
+/* In one transaction: write kv pairs (NULL-terminated {name, value}) under
+ * dir, then set dir's permissions to owner (n) + reader (r).  -errno. */
+int vbdctl_xs_write_dir(struct xs_handle *xs, const char *dir, const char *const *kv,
+                        unsigned owner, unsigned reader);
+int vbdctl_xs_write(struct xs_handle *xs, const char *path, const char *value);
+int vbdctl_xs_rm(struct xs_handle *xs, const char *path);
+/* /local/domain/B/backend/TYPE/D/N */
+void vbdctl_backend_path(char *buf, size_t size, unsigned bdomid, const char *type, uint32_t domid,
+                         uint32_t devid);

@@ -1,0 +1,1165 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vbd-ctl end to end against vbdd-sim daemons in a simulated Xen:
+ *   list with two daemons; pause under load (nothing served while paused,
+ *   nothing lost or answered twice, data checked); resume; reopen; stats
+ *   (JSON, Prometheus); log-level; detach while busy; attach + detach
+ *   --xenstore as the toolstack; the control socket's hostile-input limits
+ *   (malformed, oversized, nested JSON, too many clients); connections from
+ *   a non-root user refused (file mode, then SO_PEERCRED).
+ *
+ * Needs VBD_SIM_VBDD (vbdd-sim) and VBD_CTL (vbd-ctl); meson sets both.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <xenstore.h>
+
+#include "simfront.h"
+
+#define DEVID    51712
+#define IMG_SIZE (8u << 20)
+#define BLOCK    4096u
+#define NBLOCKS  (IMG_SIZE / BLOCK)
+#define MAX_TAGS (1u << 20)
+
+static const char *cur_test = "";
+static struct simfront_vbd *cur_vbd;
+static const char *vbd_ctl, *vbdd_sim;
+static char ctl_dir[512];
+
+static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5), noreturn));
+static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
+{
+        va_list ap;
+
+        fprintf(stderr, "FAIL %s (%s:%d): %s%s%s", cur_test, file, line, cond ? "check '" : "",
+                cond ? cond : "", cond ? "' failed: " : "");
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        if (cur_vbd) {
+                char *log = simfront_vbd_read_log(cur_vbd);
+
+                fprintf(stderr, "--- vbdd log ---\n%s--- end ---\n", log ? log : "(none)");
+                free(log);
+        }
+        exit(1);
+}
+
+#define CHECK(cond, ...)                                                                           \
+        do {                                                                                       \
+                if (!(cond))                                                                       \
+                        fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                              \
+        } while (0)
+#define CHECK_R(expr, msg)                                                                         \
+        do {                                                                                       \
+                int r_ = (expr);                                                                   \
+                if (r_ < 0)                                                                        \
+                        fail(__FILE__, __LINE__, NULL, "%s = %d (%s): %s", #expr, r_,              \
+                             strerror(-r_), msg);                                                  \
+        } while (0)
+
+static uint64_t now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- running vbd-ctl ---- */
+
+struct out {
+        int status; /* exit code, or 128 + signal */
+        char out[1 << 18];
+        char err[1 << 14];
+};
+
+#define NOBODY  65534
+#define VBD_BIG (200 * 1024)
+
+static void drop_privileges(void)
+{
+        if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+                _exit(126);
+}
+
+/* Fork + exec; the child's stdout and stderr come back through pipes. */
+static pid_t spawn(const char *const *argv, bool nobody, int *ret_out, int *ret_err)
+{
+        int o[2], e[2];
+        pid_t pid;
+
+        CHECK(pipe2(o, O_CLOEXEC) == 0 && pipe2(e, O_CLOEXEC) == 0, "pipe: %m");
+        pid = fork();
+        CHECK(pid >= 0, "fork: %m");
+        if (pid == 0) {
+                dup2(o[1], 1);
+                dup2(e[1], 2);
+                if (nobody)
+                        drop_privileges();
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(o[1]);
+        close(e[1]);
+        *ret_out = o[0];
+        *ret_err = e[0];
+        return pid;
+}
+
+static void collect(pid_t pid, int ofd, int efd, struct out *r)
+{
+        size_t on = 0, en = 0;
+        struct pollfd p[2] = {{.fd = ofd, .events = POLLIN}, {.fd = efd, .events = POLLIN}};
+        int st, open_fds = 2;
+
+        while (open_fds) {
+                CHECK(poll(p, 2, 60000) > 0, "vbd-ctl hangs");
+                for (int i = 0; i < 2; i++) {
+                        char *buf = i ? r->err : r->out;
+                        size_t *n = i ? &en : &on, cap = i ? sizeof(r->err) : sizeof(r->out);
+                        ssize_t k;
+
+                        if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP)))
+                                continue;
+                        k = read(p[i].fd, buf + *n, cap - 1 - *n);
+                        if (k <= 0) {
+                                close(p[i].fd);
+                                p[i].fd = -1;
+                                open_fds--;
+                                continue;
+                        }
+                        *n += (size_t)k;
+                }
+        }
+        r->out[on] = r->err[en] = '\0';
+        CHECK(waitpid(pid, &st, 0) == pid, "waitpid: %m");
+        r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void build_argv(const char **argv, size_t max, va_list ap)
+{
+        size_t n = 0;
+        const char *a;
+
+        argv[n++] = vbd_ctl;
+        argv[n++] = "--ctl-dir";
+        argv[n++] = ctl_dir;
+        while ((a = va_arg(ap, const char *)) && n < max - 1)
+                argv[n++] = a;
+        argv[n] = NULL;
+}
+
+/* vbd-ctl --ctl-dir DIR args... NULL */
+static struct out *ctl_as(bool nobody, ...)
+{
+        static struct out r;
+        const char *argv[48];
+        int o, e;
+        pid_t pid;
+        va_list ap;
+
+        va_start(ap, nobody);
+        build_argv(argv, 48, ap);
+        va_end(ap);
+        pid = spawn(argv, nobody, &o, &e);
+        collect(pid, o, e, &r);
+        return &r;
+}
+#define ctl(...) ctl_as(false, __VA_ARGS__, NULL)
+
+static json_t *ctl_json(int want_status, const char *what, struct out *r)
+{
+        json_error_t je;
+        json_t *j;
+
+        CHECK(r->status == want_status, "%s: exit %d, want %d; stderr: %s; stdout: %s", what,
+              r->status, want_status, r->err, r->out);
+        j = json_loads(r->out, 0, &je);
+        CHECK(j, "%s: stdout is not JSON (%s): %s", what, je.text, r->out);
+        return j;
+}
+
+static long long jint(json_t *o, const char *path)
+{
+        char buf[256], *save, *tok;
+
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (tok = strtok_r(buf, ".", &save); tok && o; tok = strtok_r(NULL, ".", &save))
+                o = json_object_get(o, tok);
+        CHECK(json_is_integer(o), "no integer at %s", path);
+        return json_integer_value(o);
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+        const char *s = json_string_value(json_object_get(o, key));
+
+        return s ? s : "";
+}
+
+/* ---- the guest's load: 4 KiB writes, one per block at a time ---- */
+
+struct load {
+        struct simfront *fe;
+        uint32_t gen[NBLOCKS];     /* last completed write's generation, 0: none */
+        uint32_t pending[NBLOCKS]; /* generation of the write in flight, 0: none */
+        uint8_t *done;             /* per tag: completions seen */
+        uint64_t issued, completed, errors;
+        uint32_t next_gen;
+        unsigned rnd;
+};
+
+static void fill(void *buf, uint32_t block, uint32_t gen)
+{
+        uint64_t *p = buf;
+
+        for (unsigned i = 0; i < BLOCK / 8; i++)
+                p[i] = ((uint64_t)block << 40) ^ ((uint64_t)gen << 12) ^ i;
+}
+
+static void load_done(struct simfront *fe, struct simfront_io *io)
+{
+        struct load *l = io->opaque;
+        uint32_t block = (uint32_t)(io->offset / BLOCK);
+
+        CHECK(io->tag < l->issued, "completion for a tag never issued: %" PRIu64, io->tag);
+        CHECK(l->done[io->tag] == 0, "tag %" PRIu64 " completed twice", io->tag);
+        l->done[io->tag] = 1;
+        l->completed++;
+        if (io->status != BLKIF_RSP_OKAY) {
+                l->errors++;
+        } else {
+                l->gen[block] = l->pending[block];
+        }
+        l->pending[block] = 0;
+}
+
+/* Queue writes while slots are free (at most max in flight); push. */
+static unsigned load_fill(struct load *l, unsigned max)
+{
+        unsigned queued = 0;
+        char buf[BLOCK];
+
+        while (simfront_inflight(l->fe) < max && l->issued < MAX_TAGS) {
+                struct simfront_io *io;
+                uint32_t block;
+
+                do {
+                        l->rnd = l->rnd * 1103515245u + 12345u;
+                        block = (l->rnd >> 8) % NBLOCKS;
+                } while (l->pending[block]);
+                io = simfront_io_get(l->fe);
+                if (!io)
+                        break;
+                io->op = BLKIF_OP_WRITE;
+                io->offset = (uint64_t)block * BLOCK;
+                io->len = BLOCK;
+                io->done = load_done;
+                io->opaque = l;
+                io->tag = l->issued++;
+                l->pending[block] = ++l->next_gen;
+                fill(buf, block, l->pending[block]);
+                simfront_io_copy_in(io, 0, buf, BLOCK);
+                CHECK_R(simfront_io_queue(l->fe, io), simfront_errmsg(l->fe));
+                queued++;
+        }
+        if (queued)
+                CHECK_R(simfront_push(l->fe), simfront_errmsg(l->fe));
+        return queued;
+}
+
+static void load_verify_image(struct load *l, const char *img, bool skip_pending)
+{
+        int fd = open(img, O_RDONLY);
+        char want[BLOCK], got[BLOCK];
+
+        CHECK(fd >= 0, "open %s: %m", img);
+        for (uint32_t b = 0; b < NBLOCKS; b++) {
+                if (!l->gen[b] || (skip_pending && l->pending[b]))
+                        continue;
+                CHECK(pread(fd, got, BLOCK, (off_t)b * BLOCK) == BLOCK, "pread: %m");
+                fill(want, b, l->gen[b]);
+                CHECK(memcmp(want, got, BLOCK) == 0, "block %u lacks write generation %u", b,
+                      l->gen[b]);
+        }
+        close(fd);
+}
+
+static void make_image(const char *path, uint64_t size, char byte)
+{
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        char buf[65536];
+
+        CHECK(fd >= 0, "create %s: %m", path);
+        memset(buf, byte, sizeof(buf));
+        for (uint64_t off = 0; off < size; off += sizeof(buf))
+                CHECK(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf), "%m");
+        close(fd);
+}
+
+static int alive(void *opaque)
+{
+        return simfront_vbd_running(opaque) == 1 ? 0 : -ECHILD;
+}
+
+/* ---- the raw socket ---- */
+
+static int sock_connect(const char *path)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                int e = errno;
+
+                close(fd);
+                return -e;
+        }
+        return fd;
+}
+
+static void sock_send(int fd, const void *buf, size_t len)
+{
+        const char *p = buf;
+
+        while (len) {
+                ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+                CHECK(n > 0, "send: %m");
+                p += n;
+                len -= (size_t)n;
+        }
+}
+
+static void sock_send_str(int fd, const char *s)
+{
+        sock_send(fd, s, strlen(s));
+}
+
+/* One reply line as JSON (NULL on EOF). */
+static json_t *sock_reply(int fd)
+{
+        static char buf[65536];
+        size_t n = 0;
+        json_error_t je;
+        json_t *j;
+
+        for (;;) {
+                struct pollfd p = {.fd = fd, .events = POLLIN};
+                ssize_t k;
+
+                CHECK(poll(&p, 1, 10000) == 1, "no reply from the daemon");
+                k = read(fd, buf + n, 1); /* byte by byte: keep what follows for later */
+                if (k <= 0)
+                        return NULL;
+                if (buf[n] == '\n')
+                        break;
+                CHECK(++n < sizeof(buf) - 1, "reply too long");
+        }
+        j = json_loadb(buf, n, 0, &je);
+        CHECK(j, "reply is not JSON: %.*s", (int)n, buf);
+        return j;
+}
+
+static void expect_error(json_t *j, const char *code, const char *what)
+{
+        json_t *e = json_object_get(j, "error");
+
+        CHECK(j && json_is_false(json_object_get(j, "ok")), "%s: not an error reply", what);
+        CHECK(strcmp(jstr(e, "code"), code) == 0, "%s: error %s, want %s (%s)", what,
+              jstr(e, "code"), code, jstr(e, "message"));
+        CHECK(jint(j, "v") == 1, "%s: no protocol version", what);
+        json_decref(j);
+}
+
+/* ---- the tests ---- */
+
+struct vbd {
+        uint32_t domid;
+        struct simfront_vbd *vbd;
+        struct simfront *fe;
+        char img[600], sock[600];
+        char d[16];
+};
+
+static void vbd_start(struct simfront_env *env, struct vbd *v, uint32_t domid, bool connect)
+{
+        static const char *extra[] = {"--ctl-dir", ctl_dir, NULL};
+        struct simfront_vbd_opts vo = {.domid = domid, .devid = DEVID, .extra_args = extra};
+        struct simfront_opts fo = {.domid = domid, .devid = DEVID, .timeout_ms = 5000};
+
+        v->domid = domid;
+        snprintf(v->d, sizeof(v->d), "%u", domid);
+        snprintf(v->img, sizeof(v->img), "%s/disk%u.img", simfront_env_dir(env), domid);
+        snprintf(v->sock, sizeof(v->sock), "%s/vbdd-%u-%u.sock", ctl_dir, domid, DEVID);
+        make_image(v->img, IMG_SIZE, 0);
+        {
+                char spec[640];
+
+                snprintf(spec, sizeof(spec), "raw:%s", v->img);
+                vo.image = spec;
+                CHECK_R(simfront_env_domain_create(env, domid), simfront_env_errmsg(env));
+                CHECK_R(simfront_vbd_add(env, &vo, &v->vbd), simfront_env_errmsg(env));
+        }
+        cur_vbd = v->vbd;
+        CHECK_R(simfront_vbd_wait_state(v->vbd, SIMFRONT_XB_INITWAIT, 10000), "no InitWait");
+        if (!connect)
+                return;
+        v->fe = simfront_new(env, &fo);
+        CHECK(v->fe, "simfront_new: %m");
+        simfront_set_check(v->fe, alive, v->vbd);
+        CHECK_R(simfront_connect(v->fe), simfront_errmsg(v->fe));
+}
+
+static void test_list(struct vbd *a, struct vbd *b)
+{
+        struct out *r;
+        json_t *j, *row;
+        size_t i;
+        int seen = 0;
+
+        cur_test = "list";
+        j = ctl_json(0, "list --json", ctl("list", "--json"));
+        CHECK(json_array_size(j) == 2, "list shows %zu daemons, want 2", json_array_size(j));
+        json_array_foreach(j, i, row)
+        {
+                struct vbd *v = jint(row, "domid") == a->domid ? a : b;
+
+                CHECK(jint(row, "domid") == v->domid && jint(row, "devid") == DEVID, "ids");
+                CHECK(jint(row, "pid") == simfront_vbd_pid(v->vbd), "pid %lld, want %d",
+                      jint(row, "pid"), (int)simfront_vbd_pid(v->vbd));
+                CHECK(strstr(jstr(row, "image"), v->img), "image %s", jstr(row, "image"));
+                CHECK(strcmp(jstr(row, "state"), v->fe ? "connected" : "initwait") == 0, "state %s",
+                      jstr(row, "state"));
+                seen |= v == a ? 1 : 2;
+        }
+        CHECK(seen == 3, "list misses a daemon");
+        json_decref(j);
+
+        r = ctl("list");
+        CHECK(r->status == 0 && strstr(r->out, "DOMID") && strstr(r->out, a->img) &&
+                  strstr(r->out, b->img) && strstr(r->out, "connected"),
+              "human list: %s", r->out);
+        /* Filter, info, version. */
+        j = ctl_json(0, "list -d", ctl("list", "--json", "-d", b->d));
+        CHECK(json_array_size(j) == 1 && jint(json_array_get(j, 0), "domid") == b->domid,
+              "list -d");
+        json_decref(j);
+        j = ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json"));
+        CHECK(jint(j, "size") == IMG_SIZE && strcmp(jstr(j, "mode"), "w") == 0 &&
+                  jint(j, "xenbus_state") == 4 && jint(j, "protocol") == 1,
+              "info fields");
+        json_decref(j);
+        r = ctl("info", "-d", a->d, "-n", "51712");
+        CHECK(r->status == 0 && strstr(r->out, "connected"), "human info: %s", r->out);
+        r = ctl("info", "-d", "77", "-n", "51712");
+        CHECK(r->status == 3 && strstr(r->err, "no vbdd serves"), "info on nothing: %d %s",
+              r->status, r->err);
+        j = ctl_json(3, "info --json on nothing", ctl("info", "-d", "77", "-n", "1", "--json"));
+        CHECK(json_is_false(json_object_get(j, "ok")) && jint(j, "error.exit") == 3,
+              "--json error object");
+        json_decref(j);
+        r = ctl("info", "-d", a->d);
+        CHECK(r->status == 2, "usage error exit %d", r->status);
+        r = ctl("frobnicate");
+        CHECK(r->status == 2, "unknown verb exit %d", r->status);
+        printf("ok list, info\n");
+}
+
+static void test_pause_under_load(struct vbd *a)
+{
+        struct load *l = calloc(1, sizeof(*l));
+        const char *argv[16];
+        struct out r;
+        json_t *j;
+        uint64_t before, t0;
+        int o, e;
+        pid_t pid;
+        char *buf;
+
+        cur_test = "pause under load";
+        cur_vbd = a->vbd;
+        l->fe = a->fe;
+        l->done = calloc(MAX_TAGS, 1);
+        l->rnd = 42;
+        /* Warm up. */
+        while (l->completed < 3000) {
+                load_fill(l, 32);
+                CHECK(simfront_poll(l->fe, 1000) >= 0, "poll: %s", simfront_errmsg(l->fe));
+        }
+        /* Pause while the guest keeps the ring busy. */
+        argv[0] = vbd_ctl;
+        argv[1] = "--ctl-dir";
+        argv[2] = ctl_dir;
+        argv[3] = "pause";
+        argv[4] = "-d";
+        argv[5] = a->d;
+        argv[6] = "-n";
+        argv[7] = "51712";
+        argv[8] = "--json";
+        argv[9] = NULL;
+        pid = spawn(argv, false, &o, &e);
+        t0 = now_ms();
+        for (;;) {
+                int st;
+
+                load_fill(l, 32);
+                CHECK(simfront_poll(l->fe, 5) >= 0, "poll: %s", simfront_errmsg(l->fe));
+                if (waitpid(pid, &st, WNOHANG) == pid) {
+                        /* collect() wants to reap: re-create a zombie-free path */
+                        r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+                        {
+                                ssize_t n = read(o, r.out, sizeof(r.out) - 1);
+
+                                r.out[n > 0 ? n : 0] = '\0';
+                                n = read(e, r.err, sizeof(r.err) - 1);
+                                r.err[n > 0 ? n : 0] = '\0';
+                        }
+                        close(o);
+                        close(e);
+                        break;
+                }
+                CHECK(now_ms() - t0 < 20000, "pause does not return");
+        }
+        j = ctl_json(0, "pause", &r);
+        CHECK(json_is_true(json_object_get(j, "paused")), "pause reply");
+        json_decref(j);
+
+        /* Paused: the guest's requests wait in the ring, none is answered. */
+        j = ctl_json(0, "stats", ctl("stats", "-d", a->d, "-n", "51712", "--json"));
+        CHECK(jint(j, "inflight") == 0, "inflight %lld after pause", jint(j, "inflight"));
+        CHECK(strcmp(jstr(j, "state"), "paused") == 0, "state %s", jstr(j, "state"));
+        json_decref(j);
+        while (simfront_poll(l->fe, 0) > 0) /* what was answered before the pause */
+                ;
+        load_fill(l, 1000); /* fill the ring */
+        before = l->completed;
+        CHECK(simfront_inflight(l->fe) > 0, "nothing queued");
+        CHECK(simfront_poll(l->fe, 400) == 0, "requests served while paused");
+        CHECK(l->completed == before, "completions while paused");
+        j = ctl_json(0, "pause again", ctl("pause", "-d", a->d, "-n", "51712", "--json"));
+        json_decref(j); /* already drained: immediate */
+
+        /* Resume: everything queued completes. */
+        j = ctl_json(0, "resume", ctl("resume", "-d", a->d, "-n", "51712", "--json"));
+        CHECK(json_is_true(json_object_get(j, "was_paused")), "resume reply");
+        json_decref(j);
+        before = l->completed;
+        while (l->completed < before + 3000) {
+                load_fill(l, 32);
+                CHECK(simfront_poll(l->fe, 1000) >= 0, "poll: %s", simfront_errmsg(l->fe));
+        }
+        CHECK_R(simfront_drain(l->fe, 10000), simfront_errmsg(l->fe));
+
+        /* Exactly once, no errors, and the backend counted the same. */
+        CHECK(l->completed == l->issued, "%" PRIu64 " issued, %" PRIu64 " completed", l->issued,
+              l->completed);
+        for (uint64_t t = 0; t < l->issued; t++)
+                CHECK(l->done[t] == 1, "tag %" PRIu64 " lost", t);
+        CHECK(l->errors == 0, "%" PRIu64 " errors", l->errors);
+        j = ctl_json(0, "stats", ctl("stats", "-d", a->d, "-n", "51712", "--json"));
+        CHECK((uint64_t)jint(j, "ops.write.requests") == l->issued,
+              "backend counted %lld writes, guest issued %" PRIu64, jint(j, "ops.write.requests"),
+              l->issued);
+        CHECK((uint64_t)jint(j, "ops.write.bytes") == l->issued * BLOCK, "bytes");
+        CHECK(jint(j, "ops.write.errors") == 0 && jint(j, "inflight") == 0, "errors/inflight");
+        CHECK(jint(j, "ops.write.lat_p50_us") > 0 &&
+                  jint(j, "ops.write.lat_p50_us") <= jint(j, "ops.write.lat_p99_us") &&
+                  jint(j, "ops.write.lat_p99_us") <= jint(j, "ops.write.lat_p999_us"),
+              "percentiles");
+        json_decref(j);
+        /* The data, through the ring and in the file. */
+        buf = malloc(IMG_SIZE);
+        CHECK_R(simfront_read(l->fe, 0, buf, IMG_SIZE), simfront_errmsg(l->fe));
+        for (uint32_t b = 0; b < NBLOCKS; b++) {
+                char want[BLOCK];
+
+                if (!l->gen[b])
+                        continue;
+                fill(want, b, l->gen[b]);
+                CHECK(memcmp(buf + (size_t)b * BLOCK, want, BLOCK) == 0, "block %u differs", b);
+        }
+        free(buf);
+        CHECK_R(simfront_flush(l->fe), simfront_errmsg(l->fe));
+        load_verify_image(l, a->img, false);
+        printf("ok pause under load: %" PRIu64 " writes exactly once\n", l->issued);
+        free(l->done);
+        free(l);
+}
+
+static void test_stats_formats(struct vbd *a)
+{
+        struct out *r;
+        json_t *j;
+        char want[128];
+
+        cur_test = "stats formats";
+        r = ctl("stats", "-d", a->d, "-n", "51712");
+        CHECK(r->status == 0 && strstr(r->out, "p99_us") && strstr(r->out, "write"),
+              "human stats: %s", r->out);
+        r = ctl("stats", "--prometheus");
+        snprintf(want, sizeof(want),
+                 "vbd_requests_total{domid=\"%s\",devid=\"51712\",op=\"write\"} ", a->d);
+        CHECK(r->status == 0 && strstr(r->out, want) &&
+                  strstr(r->out, "# TYPE vbd_request_latency_seconds histogram") &&
+                  strstr(r->out, "le=\"+Inf\"") && strstr(r->out, "vbd_up{"),
+              "prometheus: %s", r->out);
+        j = ctl_json(0, "stats all", ctl("stats", "--json"));
+        CHECK(json_array_size(j) == 2, "stats of all: %zu", json_array_size(j));
+        json_decref(j);
+        j = ctl_json(0, "log-level",
+                     ctl("log-level", "-d", a->d, "-n", "51712", "--level", "debug", "--debug",
+                         "ctl", "--json"));
+        CHECK(strcmp(jstr(j, "level"), "debug") == 0 && strcmp(jstr(j, "debug"), "ctl") == 0,
+              "log-level reply");
+        json_decref(j);
+        j = ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json"));
+        CHECK(strcmp(jstr(j, "log_level"), "debug") == 0, "log level not kept");
+        json_decref(j);
+        json_decref(ctl_json(0, "log-level",
+                             ctl("log-level", "-d", a->d, "-n", "51712", "--level", "info",
+                                 "--debug", "", "--json")));
+        r = ctl("log-level", "-d", a->d, "-n", "51712", "--level", "loud");
+        CHECK(r->status == 2, "bad level exit %d", r->status);
+        printf("ok stats (json, prometheus), log-level\n");
+}
+
+static void test_reopen(struct simfront_env *env, struct vbd *a)
+{
+        char img2[640], spec[700], *buf = malloc(1 << 20), want[4096];
+        struct out *r;
+        json_t *j;
+
+        cur_test = "reopen";
+        snprintf(img2, sizeof(img2), "%s/other.img", simfront_env_dir(env));
+        make_image(img2, 2 * IMG_SIZE, 'Z');
+        snprintf(spec, sizeof(spec), "raw:%s", img2);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK(r->status == 1 && strstr(r->err, "paused"), "reopen unpaused: %d %s", r->status,
+              r->err);
+        json_decref(ctl_json(0, "pause", ctl("pause", "-d", a->d, "-n", "51712", "--json")));
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", "raw:/nonexistent/x.img");
+        CHECK(r->status == 1 && strstr(r->err, "nonexistent"), "reopen bad: %d %s", r->status,
+              r->err);
+        j = ctl_json(0, "reopen",
+                     ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec, "--json"));
+        CHECK(jint(j, "size") == 2 * IMG_SIZE, "new size");
+        json_decref(j);
+        json_decref(ctl_json(0, "resume", ctl("resume", "-d", a->d, "-n", "51712", "--json")));
+        CHECK_R(simfront_read(a->fe, 0, buf, 1 << 20), simfront_errmsg(a->fe));
+        memset(want, 'Z', sizeof(want));
+        CHECK(memcmp(buf, want, sizeof(want)) == 0, "reads do not come from the new image");
+        j = ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json"));
+        CHECK(strstr(jstr(j, "image"), "other.img"), "info image %s", jstr(j, "image"));
+        json_decref(j);
+        {
+                long long sectors = 0;
+
+                CHECK_R(simfront_vbd_read_backend(a->vbd, "sectors", &sectors), "sectors");
+                CHECK(sectors == 2 * IMG_SIZE / 512, "sectors not republished: %lld", sectors);
+        }
+        free(buf);
+        printf("ok reopen while paused\n");
+}
+
+static void test_socket_limits(struct vbd *a)
+{
+        static char big[VBD_BIG];
+        int fd, fds[20], n = 0;
+        json_t *j;
+
+        cur_test = "socket limits";
+        fd = sock_connect(a->sock);
+        CHECK(fd >= 0, "connect: %s", strerror(-fd));
+        sock_send_str(fd, "garbage\n");
+        expect_error(sock_reply(fd), "EINVAL", "garbage");
+        sock_send_str(fd, "[1,2,3]\n");
+        expect_error(sock_reply(fd), "EINVAL", "array");
+        sock_send_str(fd, "{\"cmd\":\"nope\"}\n");
+        expect_error(sock_reply(fd), "EOPNOTSUPP", "unknown command");
+        sock_send_str(fd, "{\"v\":2,\"cmd\":\"info\"}\n");
+        expect_error(sock_reply(fd), "EPROTONOSUPPORT", "version 2");
+        sock_send_str(fd, "{\"cmd\":\"info\",\"cmd\":\"stats\"}\n");
+        expect_error(sock_reply(fd), "EINVAL", "duplicate key");
+        sock_send_str(fd, "{\"cmd\":\"pause\",\"args\":{\"x\":1}}\n");
+        expect_error(sock_reply(fd), "EINVAL", "pause with args");
+        sock_send_str(fd, "{\"cmd\":\"reopen\",\"args\":{\"image\":7}}\n");
+        expect_error(sock_reply(fd), "EINVAL", "reopen with a number");
+        sock_send_str(fd, "{\"cmd\":\"info\",\"x\":\"\xff\xfe\"}\n");
+        expect_error(sock_reply(fd), "EINVAL", "bad UTF-8");
+        sock_send(fd, "{\"cmd\":\"in\0fo\"}\n", 16);
+        expect_error(sock_reply(fd), "EINVAL", "NUL");
+        /* Deep nesting within the line limit. */
+        memset(big, '[', 60000);
+        big[60000] = '\n';
+        sock_send(fd, big, 60001);
+        expect_error(sock_reply(fd), "EINVAL", "deep nesting");
+        /* Oversized: 200 KiB without a newline, then the newline. */
+        memset(big, 'x', sizeof(big));
+        sock_send(fd, big, sizeof(big));
+        expect_error(sock_reply(fd), "E2BIG", "oversized");
+        sock_send_str(fd, "\n");
+        /* The same connection still works, replies carry the id. */
+        sock_send_str(fd, "{\"cmd\":\"info\",\"id\":\"abc\"}\n");
+        j = sock_reply(fd);
+        CHECK(j && json_is_true(json_object_get(j, "ok")) && strcmp(jstr(j, "id"), "abc") == 0 &&
+                  jint(json_object_get(j, "result"), "domid") == a->domid,
+              "info after the garbage");
+        json_decref(j);
+        /* Two requests in one write, answered in order. */
+        sock_send_str(fd, "{\"cmd\":\"version\",\"id\":1}\n{\"cmd\":\"stats\",\"id\":2}\n");
+        j = sock_reply(fd);
+        CHECK(jint(j, "id") == 1 &&
+                  json_is_array(json_object_get(json_object_get(j, "result"), "commands")),
+              "pipelined 1");
+        json_decref(j);
+        j = sock_reply(fd);
+        CHECK(jint(j, "id") == 2, "pipelined 2");
+        json_decref(j);
+        close(fd);
+
+        /* At most 16 clients; the next is told why. */
+        usleep(200000); /* the daemon sees the close above */
+        for (n = 0; n < 16; n++) {
+                fds[n] = sock_connect(a->sock);
+                CHECK(fds[n] >= 0, "connect %d", n);
+                sock_send_str(fds[n], "{\"cmd\":\"version\"}\n");
+                j = sock_reply(fds[n]);
+                CHECK(j && json_is_true(json_object_get(j, "ok")), "client %d not served", n);
+                json_decref(j);
+        }
+        fd = sock_connect(a->sock);
+        CHECK(fd >= 0, "connect 17");
+        expect_error(sock_reply(fd), "EMFILE", "17th client");
+        close(fd);
+        while (n)
+                close(fds[--n]);
+        usleep(100000);
+        json_decref(
+            ctl_json(0, "info after the flood", ctl("info", "-d", a->d, "-n", "51712", "--json")));
+        CHECK(simfront_vbd_running(a->vbd) == 1, "daemon died");
+        printf("ok malformed, oversized and too many requests: error replies, still serving\n");
+}
+
+static void test_not_root(struct simfront_env *env, struct vbd *a)
+{
+        struct out *r;
+        int st, p[2];
+        pid_t pid;
+        char buf[512] = "";
+        ssize_t n;
+
+        cur_test = "non-root";
+        if (geteuid() != 0) {
+                printf("skip non-root checks: not running as root\n");
+                return;
+        }
+        /* 1. The socket is 0600 root: connect() itself is refused. */
+        struct stat sb;
+        CHECK(stat(a->sock, &sb) == 0 && (sb.st_mode & 0777) == 0600 && sb.st_uid == 0,
+              "socket mode %o uid %u", sb.st_mode & 0777, sb.st_uid);
+        /* Let nobody reach the directory, so that the socket's mode decides. */
+        CHECK(chmod(ctl_dir, 0755) == 0, "chmod: %m");
+        r = ctl_as(true, "info", "-d", a->d, "-n", "51712", NULL);
+        CHECK(r->status == 4 && strstr(r->err, "ermission"), "nobody's vbd-ctl info: %d %s",
+              r->status, r->err);
+        /* 2. Even with the file opened up, SO_PEERCRED says no. */
+        CHECK(chmod(a->sock, 0666) == 0, "chmod: %m");
+        CHECK(pipe(p) == 0, "pipe");
+        pid = fork();
+        if (pid == 0) {
+                int fd;
+
+                close(p[0]);
+                drop_privileges();
+                fd = sock_connect(a->sock);
+                if (fd < 0)
+                        _exit(3);
+                /* May fail: the daemon hangs up after saying why. */
+                (void)!send(fd, "{\"cmd\":\"detach\"}\n", 17, MSG_NOSIGNAL);
+                n = read(fd, buf, sizeof(buf) - 1);
+                if (n > 0)
+                        (void)!write(p[1], buf, (size_t)n);
+                _exit(0);
+        }
+        close(p[1]);
+        n = read(p[0], buf, sizeof(buf) - 1);
+        close(p[0]);
+        CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "nobody could not connect");
+        CHECK(n > 0 && strstr(buf, "\"EPERM\"") && strstr(buf, "uid 65534"), "reply: %s", buf);
+        r = ctl_as(true, "detach", "-d", a->d, "-n", "51712", NULL);
+        CHECK(r->status == 4, "nobody's detach exit %d: %s", r->status, r->err);
+        CHECK(chmod(a->sock, 0600) == 0 && chmod(ctl_dir, 0700) == 0, "chmod back");
+        CHECK(simfront_vbd_running(a->vbd) == 1, "the daemon obeyed nobody");
+        json_decref(ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json")));
+        printf("ok non-root refused (mode 0600, then SO_PEERCRED)\n");
+}
+
+static void test_detach_busy(struct vbd *b)
+{
+        struct load *l = calloc(1, sizeof(*l));
+        struct out *r;
+        long long state = 0;
+        int st;
+
+        cur_test = "detach while busy";
+        cur_vbd = b->vbd;
+        l->fe = b->fe;
+        l->done = calloc(MAX_TAGS, 1);
+        l->rnd = 7;
+        while (l->completed < 2000) {
+                load_fill(l, 32);
+                CHECK(simfront_poll(l->fe, 1000) >= 0, "poll");
+        }
+        load_fill(l, 1000); /* the ring full of writes */
+        r = ctl("detach", "-d", b->d, "-n", "51712");
+        CHECK(r->status == 0 && strstr(r->out, "detached"), "detach: %d %s %s", r->status, r->out,
+              r->err);
+        CHECK_R(simfront_vbd_wait(b->vbd, 5000, &st), "vbdd still running after detach");
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vbdd exit status %d", st);
+        /* What it answered before leaving: collect, each exactly once. */
+        while (simfront_poll(l->fe, 200) > 0)
+                ;
+        CHECK(l->errors == 0, "errors");
+        CHECK(l->completed > 2000, "nothing answered");
+        CHECK_R(simfront_vbd_read_backend(b->vbd, "state", &state), "state");
+        CHECK(state == SIMFRONT_XB_CLOSED, "backend state %lld after detach", state);
+        CHECK(access(b->sock, F_OK) < 0 && errno == ENOENT, "socket left behind");
+        load_verify_image(l, b->img, true);
+        r = ctl("info", "-d", b->d, "-n", "51712");
+        CHECK(r->status == 3, "info after detach: %d", r->status);
+        printf("ok detach while busy: %" PRIu64 " answered writes on disk, daemon gone\n",
+               l->completed);
+        free(l->done);
+        free(l);
+}
+
+static void test_attach(struct simfront_env *env)
+{
+        const uint32_t domid = 3;
+        struct simfront_opts fo = {.domid = domid, .devid = DEVID, .timeout_ms = 5000};
+        struct simfront *fe;
+        char img[600], spec[640], data[8192], back[8192];
+        struct xs_handle *xs = simfront_env_xs(env);
+        unsigned len;
+        char *v;
+        json_t *j;
+        struct out *r;
+
+        cur_test = "attach";
+        cur_vbd = NULL;
+        snprintf(img, sizeof(img), "%s/attach.img", simfront_env_dir(env));
+        make_image(img, IMG_SIZE, 0);
+        snprintf(spec, sizeof(spec), "raw:%s", img);
+        CHECK_R(simfront_env_domain_create(env, domid), simfront_env_errmsg(env));
+        j = ctl_json(
+            0, "attach",
+            ctl("attach", "-d", "3", "-n", "51712", "--image", spec, "--vbdd", vbdd_sim, "--json"));
+        CHECK(jint(j, "pid") > 0, "attach pid");
+        json_decref(j);
+        v = xs_read(xs, XBT_NULL, "/local/domain/0/backend/vbd3/3/51712/params", &len);
+        CHECK(v && strcmp(v, spec) == 0, "params %s", v ? v : "(none)");
+        free(v);
+        v = xs_read(xs, XBT_NULL, "/local/domain/3/device/vbd/51712/backend", &len);
+        CHECK(v && strcmp(v, "/local/domain/0/backend/vbd3/3/51712") == 0, "frontend link");
+        free(v);
+        r = ctl("attach", "-d", "3", "-n", "51712", "--image", spec, "--vbdd", vbdd_sim);
+        CHECK(r->status == 1 && strstr(r->err, "exists"), "second attach: %d %s", r->status,
+              r->err);
+        fe = simfront_new(env, &fo);
+        CHECK(fe, "simfront_new");
+        CHECK_R(simfront_connect(fe), simfront_errmsg(fe));
+        for (size_t i = 0; i < sizeof(data); i++)
+                data[i] = (char)(i * 7 + 3);
+        CHECK_R(simfront_write(fe, 4096, data, sizeof(data)), simfront_errmsg(fe));
+        CHECK_R(simfront_read(fe, 4096, back, sizeof(back)), simfront_errmsg(fe));
+        CHECK(memcmp(data, back, sizeof(data)) == 0, "data through an attached VBD");
+        r = ctl("detach", "-d", "3", "-n", "51712", "--xenstore");
+        CHECK(r->status == 0, "detach --xenstore: %d %s", r->status, r->err);
+        v = xs_read(xs, XBT_NULL, "/local/domain/0/backend/vbd3/3/51712", &len);
+        CHECK(!v, "backend dir left");
+        v = xs_read(xs, XBT_NULL, "/local/domain/3/device/vbd/51712", &len);
+        CHECK(!v, "frontend dir left");
+        simfront_free(fe);
+        /* A spawn that cannot work says why, with the daemon's log. */
+        r = ctl("spawn", "-d", "3", "-n", "51712", "--image", spec, "--vbdd", vbdd_sim);
+        CHECK(r->status == 1 && strstr(r->err, "exited") && strstr(r->err, "backend"),
+              "spawn without nodes: %d %s", r->status, r->err);
+        printf("ok attach (xenstore + spawn), detach --xenstore, failed spawn reported\n");
+}
+
+static char *xs_get(struct xs_handle *xs, const char *path)
+{
+        unsigned len;
+
+        return xs_read(xs, XBT_NULL, path, &len);
+}
+
+/* libxl with backendtype=tap,script=block-vbd3 (Xen 4.19+): the toolstack
+ * writes the vbd3 directories in state 1 and waits for InitWait; vbd-ctl
+ * watch starts vbdd; libxl runs "block-vbd3 add"; the guest connects; on
+ * detach libxl writes online=0 + state 5, waits for 6, runs "remove". */
+static void test_xl_flow(struct simfront_env *env)
+{
+        const char *script = getenv("VBD_BLOCK_SCRIPT");
+        const char *be = "/local/domain/0/backend/vbd3/4/51712";
+        const char *fe_path = "/local/domain/4/device/vbd/51712";
+        struct simfront_opts fo = {.domid = 4, .devid = DEVID, .timeout_ms = 5000};
+        struct xs_permissions bperm[2] = {{.id = 0, .perms = XS_PERM_NONE},
+                                          {.id = 4, .perms = XS_PERM_READ}};
+        struct xs_permissions fperm[2] = {{.id = 4, .perms = XS_PERM_NONE},
+                                          {.id = 0, .perms = XS_PERM_READ}};
+        struct xs_handle *xs = simfront_env_xs(env);
+        char img[600], params[700], path[1024], data[4096], got[4096];
+        const char *argv[16];
+        struct simfront *fe;
+        struct out *r;
+        xs_transaction_t t;
+        uint64_t t0;
+        pid_t watch, sh;
+        int o, e, st, fd;
+        char *v;
+
+        cur_test = "xl flow";
+        cur_vbd = NULL;
+        if (!script) {
+                printf("skip xl flow: VBD_BLOCK_SCRIPT not set\n");
+                return;
+        }
+        snprintf(img, sizeof(img), "%s/xl.img", simfront_env_dir(env));
+        make_image(img, IMG_SIZE, 0);
+        snprintf(params, sizeof(params), "aio:%s", img);
+        CHECK_R(simfront_env_domain_create(env, 4), simfront_env_errmsg(env));
+
+        /* vbd-watch.service */
+        argv[0] = vbd_ctl;
+        argv[1] = "--ctl-dir";
+        argv[2] = ctl_dir;
+        argv[3] = "watch";
+        argv[4] = "--vbdd";
+        argv[5] = vbdd_sim;
+        argv[6] = NULL;
+        watch = spawn(argv, false, &o, &e);
+        close(o);
+        close(e);
+        usleep(200000);
+
+        /* libxl's device_disk_add, in one transaction. */
+        t = xs_transaction_start(xs);
+        CHECK(t != XBT_NULL, "transaction");
+        {
+                const char *bkv[] = {"frontend",
+                                     fe_path,
+                                     "frontend-id",
+                                     "4",
+                                     "online",
+                                     "1",
+                                     "removable",
+                                     "0",
+                                     "bootable",
+                                     "1",
+                                     "state",
+                                     "1",
+                                     "dev",
+                                     "xvda",
+                                     "type",
+                                     "vbd3",
+                                     "mode",
+                                     "w",
+                                     "device-type",
+                                     "disk",
+                                     "discard-enable",
+                                     "0",
+                                     "specification",
+                                     "xen",
+                                     "params",
+                                     params,
+                                     "script",
+                                     script,
+                                     NULL};
+                const char *fkv[] = {"backend",     be,     "backend-id",     "0",
+                                     "state",       "1",    "virtual-device", "51712",
+                                     "device-type", "disk", "trusted",        "1",
+                                     NULL};
+
+                CHECK(xs_mkdir(xs, t, be) && xs_set_permissions(xs, t, be, bperm, 2), "be");
+                CHECK(xs_mkdir(xs, t, fe_path) && xs_set_permissions(xs, t, fe_path, fperm, 2),
+                      "fe");
+                for (int i = 0; bkv[i]; i += 2) {
+                        snprintf(path, sizeof(path), "%s/%s", be, bkv[i]);
+                        CHECK(xs_write(xs, t, path, bkv[i + 1], strlen(bkv[i + 1])), "write");
+                }
+                for (int i = 0; fkv[i]; i += 2) {
+                        snprintf(path, sizeof(path), "%s/%s", fe_path, fkv[i]);
+                        CHECK(xs_write(xs, t, path, fkv[i + 1], strlen(fkv[i + 1])), "write");
+                }
+        }
+        CHECK(xs_transaction_end(xs, t, false), "commit: %m");
+
+        /* libxl__wait_device_connection: InitWait within 10 s. */
+        snprintf(path, sizeof(path), "%s/state", be);
+        for (t0 = now_ms();; usleep(20000)) {
+                v = xs_get(xs, path);
+                if (v && strcmp(v, "2") == 0)
+                        break;
+                free(v);
+                CHECK(now_ms() - t0 < 10000, "no InitWait: vbd-ctl watch did not start vbdd");
+        }
+        free(v);
+
+        /* The hotplug script, as libxl runs it. */
+        setenv("XENBUS_PATH", be, 1);
+        setenv("VBD_RUNTIME_DIR", ctl_dir, 1);
+        argv[0] = "/bin/sh";
+        argv[1] = script;
+        argv[2] = "add";
+        argv[3] = NULL;
+        {
+                struct out *res = calloc(1, sizeof(*res));
+
+                sh = spawn(argv, false, &o, &e);
+                collect(sh, o, e, res);
+                CHECK(res->status == 0, "block-vbd3 add: %d %s", res->status, res->err);
+                free(res);
+        }
+        snprintf(path, sizeof(path), "%s/hotplug-status", be);
+        v = xs_get(xs, path);
+        CHECK(v && strcmp(v, "connected") == 0, "hotplug-status %s", v ? v : "-");
+        free(v);
+        {
+                json_t *j = ctl_json(0, "info", ctl("info", "-d", "4", "-n", "51712", "--json"));
+
+                snprintf(path, sizeof(path), "raw:%s", img);
+                CHECK(strcmp(jstr(j, "image"), path) == 0, "params aio: became %s",
+                      jstr(j, "image"));
+                json_decref(j);
+        }
+
+        /* The guest. */
+        fe = simfront_new(env, &fo);
+        CHECK(fe, "simfront_new");
+        CHECK_R(simfront_connect(fe), simfront_errmsg(fe));
+        memset(data, 0xa5, sizeof(data));
+        CHECK_R(simfront_write(fe, 8192, data, sizeof(data)), simfront_errmsg(fe));
+        CHECK_R(simfront_flush(fe), simfront_errmsg(fe));
+        fd = open(img, O_RDONLY);
+        CHECK(fd >= 0 && pread(fd, got, sizeof(got), 8192) == (ssize_t)sizeof(got) &&
+                  memcmp(got, data, sizeof(data)) == 0,
+              "data not in the image");
+        close(fd);
+
+        /* xl block-detach: online 0, state 5; the guest closes; vbdd exits. */
+        snprintf(path, sizeof(path), "%s/online", be);
+        CHECK(xs_write(xs, XBT_NULL, path, "0", 1), "online");
+        snprintf(path, sizeof(path), "%s/state", be);
+        CHECK(xs_write(xs, XBT_NULL, path, "5", 1), "state");
+        CHECK_R(simfront_disconnect(fe), simfront_errmsg(fe));
+        simfront_free(fe);
+        snprintf(path, sizeof(path), "%s/vbdd-4-51712.sock", ctl_dir);
+        for (t0 = now_ms(); access(path, F_OK) == 0; usleep(20000))
+                CHECK(now_ms() - t0 < 5000, "vbdd did not exit after the detach");
+        argv[2] = "remove";
+        {
+                struct out *res = calloc(1, sizeof(*res));
+
+                sh = spawn(argv, false, &o, &e);
+                collect(sh, o, e, res);
+                CHECK(res->status == 0, "block-vbd3 remove: %d %s", res->status, res->err);
+                free(res);
+        }
+        CHECK(xs_rm(xs, XBT_NULL, be) && xs_rm(xs, XBT_NULL, fe_path), "rm");
+        usleep(1200000); /* a watcher rescan: nothing to restart */
+        r = ctl("list", "--json", "-d", "4");
+        CHECK(r->status == 0 && strcmp(r->out, "[]\n") == 0, "watch restarted vbdd: %s", r->out);
+
+        /* The script refuses what it cannot parse. */
+        setenv("XENBUS_PATH", "/local/domain/0/backend/vbd3/x/y", 1);
+        argv[2] = "add";
+        {
+                struct out *res = calloc(1, sizeof(*res));
+
+                sh = spawn(argv, false, &o, &e);
+                collect(sh, o, e, res);
+                CHECK(res->status == 1 && strstr(res->err, "cannot parse"), "bad path: %d %s",
+                      res->status, res->err);
+                free(res);
+        }
+        unsetenv("XENBUS_PATH");
+        unsetenv("VBD_RUNTIME_DIR");
+
+        kill(watch, SIGTERM);
+        CHECK(waitpid(watch, &st, 0) == watch && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "watch exit %d", st);
+        printf("ok xl flow: vbd-ctl watch + block-vbd3 add/remove, aio: params\n");
+}
+
+int main(void)
+{
+        struct simfront_env *env;
+        struct vbd a = {0}, b = {0};
+
+        setvbuf(stdout, NULL, _IONBF, 0);
+        signal(SIGPIPE, SIG_IGN);
+        vbd_ctl = getenv("VBD_CTL");
+        vbdd_sim = getenv("VBD_SIM_VBDD");
+        if (!vbd_ctl || !vbdd_sim) {
+                fprintf(stderr, "set VBD_CTL and VBD_SIM_VBDD\n");
+                return 77;
+        }
+        env = simfront_env_new(NULL);
+        CHECK(env, "simfront_env_new: %m");
+        /* Also vbdd-sim's default: $VBD_SIM_DIR. */
+        snprintf(ctl_dir, sizeof(ctl_dir), "%s", simfront_env_dir(env));
+        /* vbd-ctl attach/spawn and the daemons they start use this simulation. */
+        setenv("XENSTORED_PATH", simfront_env_xs_path(env), 1);
+        setenv("VBD_SIM_DIR", simfront_env_dir(env), 1);
+
+        vbd_start(env, &a, 1, true);
+        vbd_start(env, &b, 2, false);
+        test_list(&a, &b);
+        {
+                struct simfront_opts fo = {.domid = 2, .devid = DEVID, .timeout_ms = 5000};
+
+                b.fe = simfront_new(env, &fo);
+                CHECK(b.fe, "simfront_new");
+                simfront_set_check(b.fe, alive, b.vbd);
+                CHECK_R(simfront_connect(b.fe), simfront_errmsg(b.fe));
+        }
+        test_pause_under_load(&a);
+        test_stats_formats(&a);
+        test_reopen(env, &a);
+        test_socket_limits(&a);
+        test_not_root(env, &a);
+        test_detach_busy(&b);
+        test_attach(env);
+        test_xl_flow(env);
+
+        simfront_free(a.fe);
+        simfront_free(b.fe);
+        simfront_vbd_free(a.vbd);
+        simfront_vbd_free(b.vbd);
+        simfront_env_free(env);
+        printf("all ctl tests passed\n");
+        return 0;
+}
