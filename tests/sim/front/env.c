@@ -98,20 +98,42 @@ void simfront_sleep_ms(int ms)
                 ;
 }
 
-static void rm_dir_flat(const char *dir)
+/* Remove what the simulation put in entry name of directory at (files, and
+ * directories such as the daemons' run/ for control sockets, a few levels
+ * deep; symlinks are removed, never followed). */
+static void rm_tree_at(int at, const char *name, int depth)
 {
-        DIR *d = opendir(dir);
+        struct stat st;
+        DIR *d;
+        int fd;
         struct dirent *de;
 
-        if (!d)
+        if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return;
+        if (!S_ISDIR(st.st_mode) || depth > 8) {
+                (void)unlinkat(at, name, 0);
+                return;
+        }
+        fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return;
+        d = fdopendir(fd);
+        if (!d) {
+                close(fd);
+                return;
+        }
         while ((de = readdir(d))) {
                 if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
                         continue;
-                (void)unlinkat(dirfd(d), de->d_name, 0);
+                rm_tree_at(dirfd(d), de->d_name, depth + 1);
         }
         closedir(d);
-        (void)rmdir(dir);
+        (void)unlinkat(at, name, AT_REMOVEDIR);
+}
+
+static void rm_dir_flat(const char *dir)
+{
+        rm_tree_at(AT_FDCWD, dir, 0);
 }
 
 struct simfront_env *simfront_env_new(const struct simfront_env_opts *o)
@@ -527,6 +549,38 @@ const char *simfront_vbd_log_path(struct simfront_vbd *vbd)
 pid_t simfront_vbd_pid(struct simfront_vbd *vbd)
 {
         return vbd->exited ? 0 : vbd->pid;
+}
+
+int simfront_vbd_cpu_ns(struct simfront_vbd *vbd, uint64_t *ret_ns)
+{
+        char path[64], buf[1024], *p;
+        unsigned long long utime, stime;
+        long tck = sysconf(_SC_CLK_TCK);
+        ssize_t n;
+        int fd;
+
+        if (vbd->exited || vbd->pid <= 0)
+                return -ESRCH;
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)vbd->pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? -ESRCH : -errno;
+        n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return -EIO;
+        buf[n] = 0;
+        /* comm may hold spaces and parentheses: fields start after the last ')'. */
+        p = strrchr(buf, ')');
+        if (!p || tck <= 0)
+                return -EIO;
+        /* state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+         * cmajflt utime stime */
+        if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                   &stime) != 2)
+                return -EIO;
+        *ret_ns = (uint64_t)(utime + stime) * (1000000000ull / (unsigned long long)tck);
+        return 0;
 }
 
 char *simfront_vbd_read_log(struct simfront_vbd *vbd)

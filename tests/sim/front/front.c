@@ -30,6 +30,32 @@
 #define MAX_RING_ORDER 4
 #define MAX_RING_PAGES (1u << MAX_RING_ORDER)
 #define WAIT_SLICE_MS  50
+/* Grant entries kept free for raw grants (hostile tests) when deciding
+ * whether the data pages can be pre-granted. */
+#define RAW_GRANT_RESERVE 512u
+#define SIM_NR_GRANTS     (4096u - 8u) /* xensim: 4096 per domain, 0..7 reserved */
+#define SRING_HDR_SIZE    64u
+#define DISCARD_MAX       (1u << 30)
+
+/*
+ * Wire layouts (offsets in bytes) of blkif.h in the two x86 ABIs.  i386
+ * aligns uint64_t to 4 bytes, so its fields move up after handle.
+ *                      x86_64  i386
+ *   rw:       id         8      4     sector 16 / 12, seg[11] 24 / 20
+ *   indirect: id         8      4     sector 16 / 12, handle 24 / 20,
+ *                                     indirect_grefs[8] 28 / 24
+ *   discard:  id         8      4     sector 16 / 12, nr_sectors 24 / 20
+ *   response: id 0, operation 8, status 10 in both; 16 / 12 bytes.
+ * Ring entries (unions) are 112 / 108 bytes after a 64-byte header.
+ */
+#define ENT_SIZE_64 112u
+#define ENT_SIZE_32 108u
+_Static_assert(sizeof(blkif_request_t) == ENT_SIZE_64, "native blkif request is x86_64");
+_Static_assert(offsetof(blkif_sring_t, ring) == SRING_HDR_SIZE, "sring header");
+_Static_assert(sizeof(struct blkif_request_segment) == 8, "segment");
+_Static_assert(offsetof(blkif_request_t, seg) == 24, "x86_64 rw layout");
+_Static_assert(offsetof(blkif_request_indirect_t, indirect_grefs) == 28, "x86_64 indirect");
+_Static_assert(offsetof(blkif_request_discard_t, nr_sectors) == 24, "x86_64 discard");
 
 enum io_state { IO_FREE, IO_OWNED, IO_INFLIGHT };
 
@@ -37,7 +63,8 @@ struct slot {
         struct simfront_io io;
         enum io_state state;
         uint16_t gen;
-        uint8_t granted; /* per-request grants held (in gref_rw[]) */
+        uint16_t granted; /* per-request grants held (in gref_rw[]) */
+        bool indirect;    /* in flight as BLKIF_OP_INDIRECT */
 };
 
 struct raw_grant {
@@ -62,7 +89,9 @@ struct simfront {
         uint32_t ring_pfn[MAX_RING_PAGES], ring_gref[MAX_RING_PAGES];
         unsigned ring_granted, ring_allocated;
         blkif_sring_t *sring;
-        blkif_front_ring_t ring;
+        blkif_front_ring_t ring; /* indices only; entries via ring_entry() */
+        enum simfront_abi abi;
+        size_t ent_size;
 
         xenevtchn_handle *xce;
         evtchn_port_t port;
@@ -70,6 +99,11 @@ struct simfront {
         int evfd;
 
         unsigned nr_slots, segs;
+        unsigned ind_per_slot; /* indirect descriptor pages per slot (0 or 1) */
+        bool use_indirect, indirect_always;
+        uint32_t *ind_pfn, *ind_gref; /* nr_slots * ind_per_slot */
+        unsigned ind_allocated, ind_granted;
+        char notice[256];
         struct slot *slots;
         unsigned *free_stack, nr_free;
         void **pages;                /* nr_slots * segs */
@@ -131,12 +165,43 @@ uint64_t simfront_size(struct simfront *fe)
 
 unsigned simfront_ring_size(struct simfront *fe)
 {
-        return fe->nr_slots;
+        return fe->prepared ? fe->ring.nr_ents : 0;
 }
 
 unsigned simfront_inflight(struct simfront *fe)
 {
         return fe->inflight;
+}
+
+unsigned simfront_queue_depth(struct simfront *fe)
+{
+        return fe->nr_slots;
+}
+
+unsigned simfront_max_segments(struct simfront *fe)
+{
+        return fe->prepared ? fe->segs : fe->o.max_segments;
+}
+
+bool simfront_indirect(struct simfront *fe)
+{
+        return fe->use_indirect;
+}
+
+enum simfront_abi simfront_abi(struct simfront *fe)
+{
+        return fe->abi;
+}
+
+const char *simfront_notice(struct simfront *fe)
+{
+        return fe->notice;
+}
+
+static inline void *ring_entry(struct simfront *fe, RING_IDX i)
+{
+        return (char *)fe->sring + SRING_HDR_SIZE +
+               (size_t)(i & (fe->ring.nr_ents - 1)) * fe->ent_size;
 }
 
 bool simfront_connected(struct simfront *fe)
@@ -316,7 +381,7 @@ struct simfront *simfront_new(struct simfront_env *env, const struct simfront_op
         unsigned len;
         int e;
 
-        if (o->ring_order > MAX_RING_ORDER || o->max_segments > SIMFRONT_MAX_SEG) {
+        if (o->ring_order > MAX_RING_ORDER || o->max_segments > SIMFRONT_MAX_INDIRECT_SEG) {
                 errno = EINVAL;
                 return NULL;
         }
@@ -330,6 +395,11 @@ struct simfront *simfront_new(struct simfront_env *env, const struct simfront_op
                 fe->o.max_segments = SIMFRONT_MAX_SEG;
         if (!fe->o.timeout_ms)
                 fe->o.timeout_ms = 10000;
+        if (!fe->o.max_data_pages)
+                fe->o.max_data_pages = SIMFRONT_DEFAULT_DATA_PAGES;
+        fe->abi = o->protocol && !strcmp(o->protocol, "x86_32-abi") ? SIMFRONT_ABI_X86_32
+                                                                    : SIMFRONT_ABI_X86_64;
+        fe->ent_size = fe->abi == SIMFRONT_ABI_X86_32 ? ENT_SIZE_32 : ENT_SIZE_64;
         fe->evfd = -1;
         snprintf(fe->fe, sizeof(fe->fe), "/local/domain/%u/device/vbd/%u", o->domid, o->devid);
 
@@ -429,6 +499,13 @@ static int teardown(struct simfront *fe)
                 else if (i < fe->pages_allocated)
                         (void)simxen_page_free(fe->sx, fe->o.domid, fe->pfns[i]);
         }
+        for (i = 0; i < fe->ind_allocated; i++) {
+                if (i < fe->ind_granted && end_grant(fe, fe->ind_gref[i], deadline) == -EBUSY) {
+                        leaked++;
+                        continue;
+                }
+                (void)simxen_page_free(fe->sx, fe->o.domid, fe->ind_pfn[i]);
+        }
         for (i = 0; i < fe->ring_allocated; i++) {
                 if (i < fe->ring_granted && end_grant(fe, fe->ring_gref[i], deadline) == -EBUSY) {
                         leaked++;
@@ -448,6 +525,12 @@ static int teardown(struct simfront *fe)
         fe->nr_raw = 0;
         fe->ring_allocated = fe->ring_granted = 0;
         fe->pages_allocated = fe->grants_rw = fe->grants_ro = 0;
+        fe->ind_allocated = fe->ind_granted = 0;
+        free(fe->ind_pfn);
+        free(fe->ind_gref);
+        fe->ind_pfn = fe->ind_gref = NULL;
+        fe->ind_per_slot = 0;
+        fe->use_indirect = false;
         fe->sring = NULL;
         free(fe->slots);
         free(fe->free_stack);
@@ -512,14 +595,20 @@ static int read_disk_info(struct simfront *fe)
                                            "info",
                                            "feature-flush-cache",
                                            "feature-barrier",
-                                           "max-ring-page-order"};
-        uint64_t val[7];
-        bool have[7];
+                                           "max-ring-page-order",
+                                           "feature-max-indirect-segments",
+                                           "feature-discard",
+                                           "discard-granularity",
+                                           "discard-alignment",
+                                           "discard-secure"};
+        enum { NKEYS = sizeof(keys) / sizeof(keys[0]) };
+        uint64_t val[NKEYS];
+        bool have[NKEYS];
         char *v;
         int r;
 
         memset(&fe->disk, 0, sizeof(fe->disk));
-        for (unsigned i = 0; i < 7; i++) {
+        for (unsigned i = 0; i < NKEYS; i++) {
                 v = simfront_xs_read_backend(fe, keys[i]);
                 have[i] = v != NULL;
                 if (!v)
@@ -544,6 +633,11 @@ static int read_disk_info(struct simfront *fe)
         fe->disk.flush = have[4] && val[4];
         fe->disk.barrier = have[5] && val[5];
         fe->disk.max_ring_page_order = have[6] ? (int)(val[6] > 16 ? 16 : val[6]) : -1;
+        fe->disk.max_indirect_segments = have[7] ? (unsigned)(val[7] > 65535 ? 65535 : val[7]) : 0;
+        fe->disk.discard = have[8] && val[8];
+        fe->disk.discard_granularity = have[9] ? (uint32_t)(val[9] > UINT32_MAX ? 0 : val[9]) : 0;
+        fe->disk.discard_alignment = have[10] ? (uint32_t)(val[10] > UINT32_MAX ? 0 : val[10]) : 0;
+        fe->disk.discard_secure = have[11] && val[11];
         v = simfront_xs_read_backend(fe, "mode");
         if (v) {
                 snprintf(fe->disk.mode, sizeof(fe->disk.mode), "%s", v);
@@ -552,9 +646,53 @@ static int read_disk_info(struct simfront *fe)
         return 0;
 }
 
+/* Segments per request and whether to use BLKIF_OP_INDIRECT, from the
+ * options and what the backend offers; notes any change in fe->notice. */
+static void choose_segments(struct simfront *fe)
+{
+        unsigned want = fe->o.max_segments, offer = fe->disk.max_indirect_segments;
+        size_t nl;
+
+        fe->notice[0] = 0;
+        fe->segs = want;
+        if (want > SIMFRONT_MAX_SEG && offer < want) {
+                fe->segs = offer > SIMFRONT_MAX_SEG ? offer : SIMFRONT_MAX_SEG;
+                if (offer)
+                        snprintf(fe->notice, sizeof(fe->notice),
+                                 "max_segments %u clamped to %u: the backend offers "
+                                 "feature-max-indirect-segments %u",
+                                 want, fe->segs, offer);
+                else
+                        snprintf(fe->notice, sizeof(fe->notice),
+                                 "max_segments %u clamped to %u: the backend offers no "
+                                 "feature-max-indirect-segments",
+                                 want, fe->segs);
+        }
+        fe->use_indirect = offer && (fe->segs > SIMFRONT_MAX_SEG || fe->o.indirect_always);
+        nl = strlen(fe->notice);
+        if (fe->o.indirect_always && !offer)
+                snprintf(fe->notice + nl, sizeof(fe->notice) - nl,
+                         "%sindirect_always ignored: the backend offers no "
+                         "feature-max-indirect-segments",
+                         nl ? "; " : "");
+        if (fe->use_indirect && fe->segs > offer) {
+                nl = strlen(fe->notice);
+                snprintf(fe->notice + nl, sizeof(fe->notice) - nl,
+                         "%smax_segments %u clamped to %u (feature-max-indirect-segments)",
+                         nl ? "; " : "", fe->segs, offer);
+                fe->segs = offer;
+        }
+        fe->indirect_always = fe->use_indirect && fe->o.indirect_always;
+        fe->ind_per_slot = fe->use_indirect
+                               ? (fe->segs + (unsigned)SIMFRONT_SEGS_PER_INDIRECT - 1) /
+                                     (unsigned)SIMFRONT_SEGS_PER_INDIRECT
+                               : 0;
+}
+
 int simfront_prepare(struct simfront *fe)
 {
-        unsigned i, n;
+        unsigned i, n, per, n_ind;
+        size_t nl;
         int r;
 
         if (fe->prepared)
@@ -605,6 +743,16 @@ int simfront_prepare(struct simfront *fe)
         memset(fe->sring, 0, (size_t)fe->ring_pages * SIMFRONT_PAGE);
         SHARED_RING_INIT(fe->sring);
         FRONT_RING_INIT(&fe->ring, fe->sring, (size_t)fe->ring_pages * SIMFRONT_PAGE);
+        {
+                /* Entries of this ABI's size after the header, rounded down
+                 * to a power of two (the macro assumed the native size). */
+                size_t ents =
+                    ((size_t)fe->ring_pages * SIMFRONT_PAGE - SRING_HDR_SIZE) / fe->ent_size;
+
+                while (ents & (ents - 1))
+                        ents &= ents - 1;
+                fe->ring.nr_ents = (unsigned)ents;
+        }
 
         fe->xce = simxen_evtchn_open_as(fe->sx, fe->o.domid);
         if (!fe->xce) {
@@ -621,19 +769,56 @@ int simfront_prepare(struct simfront *fe)
         fe->port_bound = true;
         fe->evfd = xenevtchn_fd(fe->xce);
 
+        /* The ios: one per ring slot, or as many as max_data_pages holds. */
+        choose_segments(fe);
+        per = fe->segs; /* descriptor pages are not counted */
         fe->nr_slots = RING_SIZE(&fe->ring);
-        fe->segs = fe->o.max_segments;
+        if ((uint64_t)fe->nr_slots * per > fe->o.max_data_pages) {
+                fe->nr_slots = fe->o.max_data_pages / per;
+                if (!fe->nr_slots) {
+                        r = seterr(fe, -ENOMEM,
+                                   "max_data_pages %u cannot hold one request of %u pages",
+                                   fe->o.max_data_pages, per);
+                        goto fail;
+                }
+                nl = strlen(fe->notice);
+                snprintf(fe->notice + nl, sizeof(fe->notice) - nl,
+                         "%s%u ios of %u data pages (max_data_pages %u) for %u ring slots",
+                         nl ? "; " : "", fe->nr_slots, per, fe->o.max_data_pages,
+                         RING_SIZE(&fe->ring));
+        }
         n = fe->nr_slots * fe->segs;
+        n_ind = fe->nr_slots * fe->ind_per_slot;
         fe->slots = calloc(fe->nr_slots, sizeof(*fe->slots));
         fe->free_stack = calloc(fe->nr_slots, sizeof(*fe->free_stack));
         fe->pages = calloc(n, sizeof(*fe->pages));
         fe->pfns = calloc(n, sizeof(*fe->pfns));
         fe->gref_rw = calloc(n, sizeof(*fe->gref_rw));
         fe->gref_ro = calloc(n, sizeof(*fe->gref_ro));
+        fe->ind_pfn = calloc(n_ind + 1, sizeof(*fe->ind_pfn));
+        fe->ind_gref = calloc(n_ind + 1, sizeof(*fe->ind_gref));
         if (!fe->slots || !fe->free_stack || !fe->pages || !fe->pfns || !fe->gref_rw ||
-            !fe->gref_ro) {
+            !fe->gref_ro || !fe->ind_pfn || !fe->ind_gref) {
                 r = seterr(fe, -ENOMEM, "out of memory");
                 goto fail;
+        }
+        /* Indirect descriptor pages: granted read-only once, kept. */
+        for (i = 0; i < n_ind; i++) {
+                r = simxen_page_alloc(fe->sx, fe->o.domid, &fe->ind_pfn[i]);
+                if (r < 0) {
+                        seterr(fe, r, "allocating indirect page %u of %u: %s", i, n_ind,
+                               strerror(-r));
+                        goto fail;
+                }
+                fe->ind_allocated = i + 1;
+                memset(simxen_page(fe->sx, fe->ind_pfn[i]), 0, SIMFRONT_PAGE);
+                r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid, fe->ind_pfn[i],
+                                        true, &fe->ind_gref[i]);
+                if (r < 0) {
+                        seterr(fe, r, "granting indirect page: %s", strerror(-r));
+                        goto fail;
+                }
+                fe->ind_granted = i + 1;
         }
         for (i = 0; i < n; i++) {
                 r = simxen_page_alloc(fe->sx, fe->o.domid, &fe->pfns[i]);
@@ -646,7 +831,8 @@ int simfront_prepare(struct simfront *fe)
         }
         /* Pre-grant every data page twice (read-write for reads, read-only
          * for writes) if the grant table has room; else grant per request. */
-        fe->pregranted = !fe->o.grant_per_request;
+        fe->pregranted = !fe->o.grant_per_request &&
+                         2ull * n + n_ind + fe->ring_pages + RAW_GRANT_RESERVE <= SIM_NR_GRANTS;
         for (i = 0; fe->pregranted && i < n; i++) {
                 r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid, fe->pfns[i],
                                         false, &fe->gref_rw[i]);
@@ -851,6 +1037,7 @@ struct simfront_io *simfront_io_get(struct simfront *fe)
         s->io.opaque = NULL;
         s->io.tag = 0;
         s->io.status = 0;
+        s->io.flags = 0;
         return &s->io;
 }
 
@@ -873,12 +1060,100 @@ uint32_t simfront_io_gref(struct simfront *fe, struct simfront_io *io, unsigned 
         return readonly ? fe->gref_ro[i] : fe->gref_rw[i];
 }
 
+/* ------------------------------------------------------------------------ */
+/* Wire encoding */
+
+static inline void put16(uint8_t *p, size_t at, uint16_t v)
+{
+        memcpy(p + at, &v, sizeof(v));
+}
+
+static inline void put32(uint8_t *p, size_t at, uint32_t v)
+{
+        memcpy(p + at, &v, sizeof(v));
+}
+
+static inline void put64(uint8_t *p, size_t at, uint64_t v)
+{
+        memcpy(p + at, &v, sizeof(v));
+}
+
+size_t simfront_encode_req(const union simfront_req *req, enum simfront_abi abi, void *out)
+{
+        bool i386 = abi == SIMFRONT_ABI_X86_32;
+        size_t o64 = i386 ? 4 : 8; /* 64-bit fields move up by 4 on i386 */
+        union simfront_req r;
+        uint8_t *p = out;
+
+        memcpy(&r, req, sizeof(r));
+        memset(p, 0, ENT_SIZE_64);
+        p[0] = r.operation;
+        switch (r.operation) {
+        case BLKIF_OP_INDIRECT:
+                p[1] = r.indirect.indirect_op;
+                put16(p, 2, r.indirect.nr_segments);
+                put64(p, o64, r.indirect.id);
+                put64(p, o64 + 8, r.indirect.sector_number);
+                put16(p, o64 + 16, r.indirect.handle);
+                for (unsigned k = 0; k < SIMFRONT_MAX_INDIRECT_PAGES; k++)
+                        put32(p, o64 + 20 + 4 * k, r.indirect.indirect_grefs[k]);
+                return 64;
+        case BLKIF_OP_DISCARD:
+                p[1] = r.discard.flag;
+                put16(p, 2, r.discard.handle);
+                put64(p, o64, r.discard.id);
+                put64(p, o64 + 8, r.discard.sector_number);
+                put64(p, o64 + 16, r.discard.nr_sectors);
+                return o64 + 24;
+        default:
+                p[1] = r.rw.nr_segments;
+                put16(p, 2, r.rw.handle);
+                put64(p, o64, r.rw.id);
+                put64(p, o64 + 8, r.rw.sector_number);
+                for (unsigned k = 0; k < SIMFRONT_MAX_SEG; k++) {
+                        put32(p, o64 + 16 + 8 * k, r.rw.seg[k].gref);
+                        p[o64 + 16 + 8 * k + 4] = r.rw.seg[k].first_sect;
+                        p[o64 + 16 + 8 * k + 5] = r.rw.seg[k].last_sect;
+                }
+                return i386 ? ENT_SIZE_32 : ENT_SIZE_64;
+        }
+}
+
+/* Response fields are at the same offsets in both ABIs (id 0, operation 8,
+ * status 10); only the entry stride differs. */
+static void decode_rsp(const void *ent, blkif_response_t *ret)
+{
+        const uint8_t *p = ent;
+        uint8_t b[12];
+
+        memcpy(b, p, sizeof(b)); /* one read of the shared entry */
+        memset(ret, 0, sizeof(*ret));
+        memcpy(&ret->id, b, 8);
+        ret->operation = b[8];
+        memcpy(&ret->status, b + 10, 2);
+}
+
+/* Encode into the next request slot (the whole entry rewritten). */
+static void put_encoded(struct simfront *fe, const union simfront_req *req, enum simfront_abi abi)
+{
+        uint8_t buf[ENT_SIZE_64];
+        size_t n = simfront_encode_req(req, abi, buf);
+        void *slot = ring_entry(fe, fe->ring.req_prod_pvt);
+
+        if (n > fe->ent_size)
+                n = fe->ent_size;
+        memset(slot, 0, fe->ent_size);
+        memcpy(slot, buf, n);
+        fe->ring.req_prod_pvt++;
+}
+
 int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
 {
         struct slot *s = &fe->slots[io->slot];
-        blkif_request_t *req;
+        union simfront_req u;
         unsigned nseg, i, base;
-        bool ro;
+        bool ro, indirect;
+        uint64_t id;
 
         if (s->state != IO_OWNED)
                 return seterr(fe, -EINVAL, "io %u not owned", io->slot);
@@ -893,6 +1168,28 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
         case BLKIF_OP_FLUSH_DISKCACHE:
         case BLKIF_OP_WRITE_BARRIER:
                 break;
+        case BLKIF_OP_DISCARD:
+                if (!fe->disk.discard)
+                        return seterr(fe, -EOPNOTSUPP,
+                                      "the backend does not offer feature-discard");
+                if (!io->len || io->offset % SIMFRONT_SECTOR || io->len % SIMFRONT_SECTOR)
+                        return seterr(fe, -EINVAL, "bad discard offset %" PRIu64 " len %u",
+                                      io->offset, io->len);
+                id = ((uint64_t)++s->gen << 16) | io->slot;
+                memset(&u, 0, sizeof(u));
+                u.discard.operation = BLKIF_OP_DISCARD;
+                u.discard.flag = io->flags & SIMFRONT_IO_DISCARD_SECURE ? BLKIF_DISCARD_SECURE : 0;
+                u.discard.handle = (blkif_vdev_t)fe->o.devid;
+                u.discard.id = id;
+                u.discard.sector_number = io->offset / SIMFRONT_SECTOR;
+                u.discard.nr_sectors = io->len / SIMFRONT_SECTOR;
+                put_encoded(fe, &u, fe->abi);
+                s->indirect = false;
+                s->state = IO_INFLIGHT;
+                fe->inflight++;
+                fe->st.requests++;
+                fe->st.discards++;
+                return 0;
         default:
                 return seterr(fe, -EINVAL, "op %u not supported by simfront_io_queue", io->op);
         }
@@ -900,6 +1197,11 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
             io->len > fe->segs * SIMFRONT_PAGE)
                 return seterr(fe, -EINVAL, "bad io offset %" PRIu64 " len %u", io->offset, io->len);
         nseg = (io->len + SIMFRONT_PAGE - 1) / SIMFRONT_PAGE;
+        indirect = (io->op == BLKIF_OP_READ || io->op == BLKIF_OP_WRITE) && fe->use_indirect &&
+                   (nseg > SIMFRONT_MAX_SEG || fe->indirect_always);
+        if (nseg > SIMFRONT_MAX_SEG && !indirect)
+                return seterr(fe, -EINVAL,
+                              "%u segments need BLKIF_OP_INDIRECT (reads and writes only)", nseg);
         ro = io->op == BLKIF_OP_WRITE || io->op == BLKIF_OP_WRITE_BARRIER;
         base = io->slot * fe->segs;
 
@@ -917,25 +1219,56 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
                         }
                         fe->st.grants++;
                 }
-                s->granted = (uint8_t)nseg;
+                s->granted = (uint16_t)nseg;
         }
-        req = RING_GET_REQUEST(&fe->ring, fe->ring.req_prod_pvt);
-        req->operation = io->op;
-        req->nr_segments = (uint8_t)nseg;
-        req->handle = (blkif_vdev_t)fe->o.devid;
-        req->id = ((uint64_t)++s->gen << 16) | io->slot;
-        req->sector_number = io->offset / SIMFRONT_SECTOR;
-        for (i = 0; i < nseg; i++) {
-                uint32_t bytes = io->len - i * SIMFRONT_PAGE;
+        id = ((uint64_t)++s->gen << 16) | io->slot;
+        memset(&u, 0, sizeof(u));
+        if (indirect) {
+                unsigned ib = io->slot * fe->ind_per_slot;
 
-                if (bytes > SIMFRONT_PAGE)
-                        bytes = SIMFRONT_PAGE;
-                req->seg[i].gref =
-                    ro && fe->pregranted ? fe->gref_ro[base + i] : fe->gref_rw[base + i];
-                req->seg[i].first_sect = 0;
-                req->seg[i].last_sect = (uint8_t)(bytes / SIMFRONT_SECTOR - 1);
+                for (i = 0; i < nseg; i++) {
+                        struct blkif_request_segment *d =
+                            (struct blkif_request_segment *)simxen_page(
+                                fe->sx, fe->ind_pfn[ib + i / SIMFRONT_SEGS_PER_INDIRECT]) +
+                            i % SIMFRONT_SEGS_PER_INDIRECT;
+                        uint32_t bytes = io->len - i * SIMFRONT_PAGE;
+
+                        if (bytes > SIMFRONT_PAGE)
+                                bytes = SIMFRONT_PAGE;
+                        memset(d, 0, sizeof(*d));
+                        d->gref =
+                            ro && fe->pregranted ? fe->gref_ro[base + i] : fe->gref_rw[base + i];
+                        d->first_sect = 0;
+                        d->last_sect = (uint8_t)(bytes / SIMFRONT_SECTOR - 1);
+                }
+                u.indirect.operation = BLKIF_OP_INDIRECT;
+                u.indirect.indirect_op = io->op;
+                u.indirect.nr_segments = (uint16_t)nseg;
+                u.indirect.id = id;
+                u.indirect.sector_number = io->offset / SIMFRONT_SECTOR;
+                u.indirect.handle = (blkif_vdev_t)fe->o.devid;
+                for (i = 0; i * SIMFRONT_SEGS_PER_INDIRECT < nseg; i++)
+                        u.indirect.indirect_grefs[i] = fe->ind_gref[ib + i];
+                fe->st.indirect++;
+        } else {
+                u.rw.operation = io->op;
+                u.rw.nr_segments = (uint8_t)nseg;
+                u.rw.handle = (blkif_vdev_t)fe->o.devid;
+                u.rw.id = id;
+                u.rw.sector_number = io->offset / SIMFRONT_SECTOR;
+                for (i = 0; i < nseg; i++) {
+                        uint32_t bytes = io->len - i * SIMFRONT_PAGE;
+
+                        if (bytes > SIMFRONT_PAGE)
+                                bytes = SIMFRONT_PAGE;
+                        u.rw.seg[i].gref =
+                            ro && fe->pregranted ? fe->gref_ro[base + i] : fe->gref_rw[base + i];
+                        u.rw.seg[i].first_sect = 0;
+                        u.rw.seg[i].last_sect = (uint8_t)(bytes / SIMFRONT_SECTOR - 1);
+                }
         }
-        fe->ring.req_prod_pvt++;
+        put_encoded(fe, &u, fe->abi);
+        s->indirect = indirect;
         s->state = IO_INFLIGHT;
         fe->inflight++;
         fe->st.requests++;
@@ -972,9 +1305,12 @@ static int consume(struct simfront *fe)
                                       "req_prod %u)",
                                       rp, fe->ring.rsp_cons, fe->ring.req_prod_pvt);
                 for (i = fe->ring.rsp_cons; i != rp; i++) {
-                        blkif_response_t rsp = *RING_GET_RESPONSE(&fe->ring, i);
-                        unsigned idx = (unsigned)(rsp.id & 0xffff);
+                        blkif_response_t rsp;
+                        unsigned idx;
                         struct slot *s;
+
+                        decode_rsp(ring_entry(fe, i), &rsp);
+                        idx = (unsigned)(rsp.id & 0xffff);
 
                         fe->ring.rsp_cons = i + 1;
                         fe->st.responses++;
@@ -983,7 +1319,9 @@ static int consume(struct simfront *fe)
                                 return seterr(fe, -EPROTO, "response with unknown id %#" PRIx64,
                                               rsp.id);
                         s = &fe->slots[idx];
-                        if (rsp.operation != s->io.op)
+                        if (s->indirect && rsp.operation == BLKIF_OP_INDIRECT)
+                                fe->st.indirect_rsp_op_indirect++;
+                        else if (rsp.operation != s->io.op)
                                 return seterr(fe, -EPROTO,
                                               "response for id %#" PRIx64
                                               " has operation %u, request had %u",
@@ -1197,10 +1535,24 @@ static void sync_fill(struct sync_job *j, struct simfront_io *io)
                                     cend - j->end);
 }
 
+static const char *op_name(uint8_t op)
+{
+        switch (op) {
+        case BLKIF_OP_READ:
+                return "read";
+        case BLKIF_OP_WRITE:
+                return "write";
+        case BLKIF_OP_DISCARD:
+                return "discard";
+        default:
+                return "request";
+        }
+}
+
 static int run_job(struct simfront *fe, struct sync_job *j, uint8_t op)
 {
         uint64_t next = j->a;
-        uint32_t max = fe->segs * SIMFRONT_PAGE;
+        uint32_t max = op == BLKIF_OP_DISCARD ? DISCARD_MAX : fe->segs * SIMFRONT_PAGE;
         int r;
 
         while (next < j->e || j->inflight) {
@@ -1219,7 +1571,7 @@ static int run_job(struct simfront *fe, struct sync_job *j, uint8_t op)
                         io->len = (uint32_t)len;
                         io->done = sync_done;
                         io->opaque = j;
-                        if (j->write)
+                        if (op == BLKIF_OP_WRITE)
                                 sync_fill(j, io);
                         r = simfront_io_queue(fe, io);
                         if (r == -ENOSPC && fe->inflight) {
@@ -1248,14 +1600,13 @@ static int run_job(struct simfront *fe, struct sync_job *j, uint8_t op)
                         return seterr(fe, -ETIMEDOUT, "no response within %d ms", fe->o.timeout_ms);
         }
         if (j->error)
-                return seterr(fe, j->error,
-                              "%s of %u bytes at offset %" PRIu64
-                              " failed: backend answered %d (%s)%s",
-                              op == BLKIF_OP_READ ? "read" : "write", j->err_len, j->err_off,
-                              j->err_status, status_name(j->err_status),
-                              op != BLKIF_OP_READ && (fe->disk.info & VDISK_READONLY)
-                                  ? "; the disk is read-only"
-                                  : "");
+                return seterr(
+                    fe, j->err_status == BLKIF_RSP_EOPNOTSUPP ? -EOPNOTSUPP : j->error,
+                    "%s of %u bytes at offset %" PRIu64 " failed: backend answered %d (%s)%s",
+                    op_name(op), j->err_len, j->err_off, j->err_status, status_name(j->err_status),
+                    op != BLKIF_OP_READ && (fe->disk.info & VDISK_READONLY)
+                        ? "; the disk is read-only"
+                        : "");
         return 0;
 }
 
@@ -1347,6 +1698,29 @@ static int sync_op(struct simfront *fe, uint8_t op)
         return 0;
 }
 
+int simfront_discard(struct simfront *fe, uint64_t offset, uint64_t len)
+{
+        struct sync_job j = {.write = true, .off = offset, .end = offset + len};
+        int r;
+
+        if (!fe->connected)
+                return seterr(fe, -ENOTCONN, "not connected");
+        if (!fe->disk.discard)
+                return seterr(fe, -EOPNOTSUPP, "the backend does not offer feature-discard");
+        if (offset % SIMFRONT_SECTOR || len % SIMFRONT_SECTOR || offset + len < offset)
+                return seterr(fe, -EINVAL,
+                              "discard offset %" PRIu64 " len %" PRIu64 " not in whole sectors",
+                              offset, len);
+        if (!len)
+                return 0;
+        j.a = offset;
+        j.e = offset + len;
+        r = run_job(fe, &j, BLKIF_OP_DISCARD);
+        if (r < 0 && j.inflight)
+                (void)simfront_drain(fe, fe->o.timeout_ms);
+        return r;
+}
+
 int simfront_flush(struct simfront *fe)
 {
         return sync_op(fe, BLKIF_OP_FLUSH_DISKCACHE);
@@ -1384,6 +1758,16 @@ uint32_t simfront_raw_port(struct simfront *fe)
         return fe->port;
 }
 
+void *simfront_raw_slot(struct simfront *fe, uint32_t idx)
+{
+        return fe->prepared ? ring_entry(fe, idx) : NULL;
+}
+
+size_t simfront_raw_slot_size(struct simfront *fe)
+{
+        return fe->ent_size;
+}
+
 int simfront_raw_put(struct simfront *fe, const void *req, size_t len)
 {
         void *slot;
@@ -1392,10 +1776,89 @@ int simfront_raw_put(struct simfront *fe, const void *req, size_t len)
                 return seterr(fe, -ENOTCONN, "not prepared");
         if (len > sizeof(blkif_request_t))
                 return seterr(fe, -EINVAL, "raw request of %zu bytes", len);
-        slot = RING_GET_REQUEST(&fe->ring, fe->ring.req_prod_pvt);
-        memset(slot, 0, sizeof(blkif_request_t));
-        memcpy(slot, req, len);
+        slot = ring_entry(fe, fe->ring.req_prod_pvt);
+        memset(slot, 0, fe->ent_size);
+        memcpy(slot, req, len < fe->ent_size ? len : fe->ent_size);
         fe->ring.req_prod_pvt++;
+        return 0;
+}
+
+int simfront_raw_put_req_as(struct simfront *fe, const union simfront_req *req,
+                            enum simfront_abi abi)
+{
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not prepared");
+        put_encoded(fe, req, abi == SIMFRONT_ABI_RING ? fe->abi : abi);
+        return 0;
+}
+
+int simfront_raw_put_req(struct simfront *fe, const union simfront_req *req)
+{
+        return simfront_raw_put_req_as(fe, req, fe->abi);
+}
+
+int simfront_raw_put_discard(struct simfront *fe, uint64_t id, uint64_t sector_number,
+                             uint64_t nr_sectors, uint8_t flag)
+{
+        union simfront_req u;
+
+        memset(&u, 0, sizeof(u));
+        u.discard.operation = BLKIF_OP_DISCARD;
+        u.discard.flag = flag;
+        u.discard.handle = (blkif_vdev_t)fe->o.devid;
+        u.discard.id = id;
+        u.discard.sector_number = sector_number;
+        u.discard.nr_sectors = nr_sectors;
+        return simfront_raw_put_req(fe, &u);
+}
+
+int simfront_raw_indirect(struct simfront *fe, uint8_t indirect_op, unsigned nr_segments,
+                          unsigned nr_pages, unsigned nr_data, struct simfront_raw_indirect *ri)
+{
+        unsigned i, n;
+        int r;
+
+        if (!fe->prepared)
+                return seterr(fe, -ENOTCONN, "not prepared");
+        if (nr_pages > SIMFRONT_MAX_INDIRECT_PAGES || nr_data > SIMFRONT_MAX_INDIRECT_SEG)
+                return seterr(fe, -EINVAL,
+                              "raw indirect: %u descriptor pages (max %u), %u data "
+                              "pages (max %u)",
+                              nr_pages, SIMFRONT_MAX_INDIRECT_PAGES, nr_data,
+                              SIMFRONT_MAX_INDIRECT_SEG);
+        memset(ri, 0, sizeof(*ri));
+        ri->req.indirect.operation = BLKIF_OP_INDIRECT;
+        ri->req.indirect.indirect_op = indirect_op;
+        ri->req.indirect.nr_segments = (uint16_t)nr_segments;
+        ri->req.indirect.handle = (blkif_vdev_t)fe->o.devid;
+        for (i = 0; i < nr_pages; i++) {
+                void *page;
+
+                r = simfront_raw_grant(fe, fe->o.backend_domid, true, false,
+                                       &ri->req.indirect.indirect_grefs[i], &page);
+                if (r < 0)
+                        return r;
+                ri->desc[i] = page;
+                ri->nr_pages = i + 1;
+        }
+        for (i = 0; i < nr_data; i++) {
+                r = simfront_raw_grant(fe, fe->o.backend_domid, indirect_op == BLKIF_OP_WRITE,
+                                       false, &ri->data_gref[i], &ri->data[i]);
+                if (r < 0)
+                        return r;
+                ri->nr_data = i + 1;
+        }
+        n = nr_segments < nr_pages * SIMFRONT_SEGS_PER_INDIRECT
+                ? nr_segments
+                : nr_pages * (unsigned)SIMFRONT_SEGS_PER_INDIRECT;
+        for (i = 0; nr_data && i < n; i++) {
+                struct blkif_request_segment *d =
+                    &ri->desc[i / SIMFRONT_SEGS_PER_INDIRECT][i % SIMFRONT_SEGS_PER_INDIRECT];
+
+                d->gref = ri->data_gref[i % nr_data];
+                d->first_sect = 0;
+                d->last_sect = SIMFRONT_PAGE / SIMFRONT_SECTOR - 1;
+        }
         return 0;
 }
 
@@ -1437,7 +1900,7 @@ int simfront_raw_get_response(struct simfront *fe, blkif_response_t *ret, int ti
 
                 xen_rmb();
                 if (rp != fe->ring.rsp_cons) {
-                        *ret = *RING_GET_RESPONSE(&fe->ring, fe->ring.rsp_cons);
+                        decode_rsp(ring_entry(fe, fe->ring.rsp_cons), ret);
                         fe->ring.rsp_cons++;
                         fe->st.responses++;
                         return 1;

@@ -25,8 +25,24 @@
 
 #define SIMFRONT_SECTOR  512u
 #define SIMFRONT_PAGE    4096u
-#define SIMFRONT_MAX_SEG BLKIF_MAX_SEGMENTS_PER_REQUEST
+#define SIMFRONT_MAX_SEG BLKIF_MAX_SEGMENTS_PER_REQUEST /* direct requests */
 #define SIMFRONT_MAX_IO  (SIMFRONT_MAX_SEG * SIMFRONT_PAGE)
+/* With BLKIF_OP_INDIRECT (if the backend offers feature-max-indirect-segments). */
+#define SIMFRONT_MAX_INDIRECT_SEG   256u
+#define SIMFRONT_MAX_INDIRECT_IO    (SIMFRONT_MAX_INDIRECT_SEG * SIMFRONT_PAGE)
+#define SIMFRONT_SEGS_PER_INDIRECT  (SIMFRONT_PAGE / sizeof(struct blkif_request_segment))
+#define SIMFRONT_MAX_INDIRECT_PAGES BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
+/* Default cap on the data pages of one frontend (the indirect descriptor
+ * pages, one per io, come on top). */
+#define SIMFRONT_DEFAULT_DATA_PAGES 8192u
+
+/* The ring layouts of blkif.h: x86_64 (the native structs, 112-byte ring
+ * entries) and i386 (64-bit fields 4-byte aligned, 108-byte entries). */
+enum simfront_abi {
+        SIMFRONT_ABI_RING = 0, /* raw puts: whatever the ring uses */
+        SIMFRONT_ABI_X86_64,
+        SIMFRONT_ABI_X86_32,
+};
 
 /* XenbusState values (xen/io/xenbus.h), for readability. */
 enum {
@@ -119,6 +135,9 @@ int simfront_vbd_running(struct simfront_vbd *vbd);
 int simfront_vbd_kill(struct simfront_vbd *vbd, int sig);
 /* Read an integer from the backend dir (e.g. "state"). */
 int simfront_vbd_read_backend(struct simfront_vbd *vbd, const char *key, long long *ret);
+/* CPU time (user + system, all threads) the child used so far, from
+ * /proc/<pid>/stat utime + stime (clock-tick resolution).  -ESRCH if gone. */
+int simfront_vbd_cpu_ns(struct simfront_vbd *vbd, uint64_t *ret_ns);
 /* Wait until backend/state == state (or the child exits: -ECHILD). */
 int simfront_vbd_wait_state(struct simfront_vbd *vbd, int state, int timeout_ms);
 
@@ -130,14 +149,24 @@ struct simfront_io;
 
 struct simfront_opts {
         uint32_t domid, devid;
-        uint32_t backend_domid; /* 0 */
-        unsigned ring_order;    /* 0..4; must be <= max-ring-page-order */
-        unsigned max_segments;  /* data pages per request slot, 1..11; 0: 11 */
-        const char *protocol;   /* written if non-NULL, e.g. "x86_64-abi" (the
-                                 * ring layout is always native x86_64) */
-        bool grant_per_request; /* don't pre-grant the data pages (also the
-                                 * fallback when the grant table is too small) */
-        int timeout_ms;         /* handshake waits; 0: 10000 */
+        uint32_t backend_domid;  /* 0 */
+        unsigned ring_order;     /* 0..4; must be <= max-ring-page-order */
+        unsigned max_segments;   /* data pages per request, 1..256; 0: 11.  Above 11
+                                  * needs the backend's feature-max-indirect-segments:
+                                  * clamped at connect to max(11, what it offers),
+                                  * and simfront_notice() says so.  Requests of more
+                                  * than 11 segments go as BLKIF_OP_INDIRECT. */
+        bool indirect_always;    /* send every read/write as BLKIF_OP_INDIRECT (if
+                                  * offered; else a notice and direct requests) */
+        const char *protocol;    /* written if non-NULL.  "x86_32-abi": the ring is
+                                  * built in the i386 layout; anything else (NULL,
+                                  * "x86_64-abi", garbage for hostile tests): x86_64 */
+        bool grant_per_request;  /* don't pre-grant the data pages (also the
+                                  * fallback when the grant table is too small) */
+        unsigned max_data_pages; /* cap on the data pages; 0: 8192.  The
+                                  * number of ios (simfront_queue_depth) is the
+                                  * ring size or what fits this cap, if fewer */
+        int timeout_ms;          /* handshake waits; 0: 10000 */
 };
 
 struct simfront *simfront_new(struct simfront_env *env, const struct simfront_opts *o);
@@ -166,11 +195,28 @@ struct simfront_disk {
         bool flush, barrier;     /* feature-flush-cache, feature-barrier */
         int max_ring_page_order; /* -1 if absent */
         char mode[8];
+        unsigned max_indirect_segments; /* feature-max-indirect-segments; 0 if absent */
+        bool discard;                   /* feature-discard */
+        uint32_t discard_granularity;   /* bytes; 0 if absent */
+        uint32_t discard_alignment;     /* bytes */
+        bool discard_secure;            /* discard-secure */
 };
 const struct simfront_disk *simfront_disk(struct simfront *fe);
 uint64_t simfront_size(struct simfront *fe);      /* bytes */
-unsigned simfront_ring_size(struct simfront *fe); /* request slots */
+unsigned simfront_ring_size(struct simfront *fe); /* ring entries (request slots) */
 unsigned simfront_inflight(struct simfront *fe);
+/* Ios available (<= ring size; fewer if the data pages did not fit). */
+unsigned simfront_queue_depth(struct simfront *fe);
+/* Segments per request in use (after clamping to what the backend offers). */
+unsigned simfront_max_segments(struct simfront *fe);
+/* True if reads/writes of more than 11 segments (or all, indirect_always)
+ * go as BLKIF_OP_INDIRECT. */
+bool simfront_indirect(struct simfront *fe);
+enum simfront_abi simfront_abi(struct simfront *fe);
+/* What the frontend changed from its options at connect ("" if nothing),
+ * e.g. "max_segments 256 clamped to 11: the backend offers no
+ * feature-max-indirect-segments". */
+const char *simfront_notice(struct simfront *fe);
 
 /* True if the data pages are granted once at connect, false if per request. */
 bool simfront_pregranted(struct simfront *fe);
@@ -179,10 +225,13 @@ bool simfront_pregranted(struct simfront *fe);
  * offset, len, done, opaque and the data, queue it; push once per batch;
  * poll for completions.  Data of an io is laid out as segment i = bytes
  * [i * 4096, (i + 1) * 4096) of the io, each in its own granted page. */
+#define SIMFRONT_IO_DISCARD_SECURE 1u /* BLKIF_DISCARD_SECURE on a discard */
 struct simfront_io {
-        uint8_t op;      /* BLKIF_OP_READ/WRITE/FLUSH_DISKCACHE/WRITE_BARRIER */
+        uint8_t op;      /* BLKIF_OP_READ/WRITE/FLUSH_DISKCACHE/WRITE_BARRIER/DISCARD */
+        uint8_t flags;   /* SIMFRONT_IO_* */
         uint64_t offset; /* bytes, multiple of 512 */
-        uint32_t len;    /* bytes, multiple of 512, <= max_segments * 4096 */
+        uint32_t len;    /* bytes, multiple of 512, <= max_segments * 4096
+                          * (discard: any multiple of 512, no data pages) */
         void (*done)(struct simfront *fe, struct simfront_io *io);
         void *opaque;
         uint64_t tag;   /* caller's */
@@ -193,13 +242,18 @@ struct simfront_io {
         void **page; /* nr_pages data page pointers */
 };
 
-/* A free io, or NULL if all ring slots are in flight (or not connected). */
+/* A free io (done, opaque, tag, status, flags cleared), or NULL if all are
+ * in flight (or not connected). */
 struct simfront_io *simfront_io_get(struct simfront *fe);
 /* Give an io back without submitting it. */
 void simfront_io_put(struct simfront *fe, struct simfront_io *io);
 /* Put the request in the ring (not yet visible to the backend).  Checks
  * alignment and size: -EINVAL.  -ENOSPC: no free grant entries (per-request
- * grants); complete some I/O and retry. */
+ * grants); complete some I/O and retry.  -EOPNOTSUPP: a discard and the
+ * backend has no feature-discard.  A read/write of more than 11 segments
+ * (or any, with indirect_always) goes as BLKIF_OP_INDIRECT with the io's
+ * descriptor page; its response may carry operation BLKIF_OP_INDIRECT or
+ * the indirect_op (both accepted; io->op stays READ/WRITE). */
 int simfront_io_queue(struct simfront *fe, struct simfront_io *io);
 /* Publish queued requests; notify the backend if it asked.  Returns 1 if
  * notified, 0 if not, -errno. */
@@ -221,10 +275,16 @@ int simfront_read(struct simfront *fe, uint64_t offset, void *buf, size_t len);
 int simfront_write(struct simfront *fe, uint64_t offset, const void *buf, size_t len);
 int simfront_flush(struct simfront *fe);
 int simfront_barrier(struct simfront *fe); /* WRITE_BARRIER without data */
+/* BLKIF_OP_DISCARD of [offset, offset + len) (multiples of 512), split in
+ * requests of at most 1 GiB.  -EOPNOTSUPP without sending anything if the
+ * backend does not offer feature-discard, or if it answers EOPNOTSUPP. */
+int simfront_discard(struct simfront *fe, uint64_t offset, uint64_t len);
 
 struct simfront_stats {
         uint64_t requests, responses, pushes, notifies, polls, wakeups, errors;
-        uint64_t grants; /* per-request grant operations */
+        uint64_t grants;                   /* per-request grant operations */
+        uint64_t indirect, discards;       /* requests sent as BLKIF_OP_INDIRECT, DISCARD */
+        uint64_t indirect_rsp_op_indirect; /* indirect responses that carried op 6 */
 };
 void simfront_get_stats(struct simfront *fe, struct simfront_stats *ret);
 
@@ -250,21 +310,77 @@ int simfront_wait_backend_state(struct simfront *fe, int state, int timeout_ms);
 const char *simfront_frontend_path(struct simfront *fe);
 const char *simfront_backend_path(struct simfront *fe);
 
-/* Ring internals (valid between prepare and disconnect). */
+/* Ring internals (valid between prepare and disconnect).  The indices of
+ * raw_ring (req_prod_pvt, rsp_cons, nr_ents) and the header of raw_sring
+ * are the same in both ABIs; RING_GET_REQUEST/RESPONSE on raw_ring are only
+ * right for an x86_64 ring: use simfront_raw_slot() instead. */
 blkif_front_ring_t *simfront_raw_ring(struct simfront *fe);
 blkif_sring_t *simfront_raw_sring(struct simfront *fe);
 unsigned simfront_raw_ring_grefs(struct simfront *fe, uint32_t *grefs, unsigned max);
 uint32_t simfront_raw_port(struct simfront *fe);
-/* Copy len bytes (<= sizeof(blkif_request_t), rest zeroed) into the next
- * request slot and advance the private producer.  Requests put this way
- * bypass the io accounting: read their answers with raw_get_response. */
+/* The ring entry for index idx (masked), and the entry size (112 x86_64,
+ * 108 i386). */
+void *simfront_raw_slot(struct simfront *fe, uint32_t idx);
+size_t simfront_raw_slot_size(struct simfront *fe);
+/* Copy len bytes (<= sizeof(blkif_request_t); at most the entry size is
+ * kept, so a 112-byte x86_64 request loses its last 4 bytes in an i386
+ * ring; the rest of the entry is zeroed) into the next request slot and
+ * advance the private producer.  Requests put this way bypass the io
+ * accounting: read their answers with raw_get_response. */
 int simfront_raw_put(struct simfront *fe, const void *req, size_t len);
+
+/* Any request, as a native (x86_64 on this host) struct of blkif.h; which
+ * member counts is told by operation: BLKIF_OP_INDIRECT -> indirect,
+ * BLKIF_OP_DISCARD -> discard, anything else -> rw. */
+union simfront_req {
+        uint8_t operation;
+        blkif_request_t rw;
+        blkif_request_discard_t discard;
+        blkif_request_indirect_t indirect;
+};
+/* Encode a native request in the ring's ABI (fields as they are: any
+ * nr_segments, all 11 seg[] / 8 indirect_grefs[] entries, flag, pad
+ * bytes zero) into the next slot; advance the private producer.  req
+ * points to a union simfront_req (or a blkif_request_t for rw ops). */
+int simfront_raw_put_req(struct simfront *fe, const union simfront_req *req);
+/* The same, encoded in abi whatever the ring uses: mismatched-ABI attacks
+ * (an x86_64 request in an i386 ring is cut to 108 bytes, see raw_put). */
+int simfront_raw_put_req_as(struct simfront *fe, const union simfront_req *req,
+                            enum simfront_abi abi);
+/* Encode without putting: bytes written into out (>= 112 bytes, zeroed
+ * first) -- the entry size of that ABI's layout for the op (rw 112/108,
+ * indirect 64/64, discard 32/28). */
+size_t simfront_encode_req(const union simfront_req *req, enum simfront_abi abi, void *out);
+
+/* A raw indirect request: nr_pages (0..8) descriptor pages granted
+ * read-only to the backend, each holding 512 struct blkif_request_segment
+ * (guest memory: write them as you like before the put), and nr_data
+ * (0..256) data pages granted to the backend (read-only for
+ * indirect_op WRITE, read-write otherwise).  The builder fills req.indirect
+ * (operation BLKIF_OP_INDIRECT, indirect_op, nr_segments as given (any
+ * value, not checked), handle = devid, indirect_grefs[0..nr_pages)) and, if
+ * nr_data, descriptors i < min(nr_segments, 512 * nr_pages) as whole pages
+ * {data_gref[i % nr_data], 0, 7}; id and sector_number are 0: set them.
+ * Then simfront_raw_put_req(fe, &ri->req).  Pages are freed at disconnect. */
+struct simfront_raw_indirect {
+        union simfront_req req;
+        unsigned nr_pages, nr_data;
+        struct blkif_request_segment *desc[SIMFRONT_MAX_INDIRECT_PAGES];
+        uint32_t data_gref[SIMFRONT_MAX_INDIRECT_SEG];
+        void *data[SIMFRONT_MAX_INDIRECT_SEG];
+};
+int simfront_raw_indirect(struct simfront *fe, uint8_t indirect_op, unsigned nr_segments,
+                          unsigned nr_pages, unsigned nr_data, struct simfront_raw_indirect *ri);
+/* A raw BLKIF_OP_DISCARD (flag e.g. BLKIF_DISCARD_SECURE), in the ring's ABI. */
+int simfront_raw_put_discard(struct simfront *fe, uint64_t id, uint64_t sector_number,
+                             uint64_t nr_sectors, uint8_t flag);
 /* Publish the private producer (push) without notify. */
 void simfront_raw_push(struct simfront *fe);
 /* Store an arbitrary value in the shared req_prod. */
 void simfront_raw_set_req_prod(struct simfront *fe, uint32_t req_prod);
 int simfront_raw_notify(struct simfront *fe);
-/* Next response, raw: 1 and *ret, 0 on timeout, -errno. */
+/* Next response, raw, decoded per the ring's ABI: 1 and *ret, 0 on
+ * timeout, -errno. */
 int simfront_raw_get_response(struct simfront *fe, blkif_response_t *ret, int timeout_ms);
 /* Grant reference of an io's data page: read-write or read-only grant. */
 uint32_t simfront_io_gref(struct simfront *fe, struct simfront_io *io, unsigned seg, bool readonly);

@@ -6,6 +6,13 @@ set -u
 VBD_SIM=${VBD_SIM:?set VBD_SIM to the vbd-sim binary}
 : "${VBD_SIM_VBDD:?set VBD_SIM_VBDD to the vbdd-sim binary}"
 export VBD_SIM_VBDD
+# VBD_SIM_PROTOCOL=x86_32-abi: every run on an i386-layout ring.
+if [ -n "${VBD_SIM_PROTOCOL:-}" ]; then
+        real_sim=$VBD_SIM
+        vbd_sim_proto() { "$real_sim" --protocol "$VBD_SIM_PROTOCOL" "$@"; }
+        VBD_SIM=vbd_sim_proto
+        echo "# protocol $VBD_SIM_PROTOCOL"
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-dd.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

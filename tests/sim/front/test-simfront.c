@@ -3,7 +3,11 @@
  * End-to-end tests of vbdd-sim through the simulated blkfront: handshake
  * values, data against a model (the image file itself), flush/barrier,
  * multi-page rings, read-only VBDs, guest reboot, toolstack detach and
- * domain destruction.
+ * domain destruction; the ring layout of each ABI and mismatched-ABI
+ * requests; indirect segments (64 KiB at QD32, 1 MiB at QD8, against a
+ * model) and the fallback when the backend offers fewer; discard.
+ *
+ *   test-simfront [--protocol x86_32-abi|x86_64-abi] [TEST]
  *
  * Needs VBD_SIM_VBDD=<path of vbdd-sim> (meson sets it).
  */
@@ -15,8 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xenstore.h>
 
 #include "simfront.h"
 
@@ -25,6 +31,7 @@
 #define IMG_SIZE (8u << 20)
 
 static const char *cur_test = "";
+static const char *protocol; /* --protocol: NULL (native x86_64) or "x86_32-abi" ... */
 static struct simfront_vbd *cur_vbd;
 
 static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
@@ -101,7 +108,8 @@ static void setup(struct t *t, const char *mode, unsigned ring_order, bool conne
                   const char *image_override)
 {
         struct simfront_vbd_opts vo = {.domid = DOMID, .devid = DEVID, .mode = mode};
-        struct simfront_opts fo = {.domid = DOMID, .devid = DEVID, .ring_order = ring_order};
+        struct simfront_opts fo = {
+            .domid = DOMID, .devid = DEVID, .ring_order = ring_order, .protocol = protocol};
         char spec[4200];
 
         memset(t, 0, sizeof(*t));
@@ -180,6 +188,13 @@ static void test_basic(void)
         CHECK_R(simfront_vbd_read_backend(t.vbd, "state", &st), "backend state");
         CHECK(st == 4, "backend state %lld", st);
         CHECK(simfront_ring_size(t.fe) == 32, "ring size %u", simfront_ring_size(t.fe));
+        CHECK(simfront_abi(t.fe) == (protocol && !strcmp(protocol, "x86_32-abi")
+                                         ? SIMFRONT_ABI_X86_32
+                                         : SIMFRONT_ABI_X86_64),
+              "abi %d", simfront_abi(t.fe));
+        CHECK(simfront_raw_slot_size(t.fe) ==
+                  (simfront_abi(t.fe) == SIMFRONT_ABI_X86_32 ? 108u : 112u),
+              "slot size %zu", simfront_raw_slot_size(t.fe));
 
         /* Initial content is what the image file holds. */
         CHECK_R(simfront_read(t.fe, 12345, buf, sizeof(buf)), simfront_errmsg(t.fe));
@@ -216,7 +231,8 @@ static void test_basic(void)
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         simfront_free(t.fe);
         {
-                struct simfront_opts fo = {.domid = DOMID, .devid = DEVID, .ring_order = 3};
+                struct simfront_opts fo = {
+                    .domid = DOMID, .devid = DEVID, .ring_order = 3, .protocol = protocol};
 
                 t.fe = simfront_new(t.env, &fo);
                 CHECK(t.fe, "simfront_new: %s", strerror(errno));
@@ -314,7 +330,8 @@ static void test_ring_order2(void)
 
 static void test_grant_per_request(void)
 {
-        struct simfront_opts fo = {.domid = DOMID, .devid = DEVID, .grant_per_request = true};
+        struct simfront_opts fo = {
+            .domid = DOMID, .devid = DEVID, .grant_per_request = true, .protocol = protocol};
         struct simfront_stats st;
         struct t t;
 
@@ -341,8 +358,10 @@ static void test_grant_per_request(void)
 static int16_t raw_status(struct t *t, const blkif_request_t *req)
 {
         blkif_response_t rsp;
+        union simfront_req u;
 
-        CHECK_R(simfront_raw_put(t->fe, req, sizeof(*req)), simfront_errmsg(t->fe));
+        memcpy(&u.rw, req, sizeof(*req));
+        CHECK_R(simfront_raw_put_req(t->fe, &u), simfront_errmsg(t->fe));
         simfront_raw_push(t->fe);
         CHECK_R(simfront_raw_notify(t->fe), simfront_errmsg(t->fe));
         CHECK(simfront_raw_get_response(t->fe, &rsp, 5000) == 1, "no response to id %" PRIu64,
@@ -535,9 +554,410 @@ static void test_startup_error(void)
         teardown(&t);
 }
 
+/* Recreate t->fe with fo (t->vbd stays) and connect. */
+static void reconnect(struct t *t, struct simfront_opts *fo)
+{
+        if (t->fe) {
+                if (simfront_connected(t->fe))
+                        CHECK_R(simfront_disconnect(t->fe), simfront_errmsg(t->fe));
+                simfront_free(t->fe);
+        }
+        fo->domid = DOMID;
+        fo->devid = DEVID;
+        fo->protocol = protocol;
+        t->fe = simfront_new(t->env, fo);
+        CHECK(t->fe, "simfront_new: %s", strerror(errno));
+        simfront_set_check(t->fe, alive, t->vbd);
+        CHECK_R(simfront_connect(t->fe), simfront_errmsg(t->fe));
+}
+
+/* Rounds of non-overlapping random writes of bs bytes (some shorter, to
+ * make partial last segments), qd in flight, against a model; then the
+ * whole disk is read back through the ring and compared with the model and
+ * the image file. */
+static void model_rounds(struct t *t, uint8_t *disk, uint32_t bs, unsigned qd, int rounds,
+                         uint64_t seed)
+{
+        struct model_io m = {0};
+        uint64_t rng = seed | 1, region = IMG_SIZE / qd;
+        unsigned submitted = 0;
+
+        CHECK(region >= bs, "region %" PRIu64 " < bs %u", region, bs);
+        for (int round = 0; round < rounds; round++) {
+                for (unsigned n = 0; n < qd; n++) {
+                        struct simfront_io *io = simfront_io_get(t->fe);
+                        uint32_t len = bs;
+
+                        CHECK(io, "no free io with %u in flight", simfront_inflight(t->fe));
+                        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                        if (rng % 4 == 0)
+                                len = bs - (uint32_t)(1 + (rng >> 8) % 7) * 512;
+                        io->op = rng % 3 == 1 ? BLKIF_OP_READ : BLKIF_OP_WRITE;
+                        io->offset = n * region + ((rng >> 20) % ((region - len) / 512 + 1)) * 512;
+                        io->len = len;
+                        io->done = model_done;
+                        io->opaque = &m;
+                        if (io->op == BLKIF_OP_WRITE) {
+                                for (uint32_t i = 0; i < len; i++)
+                                        disk[io->offset + i] =
+                                            (uint8_t)(rng >> (i % 53)) + (uint8_t)(i >> 9);
+                                simfront_io_copy_in(io, 0, disk + io->offset, len);
+                        } else {
+                                /* reads land in the io; checked on the final pass */
+                                simfront_io_copy_in(io, 0, disk, 512);
+                        }
+                        CHECK_R(simfront_io_queue(t->fe, io), simfront_errmsg(t->fe));
+                        submitted++;
+                }
+                CHECK_R(simfront_push(t->fe), simfront_errmsg(t->fe));
+                CHECK_R(simfront_drain(t->fe, 20000), simfront_errmsg(t->fe));
+        }
+        CHECK(m.completed == submitted && !m.errors, "completed %u of %u, %u errors", m.completed,
+              submitted, m.errors);
+        {
+                uint8_t *img = malloc(IMG_SIZE), *rd = malloc(IMG_SIZE);
+
+                file_read(t->img, 0, img, IMG_SIZE);
+                CHECK(!memcmp(img, disk, IMG_SIZE), "image differs from the model (bs %u)", bs);
+                memset(rd, 0xa5, IMG_SIZE);
+                CHECK_R(simfront_read(t->fe, 0, rd, IMG_SIZE), simfront_errmsg(t->fe));
+                CHECK(!memcmp(rd, disk, IMG_SIZE), "read-back differs from the model (bs %u)", bs);
+                free(img);
+                free(rd);
+        }
+}
+
+static bool backend_offers_indirect(struct t *t, unsigned want)
+{
+        unsigned offer = simfront_disk(t->fe)->max_indirect_segments;
+
+        if (offer >= want)
+                return true;
+        printf("SKIP %s: the backend offers feature-max-indirect-segments %u, need %u\n", cur_test,
+               offer, want);
+        return false;
+}
+
+static void test_indirect(void)
+{
+        struct simfront_opts fo = {0};
+        struct simfront_stats st;
+        struct t t;
+        uint8_t *disk;
+
+        cur_test = "indirect";
+        setup(&t, "w", 0, true, NULL);
+        if (!backend_offers_indirect(&t, 256)) {
+                teardown(&t);
+                return;
+        }
+        CHECK(!simfront_indirect(t.fe) && simfront_max_segments(t.fe) == 11,
+              "default: indirect %d, %u segments", simfront_indirect(t.fe),
+              simfront_max_segments(t.fe));
+        disk = malloc(IMG_SIZE);
+        file_read(t.img, 0, disk, IMG_SIZE);
+
+        /* 64 KiB (16 segments) at QD32 on a one-page ring: pre-granted. */
+        fo.max_segments = 16;
+        reconnect(&t, &fo);
+        CHECK(simfront_indirect(t.fe) && simfront_max_segments(t.fe) == 16, "16: indirect %d, %u",
+              simfront_indirect(t.fe), simfront_max_segments(t.fe));
+        CHECK(simfront_queue_depth(t.fe) == 32, "queue depth %u", simfront_queue_depth(t.fe));
+        CHECK(simfront_pregranted(t.fe), "16 segments x 32 should be pre-granted");
+        CHECK(!*simfront_notice(t.fe), "notice '%s'", simfront_notice(t.fe));
+        model_rounds(&t, disk, 65536, 32, 8, 11);
+        simfront_get_stats(t.fe, &st);
+        CHECK(st.indirect >= 8 * 32, "%" PRIu64 " indirect requests", st.indirect);
+        CHECK(st.indirect_rsp_op_indirect == 0,
+              "%" PRIu64 " responses to indirect requests carried BLKIF_OP_INDIRECT instead of "
+              "the inner operation",
+              st.indirect_rsp_op_indirect);
+        check_rw(&t, 1000, 300000, 21); /* RMW ends, 64 KiB requests */
+
+        /* 1 MiB (256 segments) at QD8: per-request grants. */
+        fo.max_segments = 256;
+        reconnect(&t, &fo);
+        CHECK(simfront_max_segments(t.fe) == 256, "%u segments", simfront_max_segments(t.fe));
+        CHECK(simfront_queue_depth(t.fe) >= 8, "queue depth %u", simfront_queue_depth(t.fe));
+        CHECK(!simfront_pregranted(t.fe), "256 x 32 pages cannot be pre-granted");
+        model_rounds(&t, disk, 1u << 20, 8, 6, 22);
+        check_rw(&t, 777, (3u << 20) + 5000, 23);
+        simfront_get_stats(t.fe, &st);
+        CHECK(st.indirect >= 6 * 8 && st.grants >= 6 * 8 * 200,
+              "%" PRIu64 " indirect, %" PRIu64 " grants", st.indirect, st.grants);
+        file_read(t.img, 0, disk, IMG_SIZE);
+
+        /* 1 MiB on a 16-page ring: fewer ios than slots, still QD8+. */
+        fo.ring_order = 4;
+        reconnect(&t, &fo);
+        CHECK(simfront_ring_size(t.fe) == 512 && simfront_queue_depth(t.fe) >= 8 &&
+                  simfront_queue_depth(t.fe) < 512,
+              "ring %u, queue depth %u", simfront_ring_size(t.fe), simfront_queue_depth(t.fe));
+        CHECK(strstr(simfront_notice(t.fe), "max_data_pages"), "notice '%s'",
+              simfront_notice(t.fe));
+        model_rounds(&t, disk, 1u << 20, 8, 2, 24);
+
+        /* Every request indirect, even 4 KiB ones. */
+        fo.ring_order = 0;
+        fo.max_segments = 32;
+        fo.indirect_always = true;
+        reconnect(&t, &fo);
+        model_rounds(&t, disk, 4096, 32, 4, 25);
+        simfront_get_stats(t.fe, &st);
+        CHECK(st.indirect >= st.requests - 4, "%" PRIu64 " of %" PRIu64 " requests indirect",
+              st.indirect, st.requests);
+        free(disk);
+        CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
+        CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
+        expect_exit0(&t, 10000);
+        teardown(&t);
+}
+
+/* The frontend falls back when the backend offers fewer segments: the
+ * backend's node is rewritten by the toolstack before the frontend reads it. */
+static void test_indirect_fallback(void)
+{
+        struct simfront_opts fo = {.domid = DOMID, .devid = DEVID, .max_segments = 64};
+        struct t t;
+        char path[512];
+
+        cur_test = "indirect-fallback";
+        setup(&t, "w", 0, false, NULL);
+        CHECK_R(simfront_vbd_wait_state(t.vbd, SIMFRONT_XB_INITWAIT, 10000),
+                simfront_env_errmsg(t.env));
+        snprintf(path, sizeof(path), "%s/feature-max-indirect-segments",
+                 simfront_vbd_backend_path(t.vbd));
+        CHECK(xs_rm(simfront_env_xs(t.env), XBT_NULL, path) || errno == ENOENT, "rm %s: %s", path,
+              strerror(errno));
+        simfront_free(t.fe);
+        t.fe = NULL;
+        reconnect(&t, &fo);
+        CHECK(simfront_max_segments(t.fe) == 11 && !simfront_indirect(t.fe),
+              "no feature: %u segments, indirect %d", simfront_max_segments(t.fe),
+              simfront_indirect(t.fe));
+        CHECK(strstr(simfront_notice(t.fe), "clamped to 11"), "notice '%s'", simfront_notice(t.fe));
+        check_rw(&t, 4096, 1 << 20, 31);
+        CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
+
+        /* The backend offers 32: 64 is clamped to 32, indirect used. */
+        CHECK(xs_write(simfront_env_xs(t.env), XBT_NULL, path, "32", 2), "write %s: %s", path,
+              strerror(errno));
+        reconnect(&t, &fo);
+        CHECK(simfront_max_segments(t.fe) == 32 && simfront_indirect(t.fe),
+              "offer 32: %u segments, indirect %d", simfront_max_segments(t.fe),
+              simfront_indirect(t.fe));
+        CHECK(strstr(simfront_notice(t.fe), "clamped to 32"), "notice '%s'", simfront_notice(t.fe));
+        check_rw(&t, 4096, 1 << 20, 32);
+        CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
+        CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
+        expect_exit0(&t, 10000);
+        teardown(&t);
+}
+
+static uint64_t file_blocks(const char *path)
+{
+        struct stat st;
+
+        CHECK(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
+        return (uint64_t)st.st_blocks;
+}
+
+static void test_discard(void)
+{
+        struct t t;
+        struct simfront_io *io;
+        const struct simfront_disk *d;
+        char *buf = malloc(2u << 20), *zero = calloc(1, 2u << 20);
+        uint64_t before, after;
+
+        cur_test = "discard";
+        setup(&t, "w", 0, true, NULL);
+        d = simfront_disk(t.fe);
+        if (!d->discard) {
+                printf("SKIP %s: the backend offers no feature-discard\n", cur_test);
+                CHECK(simfront_discard(t.fe, 0, 4096) == -EOPNOTSUPP, "discard without feature");
+                teardown(&t);
+                free(buf);
+                free(zero);
+                return;
+        }
+        CHECK(d->discard_granularity >= 512 && !(d->discard_granularity & 511),
+              "discard-granularity %u", d->discard_granularity);
+        CHECK(d->discard_alignment == 0, "discard-alignment %u", d->discard_alignment);
+        CHECK(!d->discard_secure, "discard-secure");
+        before = file_blocks(t.img);
+        CHECK_R(simfront_discard(t.fe, 1u << 20, 2u << 20), simfront_errmsg(t.fe));
+        after = file_blocks(t.img);
+        CHECK(after + (1u << 20) / 512 <= before,
+              "st_blocks %" PRIu64 " -> %" PRIu64 " after discarding 2 MiB", before, after);
+        CHECK_R(simfront_read(t.fe, 1u << 20, buf, 2u << 20), simfront_errmsg(t.fe));
+        CHECK(!memcmp(buf, zero, 2u << 20), "discarded range does not read back as zeros");
+        file_read(t.img, 1u << 20, buf, 2u << 20);
+        CHECK(!memcmp(buf, zero, 2u << 20), "discarded range in the image is not zeros");
+        /* The neighbours are untouched. */
+        {
+                char a[4096], b[4096];
+
+                CHECK_R(simfront_read(t.fe, (1u << 20) - 4096, a, 4096), simfront_errmsg(t.fe));
+                file_read(t.img, (1u << 20) - 4096, b, 4096);
+                CHECK(!memcmp(a, b, 4096) && memcmp(a, zero, 4096), "before the discard");
+                CHECK_R(simfront_read(t.fe, 3u << 20, a, 4096), simfront_errmsg(t.fe));
+                file_read(t.img, 3u << 20, b, 4096);
+                CHECK(!memcmp(a, b, 4096) && memcmp(a, zero, 4096), "after the discard");
+        }
+        /* Sector-sized discard inside a block, then written again. */
+        CHECK_R(simfront_discard(t.fe, 5u << 20, 512), simfront_errmsg(t.fe));
+        CHECK_R(simfront_read(t.fe, 5u << 20, buf, 512), simfront_errmsg(t.fe));
+        CHECK(!memcmp(buf, zero, 512), "discarded sector");
+        check_rw(&t, 1u << 20, 8192, 41);
+        /* Errors. */
+        CHECK(simfront_discard(t.fe, 100, 512) == -EINVAL, "unaligned discard");
+        CHECK(simfront_discard(t.fe, IMG_SIZE - 512, 1024) == -EIO, "discard past the end");
+        io = simfront_io_get(t.fe);
+        io->op = BLKIF_OP_DISCARD;
+        io->flags = SIMFRONT_IO_DISCARD_SECURE;
+        io->offset = 0;
+        io->len = 4096;
+        CHECK_R(simfront_io_queue(t.fe, io), simfront_errmsg(t.fe));
+        CHECK_R(simfront_push(t.fe), simfront_errmsg(t.fe));
+        CHECK_R(simfront_drain(t.fe, 5000), simfront_errmsg(t.fe));
+        CHECK(io->status == BLKIF_RSP_EOPNOTSUPP, "secure discard with discard-secure=0: %d",
+              io->status);
+        file_read(t.img, 0, buf, 4096);
+        CHECK(memcmp(buf, zero, 4096), "a refused secure discard zeroed the data");
+        /* Whole disk in one go. */
+        CHECK_R(simfront_discard(t.fe, 0, IMG_SIZE), simfront_errmsg(t.fe));
+        CHECK(file_blocks(t.img) < 1024, "st_blocks %" PRIu64 " after discarding all",
+              file_blocks(t.img));
+        CHECK_R(simfront_read(t.fe, 0, buf, 2u << 20), simfront_errmsg(t.fe));
+        CHECK(!memcmp(buf, zero, 2u << 20), "whole-disk discard");
+        CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
+        CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
+        expect_exit0(&t, 10000);
+        teardown(&t);
+
+        /* Read-only: no feature-discard, nothing sent. */
+        cur_test = "discard-mode-r";
+        setup(&t, "r", 0, true, NULL);
+        CHECK(!simfront_disk(t.fe)->discard, "feature-discard on a read-only VBD");
+        CHECK(simfront_discard(t.fe, 0, 4096) == -EOPNOTSUPP, "discard on mode r");
+        CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
+        teardown(&t);
+        free(buf);
+        free(zero);
+}
+
+/* The wire layout is the negotiated ABI's, and a request in the other
+ * ABI's layout is misread the way the layouts predict: the backend sees
+ * the id and sector shifted by 4 bytes, answers an error for a sector far
+ * past the end, and keeps serving. */
+static void test_abi(void)
+{
+        union simfront_req u;
+        blkif_response_t rsp;
+        uint32_t gref;
+        uint8_t *slot;
+        bool i386 = protocol && !strcmp(protocol, "x86_32-abi");
+        uint64_t want_id;
+        struct t t;
+
+        cur_test = "abi";
+        setup(&t, "w", 0, true, NULL);
+        CHECK_R(simfront_raw_grant(t.fe, 0, false, false, &gref, NULL), simfront_errmsg(t.fe));
+        memset(&u, 0, sizeof(u));
+        u.rw.operation = BLKIF_OP_READ;
+        u.rw.nr_segments = 1;
+        u.rw.handle = (blkif_vdev_t)DEVID;
+        u.rw.id = 0x1122334455667788ull;
+        u.rw.sector_number = 8;
+        u.rw.seg[0].gref = gref;
+        u.rw.seg[0].last_sect = 7;
+        CHECK_R(simfront_raw_put_req(t.fe, &u), simfront_errmsg(t.fe));
+        slot = simfront_raw_slot(t.fe, simfront_raw_ring(t.fe)->req_prod_pvt - 1);
+        {
+                uint64_t id, sector;
+                uint32_t g;
+
+                memcpy(&id, slot + (i386 ? 4 : 8), 8);
+                memcpy(&sector, slot + (i386 ? 12 : 16), 8);
+                memcpy(&g, slot + (i386 ? 20 : 24), 4);
+                CHECK(id == u.rw.id && sector == 8 && g == gref,
+                      "layout: id %#" PRIx64 " sector %" PRIu64 " gref %u", id, sector, g);
+        }
+        simfront_raw_push(t.fe);
+        CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
+        CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no response");
+        CHECK(rsp.id == u.rw.id && rsp.status == BLKIF_RSP_OKAY && rsp.operation == BLKIF_OP_READ,
+              "response id %#" PRIx64 " status %d op %u", rsp.id, rsp.status, rsp.operation);
+
+        /* The other ABI's layout. */
+        u.rw.id = 1000;
+        CHECK_R(simfront_raw_put_req_as(t.fe, &u, i386 ? SIMFRONT_ABI_X86_64 : SIMFRONT_ABI_X86_32),
+                simfront_errmsg(t.fe));
+        simfront_raw_push(t.fe);
+        CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
+        CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1,
+              "no response to a mismatched request");
+        /* i386 ring, x86_64 bytes: id = pad + low half of id -> id << 32.
+         * x86_64 ring, i386 bytes: id = high half of id + low half of sector. */
+        want_id = i386 ? (uint64_t)1000 << 32 : (uint64_t)8 << 32;
+        CHECK(rsp.id == want_id && rsp.status == BLKIF_RSP_ERROR,
+              "mismatched: response id %#" PRIx64 " (want %#" PRIx64 ") status %d", rsp.id, want_id,
+              rsp.status);
+        /* Raw discard and indirect through the encoders, if offered. */
+        if (simfront_disk(t.fe)->discard) {
+                CHECK_R(simfront_raw_put_discard(t.fe, 77, 16, 8, 0), simfront_errmsg(t.fe));
+                simfront_raw_push(t.fe);
+                CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
+                CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no discard response");
+                CHECK(rsp.id == 77 && rsp.status == BLKIF_RSP_OKAY &&
+                          rsp.operation == BLKIF_OP_DISCARD,
+                      "raw discard: id %" PRIu64 " status %d op %u", rsp.id, rsp.status,
+                      rsp.operation);
+        }
+        if (simfront_disk(t.fe)->max_indirect_segments >= 20) {
+                struct simfront_raw_indirect ri;
+                char f[4096];
+
+                CHECK_R(simfront_raw_indirect(t.fe, BLKIF_OP_READ, 20, 1, 20, &ri),
+                        simfront_errmsg(t.fe));
+                ri.req.indirect.id = 4242;
+                ri.req.indirect.sector_number = 64;
+                CHECK_R(simfront_raw_put_req(t.fe, &ri.req), simfront_errmsg(t.fe));
+                simfront_raw_push(t.fe);
+                CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
+                CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no indirect response");
+                CHECK(rsp.id == 4242 && rsp.status == BLKIF_RSP_OKAY, "raw indirect: status %d",
+                      rsp.status);
+                file_read(t.img, 64 * 512 + 19 * 4096, f, sizeof(f));
+                CHECK(!memcmp(ri.data[19], f, sizeof(f)), "raw indirect read data");
+                /* Refused: 257 segments (more than offered), and 0. */
+                for (unsigned k = 0; k < 2; k++) {
+                        CHECK_R(simfront_raw_indirect(t.fe, BLKIF_OP_READ, k ? 0 : 257, 1, 1, &ri),
+                                simfront_errmsg(t.fe));
+                        ri.req.indirect.id = 4243 + k;
+                        CHECK_R(simfront_raw_put_req(t.fe, &ri.req), simfront_errmsg(t.fe));
+                        simfront_raw_push(t.fe);
+                        CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
+                        CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1,
+                              "no response to a bad indirect request");
+                        CHECK(rsp.id == 4243 + k && rsp.status == BLKIF_RSP_ERROR &&
+                                  (rsp.operation == BLKIF_OP_READ ||
+                                   rsp.operation == BLKIF_OP_INDIRECT),
+                              "bad indirect: id %" PRIu64 " status %d op %u", rsp.id, rsp.status,
+                              rsp.operation);
+                        printf("# indirect with %u segments refused, response operation %u\n",
+                               k ? 0 : 257, rsp.operation);
+                }
+        }
+        check_rw(&t, 0, 100000, 51);
+        CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
+        teardown(&t);
+}
+
 int main(int argc, char **argv)
 {
-        const char *only = argc > 1 ? argv[1] : NULL;
+        const char *only = NULL;
         static const struct {
                 const char *name;
                 void (*fn)(void);
@@ -550,7 +970,24 @@ int main(int argc, char **argv)
             {"detach-idle", test_detach_idle},
             {"domain-destroy", test_domain_destroy},
             {"startup-error", test_startup_error},
+            {"abi", test_abi},
+            {"indirect", test_indirect},
+            {"indirect-fallback", test_indirect_fallback},
+            {"discard", test_discard},
         };
+
+        for (int i = 1; i < argc; i++) {
+                if (!strcmp(argv[i], "--protocol") && i + 1 < argc)
+                        protocol = argv[++i];
+                else if (argv[i][0] != '-' && !only)
+                        only = argv[i];
+                else {
+                        fprintf(stderr, "usage: %s [--protocol P] [TEST]\n", argv[0]);
+                        return 2;
+                }
+        }
+        if (protocol)
+                printf("# protocol %s\n", protocol);
 
         if (!getenv("VBD_SIM_VBDD") && !only) {
                 char *p = simfront_find_vbdd(NULL);

@@ -60,6 +60,9 @@ static void usage(FILE *f)
                    "        region used (and creates a raw image that does not exist yet).\n"
                    "        --verify: writes carry a header (offset, generation, seed) and a\n"
                    "        pattern; reads are checked against the last write (or zeros).\n"
+                   "        --bs up to 1M; above 44K (11 pages) needs indirect segments.\n"
+                   "        Reports the backend's CPU use (utime + stime of vbdd-sim over the\n"
+                   "        measured period) as backend_cpu_pct and backend_cpu_ns_per_io.\n"
                    "\n"
                    "SPEC: raw:/path/to/image[,direct=on|off|auto] or null:SIZE (e.g. null:1G).\n"
                    "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
@@ -69,6 +72,12 @@ static void usage(FILE *f)
                    "                    next to this program)\n"
                    "  --mode r|w        attach read-only or read-write (default w)\n"
                    "  --ring-order K    use a ring of 2^K pages (0..4, default 0)\n"
+                   "  --protocol P      x86_64-abi or x86_32-abi: the ring layout (written to\n"
+                   "                    xenstore; default: none written, native x86_64)\n"
+                   "  --max-segments N  data pages per request, 1..256 (default: dd 11, bench\n"
+                   "                    --bs / 4096); above 11 uses BLKIF_OP_INDIRECT, which\n"
+                   "                    the backend must offer (feature-max-indirect-segments)\n"
+                   "  --indirect-always send every read/write as BLKIF_OP_INDIRECT\n"
                    "  --keep            keep the simulation directory (logs, xen.shm)\n"
                    "  -v, --verbose     say what happens; pass -v to vbdd-sim\n"
                    "  -h, --help        this help\n"
@@ -180,9 +189,9 @@ static uint64_t opt_size(const char *name, const char *v)
 /* Session: environment + VBD + connected frontend */
 
 struct gopts {
-        const char *image, *vbdd, *mode;
-        unsigned ring_order;
-        bool keep;
+        const char *image, *vbdd, *mode, *protocol;
+        unsigned ring_order, max_segments; /* 0: the command's default */
+        bool keep, indirect_always;
 };
 
 struct session {
@@ -264,6 +273,8 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
             .devid = DEVID,
             .ring_order = g->ring_order,
             .max_segments = max_segments,
+            .protocol = g->protocol,
+            .indirect_always = g->indirect_always,
         };
         char *vbdd;
         int r;
@@ -282,7 +293,10 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
         }
         free(vbdd);
         /* Enough guest memory for the ring and every slot's data pages. */
-        eo.nr_pages = 1024 + (32u << g->ring_order) * max_segments;
+        eo.nr_pages = (32u << g->ring_order) * (max_segments + 1);
+        if (eo.nr_pages > SIMFRONT_DEFAULT_DATA_PAGES)
+                eo.nr_pages = SIMFRONT_DEFAULT_DATA_PAGES; /* the frontend's cap */
+        eo.nr_pages += 1024;
         if (eo.nr_pages < 16384)
                 eo.nr_pages = 16384;
         s->env = simfront_env_new(&eo);
@@ -319,9 +333,16 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
                 const struct simfront_disk *d = simfront_disk(s->fe);
 
                 info("connected: %" PRIu64 " sectors (%" PRIu64
-                     " bytes), sector-size %u, info %#x, mode %s, ring %u slots",
+                     " bytes), sector-size %u, info %#x, mode %s, ring %u slots (%s), %u ios of "
+                     "%u segments%s, backend max-indirect-segments %u, discard %d",
                      d->sectors, simfront_size(s->fe), d->sector_size, d->info, d->mode,
-                     simfront_ring_size(s->fe));
+                     simfront_ring_size(s->fe),
+                     simfront_abi(s->fe) == SIMFRONT_ABI_X86_32 ? "x86_32" : "x86_64",
+                     simfront_queue_depth(s->fe), simfront_max_segments(s->fe),
+                     simfront_indirect(s->fe) ? " (indirect)" : "", d->max_indirect_segments,
+                     d->discard);
+                if (*simfront_notice(s->fe))
+                        err("note: %s", simfront_notice(s->fe));
         }
         return 0;
 fail:
@@ -409,7 +430,7 @@ static int cmd_dd(const struct gopts *g, const struct dd_opts *o)
                 err("out of memory");
                 return 1;
         }
-        r = session_start(&s, g, SIMFRONT_MAX_SEG);
+        r = session_start(&s, g, g->max_segments ? g->max_segments : SIMFRONT_MAX_SEG);
         if (r < 0) {
                 free(buf);
                 if (fd > 0)
@@ -962,6 +983,8 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
         struct bench b = {.o = o, .img_fd = -1};
         char img_path[4096] = "";
         struct rusage ru0, ru1;
+        uint64_t be0 = 0, be1 = 0;
+        bool be_ok;
         struct session s;
         uint64_t disk, t0, elapsed;
         bool fresh = false, reads;
@@ -971,9 +994,12 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
         if (o->rw < 0)
                 die_usage("bench: --rw MODE is required (read, write, randread, randwrite, "
                           "randrw)");
-        if (o->bs < SIMFRONT_SECTOR || o->bs % SIMFRONT_SECTOR || o->bs > SIMFRONT_MAX_IO)
+        if (o->bs < SIMFRONT_SECTOR || o->bs % SIMFRONT_SECTOR || o->bs > SIMFRONT_MAX_INDIRECT_IO)
                 die_usage("bench: --bs %" PRIu64 " must be a multiple of 512 in 512..%u", o->bs,
-                          SIMFRONT_MAX_IO);
+                          SIMFRONT_MAX_INDIRECT_IO);
+        if (g->max_segments && o->bs > (uint64_t)g->max_segments * SIMFRONT_PAGE)
+                die_usage("bench: --bs %" PRIu64 " does not fit --max-segments %u (%u bytes)",
+                          o->bs, g->max_segments, g->max_segments * SIMFRONT_PAGE);
         if (!o->iodepth)
                 die_usage("bench: --iodepth must be at least 1");
         if (!(o->runtime > 0))
@@ -1013,7 +1039,8 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                 b.zero_backend = true;
         }
 
-        segs = (unsigned)((o->bs + SIMFRONT_PAGE - 1) / SIMFRONT_PAGE);
+        segs = g->max_segments ? g->max_segments
+                               : (unsigned)((o->bs + SIMFRONT_PAGE - 1) / SIMFRONT_PAGE);
         r = session_start(&s, g, segs);
         if (r < 0)
                 return 1;
@@ -1034,13 +1061,33 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                 ret = -EINVAL;
                 goto out;
         }
+        if (o->bs > (uint64_t)simfront_max_segments(s.fe) * SIMFRONT_PAGE) {
+                err("bench: --bs %" PRIu64 " needs %u segments per request; the frontend uses "
+                    "%u: the backend offers %s%u",
+                    o->bs, (unsigned)((o->bs + SIMFRONT_PAGE - 1) / SIMFRONT_PAGE),
+                    simfront_max_segments(s.fe),
+                    simfront_disk(s.fe)->max_indirect_segments ? "feature-max-indirect-segments "
+                                                               : "no indirect segments, max ",
+                    simfront_disk(s.fe)->max_indirect_segments
+                        ? simfront_disk(s.fe)->max_indirect_segments
+                        : SIMFRONT_MAX_SEG);
+                ret = -EINVAL;
+                goto out;
+        }
         if (o->iodepth > simfront_ring_size(s.fe)) {
                 err("bench: --iodepth %u exceeds the ring's %u slots (use --ring-order)",
                     o->iodepth, simfront_ring_size(s.fe));
                 ret = -EINVAL;
                 goto out;
         }
-        b.pend = calloc(simfront_ring_size(s.fe), sizeof(*b.pend));
+        if (o->iodepth > simfront_queue_depth(s.fe)) {
+                err("bench: --iodepth %u exceeds the %u requests of %u pages the frontend's "
+                    "data pages hold (lower --max-segments or --bs)",
+                    o->iodepth, simfront_queue_depth(s.fe), simfront_max_segments(s.fe));
+                ret = -EINVAL;
+                goto out;
+        }
+        b.pend = calloc(simfront_queue_depth(s.fe), sizeof(*b.pend));
         b.rng = o->seed * 0x9e3779b97f4a7c15ull + 1;
         if (!b.pend) {
                 err("out of memory");
@@ -1092,11 +1139,13 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
         }
         b.counting = true;
         b.seq_next = 0;
+        be_ok = simfront_vbd_cpu_ns(s.vbd, &be0) == 0;
         t0 = now_ns();
         getrusage(RUSAGE_SELF, &ru0);
         r = bench_run(&b, o->rw, (uint64_t)(o->runtime * 1e9), 0);
         getrusage(RUSAGE_SELF, &ru1);
         elapsed = now_ns() - t0;
+        be_ok = be_ok && simfront_vbd_cpu_ns(s.vbd, &be1) == 0;
         if (r < 0) {
                 ret = r;
                 goto out;
@@ -1110,6 +1159,9 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                              (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6 +
                              (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
                 char p50[32], p90[32], p99[32], p999[32], mx[32];
+                double be_cpu = be_ok ? (double)(be1 - be0) / 1e9 : -1;
+                double be_pct = be_ok ? 100.0 * be_cpu / secs : -1;
+                double be_ns_io = be_ok && ios > 0 ? (double)(be1 - be0) / ios : -1;
 
                 simfront_get_stats(s.fe, &st);
                 us(p50, sizeof(p50), hist_pct(&b.hist, 500));
@@ -1118,24 +1170,30 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                 us(p999, sizeof(p999), hist_pct(&b.hist, 999));
                 us(mx, sizeof(mx), b.hist.max);
                 if (o->json) {
-                        printf("{\"rw\":\"%s\",\"bs\":%" PRIu64 ",\"iodepth\":%u,"
-                               "\"ring_order\":%u,\"runtime_s\":%.3f,\"image\":\"%s\","
-                               "\"ios\":%" PRIu64 ",\"reads\":%" PRIu64 ",\"writes\":%" PRIu64
-                               ",\"bytes\":%" PRIu64 ",\"iops\":%.0f,\"mb_s\":%.1f,"
-                               "\"lat_us\":{\"mean\":%.1f,\"p50\":%s,\"p90\":%s,\"p99\":%s,"
-                               "\"p99.9\":%s,\"max\":%s},\"errors\":%" PRIu64 ","
-                               "\"verify\":%s,\"verified\":%" PRIu64 ",\"unverified\":%" PRIu64
-                               ",\"mismatches\":%" PRIu64 ",\"notifies\":%" PRIu64
-                               ",\"polls\":%" PRIu64 ",\"pushes\":%" PRIu64
-                               ",\"front_cpu_pct\":%.0f}\n",
-                               rw_names[o->rw], o->bs, o->iodepth, g->ring_order, secs, g->image,
-                               b.reads + b.writes, b.reads, b.writes, b.bytes, ios / secs,
-                               (double)b.bytes / secs / 1e6,
-                               b.hist.count ? (double)b.hist.sum / (double)b.hist.count / 1000.0
-                                            : 0.0,
-                               p50, p90, p99, p999, mx, b.errors, o->verify ? "true" : "false",
-                               b.checked, b.unverified, b.mismatches, st.notifies, st.polls,
-                               st.pushes, 100.0 * cpu / secs);
+                        printf(
+                            "{\"rw\":\"%s\",\"bs\":%" PRIu64 ",\"iodepth\":%u,"
+                            "\"ring_order\":%u,\"runtime_s\":%.3f,\"image\":\"%s\","
+                            "\"ios\":%" PRIu64 ",\"reads\":%" PRIu64 ",\"writes\":%" PRIu64
+                            ",\"bytes\":%" PRIu64 ",\"iops\":%.0f,\"mb_s\":%.1f,"
+                            "\"lat_us\":{\"mean\":%.1f,\"p50\":%s,\"p90\":%s,\"p99\":%s,"
+                            "\"p99.9\":%s,\"max\":%s},\"errors\":%" PRIu64 ","
+                            "\"verify\":%s,\"verified\":%" PRIu64 ",\"unverified\":%" PRIu64
+                            ",\"mismatches\":%" PRIu64 ",\"notifies\":%" PRIu64
+                            ",\"polls\":%" PRIu64 ",\"pushes\":%" PRIu64
+                            ",\"front_cpu_pct\":%.0f,\"protocol\":\"%s\",\"max_segments\":%u,"
+                            "\"indirect\":%s,\"indirect_requests\":%" PRIu64
+                            ",\"queue_depth\":%u,\"backend_cpu_s\":%.3f,"
+                            "\"backend_cpu_pct\":%.1f,\"backend_cpu_ns_per_io\":%.0f}\n",
+                            rw_names[o->rw], o->bs, o->iodepth, g->ring_order, secs, g->image,
+                            b.reads + b.writes, b.reads, b.writes, b.bytes, ios / secs,
+                            (double)b.bytes / secs / 1e6,
+                            b.hist.count ? (double)b.hist.sum / (double)b.hist.count / 1000.0 : 0.0,
+                            p50, p90, p99, p999, mx, b.errors, o->verify ? "true" : "false",
+                            b.checked, b.unverified, b.mismatches, st.notifies, st.polls, st.pushes,
+                            100.0 * cpu / secs,
+                            simfront_abi(s.fe) == SIMFRONT_ABI_X86_32 ? "x86_32-abi" : "x86_64-abi",
+                            simfront_max_segments(s.fe), simfront_indirect(s.fe) ? "true" : "false",
+                            st.indirect, simfront_queue_depth(s.fe), be_cpu, be_pct, be_ns_io);
                 } else {
                         printf("%s bs=%" PRIu64 " iodepth=%u ring-order=%u: %.0f IOPS, %.1f MB/s"
                                " in %.2f s; lat us p50 %s p90 %s p99 %s p99.9 %s max %s; "
@@ -1143,6 +1201,10 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                                rw_names[o->rw], o->bs, o->iodepth, g->ring_order, ios / secs,
                                (double)b.bytes / secs / 1e6, secs, p50, p90, p99, p999, mx, b.reads,
                                b.writes, b.errors);
+                        if (be_ok)
+                                printf("; backend CPU %.1f%% (%.0f ns/IO)", be_pct, be_ns_io);
+                        else
+                                printf("; backend CPU unknown");
                         if (o->verify)
                                 printf("; verify: %" PRIu64 " reads checked, %" PRIu64
                                        " mismatches",
@@ -1199,6 +1261,9 @@ enum {
         OPT_VBDD,
         OPT_MODE,
         OPT_KEEP,
+        OPT_PROTOCOL,
+        OPT_MAX_SEGMENTS,
+        OPT_INDIRECT_ALWAYS,
 };
 
 static const struct option long_opts[] = {
@@ -1220,6 +1285,9 @@ static const struct option long_opts[] = {
     {"vbdd", required_argument, NULL, OPT_VBDD},
     {"mode", required_argument, NULL, OPT_MODE},
     {"keep", no_argument, NULL, OPT_KEEP},
+    {"protocol", required_argument, NULL, OPT_PROTOCOL},
+    {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
+    {"indirect-always", no_argument, NULL, OPT_INDIRECT_ALWAYS},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -1322,6 +1390,22 @@ int main(int argc, char **argv)
                         break;
                 case OPT_KEEP:
                         g.keep = true;
+                        break;
+                case OPT_PROTOCOL:
+                        if (strcmp(optarg, "x86_64-abi") && strcmp(optarg, "x86_32-abi"))
+                                die_usage("--protocol '%s': give x86_64-abi or x86_32-abi", optarg);
+                        g.protocol = optarg;
+                        break;
+                case OPT_MAX_SEGMENTS:
+                        errno = 0;
+                        g.max_segments = (unsigned)strtoul(optarg, &end, 10);
+                        if (errno || *end || !*optarg || *optarg == '-' || !g.max_segments ||
+                            g.max_segments > SIMFRONT_MAX_INDIRECT_SEG)
+                                die_usage("--max-segments '%s': give 1..%u", optarg,
+                                          SIMFRONT_MAX_INDIRECT_SEG);
+                        break;
+                case OPT_INDIRECT_ALWAYS:
+                        g.indirect_always = true;
                         break;
                 case 'v':
                         verbose++;
