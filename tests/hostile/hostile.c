@@ -74,6 +74,12 @@ static struct simfront_vbd *add_vbd(struct hostile *h, uint32_t domid, const cha
 
 void h_setup(struct hostile *h, const char *name, const char *victim_mode, bool connect)
 {
+        h_setup_protocol(h, name, victim_mode, connect, NULL);
+}
+
+void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mode, bool connect,
+                      const char *victim_protocol)
+{
         struct simfront_opts fo = {.devid = DEVID};
 
         memset(h, 0, sizeof(*h));
@@ -97,6 +103,7 @@ void h_setup(struct hostile *h, const char *name, const char *victim_mode, bool 
                 simfront_errmsg(h->bystander));
 
         fo.domid = VICTIM_DOMID;
+        fo.protocol = victim_protocol;
         h->victim = simfront_new(h->env, &fo);
         H_CHECK(h->victim, "simfront_new: %s", strerror(errno));
         simfront_set_check(h->victim, victim_alive_check, h->victim_vbd);

@@ -37,6 +37,9 @@ void h_fail(const char *file, int line, const char *fmt, ...)
 /* Environment, both VBDs spawned, the bystander connected.  The victim is
  * only created (simfront_new) unless connect is set. */
 void h_setup(struct hostile *h, const char *name, const char *victim_mode, bool connect);
+/* The same, the victim's ring in the given protocol ("x86_32-abi"...). */
+void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mode, bool connect,
+                      const char *victim_protocol);
 /* Both daemons detached; each must exit 0 (a sanitizer report or a crash fails). */
 void h_teardown(struct hostile *h);
 
