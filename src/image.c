@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "util/parse.h"
 #include "vbd/log.h"
 
 #define DRIVER_NAME_MAX 32
@@ -56,51 +57,6 @@ const char *vbd_op_name(enum vbd_op op)
         if ((unsigned)op >= _VBD_OP_MAX)
                 return "unknown";
         return names[op];
-}
-
-int vbd_parse_size(const char *s, uint64_t *ret)
-{
-        uint64_t v = 0;
-        unsigned shift = 0;
-        const char *p = s;
-
-        if (!s || !isdigit((unsigned char)*p))
-                return -EINVAL;
-        for (; isdigit((unsigned char)*p); p++) {
-                unsigned d = (unsigned)(*p - '0');
-
-                if (v > (UINT64_MAX - d) / 10)
-                        return -ERANGE;
-                v = v * 10 + d;
-        }
-        switch (*p) {
-        case '\0':
-                break;
-        case 'k':
-        case 'K':
-                shift = 10;
-                break;
-        case 'm':
-        case 'M':
-                shift = 20;
-                break;
-        case 'g':
-        case 'G':
-                shift = 30;
-                break;
-        case 't':
-        case 'T':
-                shift = 40;
-                break;
-        default:
-                return -EINVAL;
-        }
-        if (shift && p[1] != '\0')
-                return -EINVAL;
-        if (shift && v > (UINT64_MAX >> shift))
-                return -ERANGE;
-        *ret = v << shift;
-        return 0;
 }
 
 const char *vbd_opts_get(const struct vbd_opts *o, const char *key)

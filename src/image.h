@@ -63,5 +63,3 @@ void vbd_image_list_drivers(FILE *f);
 extern const struct vbd_driver *const vbd_drivers[];
 const struct vbd_driver *vbd_image_find_driver(const char *name); /* NULL if unknown */
 
-/* Parse a size with optional K/M/G/T suffix (powers of 1024). */
-int vbd_parse_size(const char *s, uint64_t *ret);

@@ -2,9 +2,15 @@
 /* Strict parsers for values that come from guests, peers and config. */
 #pragma once
 
+#include <stdint.h>
+
 /*
  * A decimal unsigned number: digits only (no sign, space, prefix or
  * suffix), at least one, value <= max.  0, -EINVAL (not a number) or
  * -ERANGE (above max).
  */
 int vbd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret);
+
+/* A size in bytes with an optional K/M/G/T suffix, powers of 1024 ("1M" and
+ * "1MiB" alike; "1MB" is refused as ambiguous).  0, -EINVAL or -ERANGE. */
+int vbd_parse_size(const char *s, uint64_t *ret);

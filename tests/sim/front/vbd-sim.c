@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "simfront.h"
+#include "util/parse.h"
 
 #define DOMID 1
 #define DEVID 51712
@@ -133,54 +134,11 @@ static uint64_t now_ns(void)
         return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* "4096", "4K", "1M", "1G" → bytes. */
-static int parse_size(const char *s, uint64_t *ret)
-{
-        char *end;
-        unsigned long long x;
-        unsigned shift = 0;
-
-        if (!s || !*s || *s == '-')
-                return -EINVAL;
-        errno = 0;
-        x = strtoull(s, &end, 10);
-        if (errno || end == s)
-                return -EINVAL;
-        switch (*end) {
-        case 0:
-                break;
-        case 'k':
-        case 'K':
-                shift = 10;
-                break;
-        case 'm':
-        case 'M':
-                shift = 20;
-                break;
-        case 'g':
-        case 'G':
-                shift = 30;
-                break;
-        case 't':
-        case 'T':
-                shift = 40;
-                break;
-        default:
-                return -EINVAL;
-        }
-        if (*end && end[1] && strcmp(end + 1, "iB") && strcmp(end + 1, "B"))
-                return -EINVAL;
-        if (shift && x > (UINT64_MAX >> shift))
-                return -ERANGE;
-        *ret = (uint64_t)x << shift;
-        return 0;
-}
-
 static uint64_t opt_size(const char *name, const char *v)
 {
         uint64_t x;
 
-        if (parse_size(v, &x) < 0)
+        if (vbd_parse_size(v, &x) < 0)
                 die_usage("%s: '%s' is not a size (e.g. 4096, 64K, 1G)", name, v);
         return x;
 }
