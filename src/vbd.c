@@ -773,20 +773,29 @@ static void finish_indirect(struct vbd *v, struct pass *ps)
         ps->ndesc = ps->nind = 0;
 }
 
-/* Consume requests from the ring.  Returns true if the ring must be dropped. */
-static bool consume(struct vbd *v)
+enum consumed {
+        CONSUMED_ALL,     /* the ring is empty (for now) */
+        CONSUMED_BLOCKED, /* waiting for a slot, a large slot or a barrier to drain */
+        CONSUMED_BOGUS,   /* the ring must be dropped */
+};
+
+/* Consume requests from the ring. */
+static enum consumed consume(struct vbd *v)
 {
+        enum consumed ret = CONSUMED_ALL;
         struct pass ps = {0};
         struct vbd_ring_req req;
-        bool bogus = false;
         int r;
 
-        while (!v->barrier && v->free_list) {
-                if (!v->big_free && vbd_ring_peek_op(&v->ring) == BLKIF_OP_INDIRECT)
-                        break; /* resumed when an indirect slot frees */
+        for (;;) {
+                if (v->barrier || !v->free_list ||
+                    (!v->big_free && vbd_ring_peek_op(&v->ring) == BLKIF_OP_INDIRECT)) {
+                        ret = CONSUMED_BLOCKED; /* resumed when requests complete */
+                        break;
+                }
                 r = vbd_ring_get_request(&v->ring, &req);
                 if (r == -EPROTO) {
-                        bogus = true;
+                        ret = CONSUMED_BOGUS;
                         break;
                 }
                 if (r == 0)
@@ -805,7 +814,7 @@ static bool consume(struct vbd *v)
                                 req_finish(rq, -EFAULT);
                 }
         }
-        return bogus;
+        return ret;
 }
 
 /* Start a waiting barrier once nothing else is in flight. */
@@ -832,16 +841,19 @@ static void vbd_process_ring(struct vbd *v)
                 return;
         for (;;) {
                 barrier_try(v);
-                if (consume(v)) {
+                switch (consume(v)) {
+                case CONSUMED_BOGUS:
                         vbd_err("bogus ring: producer index more than a ring ahead of the "
                                 "responses; dropping the ring");
                         v->closing = true; /* take no more requests */
                         if (v->fatal)
                                 v->fatal(v->fatal_opaque);
                         return;
+                case CONSUMED_BLOCKED:
+                        return;
+                case CONSUMED_ALL:
+                        break;
                 }
-                if (v->barrier || !v->free_list)
-                        return; /* resumed when requests complete */
                 if (!vbd_ring_final_check(&v->ring))
                         return;
         }

@@ -118,6 +118,11 @@ if "$VBD_SIM" "${P[@]}" bench --runtime 0.2 --image null:64M --rw randread --bs 
         # A 16-page ring: fewer ios than slots at 1 MiB, QD32 still fits.
         bench --image null:1G --rw randread --bs 1M --iodepth 32 --ring-order 4 --json >/dev/null &&
                 { [ "$(jfield queue_depth)" -ge 32 ] && [ "$(jfield errors)" = 0 ] || fail "1M ring-order 4: $(cat "$tmp/out")"; }
+        # More indirect requests in flight than vbdd has large slots (64):
+        # the rest must wait in the ring, not stall it.
+        bench --image "raw:$tmp/many-ind.img" --size 64M --rw randrw --bs 65536 --iodepth 128 --ring-order 4 --verify --json >/dev/null &&
+                { [ "$(jfield mismatches)" = 0 ] && [ "$(jfield errors)" = 0 ] && [ "$(jfield ios)" -gt 128 ] ||
+                  fail "128 indirect in flight: $(cat "$tmp/out")"; }
         # 4 KiB requests forced through BLKIF_OP_INDIRECT, verified (the
         # verify prefill counts among indirect_requests).
         bench --image "raw:$tmp/old.img" --rw randrw --max-segments 32 --indirect-always --verify --json >/dev/null &&
