@@ -1,7 +1,7 @@
 #!/bin/sh
 # vbd benchmarks: vbdd (driven by vbd-sim's simulated guest) against fio on
-# the same file, in one run, printed as ratios.  Not a test: figures go to
-# bench/RESULTS.md by hand.
+# the same file, and the null driver's request rate and CPU per request.
+# Not a test: figures go to bench/RESULTS.md by hand.
 #
 #   bench/run.sh [BUILD_DIR]
 #   VBD_BENCH_DIR   where the 1 GiB test file goes (default /var/tmp; must
@@ -24,34 +24,52 @@ fio --name=fill --filename="$IMG" --size=1G --rw=write --bs=1M --ioengine=libaio
         --direct=1 --iodepth=8 --output=/dev/null
 
 json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
-fio_iops() { # rw bs qd
+fio_run() { # rw bs qd field(iops|bw_mb)
         fio --name=b --filename="$IMG" --size=1G --rw="$1" --bs="$2" --iodepth="$3" \
                 --ioengine=libaio --direct=1 --runtime="$T" --time_based --norandommap \
                 --randrepeat=0 --output-format=json |
-                json "round(d['jobs'][0]['read']['iops'] + d['jobs'][0]['write']['iops'])"
+                if [ "$4" = iops ]; then
+                        json "round(d['jobs'][0]['read']['iops'] + d['jobs'][0]['write']['iops'])"
+                else
+                        json "round((d['jobs'][0]['read']['bw'] + d['jobs'][0]['write']['bw']) / 1024)"
+                fi
 }
 
-sim() { # image rw bs qd [ring-order] -> json
-        "$SIM" bench --image "$1" --rw "$2" --bs "$3" --iodepth "$4" --ring-order "${5:-0}" \
-                --runtime "$T" --json
+sim() { # image rw bs qd [extra vbd-sim options...] -> json
+        img=$1 rw=$2 bs=$3 qd=$4
+        shift 4
+        "$SIM" "$@" bench --image "$img" --rw "$rw" --bs "$bs" --iodepth "$qd" --runtime "$T" --json
 }
 
-echo "vbd bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, ${T}s per run, file in $DIR"
+echo "vbd bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg), ${T}s per run"
 echo
-printf '%-26s %12s %12s %8s\n' "raw driver vs fio" "vbdd IOPS" "fio IOPS" "ratio"
+printf '%-24s %12s %12s %7s\n' "raw driver vs fio" "vbdd" "fio" "ratio"
 for rw in randread randwrite; do
-        f=$(fio_iops $rw 4k 32)
+        f=$(fio_run $rw 4k 32 iops)
         v=$(sim "raw:$IMG" $rw 4096 32 | json "d['iops']")
-        printf '%-26s %12s %12s %8s\n' "4k QD32 $rw" "$v" "$f" \
-                "$(python3 -c "print(f'{$v/$f:.2f}')")"
+        printf '%-24s %8s IOPS %7s IOPS %7s\n' "4k QD32 $rw" "$v" "$f" "$(ratio "$v" "$f")"
+done
+for rw in read write; do
+        f=$(fio_run $rw 1M 8 bw)
+        v=$(sim "raw:$IMG" $rw 1048576 8 | json "round(d['mb_s'])")
+        printf '%-24s %8s MB/s %7s MB/s %7s\n' "1M QD8 sequential $rw" "$v" "$f" "$(ratio "$v" "$f")"
 done
 echo
-printf '%-34s %12s %10s %10s\n' "null driver" "req/s" "MB/s" "p99 us"
-for cfg in "4096 32 0" "4096 512 4" "512 512 4"; do
-        set -- $cfg
-        out=$(sim null:1G randread "$1" "$2" "$3")
-        printf '%-34s %12s %10s %10s\n' "randread bs=$1 QD$2 ring-order $3" \
+printf '%-36s %10s %9s %10s %12s\n' "null driver, randread" "req/s" "MB/s" "p99 us" "backend ns/IO"
+while read -r bs qd order segs label; do
+        out=$(sim null:1G randread "$bs" "$qd" --ring-order "$order" --max-segments "$segs")
+        printf '%-36s %10s %9s %10s %12s\n' "$label" \
                 "$(echo "$out" | json "d['iops']")" "$(echo "$out" | json "d['mb_s']")" \
-                "$(echo "$out" | json "d['lat_us']['p99']")"
-done
+                "$(echo "$out" | json "d['lat_us']['p99']")" \
+                "$(echo "$out" | json "d['backend_cpu_ns_per_io']")"
+done <<'CFG'
+4096 32 0 11 4k QD32, 1-page ring
+4096 512 4 11 4k QD512, 16-page ring
+512 512 4 11 512B QD512, 16-page ring
+45056 32 0 11 44k (11 segs, direct) QD32
+131072 32 0 32 128k (32 segs, indirect) QD32
+65536 32 0 16 64k (indirect) QD32, 1-page ring
+65536 128 4 16 64k (indirect) QD128, 16-page ring
+CFG
