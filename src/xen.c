@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #define VBD_LOG_TOPIC "xen"
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +43,7 @@ void vbd_xen_close(struct vbd_xen *x)
 struct vbd_xen *vbd_xen_open(void)
 {
         struct vbd_xen *x = calloc(1, sizeof(*x));
-        int r;
+        int r, fl;
 
         if (!x)
                 return NULL;
@@ -54,6 +55,12 @@ struct vbd_xen *vbd_xen_open(void)
         x->xce = xenevtchn_open(NULL, 0);
         if (!x->xce) {
                 r = vbd_log_errno(errno, "cannot open the event channel device: %m");
+                goto fail;
+        }
+        /* The device blocks in read() by default; we poll it and then drain it. */
+        fl = fcntl(xenevtchn_fd(x->xce), F_GETFL);
+        if (fl < 0 || fcntl(xenevtchn_fd(x->xce), F_SETFL, fl | O_NONBLOCK) < 0) {
+                r = vbd_log_errno(errno, "cannot make the event channel non-blocking: %m");
                 goto fail;
         }
         x->xsh = xs_open(0);

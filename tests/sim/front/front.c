@@ -5,6 +5,7 @@
  * guest pages and an event channel.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -768,6 +769,8 @@ int simfront_prepare(struct simfront *fe)
         fe->port = (evtchn_port_t)r;
         fe->port_bound = true;
         fe->evfd = xenevtchn_fd(fe->xce);
+        /* Polled, so non-blocking, as a real evtchn user must set it. */
+        (void)fcntl(fe->evfd, F_SETFL, fcntl(fe->evfd, F_GETFL) | O_NONBLOCK);
 
         /* The ios: one per ring slot, or as many as max_data_pages holds. */
         choose_segments(fe);

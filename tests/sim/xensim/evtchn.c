@@ -12,7 +12,8 @@
  * 0 -> 1, one datagram is sent.  xenevtchn_pending() clears the doorbell,
  * drains the socket and returns one pending port of the handle (round
  * robin), re-ringing its own doorbell if more ports are pending.  Events
- * coalesce as under Xen; a ready fd may still find nothing (EAGAIN).
+ * coalesce as under Xen.  Like the real device, it blocks until an event
+ * arrives unless the fd is O_NONBLOCK (then EAGAIN when nothing is pending).
  *
  * As in Xen: binding an interdomain channel sets the local port pending;
  * notifying an unbound port is silently dropped; closing one end of an
@@ -21,6 +22,8 @@
  * Handles of processes that died are reaped when somebody needs their port.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,9 +170,9 @@ static xenevtchn_handle *sx_evtchn_new(struct simxen *sx, uint32_t domid, unsign
         if (!h)
                 return NULL;
         h->sx = sx;
-        h->fd = socket(
-            AF_UNIX,
-            SOCK_DGRAM | SOCK_NONBLOCK | ((flags & XENEVTCHN_NO_CLOEXEC) ? 0 : SOCK_CLOEXEC), 0);
+        /* Blocking, like /dev/xen/evtchn: callers that poll must set O_NONBLOCK. */
+        h->fd =
+            socket(AF_UNIX, SOCK_DGRAM | ((flags & XENEVTCHN_NO_CLOEXEC) ? 0 : SOCK_CLOEXEC), 0);
         if (h->fd < 0) {
                 e = errno;
                 free(h);
@@ -489,17 +492,37 @@ int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
         return 0;
 }
 
+static xenevtchn_port_or_error_t pending_once(xenevtchn_handle *h);
+
+/*
+ * Like a read() of /dev/xen/evtchn: waits for an event unless the fd was
+ * made non-blocking (O_NONBLOCK), then -1 with EAGAIN.
+ */
 xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
+{
+        if (!h) {
+                errno = EINVAL;
+                return -1;
+        }
+        for (;;) {
+                xenevtchn_port_or_error_t p = pending_once(h);
+                int fl = fcntl(h->fd, F_GETFL);
+                struct pollfd pfd = {.fd = h->fd, .events = POLLIN};
+
+                if (p >= 0 || errno != EAGAIN || fl < 0 || (fl & O_NONBLOCK))
+                        return p;
+                if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+                        return -1;
+        }
+}
+
+static xenevtchn_port_or_error_t pending_once(xenevtchn_handle *h)
 {
         struct sx_handle *hh;
         uint32_t buf[4];
         int found = -1;
         unsigned i, n, start;
 
-        if (!h) {
-                errno = EINVAL;
-                return -1;
-        }
         hh = &h->sx->sh->handles[h->slot];
         if (hh->id == h->id)
                 __atomic_store_n(&hh->doorbell, 0, __ATOMIC_SEQ_CST);

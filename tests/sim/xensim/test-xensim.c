@@ -9,6 +9,7 @@
  *   test-xensim bench    also print a micro-benchmark (not timed as a test)
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -438,6 +439,9 @@ static void evt_backend(struct peer *p, void *arg)
         CHECK(xce);
         fd = xenevtchn_fd(xce);
         CHECK(fd >= 0);
+        /* Blocking like /dev/xen/evtchn until asked otherwise. */
+        CHECK(!(fcntl(fd, F_GETFL) & O_NONBLOCK));
+        CHECK(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == 0);
         errno = 0;
         CHECK(xenevtchn_pending(xce) == -1 && errno == EAGAIN);
         /* Only a port allocated for us can be bound. */
@@ -519,6 +523,7 @@ static void test_evtchn(void)
         CHECK(xe && xo);
         CHECK(!simxen_evtchn_open_as(sx, 99) && errno == ESRCH);
         fd = xenevtchn_fd(xe);
+        CHECK(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == 0);
         a.port = (uint32_t)xenevtchn_bind_unbound_port(xe, 0);
         a.port2 = (uint32_t)xenevtchn_bind_unbound_port(xe, 0);
         a.other_port = (uint32_t)xenevtchn_bind_unbound_port(xe, OTHER);
