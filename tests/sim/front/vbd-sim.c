@@ -65,7 +65,8 @@ static void usage(FILE *f)
                    "        Reports the backend's CPU use (utime + stime of vbdd-sim over the\n"
                    "        measured period) as backend_cpu_pct and backend_cpu_ns_per_io.\n"
                    "\n"
-                   "SPEC: raw:/path/to/image[,direct=on|off|auto] or null:SIZE (e.g. null:1G).\n"
+                   "SPEC: any vbdd image spec: raw:/path[,direct=on|off|auto], null:SIZE (e.g.\n"
+                   "null:1G), qcow2:/path[,...] (see vbdd --help).\n"
                    "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
                    "\n"
                    "Options:\n"
@@ -1061,6 +1062,12 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                 }
                 if (!fresh && !b.zero_backend && !strcmp(g->mode, "r")) {
                         /* Read-only: compare with the file, which cannot change. */
+                        if (!img_path[0]) {
+                                err("bench: --verify on a read-only disk compares with the "
+                                    "image file, so it needs a raw: image");
+                                ret = -EINVAL;
+                                goto out;
+                        }
                         b.img_fd = open(img_path, O_RDONLY | O_CLOEXEC);
                         b.scratch = malloc(o->bs);
                         if (b.img_fd < 0 || !b.scratch) {
@@ -1385,8 +1392,9 @@ int main(int argc, char **argv)
                 die_usage("unknown command '%s' (dd or bench)", cmd);
         if (!g.image)
                 die_usage("%s: --image SPEC is required (raw:/path or null:SIZE)", cmd);
-        if (strncmp(g.image, "raw:", 4) && strncmp(g.image, "null:", 5))
-                die_usage("--image '%s': use raw:/path or null:SIZE", g.image);
+        if (!strchr(g.image, ':') || g.image[0] == ':')
+                die_usage("--image '%s': use DRIVER:ARG, e.g. raw:/path, qcow2:/path or null:SIZE",
+                          g.image);
         {
                 /* Stop cleanly (disconnect, detach, remove the sim dir). */
                 struct sigaction sa = {.sa_handler = on_signal};

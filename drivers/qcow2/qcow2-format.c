@@ -1,0 +1,392 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * qcow2 on-disk structures: header and header extensions, L2 entries and
+ * refcount entries.  Pure functions on buffers, no I/O: the fuzz harness and
+ * the unit tests call them directly.
+ */
+#define VBD_LOG_TOPIC "drv.qcow2"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+uint64_t qcow2_be64(const void *p)
+{
+        const uint8_t *b = p;
+        uint64_t v = 0;
+
+        for (int i = 0; i < 8; i++)
+                v = v << 8 | b[i];
+        return v;
+}
+
+uint32_t qcow2_be32(const void *p)
+{
+        const uint8_t *b = p;
+
+        return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+void qcow2_put_be64(void *p, uint64_t v)
+{
+        uint8_t *b = p;
+
+        for (int i = 7; i >= 0; i--) {
+                b[i] = (uint8_t)v;
+                v >>= 8;
+        }
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+        return alen && blen && a < b + blen && b < a + alen;
+}
+
+/* Name an unknown incompatible feature from the feature name table, if any. */
+static void feature_names(const uint8_t *tab, size_t len, uint64_t bits, char *out, size_t size)
+{
+        size_t n = 0;
+
+        out[0] = '\0';
+        for (unsigned bit = 0; bit < 64; bit++) {
+                const char *name = NULL;
+                char nb[48];
+
+                if (!(bits & (1ull << bit)))
+                        continue;
+                for (size_t i = 0; tab && i + 48 <= len; i += 48)
+                        if (tab[i] == 0 && tab[i + 1] == bit) {
+                                memcpy(nb, tab + i + 2, 46);
+                                nb[46] = '\0';
+                                for (char *c = nb; *c; c++)
+                                        if (*c < 0x20 || *c > 0x7e)
+                                                *c = '?';
+                                name = nb;
+                        }
+                if (n < size)
+                        n += (size_t)snprintf(out + n, size - n, "%s%u%s%s%s", n ? ", " : "", bit,
+                                              name ? " (" : "", name ? name : "", name ? ")" : "");
+        }
+}
+
+static int parse_extensions(const uint8_t *buf, size_t end, struct qcow2_header *h,
+                            const uint8_t **ret_ftab, size_t *ret_flen, struct vbd_err *err)
+{
+        size_t off = h->header_length;
+        bool seen_fmt = false, seen_ftab = false, seen_bitmaps = false;
+
+        while (off + 8 <= end) {
+                uint32_t type = qcow2_be32(buf + off), len = qcow2_be32(buf + off + 4);
+                const uint8_t *data = buf + off + 8;
+
+                if (type == QCOW2_EXT_END)
+                        return 0;
+                if (len > end - off - 8)
+                        return vbd_err_set(err, -EINVAL,
+                                           "qcow2: header extension %#x at %zu (%u bytes) runs "
+                                           "past the header area",
+                                           type, off, len);
+                switch (type) {
+                case QCOW2_EXT_BACKING_FMT:
+                        if (seen_fmt || len == 0 || len >= sizeof(h->backing_fmt))
+                                return vbd_err_set(err, -EINVAL,
+                                                   "qcow2: bad backing format extension");
+                        memcpy(h->backing_fmt, data, len);
+                        h->backing_fmt[len] = '\0';
+                        if (strlen(h->backing_fmt) != len)
+                                return vbd_err_set(err, -EINVAL,
+                                                   "qcow2: backing format name contains NUL");
+                        seen_fmt = true;
+                        break;
+                case QCOW2_EXT_FEATURES:
+                        if (seen_ftab)
+                                return vbd_err_set(err, -EINVAL, "qcow2: two feature name tables");
+                        *ret_ftab = data;
+                        *ret_flen = len;
+                        seen_ftab = true;
+                        break;
+                case QCOW2_EXT_BITMAPS:
+                        if (seen_bitmaps || len < 24)
+                                return vbd_err_set(err, -EINVAL, "qcow2: bad bitmaps extension");
+                        h->has_bitmaps = true;
+                        h->bitmap_dir_size = qcow2_be64(data + 8);
+                        h->bitmap_dir_offset = qcow2_be64(data + 16);
+                        seen_bitmaps = true;
+                        break;
+                default:
+                        break; /* unknown extensions are ignored (crypto, data file refused by bits)
+                                */
+                }
+                off += 8 + (((size_t)len + 7) & ~(size_t)7);
+        }
+        return 0;
+}
+
+int qcow2_header_parse(const uint8_t *buf, size_t len, uint64_t file_size, struct qcow2_header *h,
+                       struct vbd_err *err)
+{
+        const uint8_t *ftab = NULL;
+        size_t flen = 0, ext_end;
+        uint64_t cs, l2_entries, need_l1, l1_bytes;
+        char names[160];
+        int r;
+
+        memset(h, 0, sizeof(*h));
+        if (len < QCOW2_V2_HEADER_LEN)
+                return vbd_err_set(err, -EINVAL, "qcow2: file too small for a qcow2 header");
+        if (qcow2_be32(buf) != QCOW2_MAGIC)
+                return vbd_err_set(err, -EINVAL, "qcow2: not a qcow2 image (bad magic)");
+        h->version = qcow2_be32(buf + 4);
+        if (h->version != 2 && h->version != 3)
+                return vbd_err_set(err, -ENOTSUP, "qcow2: version %u not supported (2 or 3)",
+                                   h->version);
+        h->backing_offset = qcow2_be64(buf + 8);
+        h->backing_size = qcow2_be32(buf + 16);
+        h->cluster_bits = qcow2_be32(buf + 20);
+        h->size = qcow2_be64(buf + 24);
+        h->crypt_method = qcow2_be32(buf + 32);
+        h->l1_size = qcow2_be32(buf + 36);
+        h->l1_offset = qcow2_be64(buf + 40);
+        h->rt_offset = qcow2_be64(buf + 48);
+        h->rt_clusters = qcow2_be32(buf + 56);
+        h->nb_snapshots = qcow2_be32(buf + 60);
+        h->snapshots_offset = qcow2_be64(buf + 64);
+        h->refcount_order = 4;
+        h->header_length = QCOW2_V2_HEADER_LEN;
+
+        if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS || h->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+                return vbd_err_set(err, -ENOTSUP,
+                                   "qcow2: cluster_bits %u not supported (%u..%u: 512 B..2 MiB)",
+                                   h->cluster_bits, QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
+        cs = 1ull << h->cluster_bits;
+        if (len > cs)
+                len = (size_t)cs;
+
+        if (h->version == 3) {
+                if (len < QCOW2_V3_HEADER_LEN)
+                        return vbd_err_set(err, -EINVAL, "qcow2: v3 header truncated");
+                h->incompat = qcow2_be64(buf + 72);
+                h->compat = qcow2_be64(buf + 80);
+                h->autoclear = qcow2_be64(buf + 88);
+                h->refcount_order = qcow2_be32(buf + 96);
+                h->header_length = qcow2_be32(buf + 100);
+                if (h->header_length < QCOW2_V3_HEADER_LEN || h->header_length % 8 ||
+                    h->header_length > len)
+                        return vbd_err_set(err, -EINVAL, "qcow2: bad header_length %u",
+                                           h->header_length);
+                if (h->header_length > 104)
+                        h->compression_type = buf[104];
+        }
+
+        /* The header area for extensions ends at the backing file name. */
+        ext_end = len;
+        if (h->backing_offset) {
+                if (h->backing_size == 0 || h->backing_size > QCOW2_MAX_BACKING_NAME)
+                        return vbd_err_set(err, -EINVAL,
+                                           "qcow2: backing file name length %u (1..%u)",
+                                           h->backing_size, QCOW2_MAX_BACKING_NAME);
+                if (h->backing_offset < h->header_length || h->backing_offset >= len ||
+                    h->backing_size > len - h->backing_offset)
+                        return vbd_err_set(err, -EINVAL,
+                                           "qcow2: backing file name at %llu (%u bytes) is "
+                                           "outside the first cluster",
+                                           (unsigned long long)h->backing_offset, h->backing_size);
+                memcpy(h->backing_file, buf + h->backing_offset, h->backing_size);
+                h->backing_file[h->backing_size] = '\0';
+                if (strlen(h->backing_file) != h->backing_size)
+                        return vbd_err_set(err, -EINVAL, "qcow2: backing file name contains NUL");
+                ext_end = (size_t)h->backing_offset;
+        }
+        r = parse_extensions(buf, ext_end, h, &ftab, &flen, err);
+        if (r < 0)
+                return r;
+
+        /* Features. */
+        if (h->incompat & ~QCOW2_INCOMPAT_KNOWN) {
+                feature_names(ftab, flen, h->incompat & ~QCOW2_INCOMPAT_KNOWN, names,
+                              sizeof(names));
+                return vbd_err_set(err, -ENOTSUP,
+                                   "qcow2: unknown incompatible feature bit(s) %s; refusing",
+                                   names);
+        }
+        if (h->crypt_method)
+                return vbd_err_set(err, -ENOTSUP,
+                                   "qcow2: encrypted images (crypt_method %u) are not supported",
+                                   h->crypt_method);
+        if (h->incompat & QCOW2_INCOMPAT_DATA_FILE)
+                return vbd_err_set(err, -ENOTSUP,
+                                   "qcow2: images with an external data file are not supported");
+        if (h->incompat & QCOW2_INCOMPAT_EXTL2)
+                return vbd_err_set(err, -ENOTSUP,
+                                   "qcow2: extended L2 entries (subclusters) are not supported");
+        if (h->incompat & QCOW2_INCOMPAT_COMPRESSION) {
+                if (h->compression_type == 1)
+                        return vbd_err_set(err, -ENOTSUP,
+                                           "qcow2: zstd compression is not supported (zlib only)");
+                return vbd_err_set(err, -ENOTSUP, "qcow2: compression type %u not supported",
+                                   h->compression_type);
+        }
+        if (h->compression_type)
+                return vbd_err_set(err, -EINVAL,
+                                   "qcow2: compression type %u without its feature bit",
+                                   h->compression_type);
+        if (h->refcount_order > 6)
+                return vbd_err_set(err, -EINVAL, "qcow2: refcount_order %u (at most 6)",
+                                   h->refcount_order);
+
+        /* Size and tables. */
+        if (h->size > QCOW2_MAX_VIRTUAL_SIZE)
+                return vbd_err_set(err, -EFBIG, "qcow2: virtual size %llu too large",
+                                   (unsigned long long)h->size);
+        l2_entries = cs / 8;
+        need_l1 = (h->size + cs * l2_entries - 1) / (cs * l2_entries);
+        if (h->l1_size < need_l1)
+                return vbd_err_set(err, -EINVAL,
+                                   "qcow2: L1 table has %u entries, the size needs %llu",
+                                   h->l1_size, (unsigned long long)need_l1);
+        l1_bytes = (uint64_t)h->l1_size * 8;
+        if (l1_bytes > QCOW2_MAX_L1_BYTES)
+                return vbd_err_set(err, -EFBIG, "qcow2: L1 table of %u entries too large",
+                                   h->l1_size);
+        if (h->l1_size && (h->l1_offset % cs || h->l1_offset < cs || h->l1_offset > file_size ||
+                           l1_bytes > file_size - h->l1_offset))
+                return vbd_err_set(err, -EINVAL,
+                                   "qcow2: L1 table offset %llu (%llu bytes) is misaligned or "
+                                   "outside the file (%llu bytes)",
+                                   (unsigned long long)h->l1_offset, (unsigned long long)l1_bytes,
+                                   (unsigned long long)file_size);
+        if (h->rt_clusters == 0 || (uint64_t)h->rt_clusters * cs > QCOW2_MAX_RT_BYTES)
+                return vbd_err_set(err, -EINVAL, "qcow2: refcount table of %u clusters",
+                                   h->rt_clusters);
+        if (h->rt_offset % cs || h->rt_offset < cs || h->rt_offset > file_size ||
+            (uint64_t)h->rt_clusters * cs > file_size - h->rt_offset)
+                return vbd_err_set(err, -EINVAL,
+                                   "qcow2: refcount table offset %llu is misaligned or outside "
+                                   "the file",
+                                   (unsigned long long)h->rt_offset);
+        if (ranges_overlap(h->l1_offset, l1_bytes, h->rt_offset, (uint64_t)h->rt_clusters * cs))
+                return vbd_err_set(err, -EINVAL, "qcow2: L1 table overlaps the refcount table");
+        if (h->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+                return vbd_err_set(err, -EINVAL, "qcow2: %u snapshots (at most %u)",
+                                   h->nb_snapshots, QCOW2_MAX_SNAPSHOTS);
+        if (h->nb_snapshots && (h->snapshots_offset % cs || h->snapshots_offset < cs ||
+                                h->snapshots_offset >= file_size))
+                return vbd_err_set(err, -EINVAL,
+                                   "qcow2: snapshot table offset %llu is misaligned or outside "
+                                   "the file",
+                                   (unsigned long long)h->snapshots_offset);
+        if (h->has_bitmaps && (h->bitmap_dir_offset % cs || h->bitmap_dir_offset < cs ||
+                               h->bitmap_dir_offset > file_size ||
+                               h->bitmap_dir_size > file_size - h->bitmap_dir_offset))
+                h->has_bitmaps = false; /* ignored; its clusters stay allocated */
+        return 0;
+}
+
+int qcow2_l2_decode(const struct qcow2_state *s, uint64_t e, struct qcow2_map *m, const char **why)
+{
+        memset(m, 0, sizeof(*m));
+        if (e & QCOW2_OFLAG_COMPRESSED) {
+                unsigned x = 62 - (s->cluster_bits - 8);
+                uint64_t off = e & ((1ull << x) - 1);
+                uint64_t nsect = (e >> x) & ((1ull << (s->cluster_bits - 8)) - 1);
+
+                m->kind = QCOW2_COMPRESSED;
+                m->host = off;
+                m->clen = (nsect + 1) * 512 - (off & 511);
+                if (off >= QCOW2_MAX_HOST_OFFSET || off < s->cs) {
+                        *why = "compressed cluster offset out of range";
+                        return -EIO;
+                }
+                if (off >= s->file_size) {
+                        *why = "compressed cluster past the end of the file";
+                        return -EIO;
+                }
+                return 0;
+        }
+        if (e & QCOW2_L2_RESERVED) {
+                *why = "reserved bits set in L2 entry";
+                return -EIO;
+        }
+        m->host = e & QCOW2_OFFSET_MASK;
+        m->copied = (e & QCOW2_OFLAG_COPIED) != 0;
+        if (e & QCOW2_OFLAG_ZERO) {
+                if (s->h.version < 3) {
+                        *why = "zero flag in a version 2 image";
+                        return -EIO;
+                }
+                m->kind = QCOW2_ZERO;
+        } else if (m->host) {
+                m->kind = QCOW2_DATA;
+        } else {
+                if (m->copied) {
+                        *why = "L2 entry with offset 0 and the COPIED flag";
+                        return -EIO;
+                }
+                m->kind = QCOW2_UNALLOC;
+                return 0;
+        }
+        if (m->host) {
+                if (m->host & (s->cs - 1)) {
+                        *why = "unaligned cluster offset in L2 entry";
+                        return -EIO;
+                }
+                if (m->host > s->file_size || s->cs > s->file_size - m->host) {
+                        *why = "L2 entry points past the end of the file";
+                        return -EIO;
+                }
+        }
+        return 0;
+}
+
+uint64_t qcow2_rc_get_entry(const void *block, unsigned order, uint64_t idx)
+{
+        const uint8_t *b = block;
+        unsigned w = 1u << order;
+
+        switch (order) {
+        case 3:
+                return b[idx];
+        case 4:
+                return (uint64_t)b[idx * 2] << 8 | b[idx * 2 + 1];
+        case 5:
+                return qcow2_be32(b + idx * 4);
+        case 6:
+                return qcow2_be64(b + idx * 8);
+        default: { /* 1, 2 or 4 bits, bit 0 the least significant */
+                uint64_t bit = idx * w;
+
+                return (b[bit / 8] >> (bit % 8)) & ((1u << w) - 1);
+        }
+        }
+}
+
+void qcow2_rc_set_entry(void *block, unsigned order, uint64_t idx, uint64_t v)
+{
+        uint8_t *b = block;
+        unsigned w = 1u << order;
+
+        switch (order) {
+        case 3:
+                b[idx] = (uint8_t)v;
+                return;
+        case 4:
+                b[idx * 2] = (uint8_t)(v >> 8);
+                b[idx * 2 + 1] = (uint8_t)v;
+                return;
+        case 5:
+                for (int i = 3; i >= 0; i--, v >>= 8)
+                        b[idx * 4 + (unsigned)i] = (uint8_t)v;
+                return;
+        case 6:
+                qcow2_put_be64(b + idx * 8, v);
+                return;
+        default: {
+                uint64_t bit = idx * w;
+                uint8_t mask = (uint8_t)(((1u << w) - 1) << (bit % 8));
+
+                b[bit / 8] = (uint8_t)((b[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+                return;
+        }
+        }
+}
