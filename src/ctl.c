@@ -25,6 +25,7 @@
 #include "config.h"
 #include "ctl.h"
 #include "image.h"
+#include "nbd-export.h"
 #include "vbd.h"
 #include "vbd/log.h"
 #include "xenbus.h"
@@ -64,6 +65,9 @@ struct vbd_ctl {
         int log_level;
         char debug[256];
         uint64_t start_ms;
+        struct vbd_nbd *nbd;        /* NULL: no NBD export */
+        void (*stop)(void *opaque); /* export-only: detach */
+        void *stop_opaque;
 };
 
 static uint64_t now_ms(void)
@@ -247,16 +251,49 @@ static int cmd_version(struct ctl_client *cl, json_t *args, json_t **ret, struct
         return no_args(args, err);
 }
 
+static json_t *nbd_json(struct vbd_ctl *c)
+{
+        if (!c->nbd)
+                return json_null();
+        return json_pack("{s:s,s:s,s:b,s:I,s:I}", "endpoint", vbd_nbd_endpoint(c->nbd), "name",
+                         vbd_nbd_name(c->nbd), "writable", vbd_nbd_writable(c->nbd), "clients",
+                         (json_int_t)vbd_nbd_clients(c->nbd), "inflight",
+                         (json_int_t)vbd_nbd_inflight(c->nbd));
+}
+
+/* info of an export-only daemon: no guest, no xenbus. */
+static int cmd_info_export(struct ctl_client *cl, json_t **ret)
+{
+        struct vbd_ctl *c = cl->ctl;
+        const struct vbd_info *info = vbd_image_info(*c->img);
+
+        *ret = json_pack("{s:i,s:s,s:I,s:I,s:I,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:s,s:s,s:s,s:o}",
+                         "protocol", VBD_CTL_PROTOCOL, "version", VBD_VERSION, "pid",
+                         (json_int_t)getpid(), "domid", (json_int_t)c->cfg.domid, "devid",
+                         (json_int_t)c->cfg.devid, "image", vbd_image_name(*c->img), "mode",
+                         vbd_image_readonly(*c->img) ? "r" : "w", "state", "export-only", "size",
+                         (json_int_t)info->size, "sector_size", (json_int_t)info->logical_block,
+                         "physical_sector_size", (json_int_t)info->physical_block, "uptime_s",
+                         (json_int_t)((now_ms() - c->start_ms) / 1000), "log_level",
+                         vbd_config_log_level_name(c->log_level), "debug", c->debug, "socket",
+                         c->path, "nbd", nbd_json(c));
+        return 0;
+}
+
 static int cmd_info(struct ctl_client *cl, json_t *args, json_t **ret, struct vbd_err *err)
 {
         struct vbd_ctl *c = cl->ctl;
-        const struct vbd_xenbus_config *xc = vbd_xenbus_config(c->xb);
+        const struct vbd_xenbus_config *xc;
+
+        if (no_args(args, err) < 0)
+                return err->code;
+        if (!c->xb)
+                return cmd_info_export(cl, ret);
+        xc = vbd_xenbus_config(c->xb);
         struct vbd *v = vbd_xenbus_vbd(c->xb);
         const struct vbd_info *info = vbd_image_info(*c->img);
         int xs = vbd_xenbus_state(c->xb), fs = vbd_xenbus_frontend_state(c->xb);
 
-        if (no_args(args, err) < 0)
-                return err->code;
         *ret = json_pack(
             "{s:i,s:s,s:I,s:I,s:I,s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:s,s:I,s:i,s:s,s:i,s:s,"
             "s:b,s:b,s:b,s:I,s:I,s:s,s:s,s:s}",
@@ -272,6 +309,8 @@ static int cmd_info(struct ctl_client *cl, json_t *args, json_t **ret, struct vb
             (json_int_t)vbd_inflight(v), "uptime_s", (json_int_t)((now_ms() - c->start_ms) / 1000),
             "log_level", vbd_config_log_level_name(c->log_level), "debug", c->debug, "socket",
             c->path);
+        if (c->nbd)
+                json_object_set_new(*ret, "nbd", nbd_json(c));
         return 0;
 }
 
@@ -406,6 +445,9 @@ static int cmd_reopen(struct ctl_client *cl, json_t *args, json_t **ret, struct 
                 return set_err(err, -EINVAL, "bad image spec");
         if (!vbd_is_drained(vbd_xenbus_vbd(c->xb)))
                 return set_err(err, -EBUSY, "the VBD must be paused (and drained) first");
+        if (c->nbd)
+                return set_err(err, -EBUSY, "the image is exported over NBD (%s)",
+                               vbd_nbd_endpoint(c->nbd));
         img = vbd_image_open(spec, xc->readonly, c->aio, &oerr);
         if (!img)
                 return set_err(err, oerr.code ? oerr.code : -EIO, "cannot open '%s': %s", spec,
@@ -538,6 +580,13 @@ static bool dispatch(struct ctl_client *cl, char *line, size_t len)
                 ok = reply_err(cl, id, -EAGAIN, "the VBD is not set up yet");
                 goto out;
         }
+        if (!c->xb && cmds[i].fn != cmd_version && cmds[i].fn != cmd_info &&
+            cmds[i].fn != cmd_log_level && cmds[i].fn != cmd_detach) {
+                ok = reply_err(cl, id, -EOPNOTSUPP,
+                               "not available: this vbdd only exports an "
+                               "image over NBD (no guest)");
+                goto out;
+        }
         vbd_debug("command %s", cmds[i].name);
         if (cmds[i].fn == cmd_pause) {
                 cl->pending_id = id ? json_incref(id) : NULL;
@@ -558,7 +607,10 @@ static bool dispatch(struct ctl_client *cl, char *line, size_t len)
                 ok = reply_ok(cl, id, result);
                 if (cmds[i].fn == cmd_detach) {
                         vbd_info("detach requested on the control socket");
-                        vbd_xenbus_shutdown(c->xb);
+                        if (c->xb)
+                                vbd_xenbus_shutdown(c->xb);
+                        else if (c->stop)
+                                c->stop(c->stop_opaque);
                 }
         } else {
                 ok = true; /* replied, or will */
@@ -885,6 +937,14 @@ void vbd_ctl_start(struct vbd_ctl *c, struct vbd_xenbus *xb, struct vbd_image **
         c->started = true;
         ev_io_start(c->loop, &c->lio);
         ev_unref(c->loop); /* the listening socket alone does not keep the loop alive */
+}
+
+void vbd_ctl_set_nbd(struct vbd_ctl *c, struct vbd_nbd *nbd, void (*stop)(void *opaque),
+                     void *opaque)
+{
+        c->nbd = nbd;
+        c->stop = stop;
+        c->stop_opaque = opaque;
 }
 
 const char *vbd_ctl_socket_path(const struct vbd_ctl *c)

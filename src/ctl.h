@@ -62,5 +62,15 @@ void vbd_ctl_start(struct vbd_ctl *c, struct vbd_xenbus *xb, struct vbd_image **
 
 const char *vbd_ctl_socket_path(const struct vbd_ctl *c);
 
+/*
+ * The daemon's NBD export (NULL: none): "info" reports it, and "reopen" is
+ * refused while it exists (its clients hold the image).  xb may be NULL in
+ * vbd_ctl_start() for an export-only daemon: then only version, info,
+ * log-level and detach are served, and detach calls stop(opaque).
+ */
+struct vbd_nbd;
+void vbd_ctl_set_nbd(struct vbd_ctl *c, struct vbd_nbd *nbd, void (*stop)(void *opaque),
+                     void *opaque);
+
 /* Flush what can be flushed, close every client, unlink the socket.  NULL-safe. */
 void vbd_ctl_free(struct vbd_ctl *c);

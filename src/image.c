@@ -437,6 +437,39 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io)
         img->drv->submit(img, io);
 }
 
+int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                           struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        uint64_t total = 0;
+        unsigned n = 0;
+        int r;
+
+        if (!len || !max || len > img->info.size || offset > img->info.size - len)
+                return -EINVAL;
+        if (!img->drv->block_status) {
+                ret[0] = (struct vbd_extent){.len = len, .flags = 0};
+                *ret_n = 1;
+                return 0;
+        }
+        r = img->drv->block_status(img, offset, len, ret, max, &n);
+        if (r < 0)
+                return r;
+        if (n == 0 || n > max)
+                goto bad;
+        for (unsigned i = 0; i < n; i++) {
+                if (ret[i].len == 0 || ret[i].len > len - total ||
+                    (ret[i].flags & ~(uint32_t)(VBD_EXTENT_HOLE | VBD_EXTENT_ZERO)))
+                        goto bad;
+                total += ret[i].len;
+        }
+        *ret_n = n;
+        return 0;
+bad:
+        vbd_warn("%s: malformed block status for offset %llu len %llu", img->spec,
+                 (unsigned long long)offset, (unsigned long long)len);
+        return -EIO;
+}
+
 void vbd_image_list_drivers(FILE *f)
 {
         for (const struct vbd_driver *const *d = vbd_drivers; *d; d++) {

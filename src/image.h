@@ -56,6 +56,17 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io);
 
 bool vbd_image_readonly(const struct vbd_image *img);
 
+/*
+ * Allocation status of [offset, offset + len): up to max extents from
+ * offset, their count in *ret_n (>= 1 on success), covering at most len
+ * bytes (possibly less: ask again from where they end).  The driver's
+ * block_status when it has one, else one extent of len bytes, flags 0.
+ * -EINVAL for an empty range, max == 0 or a range outside the image;
+ * -EIO if the driver's answer is malformed; or the driver's -errno.
+ */
+int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                           struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+
 /* The compiled-in drivers, for --help: name, description and usage. */
 void vbd_image_list_drivers(FILE *f);
 

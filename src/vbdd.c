@@ -19,6 +19,7 @@
 #include "config.h" /* VBD_VERSION, via version.h */
 #include "ctl.h"
 #include "image.h"
+#include "nbd-export.h"
 #include "vbd/log.h"
 #include "xen.h"
 #include "xenbus.h"
@@ -28,6 +29,7 @@ static void usage(FILE *f)
         fprintf(
             f, "Usage: vbdd --domid D --devid N [--image SPEC] [OPTIONS]\n"
                "       vbdd --instance D-N [OPTIONS]\n"
+               "       vbdd --export-only --image SPEC --nbd ENDPOINT [OPTIONS]\n"
                "Serve one Xen virtual block device (blkif backend) from an image.\n"
                "\n"
                "  --domid D           frontend (guest) domain id\n"
@@ -45,6 +47,13 @@ static void usage(FILE *f)
                "                      config file, else " VBD_RUNTIME_DIR_DEFAULT ";\n"
                "                      vbdd-sim: $VBD_SIM_DIR)\n"
                "  --config FILE       config file (default " VBD_CONFIG_PATH ")\n"
+               "  --nbd ENDPOINT      also export the image over NBD: unix:PATH (mode 0600)\n"
+               "                      or tcp:ADDR:PORT (no TLS: trusted networks only)\n"
+               "  --nbd-writable      the NBD export takes writes (default: read-only)\n"
+               "  --nbd-name NAME     the NBD export name (default: \"\", the default export)\n"
+               "  --export-only       no guest, no Xen: only the NBD export of --image (a stopped\n"
+               "                      guest's disk, a migration target); read-only unless\n"
+               "                      --nbd-writable; --domid/--devid optional (control socket)\n"
                "  -D, --debug TOPICS  debug messages for topics (ring,xenbus,xen,drv.raw,...|all)\n"
                "  -v, --verbose       debug messages for every topic\n"
                "  -q, --quiet         warnings and errors only\n"
@@ -93,12 +102,28 @@ static int params_to_spec(const char *params, char *buf, size_t size)
 }
 
 static struct vbd_xenbus *the_xenbus;
+static struct vbd_nbd *the_nbd;
+static bool nbd_stopped;
+
+static void nbd_stopped_cb(void *opaque)
+{
+        nbd_stopped = true;
+        ev_break(opaque, EVBREAK_ALL);
+}
+
+/* Export-only: drain the NBD clients, then leave the loop (also vbd-ctl detach). */
+static void export_stop(void *opaque)
+{
+        vbd_nbd_shutdown(the_nbd, nbd_stopped_cb, opaque);
+}
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
         vbd_info("signal %d: stopping", w->signum);
         if (the_xenbus)
                 vbd_xenbus_shutdown(the_xenbus);
+        else if (the_nbd)
+                export_stop(loop);
         else
                 ev_break(loop, EVBREAK_ALL);
 }
@@ -162,6 +187,10 @@ int main(int argc, char **argv)
             {"quiet", no_argument, NULL, 'q'},
             {"help", no_argument, NULL, 'h'},
             {"version", no_argument, NULL, 'V'},
+            {"nbd", required_argument, NULL, 'N'},
+            {"nbd-writable", no_argument, NULL, 'W'},
+            {"nbd-name", required_argument, NULL, 'E'},
+            {"export-only", no_argument, NULL, 'X'},
             {},
         };
         struct vbd_xenbus_config cfg = {0};
@@ -178,6 +207,8 @@ int main(int argc, char **argv)
         struct vbd_ctl *ctl = NULL;
         struct vbd_ctl_config ctl_cfg = {0};
         struct vbd_err err = {0};
+        struct vbd_nbd_config nbd_cfg = {0};
+        bool export_only = false;
         ev_signal sigterm, sigint;
         char id[64];
         int c, ret = 1;
@@ -270,17 +301,62 @@ int main(int argc, char **argv)
                 case 'V':
                         printf("vbdd %s\n", VBD_VERSION);
                         return 0;
+                case 'N':
+                        nbd_cfg.endpoint = optarg;
+                        break;
+                case 'W':
+                        nbd_cfg.writable = true;
+                        break;
+                case 'E':
+                        if (strlen(optarg) > VBD_NBD_NAME_MAX) {
+                                fprintf(stderr, "vbdd: --nbd-name longer than %d bytes\n",
+                                        VBD_NBD_NAME_MAX);
+                                return 2;
+                        }
+                        nbd_cfg.name = optarg;
+                        break;
+                case 'X':
+                        export_only = true;
+                        break;
                 default:
                         usage(stderr);
                         return 2;
                 }
         }
-        if (optind != argc || !have_domid || !have_devid) {
+        if ((nbd_cfg.writable || nbd_cfg.name) && !nbd_cfg.endpoint) {
+                fprintf(stderr, "vbdd: --nbd-writable and --nbd-name need --nbd\n");
+                return 2;
+        }
+        if (nbd_cfg.endpoint) {
+                struct vbd_nbd_addr a;
+
+                if (vbd_nbd_parse_endpoint(nbd_cfg.endpoint, &a) < 0) {
+                        fprintf(stderr, "vbdd: bad --nbd '%s' (unix:PATH or tcp:ADDR:PORT)\n",
+                                nbd_cfg.endpoint);
+                        return 2;
+                }
+        }
+        if (export_only) {
+                if (optind != argc || !spec || !nbd_cfg.endpoint || have_domid != have_devid) {
+                        fprintf(stderr, "vbdd: --export-only needs --image and --nbd (and "
+                                        "--domid with --devid, or neither)\n");
+                        return 2;
+                }
+                if (mode_given) {
+                        fprintf(stderr, "vbdd: --export-only is read-only unless "
+                                        "--nbd-writable; --mode does not apply\n");
+                        return 2;
+                }
+                cfg.readonly = !nbd_cfg.writable;
+        } else if (optind != argc || !have_domid || !have_devid) {
                 fprintf(stderr, "vbdd: --domid and --devid (or --instance) are required "
                                 "(see --help)\n");
                 return 2;
         }
-        snprintf(id, sizeof(id), "vbd[%" PRIu32 "/%" PRIu32 "]", cfg.domid, cfg.devid);
+        if (export_only && !have_domid)
+                snprintf(id, sizeof(id), "vbd[export]");
+        else
+                snprintf(id, sizeof(id), "vbd[%" PRIu32 "/%" PRIu32 "]", cfg.domid, cfg.devid);
         vbd_log_set_id(id);
 
         /* The config file gives the defaults; options given above win. */
@@ -318,16 +394,20 @@ int main(int argc, char **argv)
         ctl_cfg.devid = cfg.devid;
         ctl_cfg.max_clients = conf.ctl_max_clients;
         ctl_cfg.log_level = level >= 0 ? level : conf.log_level;
-        ctl = vbd_ctl_new(loop, &ctl_cfg);
-        if (!ctl && (errno == EADDRINUSE || errno == EEXIST))
-                goto out;
-        if (!ctl)
-                vbd_warn("running without a control socket");
+        if (!export_only || have_domid) {
+                ctl = vbd_ctl_new(loop, &ctl_cfg);
+                if (!ctl && (errno == EADDRINUSE || errno == EEXIST))
+                        goto out;
+                if (!ctl)
+                        vbd_warn("running without a control socket");
+        }
         aio = vbd_aio_new(loop, conf.aio_depth);
         if (!aio) {
                 vbd_log_errno(errno, "cannot set up Linux AIO: %m");
                 goto out;
         }
+        if (export_only)
+                goto export_only;
         xen = vbd_xen_open();
         if (!xen)
                 goto out;
@@ -345,8 +425,15 @@ int main(int argc, char **argv)
         the_xenbus = vbd_xenbus_new(loop, xen, img, &cfg);
         if (!the_xenbus)
                 goto out;
-        if (ctl)
+        if (nbd_cfg.endpoint) {
+                the_nbd = vbd_nbd_new(loop, img, &nbd_cfg);
+                if (!the_nbd)
+                        goto out;
+        }
+        if (ctl) {
                 vbd_ctl_start(ctl, the_xenbus, &img, aio);
+                vbd_ctl_set_nbd(ctl, the_nbd, NULL, NULL);
+        }
 
         ev_signal_init(&sigterm, signal_cb, SIGTERM);
         ev_signal_init(&sigint, signal_cb, SIGINT);
@@ -359,16 +446,51 @@ int main(int argc, char **argv)
         ev_run(loop, 0);
         notify("STOPPING=1");
         ret = vbd_xenbus_finished(the_xenbus) ? vbd_xenbus_exit_code(the_xenbus) : 1;
+        if (the_nbd) {
+                /* The guest is gone: answer the NBD clients' requests in flight, then go. */
+                vbd_nbd_shutdown(the_nbd, nbd_stopped_cb, loop);
+                while (!nbd_stopped)
+                        ev_run(loop, 0);
+        }
 
+stop_signals:
         ev_ref(loop);
         ev_ref(loop);
         ev_signal_stop(loop, &sigterm);
         ev_signal_stop(loop, &sigint);
 out:
         vbd_ctl_free(ctl);
+        vbd_nbd_free(the_nbd);
         vbd_xenbus_free(the_xenbus);
         vbd_xen_close(xen);
         vbd_image_close(img);
         vbd_aio_free(aio);
         return ret;
+
+export_only:
+        /* No xenstore, no grant tables: nothing of Xen is opened. */
+        img = vbd_image_open(spec, cfg.readonly, aio, &err);
+        if (!img) {
+                vbd_err("cannot open image '%s': %s", spec, err.msg);
+                goto out;
+        }
+        nbd_cfg.keep_loop_alive = true;
+        the_nbd = vbd_nbd_new(loop, img, &nbd_cfg);
+        if (!the_nbd)
+                goto out;
+        if (ctl) {
+                vbd_ctl_start(ctl, NULL, &img, aio);
+                vbd_ctl_set_nbd(ctl, the_nbd, export_stop, loop);
+        }
+        ev_signal_init(&sigterm, signal_cb, SIGTERM);
+        ev_signal_init(&sigint, signal_cb, SIGINT);
+        ev_signal_start(loop, &sigterm);
+        ev_signal_start(loop, &sigint);
+        ev_unref(loop);
+        ev_unref(loop);
+        notify("READY=1\nSTATUS=exporting");
+        ev_run(loop, 0);
+        notify("STOPPING=1");
+        ret = nbd_stopped ? 0 : 1;
+        goto stop_signals;
 }

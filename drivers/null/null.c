@@ -2,7 +2,7 @@
 /*
  * null: an image of a given size that reads zeroes and discards writes.
  * For benchmarks of the rest of the stack and for tests.  Everything
- * completes inline.
+ * completes inline.  Block status: all of it is a hole that reads as zeroes.
  */
 #define VBD_LOG_TOPIC "drv.null"
 #include <errno.h>
@@ -80,6 +80,15 @@ static void null_submit(struct vbd_image *img, struct vbd_io *io)
         }
 }
 
+/* Everything reads as zeroes and nothing is stored: one hole. */
+static int null_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                             struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        ret[0] = (struct vbd_extent){.len = len, .flags = VBD_EXTENT_HOLE | VBD_EXTENT_ZERO};
+        *ret_n = 1;
+        return 0;
+}
+
 static void null_close(struct vbd_image *img)
 {
 }
@@ -96,4 +105,5 @@ const struct vbd_driver vbd_driver_null = {
     .submit = null_submit,
     .close = null_close,
     .keys = NULL,
+    .block_status = null_block_status,
 };

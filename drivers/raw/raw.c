@@ -15,6 +15,10 @@
  * followed by fdatasync.  DISCARD and WRITE_ZEROES are fallocate() on files
  * and BLKDISCARD/BLKZEROOUT on block devices: synchronous system calls on
  * the loop thread, completed inline.
+ *
+ * Block status: SEEK_DATA/SEEK_HOLE on files (holes read as zeroes: HOLE |
+ * ZERO; data: 0); a block device, or a file system without SEEK_DATA, is
+ * one allocated extent.
  */
 #define VBD_LOG_TOPIC "drv.raw"
 #include <errno.h>
@@ -363,6 +367,68 @@ static void raw_submit(struct vbd_image *img, struct vbd_io *io)
         }
 }
 
+static int raw_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                            struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        struct raw_state *s = vbd_image_state(img);
+        uint64_t end = offset + len, pos = offset;
+        unsigned n = 0;
+
+        if (s->blockdev)
+                goto all_data;
+        while (pos < end && n < max) {
+                off_t data = lseek(s->bfd, (off_t)pos, SEEK_DATA), hole;
+                uint64_t next;
+                uint32_t flags;
+
+                if (data < 0 && errno == ENXIO) {
+                        data = (off_t)end; /* nothing but a hole up to the end of the file */
+                } else if (data < 0) {
+                        if (n)
+                                break;
+                        goto all_data; /* EINVAL: no SEEK_DATA here */
+                }
+                if ((uint64_t)data > pos) {
+                        next = (uint64_t)data < end ? (uint64_t)data : end;
+                        flags = VBD_EXTENT_HOLE | VBD_EXTENT_ZERO;
+                } else {
+                        hole = lseek(s->bfd, (off_t)pos, SEEK_HOLE);
+                        if (hole < 0 || (uint64_t)hole <= pos) {
+                                /* Changed under us, or an odd file system: call it data. */
+                                hole = (off_t)end;
+                        }
+                        next = (uint64_t)hole < end ? (uint64_t)hole : end;
+                        flags = 0;
+                }
+                /* Keep extents aligned to the logical block: a partial block is data. */
+                if (next < end && next % s->logical_block) {
+                        uint64_t up = next - next % s->logical_block + s->logical_block;
+
+                        if (flags) {
+                                next -= next % s->logical_block;
+                                if (next <= pos) {
+                                        next = up < end ? up : end;
+                                        flags = 0;
+                                }
+                        } else {
+                                next = up < end ? up : end;
+                        }
+                }
+                if (n && ret[n - 1].flags == flags)
+                        ret[n - 1].len += next - pos;
+                else
+                        ret[n++] = (struct vbd_extent){.len = next - pos, .flags = flags};
+                pos = next;
+        }
+        *ret_n = n;
+        return 0;
+
+all_data:
+        ret[0] = (struct vbd_extent){.len = len, .flags = 0};
+        *ret_n = 1;
+        return 0;
+}
+
 static void raw_close(struct vbd_image *img)
 {
         struct raw_state *s = vbd_image_state(img);
@@ -386,4 +452,5 @@ const struct vbd_driver vbd_driver_raw = {
     .submit = raw_submit,
     .close = raw_close,
     .keys = raw_keys,
+    .block_status = raw_block_status,
 };

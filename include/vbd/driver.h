@@ -58,6 +58,17 @@ int vbd_err_set(struct vbd_err *err, int code, const char *fmt, ...)
 struct vbd_image;
 struct vbd_aio;
 
+/* One extent of a block status answer (block_status, vbd_image_block_status). */
+enum vbd_extent_flag {
+        VBD_EXTENT_HOLE = 1 << 0, /* not allocated: writing there may fail with ENOSPC */
+        VBD_EXTENT_ZERO = 1 << 1, /* reads as zeroes */
+};
+
+struct vbd_extent {
+        uint64_t len;   /* bytes, > 0 */
+        uint32_t flags; /* enum vbd_extent_flag */
+};
+
 /* Parsed image options: "driver:arg[,key=value...]" (see image.c). */
 struct vbd_opts {
         const char *arg; /* the part after "driver:" up to the first ',' */
@@ -89,6 +100,18 @@ struct vbd_driver {
         void (*submit)(struct vbd_image *img, struct vbd_io *io);
         /* close: undo open; never called with I/O in flight. */
         void (*close)(struct vbd_image *img);
+
+        /*
+         * block_status (optional): describe [offset, offset + len) as up to
+         * max consecutive extents starting at offset, in *ret, their count in
+         * *ret_n (>= 1).  They may cover less than len (the caller asks again
+         * for the rest) but not more.  Synchronous, on the loop thread: keep
+         * it cheap (SEEK_DATA, a metadata lookup).  The range is checked by
+         * the core (inside the image, len > 0, max >= 1).  0 or -errno.
+         * Without it the core reports one allocated extent (flags 0).
+         */
+        int (*block_status)(struct vbd_image *img, uint64_t offset, uint64_t len,
+                            struct vbd_extent *ret, unsigned max, unsigned *ret_n);
 
         /* Option keys accepted after the arg (NULL-terminated, NULL = none).
          * The core rejects any other key and duplicates before open(). */

@@ -1,0 +1,81 @@
+#!/bin/bash
+# The NBD export: vbdd --export-only against qemu-nbd serving the same raw
+# file the same way (O_DIRECT, Linux AIO, read-only, unix socket).  Not a
+# test; prints the figures and vbdd/qemu-nbd ratios.
+#
+#   bench/nbd.sh [BUILD_DIR]
+#   VBD_BENCH_DIR   where the 1 GiB test file goes (default /var/tmp; must
+#                   support O_DIRECT, so not tmpfs)
+#   VBD_BENCH_TIME  seconds per fio run (default 10)
+#
+# Runs: nbdcopy of the whole file to null: (4 connections, the default
+# request size and queue), best of 3, in MB/s; fio's nbd engine 4 KiB
+# random reads at queue depth 32 (one connection), IOPS; and 1 MiB
+# sequential reads at queue depth 8, MB/s.  fio needs its nbd engine.
+set -eu
+B=${1:-build}
+DIR=${VBD_BENCH_DIR:-/var/tmp}
+T=${VBD_BENCH_TIME:-10}
+VBDD=$B/vbdd
+IMG=$DIR/vbd-nbd-bench.img
+SOCKDIR=$(mktemp -d /tmp/vbd-nbd-bench.XXXXXX)
+pids=()
+
+for t in nbdcopy qemu-nbd fio python3; do
+        command -v $t >/dev/null || { echo "bench: $t is needed" >&2; exit 1; }
+done
+[ -x "$VBDD" ] || { echo "bench: build first ($VBDD missing)" >&2; exit 1; }
+cleanup() {
+        for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+        rm -rf "$SOCKDIR" "$IMG"
+}
+trap cleanup EXIT
+
+fio --name=fill --filename="$IMG" --size=1G --rw=write --bs=1M --ioengine=libaio \
+        --direct=1 --iodepth=8 --output=/dev/null
+
+have_fio_nbd=0
+fio --enghelp=nbd 2>/dev/null | grep -q uri && have_fio_nbd=1
+
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && { sleep 0.1; return 0; }; sleep 0.05; done; return 1; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+
+copy_mbs() { # uri -> best MB/s of 3 whole-file copies to null:
+        local best=0 t0 t1 mbs
+        for _ in 1 2 3; do
+                t0=$(date +%s.%N)
+                nbdcopy "$1" null:
+                t1=$(date +%s.%N)
+                mbs=$(python3 -c "print(int(1024 / ($t1 - $t0)))")
+                [ "$mbs" -gt "$best" ] && best=$mbs
+        done
+        echo "$best"
+}
+
+fio_nbd() { # uri rw bs qd field
+        fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size=1G \
+                --runtime="$T" --time_based --output-format=json | sed -n '/^{/,$p' |
+                json "$( [ "$5" = iops ] && echo "int(d['jobs'][0]['read']['iops'])" ||
+                         echo "int(d['jobs'][0]['read']['bw_bytes'] / 1e6)")"
+}
+
+"$VBDD" --export-only --image "raw:$IMG" --nbd "unix:$SOCKDIR/vbdd.sock" -q &
+pids+=($!)
+qemu-nbd -f raw --cache=none --aio=native -r -t -e 8 -k "$SOCKDIR/qemu.sock" "$IMG" &
+pids+=($!)
+wait_sock "$SOCKDIR/vbdd.sock" && wait_sock "$SOCKDIR/qemu.sock" || { echo "bench: servers did not start" >&2; exit 1; }
+V="nbd+unix:///?socket=$SOCKDIR/vbdd.sock"
+Q="nbd+unix:///?socket=$SOCKDIR/qemu.sock"
+
+printf '%-34s %12s %12s %8s\n' "1 GiB raw file, $(nproc) CPUs" vbdd qemu-nbd ratio
+v=$(copy_mbs "$V"); q=$(copy_mbs "$Q")
+printf '%-34s %12s %12s %8s\n' "nbdcopy to null: (MB/s)" "$v" "$q" "$(ratio "$v" "$q")"
+if [ $have_fio_nbd = 1 ]; then
+        v=$(fio_nbd "$V" randread 4k 32 iops); q=$(fio_nbd "$Q" randread 4k 32 iops)
+        printf '%-34s %12s %12s %8s\n' "fio nbd randread 4k QD32 (IOPS)" "$v" "$q" "$(ratio "$v" "$q")"
+        v=$(fio_nbd "$V" read 1M 8 bw); q=$(fio_nbd "$Q" read 1M 8 bw)
+        printf '%-34s %12s %12s %8s\n' "fio nbd read 1M QD8 (MB/s)" "$v" "$q" "$(ratio "$v" "$q")"
+else
+        echo "fio has no nbd engine: fio runs skipped"
+fi
