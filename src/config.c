@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/parse.h"
 #include "config.h"
 #include "vbd/log.h"
 
@@ -73,14 +74,12 @@ static int set_msg(struct parse_ctx *p, const char *fmt, ...)
 static int set_uint(struct parse_ctx *p, const char *name, const char *value, unsigned min,
                     unsigned max, unsigned *ret)
 {
-        char *end;
         unsigned long long n;
+        int r = vbd_parse_uint(value, max, &n);
 
-        errno = 0;
-        if (value[0] < '0' || value[0] > '9')
+        if (r == -EINVAL)
                 return set_msg(p, "%s: '%s' is not a number", name, value);
-        n = strtoull(value, &end, 10);
-        if (errno || *end || n < min || n > max)
+        if (r < 0 || n < min)
                 return set_msg(p, "%s: '%s' is not in %u..%u", name, value, min, max);
         *ret = (unsigned)n;
         return 1;

@@ -15,6 +15,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "util/parse.h"
 #include "aio.h"
 #include "config.h" /* VBD_VERSION, via version.h */
 #include "ctl.h"
@@ -65,21 +66,6 @@ static void usage(FILE *f)
                "\n"
                "Drivers:\n");
         vbd_image_list_drivers(f);
-}
-
-static int parse_u32(const char *s, uint32_t max, uint32_t *ret)
-{
-        char *end;
-        unsigned long long n;
-
-        errno = 0;
-        if (!s || s[0] < '0' || s[0] > '9')
-                return -EINVAL;
-        n = strtoull(s, &end, 10);
-        if (errno || *end || n > max)
-                return -ERANGE;
-        *ret = (uint32_t)n;
-        return 0;
 }
 
 /*
@@ -216,14 +202,14 @@ int main(int argc, char **argv)
         while ((c = getopt_long(argc, argv, "D:vqhV", opts, NULL)) != -1) {
                 switch (c) {
                 case 'd':
-                        if (parse_u32(optarg, 0x7fef, &cfg.domid) < 0) {
+                        if (vbd_parse_u32(optarg, 0x7fef, &cfg.domid) < 0) {
                                 fprintf(stderr, "vbdd: bad --domid '%s'\n", optarg);
                                 return 2;
                         }
                         have_domid = true;
                         break;
                 case 'n':
-                        if (parse_u32(optarg, UINT32_MAX, &cfg.devid) < 0) {
+                        if (vbd_parse_u32(optarg, UINT32_MAX, &cfg.devid) < 0) {
                                 fprintf(stderr, "vbdd: bad --devid '%s'\n", optarg);
                                 return 2;
                         }
@@ -239,8 +225,8 @@ int main(int argc, char **argv)
                         }
                         memcpy(d, optarg, (size_t)(dash - optarg));
                         d[dash - optarg] = '\0';
-                        if (parse_u32(d, 0x7fef, &cfg.domid) < 0 ||
-                            parse_u32(dash + 1, UINT32_MAX, &cfg.devid) < 0) {
+                        if (vbd_parse_u32(d, 0x7fef, &cfg.domid) < 0 ||
+                            vbd_parse_u32(dash + 1, UINT32_MAX, &cfg.devid) < 0) {
                                 fprintf(stderr, "vbdd: bad --instance '%s'\n", optarg);
                                 return 2;
                         }
@@ -248,7 +234,7 @@ int main(int argc, char **argv)
                         break;
                 }
                 case 'b':
-                        if (parse_u32(optarg, 0x7fef, &cfg.backend_domid) < 0) {
+                        if (vbd_parse_u32(optarg, 0x7fef, &cfg.backend_domid) < 0) {
                                 fprintf(stderr, "vbdd: bad --backend-domid '%s'\n", optarg);
                                 return 2;
                         }

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "util/parse.h"
 #include "vbd-ctl.h"
 
 static void print_log_tail(const char *log)
@@ -198,7 +199,8 @@ int vbdctl_spawn_opt(struct vbdctl *o, int c, const char *arg, void *data)
                 a->sp.type = arg;
                 break;
         case 'B':
-                a->sp.backend_domid = (uint32_t)strtoul(arg, NULL, 10);
+                if (vbd_parse_u32(arg, 0x7fef, &a->sp.backend_domid) < 0)
+                        return vbdctl_usage_error(o, "bad --backend-domid '%s'", arg);
                 a->have_bdomid = true;
                 break;
         case 'E':

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <xenstore.h>
 
+#include "util/parse.h"
 #include "vbd-ctl.h"
 
 #define MAX_ATTEMPTS 3
@@ -66,19 +67,9 @@ static char *read_at(struct watch *w, const char *dom, const char *dev, const ch
         return vbdctl_xs_read(w->xs, path);
 }
 
-static bool parse_id(const char *s, unsigned long max, uint32_t *ret)
+static bool parse_id(const char *s, uint32_t max, uint32_t *ret)
 {
-        char *end;
-        unsigned long v;
-
-        if (!s[0] || s[0] < '0' || s[0] > '9')
-                return false;
-        errno = 0;
-        v = strtoul(s, &end, 10);
-        if (errno || *end || v > max)
-                return false;
-        *ret = (uint32_t)v;
-        return true;
+        return vbd_parse_u32(s, max, ret) == 0;
 }
 
 static void consider(struct watch *w, const char *dom, const char *dev)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/parse.h"
 #include "vbd-ctl.h"
 
 static const struct vbdctl_verb *const verbs[] = {
@@ -55,21 +56,6 @@ const char *vbdctl_name(uint32_t domid, uint32_t devid)
 
         snprintf(buf, sizeof(buf), "%u/%u", (unsigned)domid, (unsigned)devid);
         return buf;
-}
-
-static int parse_u32(const char *s, uint32_t max, uint32_t *ret)
-{
-        char *end;
-        unsigned long long n;
-
-        errno = 0;
-        if (!s || s[0] < '0' || s[0] > '9')
-                return -EINVAL;
-        n = strtoull(s, &end, 10);
-        if (errno || *end || n > max)
-                return -ERANGE;
-        *ret = (uint32_t)n;
-        return 0;
 }
 
 int vbdctl_usage_error(struct vbdctl *o, const char *fmt, ...)
@@ -186,12 +172,12 @@ int vbdctl_parse(struct vbdctl *o, int argc, char **argv, const struct option *e
 
                 switch (c) {
                 case 'd':
-                        if (parse_u32(optarg, 0x7fef, &o->domid) < 0)
+                        if (vbd_parse_u32(optarg, 0x7fef, &o->domid) < 0)
                                 return vbdctl_usage_error(o, "bad --domid '%s'", optarg);
                         o->have_domid = true;
                         break;
                 case 'n':
-                        if (parse_u32(optarg, UINT32_MAX, &o->devid) < 0)
+                        if (vbd_parse_u32(optarg, UINT32_MAX, &o->devid) < 0)
                                 return vbdctl_usage_error(o, "bad --devid '%s'", optarg);
                         o->have_devid = true;
                         break;
@@ -199,7 +185,7 @@ int vbdctl_parse(struct vbdctl *o, int argc, char **argv, const struct option *e
                         o->json = true;
                         break;
                 case 't':
-                        if (parse_u32(optarg, 86400, &t) < 0)
+                        if (vbd_parse_u32(optarg, 86400, &t) < 0)
                                 return vbdctl_usage_error(o, "bad --timeout '%s'", optarg);
                         o->timeout_ms = (int)t * 1000;
                         break;

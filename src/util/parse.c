@@ -32,6 +32,16 @@ int vbd_parse_uint(const char *s, unsigned long long max, unsigned long long *re
         return 0;
 }
 
+int vbd_parse_u32(const char *s, uint32_t max, uint32_t *ret)
+{
+        unsigned long long n;
+        int r = vbd_parse_uint(s, max, &n);
+
+        if (r == 0)
+                *ret = (uint32_t)n;
+        return r;
+}
+
 int vbd_parse_size(const char *s, uint64_t *ret)
 {
         uint64_t v = 0;
