@@ -944,7 +944,7 @@ static void vbd_kick_cb(struct ev_loop *loop, ev_idle *w, int revents)
 static void vbd_evtchn_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
         struct vbd *v = w->data;
-        int r = vbd_xen_evtchn_drain(v->xen);
+        int r = vbd_xen_evtchn_ack(v->xen);
 
         if (r < 0 && vbd_ratelimit_ok(&v->rl))
                 vbd_log_errno(r, "reading the event channel failed: %m");

@@ -122,18 +122,14 @@ int vbd_xen_evtchn_notify(struct vbd_xen *x, uint32_t local_port)
         return xenevtchn_notify(x->xce, local_port) < 0 ? -errno : 0;
 }
 
-int vbd_xen_evtchn_drain(struct vbd_xen *x)
+int vbd_xen_evtchn_ack(struct vbd_xen *x)
 {
-        int n = 0;
+        xenevtchn_port_or_error_t p = xenevtchn_pending(x->xce);
 
-        for (;;) {
-                xenevtchn_port_or_error_t p = xenevtchn_pending(x->xce);
-
-                if (p < 0)
-                        return (errno == EAGAIN || errno == EWOULDBLOCK || n) ? n : -errno;
-                (void)xenevtchn_unmask(x->xce, (evtchn_port_t)p);
-                n++;
-        }
+        if (p < 0)
+                return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+        (void)xenevtchn_unmask(x->xce, (evtchn_port_t)p);
+        return 1;
 }
 
 int vbd_xen_domain_alive(struct vbd_xen *x, uint32_t domid)

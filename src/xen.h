@@ -29,8 +29,9 @@ int vbd_xen_evtchn_bind(struct vbd_xen *x, uint32_t domid, uint32_t remote_port,
                         uint32_t *ret_local_port);
 int vbd_xen_evtchn_unbind(struct vbd_xen *x, uint32_t local_port);
 int vbd_xen_evtchn_notify(struct vbd_xen *x, uint32_t local_port);
-/* Consume pending events; returns the number consumed (>= 0) or -errno. */
-int vbd_xen_evtchn_drain(struct vbd_xen *x);
+/* Take one pending event and unmask its port: 1, 0 if none, or -errno.  Called
+ * once per readiness of the fd: more events keep it readable. */
+int vbd_xen_evtchn_ack(struct vbd_xen *x);
 
 /* Domains: 1 running, 0 dying or gone, -errno if unknown (no libxenctrl access). */
 int vbd_xen_domain_alive(struct vbd_xen *x, uint32_t domid);

@@ -506,11 +506,16 @@ xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
         }
         for (;;) {
                 xenevtchn_port_or_error_t p = pending_once(h);
-                int fl = fcntl(h->fd, F_GETFL);
                 struct pollfd pfd = {.fd = h->fd, .events = POLLIN};
+                int fl;
 
-                if (p >= 0 || errno != EAGAIN || fl < 0 || (fl & O_NONBLOCK))
+                if (p >= 0 || errno != EAGAIN)
                         return p;
+                fl = fcntl(h->fd, F_GETFL);
+                if (fl < 0 || (fl & O_NONBLOCK)) {
+                        errno = EAGAIN;
+                        return -1;
+                }
                 if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
                         return -1;
         }
