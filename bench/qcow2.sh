@@ -16,6 +16,7 @@
 #   VBD_BENCH_DIR    where the images go (default /var/tmp; not tmpfs)
 #   VBD_BENCH_TIME   seconds per vbd-sim run (default 5)
 #   VBD_BENCH_ROUNDS rounds per pattern (default 3)
+#   VBD_BENCH_PATTERNS which patterns (default: read alloc-64k alloc-4k overwrite)
 set -eu
 B=${1:-build}
 DIR=${VBD_BENCH_DIR:-/var/tmp}
@@ -29,7 +30,7 @@ command -v qemu-img >/dev/null || { echo "bench: qemu-img is needed (qemu-utils)
 . "$(dirname "$0")/../tests/lib/functions.sh"
 IMG=$tmp/bench.qcow2
 SIZE=4G
-COUNT=${VBD_BENCH_COUNT:-200000} # qemu-img bench requests (800 MiB)
+COUNT=${VBD_BENCH_COUNT:-200000} # qemu-img bench requests for read/overwrite (800 MiB)
 
 json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -47,12 +48,12 @@ prepare() { # pattern
         esac
 }
 
-qemu_iops() { # pattern
+qemu_iops() { # pattern count
         local w="" out secs
         [ "$1" != read ] && w=-w
-        out=$(qemu-img bench -t none -i native -f qcow2 $w -s 4096 -d 32 -c "$COUNT" "$IMG")
+        out=$(qemu-img bench -t none -i native -f qcow2 $w -s 4096 -d 32 -c "$2" "$IMG")
         secs=$(echo "$out" | sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p')
-        python3 -c "print(round($COUNT / $secs))"
+        python3 -c "print(round($2 / $secs))"
 }
 
 vbd_iops() { # pattern
@@ -60,19 +61,24 @@ vbd_iops() { # pattern
         [ "$1" = read ] && { rw=read; region=1G; }
         [ "$1" = overwrite ] && region=1G
         vbd_sim "qcow2:$IMG" bench --rw $rw --bs 4096 --iodepth 32 --runtime "$T" \
-                --size $region --json | json "round(d['iops'])"
+                --size $region --json | json "'%d %d' % (round(d['iops']), d['ios'])"
 }
 
 echo "qcow2 bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "4 KiB sequential, QD32; vbd-sim ${T}s per run, qemu-img bench $COUNT requests; $ROUNDS rounds"
+echo "4 KiB sequential, QD32; vbd-sim ${T}s per run, qemu-img bench as many requests (alloc-*) or $COUNT; $ROUNDS rounds"
 printf '%-10s %-30s %-30s %8s\n' pattern "vbdd IOPS (each round)" "qemu-img IOPS (each round)" ratio
-for p in read alloc-64k alloc-4k overwrite; do
+for p in ${VBD_BENCH_PATTERNS:-read alloc-64k alloc-4k overwrite}; do
         v=() q=()
         for ((r = 0; r < ROUNDS; r++)); do
                 prepare $p
-                v+=("$(vbd_iops $p)")
+                read -r iops ios < <(vbd_iops $p)
+                v+=("$iops")
+                # The allocating patterns: qemu-img writes as many requests as
+                # vbdd did (the same amount of fresh space); the others stay
+                # within the allocated first GiB.
+                case $p in alloc-*) n=$ios ;; *) n=$COUNT ;; esac
                 prepare $p
-                q+=("$(qemu_iops $p)")
+                q+=("$(qemu_iops $p "$n")")
         done
         mv=$(median "${v[@]}")
         mq=$(median "${q[@]}")
