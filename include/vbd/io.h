@@ -31,13 +31,13 @@ typedef void (*vbd_io_done_fn)(struct vbd_io *io, int status);
 
 struct vbd_io {
         enum vbd_op op;
-        uint32_t flags;        /* enum vbd_io_flag */
-        uint64_t offset, len;  /* bytes; 0 for FLUSH */
-        struct iovec *iov;     /* READ/WRITE only */
+        uint32_t flags;       /* enum vbd_io_flag */
+        uint64_t offset, len; /* bytes; 0 for FLUSH */
+        struct iovec *iov;    /* READ/WRITE only */
         unsigned iovcnt;
-        vbd_io_done_fn done;   /* called exactly once, status 0 or -errno */
-        void *opaque;          /* the submitter's */
-        void *scratch;         /* io_scratch_size bytes for the driver, set by the submitter */
+        vbd_io_done_fn done; /* called exactly once, status 0 or -errno */
+        void *opaque;        /* the submitter's */
+        void *scratch;       /* io_scratch_size bytes for the driver, set by the submitter */
 };
 
 const char *vbd_op_name(enum vbd_op op);
