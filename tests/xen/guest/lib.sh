@@ -1,0 +1,322 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# shellcheck shell=bash
+#
+# Helpers for the dom0 side of the real-guest suite (sourced by tests.sh).
+# A "backend" is one of:
+#   vbdd     our daemon: xenstore nodes under backend/vbd3 written here, the
+#            way a toolstack does, then `vbdd --domid D --devid N ...`
+#   blkback  Linux's in-kernel backend, via `xl block-attach` on a loop device
+#   qdisk    QEMU's xen-block, via the domU's xl config (bench only)
+
+OUT=/share/out
+IMGDIR=/var/lib/vbdt # on dom0's ext4 root, so O_DIRECT works
+# domU kernel (uncompressed ELF) and initramfs, copied once to dom0's tmpfs
+DOMU_KERNEL=/tmp/domu/vmlinux
+DOMU_RAMDISK=/tmp/domu/initrd.cpio.gz
+if [ ! -f "$DOMU_KERNEL" ]; then
+        mkdir -p /tmp/domu
+        cp /share/domu/vmlinux /share/domu/initrd.cpio.gz /tmp/domu/
+fi
+VBDD=/share/bin/vbdd
+export LD_LIBRARY_PATH=/share/lib # libraries run.sh shipped for vbdd, if any
+CONSOLE_DIR=/var/log/xen/console
+DEVID=51712 # xvda
+PHY_SCRIPT=/share/guest/xen-block-phy.sh
+mkdir -p "$OUT" "$IMGDIR"
+
+ts() { cut -d' ' -f1 /proc/uptime; }
+log() { echo "[dom0 $(ts)] $*"; }
+
+# --- results -------------------------------------------------------------
+CUR_TEST=""
+CUR_FAILS=""
+test_begin() {
+        CUR_TEST=$1
+        CUR_FAILS=""
+        SKIP_CHECKS=0
+        VBDD_PID=""
+        VBDD_LOG=""
+        CUR_T0=$(ts)
+        echo "=================== $CUR_TEST (dom0 uptime $CUR_T0) ==================="
+}
+# check DESCRIPTION COMMAND...: run a condition, remember failures
+check() {
+        local what=$1
+        shift
+        if [ "${SKIP_CHECKS:-0}" = 1 ]; then
+                log "skip: $what (guest did not finish)"
+                return 0
+        fi
+        if "$@"; then
+                log "ok:   $what"
+        else
+                log "FAIL: $what"
+                CUR_FAILS="$CUR_FAILS; $what"
+        fi
+}
+fail() {
+        log "FAIL: $*"
+        CUR_FAILS="$CUR_FAILS; $*"
+}
+test_end() {
+        local secs status detail
+        secs=$(awk -v a="$CUR_T0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')
+        if [ -z "$CUR_FAILS" ]; then
+                status=PASS
+                detail="${secs}s"
+        else
+                status=FAIL
+                detail="${secs}s${CUR_FAILS}"
+        fi
+        echo "VBDT-RESULT $CUR_TEST $status $detail" | tee -a "$OUT/results.txt"
+}
+test_skip() {
+        echo "VBDT-RESULT $1 SKIP $2" | tee -a "$OUT/results.txt"
+}
+
+eq() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+
+# --- images --------------------------------------------------------------
+# mkimg PATH MIB: sparse raw image of MIB MiB
+mkimg() {
+        rm -f "$1"
+        truncate -s "${2}M" "$1"
+}
+# put_random PATH OFFSET_MIB COUNT_MIB: random data into an image, prints md5
+put_random() {
+        dd if=/dev/urandom of=/tmp/rnd bs=1M count="$3" status=none
+        dd if=/tmp/rnd of="$1" bs=1M seek="$2" conv=notrunc,fsync status=none
+        md5sum </tmp/rnd | cut -d' ' -f1
+}
+# img_md5 PATH OFFSET COUNT BS: md5 of COUNT blocks of BS bytes at block OFFSET
+img_md5() { dd if="$1" bs="$4" skip="$2" count="$3" status=none | md5sum | cut -d' ' -f1; }
+
+# --- domUs ---------------------------------------------------------------
+# domu_create NAME MODE EXTRA_CMDLINE [DISKSPEC...]: PV domU, our kernel and
+# busybox initramfs; no disk unless given. Prints nothing; sets DOMID.
+domu_create() {
+        local name=$1 mode=$2 extra=$3 disks=""
+        shift 3
+        for d in "$@"; do disks="$disks'$d',"; done
+        rm -f "$CONSOLE_DIR/guest-$name.log"
+        cat >"/tmp/$name.cfg" <<EOF
+name="$name"
+type="pv"
+kernel="$DOMU_KERNEL"
+ramdisk="$DOMU_RAMDISK"
+extra="console=hvc0 loglevel=4 mitigations=off vbdt=$mode $extra ${DOMU_EXTRA:-}"
+memory=256
+vcpus=1
+on_poweroff="destroy"
+on_reboot="restart"
+on_crash="destroy"
+EOF
+        [ -z "$disks" ] || echo "disk=[${disks%,}]" >>"/tmp/$name.cfg"
+        DOMID=""
+        if ! xl create "/tmp/$name.cfg" >"$OUT/$name.xl-create.log" 2>&1; then
+                fail "xl create $name: $(tail -n 3 "$OUT/$name.xl-create.log" | tr '\n' ' ')"
+                return 1
+        fi
+        DOMID=$(xl domid "$name" 2>/dev/null)
+        log "domU $name is domain $DOMID (mode $mode)"
+}
+console_of() { tr -d '\r' <"$CONSOLE_DIR/guest-$1.log" 2>/dev/null; }
+console_has() { console_of "$1" | grep -q -E "$2"; }
+# wait_line NAME REGEX SECONDS: wait for a console line of domU NAME
+wait_line() {
+        local end=$(($(cut -d. -f1 /proc/uptime) + $3))
+        while ! console_of "$1" | grep -q -E "$2"; do
+                [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ] && return 1
+                sleep 0.5
+        done
+        return 0
+}
+# vbdt_val NAME KEY: value of the last "VBDT ... KEY=value" console line
+vbdt_val() { console_of "$1" | grep '^VBDT ' | sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" | tail -n 1; }
+domu_gone() { ! xl domid "$1" >/dev/null 2>&1; }
+# wait_domu_gone NAME SECONDS (destroys it on timeout)
+wait_domu_gone() {
+        local end=$(($(cut -d. -f1 /proc/uptime) + $2))
+        while ! domu_gone "$1"; do
+                if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+                        xl destroy "$1" 2>/dev/null
+                        return 1
+                fi
+                sleep 0.5
+        done
+        return 0
+}
+# no domain other than dom0 left (a domain whose grants are still mapped
+# stays around as a dying "(null)" domain)
+only_dom0_left() {
+        local end=$(($(cut -d. -f1 /proc/uptime) + ${1:-15}))
+        while [ "$(xl list | tail -n +2 | wc -l)" != 1 ]; do
+                if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+                        xl list | sed 's/^/    /'
+                        return 1
+                fi
+                sleep 0.5
+        done
+        return 0
+}
+# guest_done NAME SECONDS: wait for the guest's VBDT-END; on timeout, fail
+# and dump everything useful (xenstore, vbdd state, Xen's log)
+guest_done() {
+        if wait_line "$1" '^VBDT-END' "$2"; then
+                console_of "$1" | grep -q '^VBDT ERROR watchdog' && {
+                        fail "guest watchdog fired (I/O hung)"
+                        diag "$DOMID"
+                        SKIP_CHECKS=1
+                        return 1
+                }
+                return 0
+        fi
+        fail "guest did not finish within $2 s"
+        diag "$DOMID"
+        SKIP_CHECKS=1
+        return 1
+}
+diag() {
+        echo "----- diagnostics (domain $1) -----"
+        xs_dump "$1" diag
+        if [ -n "${VBDD_PID:-}" ] && kill -0 "$VBDD_PID" 2>/dev/null; then
+                echo "vbdd pid $VBDD_PID: $(grep State /proc/$VBDD_PID/status) wchan=$(cat /proc/$VBDD_PID/wchan)"
+                cat "/proc/$VBDD_PID/stack" 2>/dev/null | sed 's/^/    /'
+        fi
+        [ -n "${VBDD_LOG:-}" ] && show_vbdd_log
+        echo "xl dmesg (tail):"
+        xl dmesg | tail -n 15 | sed 's/^/    /'
+        echo "-----------------------------------"
+}
+save_console() { console_of "$1" >"$OUT/$CUR_TEST.console.log"; }
+show_console() {
+        echo "----- console of $1 (VBDT lines) -----"
+        console_of "$1" | grep -E '^VBDT|blkfront|xvda|\[domU\]' | tail -n 60
+        echo "--------------------------------------"
+}
+
+# --- vbdd, attached the way a toolstack does ------------------------------
+vbdd_be() { echo "/local/domain/0/backend/vbd3/$1/$DEVID"; }
+vbdd_fe() { echo "/local/domain/$1/device/vbd/$DEVID"; }
+# xs_attach_vbd3 DOMID IMAGE MODE: write backend + frontend nodes (contract)
+xs_attach_vbd3() {
+        local d=$1 img=$2 mode=$3 be fe
+        be=$(vbdd_be "$d")
+        fe=$(vbdd_fe "$d")
+        xenstore-write "$be" ""
+        xenstore-chmod "$be" n0 "r$d"
+        xenstore-write "$be/frontend" "$fe" "$be/frontend-id" "$d" "$be/online" 1 \
+                "$be/removable" 0 "$be/bootable" 1 "$be/mode" "$mode" "$be/params" "raw:$img" \
+                "$be/type" vbd3 "$be/device-type" disk "$be/dev" xvda
+        xenstore-write "$fe" ""
+        xenstore-chmod "$fe" "n$d" r0
+        xenstore-write "$fe/backend" "$be" "$fe/backend-id" 0 "$fe/virtual-device" "$DEVID" \
+                "$fe/device-type" disk
+        xenstore-write "$be/state" 1
+        xenstore-write "$fe/state" 1
+        xenstore-chmod -r "$be" n0 "r$d"
+        xenstore-chmod -r "$fe" "n$d" r0
+}
+xs_remove_vbd3() {
+        xenstore-rm "$(vbdd_be "$1")" 2>/dev/null
+        xenstore-rm "/local/domain/0/backend/vbd3/$1" 2>/dev/null
+        xenstore-rm "$(vbdd_fe "$1")" 2>/dev/null
+        return 0
+}
+# vbdd_attach DOMID IMAGE MODE TAG: nodes, then start vbdd in the background
+vbdd_attach() {
+        local d=$1 img=$2 mode=$3 tag=$4
+        xs_attach_vbd3 "$d" "$img" "$mode"
+        VBDD_LOG=$OUT/$tag.vbdd.log
+        # shellcheck disable=SC2086
+        "$VBDD" --domid "$d" --devid "$DEVID" --image "raw:$img" --mode "$mode" ${VBDD_ARGS:-} >"$VBDD_LOG" 2>&1 &
+        VBDD_PID=$!
+        VBDD_RC=""
+        log "vbdd pid $VBDD_PID serving domain $d ($img, mode $mode), log $VBDD_LOG"
+        sleep 0.5
+        if ! kill -0 "$VBDD_PID" 2>/dev/null; then
+                wait "$VBDD_PID"
+                VBDD_RC=$?
+                fail "vbdd exited at once (rc=$VBDD_RC): $(tail -n 2 "$VBDD_LOG" | tr '\n' ' ')"
+        fi
+}
+# vbdd_wait_exit SECONDS: sets VBDD_RC (exit code, or "hung" after SIGKILL)
+vbdd_wait_exit() {
+        [ -n "$VBDD_RC" ] && return 0
+        local end=$(($(cut -d. -f1 /proc/uptime) + $1)) t0
+        t0=$(ts)
+        while kill -0 "$VBDD_PID" 2>/dev/null; do
+                if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+                        log "vbdd pid $VBDD_PID still running after $1 s: stack + SIGKILL"
+                        cat "/proc/$VBDD_PID/stack" 2>/dev/null | sed 's/^/    /'
+                        kill -9 "$VBDD_PID" 2>/dev/null
+                        wait "$VBDD_PID" 2>/dev/null
+                        VBDD_RC=hung
+                        return 1
+                fi
+                sleep 0.2
+        done
+        wait "$VBDD_PID"
+        VBDD_RC=$?
+        log "vbdd pid $VBDD_PID exited rc=$VBDD_RC after $(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')s of waiting"
+        return 0
+}
+vbdd_running() { kill -0 "$VBDD_PID" 2>/dev/null; }
+show_vbdd_log() {
+        echo "----- vbdd log (last 25 lines) -----"
+        tail -n 25 "$VBDD_LOG" 2>/dev/null
+        echo "------------------------------------"
+}
+# xs_dump DOMID TAG: backend + frontend directories into the log
+xs_dump() {
+        echo "----- xenstore ($2) -----"
+        xenstore-ls -fp "/local/domain/0/backend/vbd3/$1" 2>/dev/null
+        xenstore-ls -fp "/local/domain/0/backend/vbd/$1" 2>/dev/null
+        xenstore-ls -fp "/local/domain/$1/device/vbd" 2>/dev/null
+        echo "-------------------------"
+}
+
+# --- blkback (reference backend) -----------------------------------------
+# blkback_attach DOMID IMAGE MODE: loop device + xl block-attach
+blkback_attach() {
+        local access=rw
+        [ "$3" = r ] && access=ro
+        LOOP=$(losetup --direct-io=on -f --show "$2") || {
+                fail "losetup $2"
+                return 1
+        }
+        xl block-attach "$1" "format=raw,vdev=xvda,access=$access,backendtype=phy,script=$PHY_SCRIPT,target=$LOOP" ||
+                fail "xl block-attach to domain $1"
+        log "blkback: domain $1 xvda on $LOOP ($2, $access)"
+}
+blkback_release() {
+        [ -n "${LOOP:-}" ] && losetup -d "$LOOP" 2>/dev/null
+        LOOP=""
+}
+
+# --- backend-independent attach/detach -----------------------------------
+# attach BACKEND DOMID IMAGE MODE TAG
+attach() {
+        case $1 in
+        vbdd) vbdd_attach "$2" "$3" "$4" "$5" ;;
+        blkback) blkback_attach "$2" "$3" "$4" ;;
+        esac
+}
+# after the domain is gone: reap the backend; for vbdd assert a clean exit
+reap() { # reap BACKEND DOMID WHY
+        case $1 in
+        vbdd)
+                vbdd_wait_exit 30
+                if eq "$VBDD_RC" 0; then
+                        log "ok:   vbdd exits 0 after $3"
+                else
+                        fail "vbdd exits 0 after $3 (rc=$VBDD_RC)"
+                fi
+                xs_remove_vbd3 "$2"
+                ;;
+        blkback)
+                sleep 1
+                blkback_release
+                ;;
+        esac
+}

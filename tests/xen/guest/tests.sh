@@ -1,0 +1,375 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# The real-guest tests, run in dom0. Each test boots a PV domU (guest/domu-init
+# decides what the guest does from its kernel command line), gives it a disk,
+# watches the domU console (xenconsoled log) and checks the image in dom0.
+# Results: "VBDT-RESULT <test> PASS|FAIL|SKIP <detail>" in /share/out/results.txt.
+#
+# /share/config (written by run.sh) may set:
+#   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
+#                 "blkback", the reference that validates the tests)
+#   VBD_TESTS     subset of: rw reboot rebind ro flush detach destroy bench
+#   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
+HERE=$(dirname "$0")
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+VBD_BACKENDS="vbdd"
+VBD_TESTS="rw reboot rebind ro flush detach destroy bench"
+BENCH_MIB=64
+BENCH_SECS=8
+BENCH_ROUNDS=2
+# shellcheck disable=SC1091
+[ -f /share/config ] && . /share/config
+: >"$OUT/results.txt"
+
+VBDD_OK=1
+if [[ " $VBD_BACKENDS $VBD_TESTS " == *" vbdd "* ]] || [[ " $VBD_TESTS " == *" bench "* ]]; then
+        if [ ! -x "$VBDD" ]; then
+                log "no vbdd at $VBDD"
+                VBDD_OK=0
+        elif ldd "$VBDD" | grep -q 'not found'; then
+                log "vbdd is missing shared libraries in dom0:"
+                ldd "$VBDD" | grep 'not found'
+                VBDD_OK=0
+        fi
+fi
+
+# --- (1) write / read back / compare with the image in dom0 --------------
+t_rw() { # t_rw BACKEND
+        local b=$1 name=rw-$1 img=$IMGDIR/rw-$1.img r8 pat
+        test_begin "rw-$b"
+        mkimg "$img" 64
+        r8=$(put_random "$img" 8 4)
+        log "image ready, creating the domU"
+        domu_create "$name" rw "vbdt_timeout=90" || return
+        attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        if wait_line "$name" '^VBDT disk xvda' 60; then
+                sleep 1
+                xs_dump "$DOMID" connected
+                if [ "$b" = vbdd ]; then
+                        local be
+                        be=$(vbdd_be "$DOMID")
+                        check "backend state 4 (Connected)" eq "$(xenstore-read "$be/state")" 4
+                        check "frontend state 4 (Connected)" eq "$(xenstore-read "$(vbdd_fe "$DOMID")/state")" 4
+                        check "backend sectors = 131072" eq "$(xenstore-read "$be/sectors")" 131072
+                        check "backend sector-size = 512" eq "$(xenstore-read "$be/sector-size")" 512
+                        check "backend feature-flush-cache = 1" eq "$(xenstore-read "$be/feature-flush-cache")" 1
+                fi
+        fi
+        guest_done "$name" 130
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap "$b" "$DOMID" "guest poweroff"
+        check "guest sees 131072 sectors" eq "$(vbdt_val "$name" sectors)" 131072
+        check "guest sees a writable disk (ro=0)" eq "$(vbdt_val "$name" ro)" 0
+        check "guest reads the data dom0 wrote (md5 $r8)" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
+        pat=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p')
+        check "guest write succeeded" eq "$(console_of "$name" | sed -n 's/^VBDT write rc=\([0-9]*\).*/\1/p')" 0
+        check "guest reads back what it wrote" eq "$(console_of "$name" | sed -n 's/^VBDT readback md5=//p')" "$pat"
+        check "image in dom0 holds the guest's 4 MiB (md5 $pat)" eq "$(img_md5 "$img" 1 4 1M)" "$pat"
+        local small back
+        small=$(console_of "$name" | sed -n 's/^VBDT small md5=\([0-9a-f]*\).*/\1/p')
+        back=$(console_of "$name" | sed -n 's/^VBDT small .*back=\([0-9a-f]*\).*/\1/p')
+        check "7-sector write at sector 20001 read back by the guest" eq "$back" "$small"
+        check "7-sector write at sector 20001 is in the image" eq "$(img_md5 "$img" 20001 7 512)" "$small"
+        [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (2a) guest reboot: new domain, disk re-attached, data persists ------
+t_reboot() {
+        local b=$1 name=reboot-$1 img=$IMGDIR/reboot-$1.img d1 d2 pat
+        test_begin "reboot-$b"
+        mkimg "$img" 64
+        printf 'VBDT-PHASE-1' | dd of="$img" conv=notrunc status=none
+        domu_create "$name" reboot "vbdt_timeout=90" || return
+        d1=$DOMID
+        attach "$b" "$d1" "$img" w "$CUR_TEST.1"
+        wait_line "$name" '^VBDT phase1 done|^VBDT-END' 130
+        console_of "$name" | grep -q '^VBDT phase1 done' || {
+                fail "guest phase 1 did not finish"
+                diag "$d1"
+        }
+        # xl restarts the domain with a new domid; the toolstack re-attaches
+        local end=$(($(cut -d. -f1 /proc/uptime) + 60))
+        d2=""
+        while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+                d2=$(xl domid "$name" 2>/dev/null)
+                [ -n "$d2" ] && [ "$d2" != "$d1" ] && break
+                d2=""
+                sleep 0.3
+        done
+        [ -n "$d2" ] || fail "domain was not restarted by xl"
+        log "domain rebooted: $d1 -> $d2"
+        if [ "$b" = vbdd ]; then
+                reap vbdd "$d1" "the old domain died (reboot)"
+                show_vbdd_log
+        fi
+        if [ -n "$d2" ]; then
+                # libxl re-creates a block-attached disk itself on reboot (it
+                # is in the domain's stored config); vbd3 is ours to re-attach
+                [ "$b" = vbdd ] && attach vbdd "$d2" "$img" w "$CUR_TEST.2"
+                guest_done "$name" 130
+                show_console "$name"
+                save_console "$name"
+                wait_domu_gone "$name" 30 || fail "domU did not power off"
+                reap "$b" "$d2" "guest poweroff"
+        fi
+        pat=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p' | head -n 1)
+        check "guest write before reboot succeeded" eq "$(console_of "$name" | sed -n 's/^VBDT write rc=\([0-9]*\).*/\1/p' | head -n 1)" 0
+        check "after reboot the guest reads what it wrote before" \
+                eq "$(console_of "$name" | sed -n 's/^VBDT phase2 md5=//p')" "$pat"
+        check "image in dom0 holds the data" eq "$(img_md5 "$img" 1 4 1M)" "$pat"
+        check "image carries the guest's phase-2 marker" eq "$(head -c 12 "$img")" VBDT-PHASE-2
+        test_end
+}
+
+# --- (2b) frontend closes and re-initialises, same domain, same backend ---
+t_rebind() {
+        local b=$1 name=rebind-$1 img=$IMGDIR/rebind-$1.img p1 be st="" end
+        test_begin "rebind-$b"
+        mkimg "$img" 64
+        domu_create "$name" rebind "vbdt_timeout=150" || return
+        attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        if [ "$b" = vbdd ]; then be=$(vbdd_be "$DOMID"); else be=/local/domain/0/backend/vbd/$DOMID/$DEVID; fi
+        if wait_line "$name" '^VBDT unbound' 120; then
+                sleep 1
+                st=$(xenstore-read "$be/state")
+                xs_dump "$DOMID" "after unbind"
+                check "backend Closed (6) after the frontend closed (got $st)" eq "$st" 6
+                [ "$b" = vbdd ] && check "vbdd still running after the frontend closed (online=1)" vbdd_running
+        fi
+        if wait_line "$name" '^VBDT frontend state=1' 60; then
+                end=$(($(cut -d. -f1 /proc/uptime) + 15))
+                while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+                        st=$(xenstore-read "$be/state")
+                        [ "$st" = 2 ] && break
+                        sleep 0.3
+                done
+                xs_dump "$DOMID" "after frontend state=1"
+                check "backend back to InitWait (2) after frontend Initialising (got $st)" eq "$st" 2
+                [ "$b" = vbdd ] && check "same vbdd process still serving" vbdd_running
+        else
+                fail "guest did not re-initialise its frontend"
+        fi
+        guest_done "$name" 190
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap "$b" "$DOMID" "guest poweroff"
+        p1=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p' | head -n 1)
+        check "disk went away on unbind" console_has "$name" '^VBDT unbound'
+        check "data written before the close is in the image" eq "$(img_md5 "$img" 1 4 1M)" "$p1"
+        [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (3) read-only disk --------------------------------------------------
+t_ro() {
+        local b=$1 name=ro-$1 img=$IMGDIR/ro-$1.img r8 before
+        test_begin "ro-$b"
+        mkimg "$img" 64
+        r8=$(put_random "$img" 8 4)
+        before=$(md5sum <"$img" | cut -d' ' -f1)
+        domu_create "$name" ro "vbdt_timeout=90" || return
+        attach "$b" "$DOMID" "$img" r "$CUR_TEST"
+        if wait_line "$name" '^VBDT disk xvda' 60 && [ "$b" = vbdd ]; then
+                local info
+                info=$(xenstore-read "$(vbdd_be "$DOMID")/info" 2>/dev/null)
+                check "backend info has VDISK_READONLY (info=$info)" test $((${info:-0} & 4)) -ne 0
+        fi
+        guest_done "$name" 130
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap "$b" "$DOMID" "guest poweroff"
+        check "guest sees a read-only disk (ro=1)" eq "$(vbdt_val "$name" ro)" 1
+        check "guest reads the data" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
+        check "guest write fails" eq "$(console_of "$name" | sed -n 's/^VBDT rowrite rc=\([0-9]*\).*/\1/p')" 1
+        check "data unchanged as seen by the guest" eq "$(console_of "$name" | sed -n 's/^VBDT reread8 md5=//p')" "$r8"
+        check "image unchanged in dom0" eq "$(md5sum <"$img" | cut -d' ' -f1)" "$before"
+        [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (4) flush-heavy workload --------------------------------------------
+t_flush() {
+        local b=$1 name=flush-$1 img=$IMGDIR/flush-$1.img n
+        test_begin "flush-$b"
+        mkimg "$img" 64
+        domu_create "$name" flush "vbdt_timeout=240" || return
+        attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        guest_done "$name" 280
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap "$b" "$DOMID" "guest poweroff"
+        check "guest sees a write-back cache (flushes are sent)" eq "$(vbdt_val "$name" wc)" write_back
+        n=$(vbdt_val "$name" flushes)
+        check "guest completed >= 300 flushes (got ${n:-none})" test "${n:-0}" -ge 300
+        check "no I/O errors in the guest" eq "$(console_of "$name" | grep -c -E 'VBDBENCH-ERROR|VBDT ERROR|I/O error')" 0
+        check "O_DSYNC 4k writes are in the image" \
+                eq "$(img_md5 "$img" 16 1 1M)" "$(console_of "$name" | sed -n 's/^VBDT f1 md5=//p')"
+        check "fsync'ed 8k writes are in the image" \
+                eq "$(img_md5 "$img" 17 1 1M)" "$(console_of "$name" | sed -n 's/^VBDT f2 md5=//p')"
+        check "dd conv=fsync writes are in the image" \
+                eq "$(img_md5 "$img" 18 2 1M)" "$(console_of "$name" | sed -n 's/^VBDT f3 md5=//p')"
+        [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (5) detach while the guest runs -------------------------------------
+t_detach() {
+        local b=$1 name=detach-$1 img=$IMGDIR/detach-$1.img
+        test_begin "detach-$b"
+        mkimg "$img" 64
+        domu_create "$name" detach "vbdt_timeout=150" || return
+        attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        if wait_line "$name" '^VBDT attached' 60; then
+                sleep 1
+                log "toolstack detaches the disk"
+                case $b in
+                vbdd)
+                        local be
+                        be=$(vbdd_be "$DOMID")
+                        # what libxl does: online=0, then backend state 5 (Closing)
+                        xenstore-write "$be/online" 0
+                        xenstore-write "$be/state" 5
+                        vbdd_wait_exit 45
+                        check "vbdd exits 0 after detach (rc=$VBDD_RC)" eq "$VBDD_RC" 0
+                        check "frontend reached state 6 (Closed)" \
+                                eq "$(xenstore-read "$(vbdd_fe "$DOMID")/state" 2>/dev/null)" 6
+                        xs_dump "$DOMID" "after detach"
+                        xs_remove_vbd3 "$DOMID"
+                        show_vbdd_log
+                        ;;
+                blkback)
+                        xl block-detach "$DOMID" xvda || fail "xl block-detach"
+                        blkback_release
+                        ;;
+                esac
+        else
+                fail "disk never appeared in the guest"
+        fi
+        guest_done "$name" 190
+        show_console "$name"
+        save_console "$name"
+        check "guest saw the disk go away" console_has "$name" '^VBDT gone'
+        check "no errors in the guest" eq "$(console_of "$name" | grep -c '^VBDT ERROR')" 0
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        [ "$b" = blkback ] && blkback_release
+        test_end
+}
+
+# --- (6) domU destroyed in the middle of I/O ------------------------------
+t_destroy() {
+        local b=$1 name=destroy-$1 img=$IMGDIR/destroy-$1.img n0="" n1
+        test_begin "destroy-$b"
+        mkimg "$img" 64
+        domu_create "$name" destroy "vbdt_timeout=600" || return
+        attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        if wait_line "$name" '^VBDT io-start' 60; then
+                sleep 3
+                n0=$(wc -l <"${VBDD_LOG:-/dev/null}")
+                log "xl destroy $name (domain $DOMID) during I/O"
+                xl destroy "$name" || fail "xl destroy"
+        else
+                fail "guest I/O never started"
+                diag "$DOMID"
+                xl destroy "$name"
+        fi
+        save_console "$name"
+        case $b in
+        vbdd)
+                vbdd_wait_exit 30
+                check "vbdd exits 0 after the domain died (rc=$VBDD_RC)" eq "$VBDD_RC" 0
+                n1=$(wc -l <"$VBDD_LOG")
+                check "vbdd logged why it exits ($((n1 - ${n0:-0})) new lines)" test "$n1" -gt "${n0:-0}"
+                show_vbdd_log
+                xs_remove_vbd3 "$DOMID"
+                ;;
+        blkback)
+                sleep 2
+                blkback_release
+                ;;
+        esac
+        check "no dying domain left behind (grants released)" only_dom0_left 20
+        test_end
+}
+
+# --- benchmark: vbdd vs blkback vs qdisk, same guest, same boot -----------
+t_bench() {
+        local name=bench img_v=$IMGDIR/bench-vbdd.img img_b=$IMGDIR/bench-blkback.img
+        local img_q=$IMGDIR/bench-qdisk.img disks="" loop limit
+        test_begin bench
+        for f in "$img_v" "$img_b" "$img_q"; do
+                rm -f "$f"
+                dd if=/dev/zero of="$f" bs=1M count="$BENCH_MIB" conv=fsync status=none
+        done
+        loop=$(losetup --direct-io=on -f --show "$img_b")
+        [ "$VBDD_OK" = 1 ] && disks="xvda=vbdd,"
+        disks="${disks}xvdb=blkback,xvdc=qdisk"
+        # per disk and round: 2 sequential runs (<= BENCH_SECS each) + 2 random
+        limit=$((BENCH_ROUNDS * 3 * (4 * BENCH_SECS + 30) + 120))
+        domu_create "$name" bench "vbdt_disks=$disks vbdt_mib=$BENCH_MIB vbdt_secs=$BENCH_SECS vbdt_rounds=$BENCH_ROUNDS vbdt_timeout=$limit" \
+                "format=raw,vdev=xvdb,access=rw,backendtype=phy,script=$PHY_SCRIPT,target=$loop" \
+                "format=raw,vdev=xvdc,access=rw,backendtype=qdisk,target=$img_q" || {
+                losetup -d "$loop"
+                test_end
+                return
+        }
+        [ "$VBDD_OK" = 1 ] && vbdd_attach "$DOMID" "$img_v" w bench
+        ps -eo pid,args | grep -E '[q]emu-system' | cut -c1-300 >"$OUT/bench.qemu-args.txt"
+        guest_done "$name" $((limit + 60))
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        [ "$VBDD_OK" = 1 ] && reap vbdd "$DOMID" "guest poweroff"
+        losetup -d "$loop"
+        check "no benchmark errors" eq "$(console_of "$name" | grep -c -E 'VBDBENCH-ERROR|VBDT ERROR')" 0
+        console_of "$name" | grep '^VBDT bench' >"$OUT/bench.raw.txt"
+        bench_table "$OUT/bench.raw.txt" >"$OUT/bench.txt"
+        cat "$OUT/bench.txt"
+        test_end
+}
+# mean per backend and op over rounds, then ratios vs vbdd
+bench_table() {
+        awk '
+        { be=""; op=""; jobs=""; mb=""; io="";
+          for (i = 1; i <= NF; i++) { split($i, kv, "=");
+            if (kv[1]=="be") be=kv[2]; if (kv[1]=="op") op=kv[2]; if (kv[1]=="jobs") jobs=kv[2];
+            if (kv[1]=="MBps") mb=kv[2]; if (kv[1]=="iops") io=kv[2]; }
+          if (op == "randread") { key = "randread4k-qd" jobs; val = io; unit[key] = "IOPS" }
+          else { key = op "-1M"; val = mb; unit[key] = "MB/s" }
+          sum[be, key] += val; cnt[be, key]++; bes[be] = 1; keys[key] = 1 }
+        END {
+          nk = 0; split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
+          printf "%-16s %-5s %10s %10s %10s %14s %12s\n", "workload", "unit", "vbdd", "blkback", "qdisk", "vbdd/blkback", "vbdd/qdisk"
+          for (k = 1; k <= 4; k++) { key = order[k]; if (!(key in keys)) continue
+            v = (cnt["vbdd", key] ? sum["vbdd", key] / cnt["vbdd", key] : 0)
+            b = (cnt["blkback", key] ? sum["blkback", key] / cnt["blkback", key] : 0)
+            q = (cnt["qdisk", key] ? sum["qdisk", key] / cnt["qdisk", key] : 0)
+            printf "%-16s %-5s %10.1f %10.1f %10.1f %14s %12s\n", key, unit[key], v, b, q,
+              (v && b) ? sprintf("%.2f", v / b) : "n/a", (v && q) ? sprintf("%.2f", v / q) : "n/a" }
+        }' "$1"
+}
+
+if [ "$VBDD_OK" != 1 ]; then
+        for t in $VBD_TESTS; do
+                [ "$t" = bench ] && continue
+                [[ " $VBD_BACKENDS " == *" vbdd "* ]] && echo "VBDT-RESULT $t-vbdd FAIL vbdd unusable in dom0 (missing or missing libraries)" >>"$OUT/results.txt"
+        done
+fi
+for t in $VBD_TESTS; do
+        if [ "$t" = bench ]; then
+                t_bench
+                continue
+        fi
+        for b in $VBD_BACKENDS; do
+                [ "$b" = vbdd ] && [ "$VBDD_OK" != 1 ] && continue
+                "t_$t" "$b" 2>&1 | tee "$OUT/$t-$b.log"
+        done
+done
+echo "VBDT-DONE" >>"$OUT/results.txt"
+cat "$OUT/results.txt"

@@ -1,0 +1,314 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vbdbench: tiny block-device benchmark for the test domU (built with
+ * gcc -static on the host and put in the domU's busybox initramfs).
+ *
+ *   vbdbench seqwrite DEV MIB [SECS]      1 MiB O_DIRECT writes from offset 0
+ *   vbdbench seqread  DEV MIB [SECS]      1 MiB O_DIRECT reads from offset 0
+ *   vbdbench randread DEV SECS [JOBS [SPAN_MIB]]
+ *                                         4 KiB O_DIRECT reads at random
+ *                                         aligned offsets, JOBS threads (QD)
+ *   vbdbench syncwrite DEV SRC OFF BS dsync|fsync
+ *                                         copy file SRC to DEV at byte offset
+ *                                         OFF in BS-byte buffered writes, each
+ *                                         made durable (O_DSYNC, or fsync()
+ *                                         after each write): a flush storm
+ *   vbdbench xswrite PATH VALUE           write one xenstore node through
+ *                                         /dev/xen/xenbus (the guest's own
+ *                                         frontend directory)
+ *
+ * Prints one line:
+ *   VBDBENCH op=<op> jobs=<n> ios=<n> bytes=<n> secs=<s> MBps=<x> iops=<y>
+ * Exit status 0 on success, 1 on any I/O error (which is also printed).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/fs.h>
+#include <xen/io/xs_wire.h>
+
+#define BIG      (1024 * 1024)
+#define SMALL    4096
+#define MAX_JOBS 16
+
+struct vbdbench_job {
+        int fd;
+        uint64_t span_blocks;
+        double deadline;
+        uint64_t seed;
+        uint64_t ios;
+        int err;
+};
+
+static double vbdbench_now(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t vbdbench_rand(uint64_t *s)
+{
+        /* xorshift64* */
+        uint64_t x = *s;
+
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *s = x;
+        return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void vbdbench_report(const char *op, int jobs, uint64_t ios, uint64_t bytes, double secs)
+{
+        if (secs <= 0)
+                secs = 1e-9;
+        printf("VBDBENCH op=%s jobs=%d ios=%llu bytes=%llu secs=%.3f MBps=%.2f iops=%.1f\n", op,
+               jobs, (unsigned long long)ios, (unsigned long long)bytes, secs, bytes / secs / 1e6,
+               ios / secs);
+        fflush(stdout);
+}
+
+static int vbdbench_seq(const char *op, const char *dev, long mib, double max_secs)
+{
+        int writing = strcmp(op, "seqwrite") == 0;
+        void *buf;
+        uint64_t ios = 0;
+        double t0, t1;
+        int fd;
+
+        fd = open(dev, (writing ? O_WRONLY : O_RDONLY) | O_DIRECT);
+        if (fd < 0) {
+                printf("VBDBENCH-ERROR open %s: %s\n", dev, strerror(errno));
+                return 1;
+        }
+        if (posix_memalign(&buf, SMALL, BIG)) {
+                printf("VBDBENCH-ERROR no memory\n");
+                return 1;
+        }
+        for (size_t i = 0; i < BIG; i++)
+                ((unsigned char *)buf)[i] = (unsigned char)(i * 7 + 3);
+        t0 = vbdbench_now();
+        t1 = t0;
+        for (long i = 0; i < mib; i++) {
+                ssize_t n = writing ? pwrite(fd, buf, BIG, (off_t)i * BIG)
+                                    : pread(fd, buf, BIG, (off_t)i * BIG);
+
+                if (n != BIG) {
+                        printf("VBDBENCH-ERROR %s at %ld MiB: %s\n", op, i,
+                               n < 0 ? strerror(errno) : "short");
+                        return 1;
+                }
+                ios++;
+                t1 = vbdbench_now();
+                if (max_secs > 0 && t1 - t0 > max_secs)
+                        break;
+        }
+        if (writing && fdatasync(fd)) {
+                printf("VBDBENCH-ERROR fdatasync: %s\n", strerror(errno));
+                return 1;
+        }
+        t1 = vbdbench_now();
+        vbdbench_report(op, 1, ios, ios * BIG, t1 - t0);
+        close(fd);
+        free(buf);
+        return 0;
+}
+
+static void *vbdbench_randjob(void *arg)
+{
+        struct vbdbench_job *j = arg;
+        void *buf;
+
+        if (posix_memalign(&buf, SMALL, SMALL)) {
+                j->err = ENOMEM;
+                return NULL;
+        }
+        while (vbdbench_now() < j->deadline) {
+                for (int k = 0; k < 16; k++) {
+                        off_t off = (off_t)(vbdbench_rand(&j->seed) % j->span_blocks) * SMALL;
+
+                        if (pread(j->fd, buf, SMALL, off) != SMALL) {
+                                j->err = errno ? errno : EIO;
+                                free(buf);
+                                return NULL;
+                        }
+                        j->ios++;
+                }
+        }
+        free(buf);
+        return NULL;
+}
+
+static int vbdbench_randread(const char *dev, double secs, int jobs, long span_mib)
+{
+        struct vbdbench_job job[MAX_JOBS];
+        pthread_t tid[MAX_JOBS];
+        uint64_t size = 0, ios = 0;
+        struct stat st;
+        double t0, t1;
+        int fd, rc = 0;
+
+        fd = open(dev, O_RDONLY | O_DIRECT);
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                printf("VBDBENCH-ERROR open %s: %s\n", dev, strerror(errno));
+                return 1;
+        }
+        size = (uint64_t)st.st_size;
+        if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0) {
+                printf("VBDBENCH-ERROR size of %s: %s\n", dev, strerror(errno));
+                return 1;
+        }
+        if (span_mib > 0 && (uint64_t)span_mib * BIG < size)
+                size = (uint64_t)span_mib * BIG;
+        if (size < SMALL) {
+                printf("VBDBENCH-ERROR device too small\n");
+                return 1;
+        }
+        t0 = vbdbench_now();
+        for (int i = 0; i < jobs; i++) {
+                job[i] = (struct vbdbench_job){.fd = fd,
+                                               .span_blocks = size / SMALL,
+                                               .deadline = t0 + secs,
+                                               .seed = 0x9E3779B97F4A7C15ULL * (i + 1)};
+                if (pthread_create(&tid[i], NULL, vbdbench_randjob, &job[i])) {
+                        printf("VBDBENCH-ERROR pthread_create\n");
+                        return 1;
+                }
+        }
+        for (int i = 0; i < jobs; i++) {
+                pthread_join(tid[i], NULL);
+                ios += job[i].ios;
+                if (job[i].err) {
+                        printf("VBDBENCH-ERROR randread: %s\n", strerror(job[i].err));
+                        rc = 1;
+                }
+        }
+        t1 = vbdbench_now();
+        if (!rc)
+                vbdbench_report("randread", jobs, ios, ios * SMALL, t1 - t0);
+        close(fd);
+        return rc;
+}
+
+static int vbdbench_syncwrite(const char *dev, const char *src, long long off, long bs,
+                              const char *how)
+{
+        int dsync = strcmp(how, "dsync") == 0;
+        uint64_t ios = 0, bytes = 0;
+        double t0;
+        char *buf;
+        int in, fd;
+
+        if (bs <= 0 || bs > BIG || off < 0) {
+                printf("VBDBENCH-ERROR bad syncwrite arguments\n");
+                return 1;
+        }
+        in = open(src, O_RDONLY);
+        fd = open(dev, O_WRONLY | (dsync ? O_DSYNC : 0));
+        buf = malloc(bs);
+        if (in < 0 || fd < 0 || !buf) {
+                printf("VBDBENCH-ERROR open %s/%s: %s\n", src, dev, strerror(errno));
+                return 1;
+        }
+        t0 = vbdbench_now();
+        for (;;) {
+                ssize_t n = read(in, buf, bs);
+
+                if (n < 0) {
+                        printf("VBDBENCH-ERROR read %s: %s\n", src, strerror(errno));
+                        return 1;
+                }
+                if (n == 0)
+                        break;
+                if (pwrite(fd, buf, n, off + bytes) != n) {
+                        printf("VBDBENCH-ERROR syncwrite at %llu: %s\n",
+                               (unsigned long long)(off + bytes), strerror(errno));
+                        return 1;
+                }
+                if (!dsync && fsync(fd)) {
+                        printf("VBDBENCH-ERROR fsync: %s\n", strerror(errno));
+                        return 1;
+                }
+                bytes += n;
+                ios++;
+        }
+        vbdbench_report(dsync ? "dsyncwrite" : "fsyncwrite", 1, ios, bytes, vbdbench_now() - t0);
+        close(fd);
+        close(in);
+        free(buf);
+        return 0;
+}
+
+static int vbdbench_xswrite(const char *path, const char *value)
+{
+        struct xsd_sockmsg m = {.type = XS_WRITE, .req_id = 1};
+        char buf[4096];
+        size_t pl = strlen(path) + 1, vl = strlen(value);
+        ssize_t n;
+        int fd;
+
+        if (pl + vl > sizeof(buf)) {
+                printf("VBDBENCH-ERROR xswrite: too long\n");
+                return 1;
+        }
+        fd = open("/dev/xen/xenbus", O_RDWR);
+        if (fd < 0) {
+                printf("VBDBENCH-ERROR open /dev/xen/xenbus: %s\n", strerror(errno));
+                return 1;
+        }
+        m.len = pl + vl;
+        memcpy(buf, &m, sizeof(m));
+        memcpy(buf + sizeof(m), path, pl);
+        memcpy(buf + sizeof(m) + pl, value, vl);
+        if (write(fd, buf, sizeof(m) + m.len) != (ssize_t)(sizeof(m) + m.len)) {
+                printf("VBDBENCH-ERROR xswrite: %s\n", strerror(errno));
+                return 1;
+        }
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n < (ssize_t)sizeof(m)) {
+                printf("VBDBENCH-ERROR xswrite reply: %s\n", n < 0 ? strerror(errno) : "short");
+                return 1;
+        }
+        buf[n] = 0;
+        memcpy(&m, buf, sizeof(m));
+        if (m.type != XS_WRITE) {
+                printf("VBDBENCH-ERROR xswrite %s: %s\n", path, buf + sizeof(m));
+                return 1;
+        }
+        close(fd);
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        if (argc >= 4 && (!strcmp(argv[1], "seqwrite") || !strcmp(argv[1], "seqread")))
+                return vbdbench_seq(argv[1], argv[2], atol(argv[3]), argc > 4 ? atof(argv[4]) : 0);
+        if (argc >= 4 && !strcmp(argv[1], "randread")) {
+                int jobs = argc > 4 ? atoi(argv[4]) : 1;
+
+                if (jobs < 1 || jobs > MAX_JOBS)
+                        jobs = 1;
+                return vbdbench_randread(argv[2], atof(argv[3]), jobs,
+                                         argc > 5 ? atol(argv[5]) : 0);
+        }
+        if (argc >= 7 && !strcmp(argv[1], "syncwrite"))
+                return vbdbench_syncwrite(argv[2], argv[3], atoll(argv[4]), atol(argv[5]), argv[6]);
+        if (argc == 4 && !strcmp(argv[1], "xswrite"))
+                return vbdbench_xswrite(argv[2], argv[3]);
+        fprintf(stderr, "usage: vbdbench seqwrite|seqread DEV MIB [SECS]\n"
+                        "       vbdbench randread DEV SECS [JOBS [SPAN_MIB]]\n"
+                        "       vbdbench syncwrite DEV SRC OFF BS dsync|fsync\n"
+                        "       vbdbench xswrite PATH VALUE\n");
+        return 2;
+}
