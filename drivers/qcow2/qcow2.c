@@ -1325,6 +1325,28 @@ static void dio_align(struct qcow2_state *s)
 #endif
 }
 
+/*
+ * The unit in which the kernel caches and writes back the file: the page,
+ * or the file system block when larger.  An O_DIRECT write into a page that
+ * a buffered write of other bytes dirties at the same time leaves a stale
+ * page behind (the kernel cannot invalidate it: "Page cache invalidation
+ * failure on direct I/O", and fdatasync then fails with EIO); its writeback
+ * puts old bytes back over the direct write, or the direct write's
+ * sub-block zeroing hits the buffered bytes.  Metadata is always written
+ * buffered, so with clusters smaller than this unit, data clusters next to
+ * an L1 table, an L2 table or a refcount block must be written buffered too.
+ */
+static uint64_t dio_granule(int fd)
+{
+        long ps = sysconf(_SC_PAGESIZE);
+        uint64_t g = ps > 0 ? (uint64_t)ps : 4096;
+        struct stat st;
+
+        if (fstat(fd, &st) == 0 && st.st_blksize > 0 && (uint64_t)st.st_blksize > g)
+                g = (uint64_t)st.st_blksize;
+        return g;
+}
+
 static int qcow2_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_err *err)
 {
         struct qcow2_state *s = vbd_image_state(img);
@@ -1366,6 +1388,19 @@ static int qcow2_open(struct vbd_image *img, const struct vbd_opts *o, struct vb
         s->cor = cor == 1 && !o->readonly;
 
         s->dfd = s->mfd;
+        if (direct && !o->readonly) {
+                uint64_t g = dio_granule(s->mfd);
+
+                if (s->cs < g && direct == 1) {
+                        r = vbd_err_set(err, -EINVAL,
+                                        "qcow2: direct=on needs clusters of at least %llu bytes "
+                                        "(page and file system block); '%s' has %llu",
+                                        (unsigned long long)g, path, (unsigned long long)s->cs);
+                        goto fail;
+                }
+                if (s->cs < g)
+                        direct = 0;
+        }
         if (direct) {
                 int dfd = open(path, (o->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_DIRECT);
                 struct stat a, b;

@@ -7,6 +7,8 @@
  *
  *   - random writes of random sizes (partial clusters, runs of clusters),
  *     many in flight, for cluster sizes 512 B .. 2 MiB and v2/v3 images;
+ *   - clusters smaller than a page are never written with O_DIRECT (they
+ *     share pages with buffered metadata; direct=on is refused);
  *   - two writes to the two halves of one new cluster at once (both
  *     survive), and overlapping writes in flight;
  *   - write-zeroes and discard (whole and partial clusters, with and without
@@ -295,6 +297,107 @@ static void test_random(const char *opts, uint64_t size, unsigned n, uint64_t ma
         verify_with_qemu(path, model, size, false, what);
         unlink(path);
         free(model);
+}
+
+/* Is one of our descriptors open on path with O_DIRECT? */
+static bool open_direct(const char *path)
+{
+        char real[4096], link[64], got[4096], info[64], line[256];
+        bool found = false;
+
+        if (!realpath(path, real))
+                return false;
+        for (int fd = 0; fd < 1024 && !found; fd++) {
+                ssize_t n;
+                FILE *f;
+
+                snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+                n = readlink(link, got, sizeof(got) - 1);
+                if (n <= 0)
+                        continue;
+                got[n] = 0;
+                if (strcmp(got, real))
+                        continue;
+                snprintf(info, sizeof(info), "/proc/self/fdinfo/%d", fd);
+                f = fopen(info, "r");
+                while (f && fgets(line, sizeof(line), f))
+                        if (!strncmp(line, "flags:", 6) && (strtoul(line + 6, NULL, 8) & O_DIRECT))
+                                found = true;
+                if (f)
+                        fclose(f);
+        }
+        return found;
+}
+
+/*
+ * Clusters smaller than a page: data clusters share pages with the L1 table,
+ * L2 tables and refcount blocks, which are written through the page cache.
+ * An O_DIRECT data write racing a buffered metadata write to the same page
+ * leaves a stale page (lost L1 entries, "Page cache invalidation failure on
+ * direct I/O", fdatasync failing with EIO), so the driver must not open the
+ * image with O_DIRECT then (direct=auto: buffered; direct=on: refused).
+ * Then the race itself: in-place rewrites of the data clusters next to the
+ * L1 table while new L2 tables get their L1 entries written.
+ */
+static void test_small_cluster_buffered(void)
+{
+        char path[512], spec[600];
+        uint64_t size = 4 * MB, cs = 512;
+        uint8_t *model = calloc(1, size), *buf = abuf(64 * cs);
+        struct vbd_image *img;
+
+        snprintf(path, sizeof(path), "%s/small.qcow2", dir);
+        CHECK(sh("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' 4M", path) == 0);
+        snprintf(spec, sizeof(spec), "qcow2:%s,direct=on", path);
+        img = img_open(spec, false);
+        CHECK(!img);
+        if (img)
+                vbd_image_close(img);
+        snprintf(spec, sizeof(spec), "qcow2:%s,l2-cache=2K", path);
+        img = img_open(spec, false);
+        CHECK(img);
+        if (!img)
+                return;
+        CHECK(!open_direct(path));
+        /* The first data clusters: right after the L1 table, in its last page. */
+        fill(buf, 16 * cs, 70);
+        CHECK(do_io(img, VBD_OP_WRITE, 0, 16 * cs, buf, 0) == 0);
+        memcpy(model, buf, 16 * cs);
+        for (unsigned round = 0; round < 64; round++) {
+                struct req *rs[9];
+                uint8_t *b[9];
+
+                /* Rewrite them in place (one request per cluster) while eight writes
+                 * into new L2 ranges write L1 entries next to them. */
+                for (unsigned i = 0; i < 9; i++) {
+                        uint64_t off =
+                            i == 0 ? (round % 16) * cs : (1 + (round * 8 + i - 1) % 127) * 64 * cs;
+                        uint64_t len = i == 0 ? cs : 4 * cs;
+
+                        b[i] = abuf(len);
+                        fill(b[i], len, round * 16 + i);
+                        memcpy(model + off, b[i], len);
+                        rs[i] = req_new(img, VBD_OP_WRITE, off, len, b[i], 0);
+                }
+                pending += 9;
+                for (unsigned i = 0; i < 9; i++)
+                        vbd_image_submit(img, &rs[i]->io);
+                run();
+                for (unsigned i = 0; i < 9; i++) {
+                        CHECK(rs[i]->status == 0);
+                        req_free(rs[i]);
+                        free(b[i]);
+                }
+                if (round % 8 == 7)
+                        CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
+        }
+        CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
+        verify_read(img, model, size, "small clusters");
+        vbd_image_close(img);
+        verify_with_qemu(path, model, size, false, "small clusters");
+        unlink(path);
+        free(model);
+        free(buf);
 }
 
 /* Two writes into the two halves of one unallocated cluster, at once. */
@@ -681,6 +784,7 @@ int main(void)
                 return 1;
         }
 
+        test_small_cluster_buffered();
         test_same_cluster();
         test_random("cluster_size=65536", 32 * MB, 600, 200 * 1024);
         test_random("cluster_size=4096", 8 * MB, 800, 64 * 1024);
