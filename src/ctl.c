@@ -24,6 +24,9 @@
 
 #include "config.h"
 #include "ctl.h"
+#ifdef HAVE_MIRROR
+#include "mirror.h"
+#endif
 #include "image.h"
 #include "nbd-export.h"
 #include "vbd.h"
@@ -46,6 +49,10 @@ struct ctl_client {
         bool waiting_pause; /* ... and it is a pause */
         json_t *pending_id; /* its "id" */
         uint64_t pause_begin_ms;
+#ifdef HAVE_MIRROR
+        struct vbd_mirror_params mp; /* migrate-start waiting for the pause */
+        char mp_to[1024];
+#endif
 };
 
 struct vbd_ctl {
@@ -68,6 +75,10 @@ struct vbd_ctl {
         struct vbd_nbd *nbd;        /* NULL: no NBD export */
         void (*stop)(void *opaque); /* export-only: detach */
         void *stop_opaque;
+        struct ctl_client *mig_client; /* migrate-start/cutover waiting for a pause */
+        bool mig_was_paused;           /* the VBD was paused before that pause */
+        bool mig_paused;               /* cut over: we keep the VBD paused */
+        uint64_t mig_pause_ns;
 };
 
 static uint64_t now_ms(void)
@@ -311,6 +322,11 @@ static int cmd_info(struct ctl_client *cl, json_t *args, json_t **ret, struct vb
             c->path);
         if (c->nbd)
                 json_object_set_new(*ret, "nbd", nbd_json(c));
+#ifdef HAVE_MIRROR
+        if (vbd_image_is_mirror(*c->img))
+                json_object_set_new(*ret, "migration",
+                                    json_string(vbd_mirror_state_name(vbd_mirror_state(*c->img))));
+#endif
         return 0;
 }
 
@@ -448,6 +464,15 @@ static int cmd_reopen(struct ctl_client *cl, json_t *args, json_t **ret, struct 
         if (c->nbd)
                 return set_err(err, -EBUSY, "the image is exported over NBD (%s)",
                                vbd_nbd_endpoint(c->nbd));
+#ifdef HAVE_MIRROR
+        if (vbd_image_is_mirror(*c->img)) {
+                enum vbd_mirror_state st = vbd_mirror_state(*c->img);
+
+                if (st >= VBD_MIRROR_CONNECTING && st <= VBD_MIRROR_CUTOVER)
+                        return set_err(err, -EBUSY, "a migration is %s (migrate-abort first)",
+                                       vbd_mirror_state_name(st));
+        }
+#endif
         img = vbd_image_open(spec, xc->readonly, c->aio, &oerr);
         if (!img)
                 return set_err(err, oerr.code ? oerr.code : -EIO, "cannot open '%s': %s", spec,
@@ -511,17 +536,335 @@ static int cmd_log_level(struct ctl_client *cl, json_t *args, json_t **ret, stru
         return 0;
 }
 
+/* ---- migration (the mirror driver) ---- */
+
+/* Answer a deferred request (migrate-start, migrate-cutover). */
+static void deferred_reply(struct ctl_client *cl, json_t *result, int code, const char *msg)
+{
+        if (code < 0) {
+                json_decref(result);
+                (void)reply_err(cl, cl->pending_id, code, "%s", msg);
+        } else {
+                (void)reply_ok(cl, cl->pending_id, result);
+        }
+        json_decref(cl->pending_id);
+        cl->pending_id = NULL;
+        cl->busy = false;
+        client_resume_input(cl);
+}
+
+#ifdef HAVE_MIRROR
+static uint64_t mono_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static json_t *migrate_json(struct vbd_ctl *c)
+{
+        struct vbd_mirror_status st = {.state = VBD_MIRROR_NONE, .eta_s = -1, .downtime_ms = -1};
+        json_t *j;
+
+        if (vbd_image_is_mirror(*c->img))
+                vbd_mirror_get_status(*c->img, &st);
+        else
+                st.size = vbd_image_info(*c->img)->size;
+        j = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "state",
+                      vbd_mirror_state_name(st.state), "mode", st.precopy ? "precopy" : "pasm",
+                      "to", st.to, "error", st.error, "size", (json_int_t)st.size, "partner_size",
+                      (json_int_t)st.partner_size, "region_size", (json_int_t)st.region_size,
+                      "regions_total", (json_int_t)st.regions_total, "regions_synced",
+                      (json_int_t)st.regions_synced, "regions_inflight",
+                      (json_int_t)st.regions_inflight, "bytes_synced", (json_int_t)st.bytes_synced,
+                      "progress", st.size ? (double)st.bytes_synced / (double)st.size : 0.);
+        json_object_update_new(
+            j,
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "bytes_copied",
+                      (json_int_t)st.bytes_copied, "bytes_zeroed", (json_int_t)st.bytes_zeroed,
+                      "bytes_forwarded", (json_int_t)st.bytes_forwarded, "writes_forwarded",
+                      (json_int_t)st.writes_forwarded, "bytes_sent",
+                      (json_int_t)(st.bytes_copied + st.bytes_forwarded), "passes",
+                      (json_int_t)st.passes, "dirty_bytes", (json_int_t)st.dirty_bytes,
+                      "partner_inflight", (json_int_t)st.partner_inflight, "writes_waited",
+                      (json_int_t)st.writes_waited, "elapsed_ms", (json_int_t)st.elapsed_ms, "rate",
+                      (json_int_t)st.rate, "eta_s", (json_int_t)st.eta_s, "downtime_ms",
+                      (json_int_t)st.downtime_ms, "paused",
+                      (json_int_t)vbd_is_paused(vbd_xenbus_vbd(c->xb))));
+        /* "paused" is a boolean in every other reply. */
+        json_object_set_new(j, "paused", json_boolean(vbd_is_paused(vbd_xenbus_vbd(c->xb))));
+        return j;
+}
+
+/* Read an optional unsigned integer argument in [lo, hi]. */
+static int arg_uint(json_t *args, const char *key, uint64_t lo, uint64_t hi, uint64_t *ret,
+                    struct vbd_err *err)
+{
+        json_t *j = json_object_get(args, key);
+
+        if (!j)
+                return 0;
+        if (!json_is_integer(j) || json_integer_value(j) < 0 ||
+            (uint64_t)json_integer_value(j) < lo || (uint64_t)json_integer_value(j) > hi)
+                return set_err(err, -EINVAL,
+                               "\"%s\" must be an integer from %" PRIu64 " to %" PRIu64, key, lo,
+                               hi);
+        *ret = (uint64_t)json_integer_value(j);
+        return 0;
+}
+
+static int parse_migrate_args(json_t *args, struct vbd_mirror_params *p, char *to, size_t to_size,
+                              struct vbd_err *err)
+{
+        static const char *const keys[] = {"to",      "mode",   "share", "rate", "region",
+                                           "timeout", "zeroed", "depth", NULL};
+        const char *key;
+        json_t *j, *val;
+        uint64_t share = 25, rate = 0, region = VBD_MIRROR_REGION_DEFAULT, timeout = 30, depth = 4;
+
+        if (!args)
+                return set_err(err, -EINVAL, "migrate-start needs \"to\": the partner's NBD URI");
+        json_object_foreach(args, key, val)
+        {
+                unsigned i;
+
+                for (i = 0; keys[i] && strcmp(keys[i], key); i++)
+                        ;
+                if (!keys[i])
+                        return set_err(err, -EINVAL, "migrate-start: unknown argument \"%s\"", key);
+        }
+        j = json_object_get(args, "to");
+        if (!j || !json_is_string(j) || !json_string_length(j) ||
+            strlen(json_string_value(j)) != json_string_length(j) ||
+            json_string_length(j) >= to_size)
+                return set_err(err, -EINVAL,
+                               "\"to\" must be an NBD URI (nbd://HOST[:PORT][/NAME] "
+                               "or nbd+unix:///NAME?socket=PATH)");
+        snprintf(to, to_size, "%s", json_string_value(j));
+        if (strncmp(to, "nbd://", 6) && strncmp(to, "nbd+unix://", 11) &&
+            strncmp(to, "nbds://", 7) && strncmp(to, "nbds+unix://", 12))
+                return set_err(err, -EINVAL, "\"to\": not an NBD URI: %s", to);
+        j = json_object_get(args, "mode");
+        p->precopy = false;
+        if (j && (!json_is_string(j) || (strcmp(json_string_value(j), "pasm") &&
+                                         strcmp(json_string_value(j), "precopy"))))
+                return set_err(err, -EINVAL, "\"mode\" is \"pasm\" or \"precopy\"");
+        if (j)
+                p->precopy = strcmp(json_string_value(j), "precopy") == 0;
+        j = json_object_get(args, "zeroed");
+        if (j && !json_is_boolean(j))
+                return set_err(err, -EINVAL, "\"zeroed\" is a boolean");
+        p->zeroed = j && json_is_true(j);
+        if (arg_uint(args, "share", 1, 100, &share, err) < 0 ||
+            arg_uint(args, "rate", 0, UINT64_MAX >> 2, &rate, err) < 0 ||
+            arg_uint(args, "region", VBD_MIRROR_REGION_MIN, VBD_MIRROR_REGION_MAX, &region, err) <
+                0 ||
+            arg_uint(args, "timeout", 1, VBD_MIRROR_TIMEOUT_MAX, &timeout, err) < 0 ||
+            arg_uint(args, "depth", 1, VBD_MIRROR_DEPTH_MAX, &depth, err) < 0)
+                return err->code;
+        if (region & (region - 1))
+                return set_err(err, -EINVAL, "\"region\" must be a power of two");
+        p->to = to;
+        p->share = (unsigned)share;
+        p->rate = rate;
+        p->region = region;
+        p->timeout = (unsigned)timeout;
+        p->depth = (unsigned)depth;
+        return 0;
+}
+
+/* The VBD is drained: stack the mirror, start, resume. */
+static void migrate_paused_cb(void *opaque)
+{
+        struct vbd_ctl *c = opaque;
+        struct ctl_client *cl = c->mig_client;
+        struct vbd *v = vbd_xenbus_vbd(c->xb);
+        struct vbd_image *m;
+        struct vbd_err err = {0};
+        int r = 0;
+
+        c->mig_client = NULL;
+        m = vbd_mirror_wrap(c->loop, *c->img, &err);
+        if (!m) {
+                r = err.code ? err.code : -ENOMEM;
+        } else if ((r = vbd_xenbus_swap_image(c->xb, m)) < 0) {
+                (void)vbd_image_unwrap(m);
+                set_err(&err, r, "cannot stack the mirror: %s", strerror(-r));
+        } else {
+                *c->img = m;
+                if (cl)
+                        r = vbd_mirror_start(m, &cl->mp, &err);
+        }
+        if (!c->mig_was_paused)
+                vbd_resume(v);
+        if (cl)
+                deferred_reply(cl, r < 0 ? NULL : migrate_json(c), r, err.msg);
+}
+#endif
+
+static int cmd_migrate_start(struct ctl_client *cl, json_t *args, json_t **ret, struct vbd_err *err)
+{
+#ifdef HAVE_MIRROR
+        struct vbd_ctl *c = cl->ctl;
+        struct vbd *v = vbd_xenbus_vbd(c->xb);
+        int r;
+
+        r = parse_migrate_args(args, &cl->mp, cl->mp_to, sizeof(cl->mp_to), err);
+        if (r < 0)
+                return r;
+        if (vbd_xenbus_config(c->xb)->readonly)
+                return set_err(err, -EROFS, "the VBD is read-only: nothing to migrate");
+        if (c->nbd)
+                return set_err(err, -EBUSY, "the image is exported over NBD (%s)",
+                               vbd_nbd_endpoint(c->nbd));
+        if (c->mig_client || c->pausing)
+                return set_err(err, -EBUSY, "a pause or another migration command is under way");
+        if (vbd_image_is_mirror(*c->img)) {
+                r = vbd_mirror_start(*c->img, &cl->mp, err);
+                if (r < 0)
+                        return r;
+                *ret = migrate_json(c);
+                return 0;
+        }
+        /* Stack a mirror over the image: only with nothing in flight. */
+        c->mig_client = cl;
+        c->mig_was_paused = vbd_is_paused(v);
+        cl->busy = true;
+        vbd_info("migration requested: pausing to stack the mirror");
+        vbd_pause(v, migrate_paused_cb, c); /* may call back inline */
+        return 1;
+#else
+        return set_err(err, -EOPNOTSUPP, "this vbdd was built without libnbd: no migration");
+#endif
+}
+
+static int cmd_migrate_status(struct ctl_client *cl, json_t *args, json_t **ret,
+                              struct vbd_err *err)
+{
+#ifdef HAVE_MIRROR
+        if (no_args(args, err) < 0)
+                return err->code;
+        *ret = migrate_json(cl->ctl);
+        return 0;
+#else
+        return set_err(err, -EOPNOTSUPP, "this vbdd was built without libnbd: no migration");
+#endif
+}
+
+#ifdef HAVE_MIRROR
+static void cutover_done(void *opaque, int status)
+{
+        struct vbd_ctl *c = opaque;
+        struct ctl_client *cl = c->mig_client;
+        struct vbd_mirror_status st;
+        char msg[400];
+
+        c->mig_client = NULL;
+        if (status < 0) {
+                vbd_mirror_get_status(*c->img, &st);
+                snprintf(msg, sizeof(msg), "cut-over failed: %s",
+                         st.error[0] ? st.error : strerror(-status));
+                if (!c->mig_was_paused)
+                        vbd_resume(vbd_xenbus_vbd(c->xb));
+        } else {
+                c->mig_paused = !c->mig_was_paused;
+        }
+        if (cl)
+                deferred_reply(cl, status < 0 ? NULL : migrate_json(c), status, msg);
+}
+
+static void cutover_paused_cb(void *opaque)
+{
+        struct vbd_ctl *c = opaque;
+        int r = vbd_mirror_cutover(*c->img, c->mig_pause_ns, cutover_done, c);
+
+        if (r < 0)
+                cutover_done(c, r);
+}
+#endif
+
+static int cmd_migrate_cutover(struct ctl_client *cl, json_t *args, json_t **ret,
+                               struct vbd_err *err)
+{
+#ifdef HAVE_MIRROR
+        struct vbd_ctl *c = cl->ctl;
+        struct vbd *v = vbd_xenbus_vbd(c->xb);
+        enum vbd_mirror_state st;
+
+        if (no_args(args, err) < 0)
+                return err->code;
+        if (!vbd_image_is_mirror(*c->img))
+                return set_err(err, -ENOENT, "no migration (see migrate-start)");
+        st = vbd_mirror_state(*c->img);
+        if (st != VBD_MIRROR_READY)
+                return set_err(err,
+                               st == VBD_MIRROR_COPYING || st == VBD_MIRROR_CONNECTING ? -EAGAIN
+                                                                                       : -EINVAL,
+                               "the migration is %s, not ready", vbd_mirror_state_name(st));
+        if (c->mig_client || c->pausing)
+                return set_err(err, -EBUSY, "a pause or another migration command is under way");
+        c->mig_client = cl;
+        c->mig_was_paused = vbd_is_paused(v);
+        c->mig_pause_ns = mono_ns();
+        cl->busy = true;
+        vbd_info("cut-over requested: pausing the VBD");
+        vbd_pause(v, cutover_paused_cb, c); /* may call back inline */
+        return 1;
+#else
+        return set_err(err, -EOPNOTSUPP, "this vbdd was built without libnbd: no migration");
+#endif
+}
+
+static int cmd_migrate_abort(struct ctl_client *cl, json_t *args, json_t **ret, struct vbd_err *err)
+{
+#ifdef HAVE_MIRROR
+        struct vbd_ctl *c = cl->ctl;
+        bool was_cut;
+
+        if (no_args(args, err) < 0)
+                return err->code;
+        if (!vbd_image_is_mirror(*c->img))
+                return set_err(err, -ENOENT, "no migration to abort");
+        was_cut = vbd_mirror_state(*c->img) == VBD_MIRROR_CUTOVER;
+        if (vbd_mirror_abort(*c->img) < 0)
+                return set_err(err, -ENOENT, "no migration running (it is %s)",
+                               vbd_mirror_state_name(vbd_mirror_state(*c->img)));
+        if (was_cut && c->mig_paused) {
+                c->mig_paused = false;
+                vbd_resume(vbd_xenbus_vbd(c->xb));
+                vbd_info("resumed after the aborted cut-over");
+        }
+        *ret = migrate_json(c);
+        return 0;
+#else
+        return set_err(err, -EOPNOTSUPP, "this vbdd was built without libnbd: no migration");
+#endif
+}
+
 static const struct {
         const char *name;
         ctl_cmd_fn fn;
+        bool deferred; /* may answer later (returns 1) */
 } cmds[] = {
-    {"version", cmd_version}, {"info", cmd_info},           {"stats", cmd_stats},
-    {"pause", cmd_pause},     {"resume", cmd_resume},       {"reopen", cmd_reopen},
-    {"detach", cmd_detach},   {"log-level", cmd_log_level},
+    {"version", cmd_version},
+    {"info", cmd_info},
+    {"stats", cmd_stats},
+    {"pause", cmd_pause, true},
+    {"resume", cmd_resume},
+    {"reopen", cmd_reopen},
+    {"detach", cmd_detach},
+    {"log-level", cmd_log_level},
+    {"migrate-start", cmd_migrate_start, true},
+    {"migrate-status", cmd_migrate_status},
+    {"migrate-cutover", cmd_migrate_cutover, true},
+    {"migrate-abort", cmd_migrate_abort},
 };
 
-static const char *const cmd_names[] = {"version", "info",   "stats",     "pause", "resume",
-                                        "reopen",  "detach", "log-level", NULL};
+static const char *const cmd_names[] = {
+    "version",         "info",          "stats",     "pause",         "resume",
+    "reopen",          "detach",        "log-level", "migrate-start", "migrate-status",
+    "migrate-cutover", "migrate-abort", NULL};
 
 /* ---- requests ---- */
 
@@ -588,10 +931,10 @@ static bool dispatch(struct ctl_client *cl, char *line, size_t len)
                 goto out;
         }
         vbd_debug("command %s", cmds[i].name);
-        if (cmds[i].fn == cmd_pause) {
+        if (cmds[i].deferred) {
                 cl->pending_id = id ? json_incref(id) : NULL;
-                r = cmd_pause(cl, args, &result, &err);
-                if (r < 0) {
+                r = cmds[i].fn(cl, args, &result, &err);
+                if (r <= 0) {
                         json_decref(cl->pending_id);
                         cl->pending_id = NULL;
                         cl->busy = cl->waiting_pause = false;
@@ -734,6 +1077,8 @@ static void client_close(struct ctl_client *cl)
                 }
         }
         c->nr_clients--;
+        if (c->mig_client == cl)
+                c->mig_client = NULL; /* the pause goes on; nobody gets the reply */
         ev_io_stop(c->loop, &cl->rio);
         ev_io_stop(c->loop, &cl->wio);
         ev_timer_stop(c->loop, &cl->idle);

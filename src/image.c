@@ -27,6 +27,8 @@ struct vbd_image {
         struct vbd_info info;
         void *state;
         char *spec;
+        size_t scratch_size;     /* per io: the driver's, plus the child's when stacked */
+        struct vbd_image *child; /* stacked drivers (vbd_image_wrap): the image below */
 };
 
 int vbd_err_set(struct vbd_err *err, int code, const char *fmt, ...)
@@ -268,6 +270,7 @@ struct vbd_image *vbd_image_open_driver(const struct vbd_driver *drv, const char
         img->aio = aio;
         img->readonly = readonly;
         img->spec = strdup(spec);
+        img->scratch_size = drv->io_scratch_size;
         img->state = calloc(1, drv->state_size ? drv->state_size : 1);
         if (!img->spec || !img->state) {
                 r = vbd_err_set(err, -ENOMEM, "out of memory");
@@ -313,6 +316,80 @@ struct vbd_image *vbd_image_open(const char *spec, bool readonly, struct vbd_aio
         return vbd_image_open_driver(NULL, spec, readonly, aio, err);
 }
 
+struct vbd_image *vbd_image_wrap(const struct vbd_driver *drv, struct vbd_image *child,
+                                 struct vbd_err *err)
+{
+        struct vbd_image *img = calloc(1, sizeof(*img));
+        struct vbd_opts o = {.arg = "", .readonly = child->readonly};
+        int r;
+
+        if (err) {
+                err->code = 0;
+                err->msg[0] = '\0';
+        }
+        if (!img || drv->abi != VBD_DRIVER_ABI) {
+                r = vbd_err_set(err, img ? -EPROTO : -ENOMEM, "%s: cannot stack", drv->name);
+                goto fail;
+        }
+        img->drv = drv;
+        img->aio = child->aio;
+        img->readonly = child->readonly;
+        img->child = child;
+        /* The driver's own part, then the child's, 16-byte aligned. */
+        img->scratch_size = ((drv->io_scratch_size + 15) & ~(size_t)15) + child->scratch_size;
+        img->spec = strdup(child->spec);
+        img->state = calloc(1, drv->state_size ? drv->state_size : 1);
+        if (!img->spec || !img->state) {
+                r = vbd_err_set(err, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        r = drv->open(img, &o, err);
+        if (r < 0)
+                goto fail;
+        r = drv->get_info(img, &img->info);
+        if (r >= 0)
+                r = info_check(img, &img->info, err);
+        if (r < 0) {
+                drv->close(img);
+                goto fail;
+        }
+        return img;
+fail:
+        if (err && !err->code)
+                vbd_err_set(err, r, "%s: %s", drv->name, strerror(-r));
+        if (img) {
+                free(img->spec);
+                free(img->state);
+                free(img);
+        }
+        errno = -r;
+        return NULL;
+}
+
+const struct vbd_driver *vbd_image_driver(const struct vbd_image *img)
+{
+        return img->drv;
+}
+
+struct vbd_image *vbd_image_child(struct vbd_image *img)
+{
+        return img->child;
+}
+
+void *vbd_image_child_scratch(struct vbd_image *img, void *scratch)
+{
+        return (char *)scratch + ((img->drv->io_scratch_size + 15) & ~(size_t)15);
+}
+
+struct vbd_image *vbd_image_unwrap(struct vbd_image *img)
+{
+        struct vbd_image *child = img->child;
+
+        img->child = NULL;
+        vbd_image_close(img);
+        return child;
+}
+
 void vbd_image_close(struct vbd_image *img)
 {
         if (!img)
@@ -330,7 +407,7 @@ const struct vbd_info *vbd_image_info(const struct vbd_image *img)
 
 size_t vbd_image_io_scratch_size(const struct vbd_image *img)
 {
-        return img->drv->io_scratch_size;
+        return img->scratch_size;
 }
 
 bool vbd_image_readonly(const struct vbd_image *img)
@@ -420,7 +497,7 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io)
         int r;
 
         assert(io && io->done);
-        assert(io->scratch || img->drv->io_scratch_size == 0);
+        assert(io->scratch || img->scratch_size == 0);
 
         r = image_check(img, io);
         if (r < 0) {

@@ -32,6 +32,25 @@ struct vbd_image *vbd_image_open_driver(const struct vbd_driver *drv, const char
                                         bool readonly, struct vbd_aio *aio, struct vbd_err *err);
 void vbd_image_close(struct vbd_image *img); /* NULL-safe; never with I/O in flight */
 
+/*
+ * Stacking: open drv over child (a mirror over the image being served).  The
+ * new image takes the child's spec (its name), read-only flag and AIO engine;
+ * drv->open() gets an empty arg and finds the child with vbd_image_child().
+ * Each io's scratch holds the driver's part then the child's, found with
+ * vbd_image_child_scratch().  Closing the stack closes the child too (the
+ * driver's close() does it); vbd_image_unwrap() closes only the top and
+ * returns the child.  NULL + err on failure (the child is left open).
+ */
+/* Per-io scratch a stacked driver may add: pools sized for an image keep this
+ * much room so that a mirror can be stacked while the VBD is connected. */
+#define VBD_IMAGE_STACK_SCRATCH 512
+struct vbd_image *vbd_image_wrap(const struct vbd_driver *drv, struct vbd_image *child,
+                                 struct vbd_err *err);
+struct vbd_image *vbd_image_child(struct vbd_image *img); /* NULL when not stacked */
+const struct vbd_driver *vbd_image_driver(const struct vbd_image *img);
+void *vbd_image_child_scratch(struct vbd_image *img, void *scratch);
+struct vbd_image *vbd_image_unwrap(struct vbd_image *img);
+
 const struct vbd_info *vbd_image_info(const struct vbd_image *img);
 size_t vbd_image_io_scratch_size(const struct vbd_image *img);
 

@@ -191,7 +191,8 @@ static void *map_anon(size_t size)
  */
 static int pool_alloc(struct vbd *v, unsigned n)
 {
-        size_t scratch = vbd_image_io_scratch_size(v->img);
+        /* Room for a driver stacked later (a migration's mirror) too. */
+        size_t scratch = vbd_image_io_scratch_size(v->img) + VBD_IMAGE_STACK_SCRATCH;
         size_t max_copy;
 
         scratch = (scratch + 63) & ~(size_t)63;
