@@ -34,8 +34,9 @@ enum {
         R_REDO = 4, /* precopy: written while in flight, send again */
 };
 
-#define FWD_WINDOW          64        /* forwarded guest writes in flight */
-#define GUEST_IDLE_NS       50000000u /* no guest I/O for this long: the copier runs at depth */
+#define FWD_WINDOW_BYTES    (64u << 20) /* forwarded data outstanding */
+#define FWD_WINDOW_COUNT    1024        /* forwarded writes outstanding */
+#define GUEST_IDLE_NS       50000000u   /* no guest I/O for this long: the copier runs at depth */
 #define TICK_S              0.25
 #define RATE_WINDOW         8  /* samples of progress, one per tick */
 #define PRECOPY_MIN_REGIONS 16 /* precopy is ready when at most max(1%, this many) are left */
@@ -59,16 +60,27 @@ struct mio {
         struct vbd_io *gio;
         struct mio *prev, *next; /* m->active: write-type ios applied now */
         struct mio *wnext;       /* m->wait_head: write-type ios waiting */
-        struct nop nop;          /* forward, or the NBD half of a flush */
+        struct nop nop;          /* the NBD half of a flush */
+        uint64_t flush_seq;      /* a flush: forwards before it have seq < this */
         uint64_t r0, r1;         /* regions touched, inclusive */
         int local_status;
         unsigned pending; /* halves outstanding: local, partner */
-        bool forwarded, active, mark_unsent;
+        bool active, mark_unsent;
         struct vbd_io cio; /* to the child */
 };
 
 _Static_assert(((sizeof(struct mio) + 15) & ~(size_t)15) <= VBD_IMAGE_STACK_SCRATCH,
                "struct mio must fit in the room VBD pools keep for a stacked driver");
+
+/* A forwarded guest write: its own copy of the data. */
+struct fwd {
+        struct mirror *m;
+        struct fwd *prev, *next; /* m->fwd_head: outstanding, in arrival order */
+        uint64_t seq, off, len;
+        bool sent; /* else queued behind an overlapping earlier one */
+        struct nop nop;
+        uint8_t data[];
+};
 
 enum { SLOT_FREE, SLOT_READING, SLOT_SENDING };
 
@@ -108,7 +120,14 @@ struct mirror {
         /* Guest I/O. */
         struct mio *active;
         struct mio *wait_head, **wait_tail;
-        unsigned guest_inflight, forwards;
+        unsigned guest_inflight;
+        struct mio *flush_head, **flush_tail; /* flushes waiting for earlier forwards */
+        unsigned nflush;                      /* ... and those sent */
+
+        /* Forwarded writes outstanding. */
+        struct fwd *fwd_head, *fwd_tail;
+        unsigned nfwd;
+        uint64_t fwd_bytes, fwd_seq;
         uint64_t last_guest_ns;
 
         /* NBD commands. */
@@ -146,6 +165,8 @@ struct mirror {
 };
 
 static void progress(struct mirror *m);
+static void half_done(struct mio *mi);
+static void fwd_free(struct mirror *m, struct fwd *f);
 static void fail(struct mirror *m, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -361,6 +382,18 @@ static void drop_partner(struct mirror *m)
         watch_io(m); /* stop watching the fd before it is closed */
         nbd_close(h);
         process_done(m);
+        /* Forwards never sent, flushes never sent: over too. */
+        while (m->fwd_head)
+                fwd_free(m, m->fwd_head);
+        while (m->flush_head) {
+                struct mio *mi = m->flush_head;
+
+                m->flush_head = mi->wnext;
+                mi->wnext = NULL;
+                m->nflush--;
+                half_done(mi);
+        }
+        m->flush_tail = &m->flush_head;
 }
 
 static void finish(struct mirror *m, enum vbd_mirror_state st, int err, const char *msg)
@@ -487,24 +520,136 @@ static void local_done(struct vbd_io *cio, int status)
         progress(m);
 }
 
-static void forward_done(struct nop *op)
+/*
+ * Forwarded writes.  The guest's write completes when the local write does;
+ * the forward carries its own copy of the data and stays outstanding until
+ * the partner answers.  At most FWD_WINDOW_BYTES / FWD_WINDOW_COUNT are
+ * outstanding (more writes to synced regions wait: backpressure).  They are
+ * kept in arrival order; one that overlaps an earlier outstanding forward is
+ * sent only once that one is answered, so the partner applies overlapping
+ * writes in the guest's order.
+ */
+static void fwd_send(struct mirror *m, struct fwd *f);
+static void flush_nbd_done(struct nop *op);
+
+static void fwd_free(struct mirror *m, struct fwd *f)
+{
+        if (f->prev)
+                f->prev->next = f->next;
+        else
+                m->fwd_head = f->next;
+        if (f->next)
+                f->next->prev = f->prev;
+        else
+                m->fwd_tail = f->prev;
+        m->nfwd--;
+        m->fwd_bytes -= f->len;
+        free(f);
+        m->again = true;
+}
+
+/* Send the queued forwards that no earlier outstanding one overlaps. */
+static void fwd_send_queued(struct mirror *m)
+{
+        for (struct fwd *f = m->fwd_head; f && linked(m); f = f->next) {
+                bool blocked = false;
+
+                if (f->sent)
+                        continue;
+                for (struct fwd *e = m->fwd_head; e != f && !blocked; e = e->next)
+                        blocked = overlaps(f->off, f->len, e->off, e->len);
+                if (!blocked)
+                        fwd_send(m, f);
+        }
+}
+
+/* The NBD flushes waiting for forwards that came before them. */
+static void flush_send_ready(struct mirror *m)
+{
+        while (m->flush_head && linked(m) &&
+               (!m->fwd_head || m->fwd_head->seq >= m->flush_head->flush_seq)) {
+                struct mio *mi = m->flush_head;
+
+                m->flush_head = mi->wnext;
+                if (!m->flush_head)
+                        m->flush_tail = &m->flush_head;
+                mi->wnext = NULL;
+                if (nbd_aio_flush(m->nbd, nop_arm(m, &mi->nop, flush_nbd_done), 0) < 0)
+                        nop_issue_failed(m, &mi->nop, "a flush");
+        }
+}
+
+static void fwd_done(struct nop *op)
+{
+        struct fwd *f = (struct fwd *)((char *)op - offsetof(struct fwd, nop));
+        struct mirror *m = f->m;
+
+        if (op->err) {
+                if (op->err != ECONNABORTED)
+                        fail(m, op->err,
+                             "partner: write of %" PRIu64 " bytes at %" PRIu64 " failed: %s",
+                             f->len, f->off, strerror(op->err));
+        } else {
+                m->writes_forwarded++;
+                m->bytes_forwarded += f->len;
+        }
+        fwd_free(m, f);
+        if (linked(m)) {
+                fwd_send_queued(m);
+                flush_send_ready(m);
+        }
+}
+
+static void fwd_send(struct mirror *m, struct fwd *f)
+{
+        f->sent = true;
+        if (nbd_aio_pwrite(m->nbd, f->data, f->len, f->off, nop_arm(m, &f->nop, fwd_done), 0) < 0)
+                nop_issue_failed(m, &f->nop, "a write");
+}
+
+static void fwd_new(struct mirror *m, const struct vbd_io *g)
+{
+        struct fwd *f = malloc(sizeof(*f) + g->len);
+        size_t done = 0;
+
+        if (!f) {
+                fail(m, ENOMEM, "out of memory for a forwarded write");
+                return;
+        }
+        *f = (struct fwd){.m = m, .seq = m->fwd_seq++, .off = g->offset, .len = g->len};
+        for (unsigned i = 0; i < g->iovcnt; i++) {
+                memcpy(f->data + done, g->iov[i].iov_base, g->iov[i].iov_len);
+                done += g->iov[i].iov_len;
+        }
+        f->prev = m->fwd_tail;
+        if (m->fwd_tail)
+                m->fwd_tail->next = f;
+        else
+                m->fwd_head = f;
+        m->fwd_tail = f;
+        m->nfwd++;
+        m->fwd_bytes += f->len;
+        for (struct fwd *e = m->fwd_head; e != f; e = e->next)
+                if (overlaps(f->off, f->len, e->off, e->len))
+                        return; /* sent when e is answered */
+        fwd_send(m, f);
+}
+
+/* Would a write to [r0, r1] be forwarded? */
+static bool forwards(const struct mirror *m, const struct mio *mi)
+{
+        return running(m) && m->rmap && !m->p.precopy && mi->gio->op == VBD_OP_WRITE && linked(m) &&
+               any_region(m, mi->r0, mi->r1, R_SYNCED);
+}
+
+static void flush_nbd_done(struct nop *op)
 {
         struct mio *mi = (struct mio *)((char *)op - offsetof(struct mio, nop));
         struct mirror *m = mi->m;
 
-        m->forwards--;
-        if (mi->gio->op == VBD_OP_FLUSH) {
-                if (op->err && op->err != ECONNABORTED)
-                        fail(m, op->err, "partner: flush failed: %s", strerror(op->err));
-        } else if (op->err) {
-                if (op->err != ECONNABORTED)
-                        fail(m, op->err,
-                             "partner: write of %" PRIu64 " bytes at %" PRIu64 " failed: %s",
-                             mi->gio->len, mi->gio->offset, strerror(op->err));
-        } else {
-                m->writes_forwarded++;
-                m->bytes_forwarded += mi->gio->len;
-        }
+        m->nflush--;
+        if (op->err && op->err != ECONNABORTED)
+                fail(m, op->err, "partner: flush failed: %s", strerror(op->err));
         half_done(mi);
 }
 
@@ -526,8 +671,9 @@ static void submit_local(struct mirror *m, struct mio *mi)
         vbd_image_submit(vbd_image_child(m->self), &mi->cio);
 }
 
-/* Must this write-type io wait?  (Overlaps an applied write or an earlier
- * waiting one, touches a region being copied, or the forward window is full.) */
+/* Must this write-type io wait?  (Overlaps a write being applied or an
+ * earlier waiting one, touches a region being copied, or would be forwarded
+ * with the window full.) */
 static bool must_wait(struct mirror *m, struct mio *mi, struct mio *stop)
 {
         const struct vbd_io *g = mi->gio;
@@ -542,7 +688,8 @@ static bool must_wait(struct mirror *m, struct mio *mi, struct mio *stop)
                 return false;
         if (!m->p.precopy && any_region(m, mi->r0, mi->r1, R_INFLIGHT))
                 return true;
-        return m->forwards >= FWD_WINDOW;
+        return forwards(m, mi) &&
+               (m->nfwd >= FWD_WINDOW_COUNT || m->fwd_bytes + g->len > FWD_WINDOW_BYTES);
 }
 
 static void start_write(struct mirror *m, struct mio *mi)
@@ -556,24 +703,12 @@ static void start_write(struct mirror *m, struct mio *mi)
                 m->active->prev = mi;
         m->active = mi;
         mi->pending = 1;
-        if (running(m) && m->rmap && !m->p.precopy && any_region(m, mi->r0, mi->r1, R_SYNCED)) {
-                if (g->op == VBD_OP_WRITE && g->iovcnt == 1 && linked(m)) {
-                        nbd_completion_callback cb = nop_arm(m, &mi->nop, forward_done);
-                        uint32_t flags =
-                            (g->flags & VBD_IO_FUA) && m->can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
-
-                        mi->pending++;
-                        m->forwards++;
-                        mi->forwarded = true;
-                        if (nbd_aio_pwrite(m->nbd, g->iov[0].iov_base, g->len, g->offset, cb,
-                                           flags) < 0)
-                                nop_issue_failed(m, &mi->nop, "a write");
-                } else {
-                        /* Discard, write-zeroes (or a scattered write): copy the
-                         * regions again from the local image afterwards. */
-                        mi->mark_unsent = true;
-                }
-        }
+        if (forwards(m, mi))
+                fwd_new(m, g);
+        else if (running(m) && m->rmap && !m->p.precopy && any_region(m, mi->r0, mi->r1, R_SYNCED))
+                /* Discard or write-zeroes on synced regions: send those
+                 * regions again, from the local image, once done. */
+                mi->mark_unsent = true;
         submit_local(m, mi);
 }
 
@@ -612,14 +747,16 @@ static void mirror_submit(struct vbd_image *img, struct vbd_io *io)
                 return;
         }
         if (io->op == VBD_OP_FLUSH) {
+                /* Local flush now; the NBD flush once the forwards before it
+                 * are answered (NBD flushes only what has completed). */
                 mi->pending = 1;
                 if (linked(m)) {
-                        nbd_completion_callback cb = nop_arm(m, &mi->nop, forward_done);
-
                         mi->pending++;
-                        m->forwards++;
-                        if (nbd_aio_flush(m->nbd, cb, 0) < 0)
-                                nop_issue_failed(m, &mi->nop, "a flush");
+                        mi->flush_seq = m->fwd_seq;
+                        *m->flush_tail = mi;
+                        m->flush_tail = &mi->wnext;
+                        m->nflush++;
+                        flush_send_ready(m);
                 }
                 submit_local(m, mi);
                 progress(m);
@@ -751,6 +888,10 @@ static bool pick_region(struct mirror *m, uint64_t *ret)
                 for (struct mio *a = m->active; a && !busy; a = a->next)
                         busy = overlaps(a->gio->offset, a->gio->len, region_off(m, r),
                                         region_len(m, r));
+                /* A forward still outstanding there (the region was synced,
+                 * then discarded): the copy must not race it. */
+                for (struct fwd *f = m->fwd_head; f && !busy; f = f->next)
+                        busy = overlaps(f->off, f->len, region_off(m, r), region_len(m, r));
                 if (!busy) {
                         *ret = r;
                         return true;
@@ -921,7 +1062,8 @@ static void cut_check(struct mirror *m)
 {
         if (m->state != VBD_MIRROR_CUTTING || m->cut_flush >= 0 || m->fail_pending)
                 return;
-        if (m->nunsent || m->ninflight || m->slots_busy || m->forwards || m->guest_inflight)
+        if (m->nunsent || m->ninflight || m->slots_busy || m->nfwd || m->nflush ||
+            m->guest_inflight)
                 return;
         m->cut_flush = 2;
         m->cut_status = 0;
@@ -1237,6 +1379,7 @@ static int mirror_open(struct vbd_image *img, const struct vbd_opts *o, struct v
         m->self = img;
         m->info = *vbd_image_info(vbd_image_child(img));
         m->wait_tail = &m->wait_head;
+        m->flush_tail = &m->flush_head;
         m->nbd_fd = -1;
         m->downtime_ms = -1;
         m->cut_flush = -1;
