@@ -11,6 +11,7 @@
 #include "util/parse.h"
 #include "vbd-ctl.h"
 
+/* clang-format off */
 static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_list,
     &vbdctl_verb_info,
@@ -19,6 +20,7 @@ static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_resume,
     &vbdctl_verb_reopen,
     &vbdctl_verb_detach,
+    &vbdctl_verb_migrate,
     &vbdctl_verb_log_level,
     &vbdctl_verb_spawn,
     &vbdctl_verb_attach,
@@ -26,6 +28,7 @@ static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_version,
     NULL,
 };
+/* clang-format on */
 
 static void usage(FILE *f)
 {
