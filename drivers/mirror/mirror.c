@@ -1285,6 +1285,10 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
                 nbd_close(m->nbd);
                 m->nbd = NULL;
                 reset(m);
+                /* migrate-status says why too. */
+                m->state = VBD_MIRROR_FAILED;
+                snprintf(m->error, sizeof(m->error), "%s", err ? err->msg : "cannot connect");
+                vbd_err("migration: %s", m->error);
                 return err ? err->code : -EINVAL;
         }
         m->state = VBD_MIRROR_CONNECTING;
