@@ -798,6 +798,87 @@ int qcow2_lookup(struct qcow2_state *s, uint64_t gc, struct qcow2_map *m)
         return r;
 }
 
+static enum qcow2_status status_of(const struct qcow2_map *m)
+{
+        switch (m->kind) {
+        case QCOW2_UNALLOC:
+                return QCOW2_ST_UNALLOC;
+        case QCOW2_ZERO:
+                return m->host ? QCOW2_ST_ZERO_ALLOC : QCOW2_ST_ZERO;
+        default:
+                return QCOW2_ST_DATA;
+        }
+}
+
+/*
+ * For block status (synchronous by contract, so the pread of an uncached L2
+ * table in table_load() is allowed here, as for reads).  The in-memory L1
+ * table and cached L2 tables are the current state, dirty or not.
+ */
+int qcow2_status_run(struct qcow2_state *s, uint64_t gc, uint64_t max, unsigned *loads,
+                     enum qcow2_status *ret_st, uint64_t *ret_n)
+{
+        uint64_t per = 1ull << s->l2_bits, n = 0;
+        enum qcow2_status st = QCOW2_ST_UNALLOC;
+
+        while (n < max) {
+                uint64_t g = gc + n, l1i = g >> s->l2_bits, idx = g & (per - 1);
+                uint64_t span = per - idx < max - n ? per - idx : max - n, off;
+                struct qcow2_table *t;
+                int r;
+
+                if (l1i >= s->l1_size) {
+                        if (n)
+                                break;
+                        return -EIO;
+                }
+                off = s->l1[l1i] & QCOW2_OFFSET_MASK;
+                if (!off) {
+                        if (n && st != QCOW2_ST_UNALLOC)
+                                break;
+                        st = QCOW2_ST_UNALLOC;
+                        n += span;
+                        continue;
+                }
+                t = cache_find(s, &s->l2c, off);
+                if (!t) {
+                        if (!*loads)
+                                break;
+                        r = table_load(s, &s->l2c, off, &t);
+                        if (r < 0) {
+                                if (n)
+                                        break;
+                                return r;
+                        }
+                        (*loads)--;
+                }
+                for (uint64_t k = 0; k < span; k++) {
+                        uint64_t e = qcow2_be64(&t->data[idx + k]);
+                        struct qcow2_map m;
+                        enum qcow2_status cur;
+                        const char *why;
+
+                        if (qcow2_l2_decode(s, e, &m, &why) < 0) {
+                                if (n)
+                                        goto out;
+                                qcow2_log_corrupt(s, "guest offset %llu: %s (entry %#llx)",
+                                                  (unsigned long long)((gc + n) << s->cluster_bits),
+                                                  why, (unsigned long long)e);
+                                return -EIO;
+                        }
+                        cur = status_of(&m);
+                        if (n && cur != st)
+                                goto out;
+                        st = cur;
+                        n++;
+                }
+        }
+out:
+        *ret_st = st;
+        *ret_n = n;
+        return 0;
+}
+
 int qcow2_l2_set(struct qcow2_state *s, uint64_t gc, uint64_t entry)
 {
         uint64_t l1i = gc >> s->l2_bits, l1e, old, host, n;

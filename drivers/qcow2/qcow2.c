@@ -28,6 +28,9 @@
  * the L2 entry changed.  Allocations of the same guest cluster are
  * serialised (s->allocs); the others wait in s->waiters.
  *
+ * Block status is answered from the L1/L2 tables (qcow2_block_status),
+ * asking the backing image for clusters this image does not hold.
+ *
  * FLUSH runs a flush round (one at a time; later flushes join the next):
  * new allocations are held, requests submitted before the round drain,
  * dirty refcount blocks are written and synced, then dirty L2 tables
@@ -1504,6 +1507,126 @@ static void qcow2_submit(struct vbd_image *img, struct vbd_io *io)
         }
 }
 
+/* ---- block status ---- */
+
+#define STATUS_MAX_CLUSTERS (1ull << 20) /* L2 entries looked at per call */
+#define STATUS_MAX_LOADS    16u          /* uncached L2 tables read per call */
+
+/* Append an extent to ret[0, *n), merged into the last one when the flags
+ * match.  false: ret is full. */
+static bool status_add(struct vbd_extent *ret, unsigned max, unsigned *n, uint64_t len,
+                       uint32_t flags)
+{
+        if (*n && ret[*n - 1].flags == flags) {
+                ret[*n - 1].len += len;
+                return true;
+        }
+        if (*n == max)
+                return false;
+        ret[(*n)++] = (struct vbd_extent){.len = len, .flags = flags};
+        return true;
+}
+
+/*
+ * The status of [pos, end), unallocated in this image, from the backing
+ * chain: the backing image's own block status inside its size, zeros past
+ * it.  Appends to ret[0, *n); *ret_done: the bytes described, less than
+ * end - pos when ret filled up or the backing image answered short (it
+ * bounds its own work; the caller asks again).
+ */
+static int backing_status(struct qcow2_state *s, uint64_t pos, uint64_t end, struct vbd_extent *ret,
+                          unsigned max, unsigned *n, uint64_t *ret_done)
+{
+        uint64_t p = pos, bend = end < s->backing_size ? end : s->backing_size;
+
+        *ret_done = 0;
+        while (p < bend) {
+                /* Straight into the free tail of ret, compacted by status_add as it
+                 * goes (it never writes past the extent being read); when ret is
+                 * full, one extent that may still merge into the last. */
+                struct vbd_extent one, *dst = *n < max ? ret + *n : &one;
+                unsigned cap = *n < max ? max - *n : 1, k = 0;
+                uint64_t asked = bend - p, got = 0;
+                int r = vbd_image_block_status(s->backing, p, asked, dst, cap, &k);
+
+                if (r < 0)
+                        return r;
+                for (unsigned i = 0; i < k; i++) {
+                        struct vbd_extent e = dst[i];
+
+                        if (!status_add(ret, max, n, e.len, e.flags))
+                                goto out;
+                        p += e.len;
+                        got += e.len;
+                }
+                if (got < asked)
+                        goto out;
+        }
+        if (p < end && status_add(ret, max, n, end - p, VBD_EXTENT_HOLE | VBD_EXTENT_ZERO))
+                p = end;
+out:
+        *ret_done = p - pos;
+        return 0;
+}
+
+/*
+ * block_status: from the L1/L2 tables.  Unallocated clusters: the backing
+ * chain's status (zeros past its end), or hole + zero without a backing
+ * file; zero clusters: zero, and hole when no host cluster is kept;
+ * standard and compressed clusters: data.  Synchronous, as the contract
+ * requires: L2 tables come from the cache, and one that is not cached is
+ * read with pread on the loop thread (qcow2_status_run).  The work per call
+ * is bounded (STATUS_MAX_CLUSTERS entries, STATUS_MAX_LOADS table reads);
+ * the answer then covers less than asked.  An error after some extents ends
+ * the answer there (the next call, starting at the bad cluster, reports it).
+ */
+static int qcow2_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                              struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        struct qcow2_state *s = vbd_image_state(img);
+        uint64_t pos = offset, end = offset + len, budget = STATUS_MAX_CLUSTERS;
+        uint64_t last = (end - 1) >> s->cluster_bits;
+        unsigned loads = STATUS_MAX_LOADS, n = 0;
+        int r = 0;
+
+        while (pos < end && budget) {
+                uint64_t gc = pos >> s->cluster_bits, ncl, next, done;
+                uint64_t want = last - gc + 1 < budget ? last - gc + 1 : budget;
+                enum qcow2_status st;
+                uint32_t flags;
+
+                r = qcow2_status_run(s, gc, want, &loads, &st, &ncl);
+                if (r < 0 || !ncl)
+                        break;
+                budget -= ncl;
+                next = (gc + ncl) << s->cluster_bits;
+                if (next > end)
+                        next = end;
+                if (st == QCOW2_ST_UNALLOC && s->backing) {
+                        r = backing_status(s, pos, next, ret, max, &n, &done);
+                        if (r < 0)
+                                break;
+                        pos += done;
+                        if (pos < next)
+                                break;
+                        continue;
+                }
+                if (st == QCOW2_ST_DATA)
+                        flags = 0;
+                else if (st == QCOW2_ST_ZERO_ALLOC)
+                        flags = VBD_EXTENT_ZERO;
+                else
+                        flags = VBD_EXTENT_HOLE | VBD_EXTENT_ZERO;
+                if (!status_add(ret, max, &n, next - pos, flags))
+                        break;
+                pos = next;
+        }
+        if (!n)
+                return r < 0 ? r : -EIO;
+        *ret_n = n;
+        return 0;
+}
+
 static void qcow2_close(struct vbd_image *img)
 {
         struct qcow2_state *s = vbd_image_state(img);
@@ -1547,4 +1670,5 @@ const struct vbd_driver vbd_driver_qcow2 = {
     .submit = qcow2_submit,
     .close = qcow2_close,
     .keys = qcow2_keys,
+    .block_status = qcow2_block_status,
 };

@@ -243,6 +243,23 @@ void qcow2_meta_close(struct qcow2_state *s);
 int qcow2_lookup(struct qcow2_state *s, uint64_t gc, struct qcow2_map *m);
 /* Raw L2 entry of gc (0 when its L2 table is unallocated). */
 int qcow2_l2_get(struct qcow2_state *s, uint64_t gc, uint64_t *ret);
+/* What block status reports for a guest cluster. */
+enum qcow2_status {
+        QCOW2_ST_UNALLOC,    /* not in this image: the backing file, or zeros */
+        QCOW2_ST_ZERO,       /* zero flag, no host cluster */
+        QCOW2_ST_ZERO_ALLOC, /* zero flag, a host cluster kept (preallocated) */
+        QCOW2_ST_DATA,       /* standard or compressed */
+};
+/*
+ * The status of guest cluster gc in *ret_st, and in *ret_n how many clusters
+ * from gc on (at most max) share it.  Walks the L1 table and the L2 tables
+ * (through the cache; an uncached table is read synchronously and *loads,
+ * the number of such reads still allowed, is decremented; at 0 the run stops
+ * before an uncached table, so *ret_n may be 0).  A corrupt L2 entry ends the
+ * run before it, or fails with -EIO when it is the first.
+ */
+int qcow2_status_run(struct qcow2_state *s, uint64_t gc, uint64_t max, unsigned *loads,
+                     enum qcow2_status *ret_st, uint64_t *ret_n);
 /* Set the L2 entry of gc, allocating or copying its L2 table as needed. */
 int qcow2_l2_set(struct qcow2_state *s, uint64_t gc, uint64_t entry);
 /* Allocate up to want contiguous clusters (at least one); refcounts set to 1.

@@ -4,9 +4,10 @@
  * (in a memfd).  The harness parses the header (qcow2_header_parse), opens
  * the metadata read-write (header extensions, snapshot table, L1 and
  * refcount tables, all checked), maps guest clusters through the L2 cache,
- * decompresses compressed clusters, then allocates clusters and rewrites L2
- * entries for a few of them, flushes and closes (the refcount and L2 paths,
- * eviction with tiny caches, refcount table growth).
+ * decompresses compressed clusters, walks block status runs
+ * (qcow2_status_run), then allocates clusters and rewrites L2 entries for a
+ * few of them, flushes and closes (the refcount and L2 paths, eviction with
+ * tiny caches, refcount table growth).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,6 +46,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
                         if (qcow2_lookup(&s, gc, &m) == 0 && m.kind == QCOW2_COMPRESSED)
                                 (void)qcow2_decompress(&s, &m);
+                }
+                /* Block status runs from the start, with a bound on table reads. */
+                for (uint64_t gc = 0, i = 0; gc < s.nb_gcl && i < 64; i++) {
+                        uint64_t got, want = s.nb_gcl - gc < 4096 ? s.nb_gcl - gc : 4096;
+                        enum qcow2_status st = QCOW2_ST_UNALLOC;
+                        unsigned loads = 2;
+
+                        if (qcow2_status_run(&s, gc, want, &loads, &st, &got) < 0)
+                                got = 1; /* a corrupt entry: go on after it */
+                        if (!got || st > QCOW2_ST_DATA || got > want)
+                                abort();
+                        gc += got;
                 }
                 /* Allocating writes' metadata part on a few clusters, then a flush. */
                 for (uint64_t gc = 0; gc < n && gc < 8; gc++) {
