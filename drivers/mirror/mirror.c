@@ -38,6 +38,7 @@ enum {
 #define FWD_WINDOW_COUNT    1024        /* forwarded writes outstanding */
 #define GUEST_IDLE_NS       50000000u   /* no guest I/O for this long: the copier runs at depth */
 #define TICK_S              0.25
+#define BG_FLUSH_BYTES      (64u << 20)
 #define RATE_WINDOW         8  /* samples of progress, one per tick */
 #define PRECOPY_MIN_REGIONS 16 /* precopy is ready when at most max(1%, this many) are left */
 
@@ -115,6 +116,7 @@ struct mirror {
         /* Region map. */
         uint8_t *rmap;
         uint64_t nregions, cursor, nunsent, ninflight, nsynced;
+        bool picked; /* a region was picked since the cursor last wrapped */
         unsigned rshift;
 
         /* Guest I/O. */
@@ -148,6 +150,11 @@ struct mirror {
         struct vbd_io cut_io;
         void *cut_scratch;
         struct nop cut_nop;
+
+        /* Background partner flush, so that the final one has little to do. */
+        struct nop bg_nop;
+        bool bg_flushing;
+        uint64_t bg_bytes; /* written to the partner since the last one */
 
         /* Failure noticed inside a callback, handled by progress(). */
         bool fail_pending;
@@ -592,6 +599,7 @@ static void fwd_done(struct nop *op)
         } else {
                 m->writes_forwarded++;
                 m->bytes_forwarded += f->len;
+                m->bg_bytes += f->len;
         }
         fwd_free(m, f);
         if (linked(m)) {
@@ -809,6 +817,7 @@ static void copy_sent(struct nop *op)
                 slot_free(m, s);
                 return;
         }
+        m->bg_bytes += s->len;
         if (m->rmap[s->region] & R_REDO)
                 set_region(m, s->region, R_UNSENT);
         else
@@ -881,7 +890,9 @@ static bool pick_region(struct mirror *m, uint64_t *ret)
 
                 if (++m->cursor == m->nregions) {
                         m->cursor = 0;
-                        m->passes++;
+                        if (m->picked)
+                                m->passes++; /* a pass that copied something */
+                        m->picked = false;
                 }
                 if ((m->rmap[r] & R_STATE) != R_UNSENT)
                         continue;
@@ -894,6 +905,7 @@ static bool pick_region(struct mirror *m, uint64_t *ret)
                         busy = overlaps(f->off, f->len, region_off(m, r), region_len(m, r));
                 if (!busy) {
                         *ret = r;
+                        m->picked = true;
                         return true;
                 }
         }
@@ -1002,7 +1014,7 @@ static void check_ready(struct mirror *m)
         limit = (uint64_t)PRECOPY_MIN_REGIONS << m->rshift;
         if (m->info.size / 100 > limit)
                 limit = m->info.size / 100;
-        if (m->passes >= 1 && left <= limit) {
+        if ((m->passes >= 1 || !left) && left <= limit) {
                 if (m->state == VBD_MIRROR_COPYING)
                         vbd_info("migration to %s ready (precopy, %" PRIu64 " bytes left)", m->to,
                                  left);
@@ -1177,6 +1189,28 @@ static void nbd_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         progress(m);
 }
 
+static void bg_flush_done(struct nop *op)
+{
+        struct mirror *m = op->m;
+
+        m->bg_flushing = false;
+        if (op->err && op->err != ECONNABORTED)
+                fail(m, op->err, "partner: flush failed: %s", strerror(op->err));
+}
+
+/* Flush the partner now and then (every BG_FLUSH_BYTES written to it), so
+ * that its cache holds little at cut-over: the final flush is downtime. */
+static void bg_flush(struct mirror *m)
+{
+        if (!linked(m) || m->bg_flushing || m->fail_pending || m->bg_bytes < BG_FLUSH_BYTES ||
+            (m->state != VBD_MIRROR_COPYING && m->state != VBD_MIRROR_READY))
+                return;
+        m->bg_flushing = true;
+        m->bg_bytes = 0;
+        if (nbd_aio_flush(m->nbd, nop_arm(m, &m->bg_nop, bg_flush_done), 0) < 0)
+                nop_issue_failed(m, &m->bg_nop, "a flush");
+}
+
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct mirror *m = w->data;
@@ -1189,6 +1223,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 fail(m, ETIMEDOUT, "partner: no connection after %u s", m->p.timeout);
         else if (m->nops && t - m->nops->start_ns > limit)
                 fail(m, ETIMEDOUT, "partner: no answer for %u s", m->p.timeout);
+        bg_flush(m);
         i = m->rate_n++ % RATE_WINDOW;
         m->rate_bytes[i] = m->nsynced << m->rshift;
         m->rate_ns[i] = t;
@@ -1247,6 +1282,8 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         m->rshift = shift;
         m->nregions = (m->info.size + p->region - 1) >> shift;
         m->cursor = m->ninflight = m->nsynced = 0;
+        m->picked = m->bg_flushing = false;
+        m->bg_bytes = 0;
         m->nunsent = m->nregions;
         m->next_copy_ns = m->rate_next_ns = 0;
         m->cut_done = NULL;
