@@ -76,7 +76,8 @@ _Static_assert(((sizeof(struct mio) + 15) & ~(size_t)15) <= VBD_IMAGE_STACK_SCRA
 /* A forwarded guest write: its own copy of the data. */
 struct fwd {
         struct mirror *m;
-        struct fwd *prev, *next; /* m->fwd_head: outstanding, in arrival order */
+        struct fwd *prev, *next;   /* m->fwd_head: outstanding, in arrival order */
+        struct fwd *bprev, *bnext; /* m->fbucket[first region]: found by range */
         uint64_t seq, off, len;
         bool sent; /* else queued behind an overlapping earlier one */
         struct nop nop;
@@ -128,7 +129,9 @@ struct mirror {
 
         /* Forwarded writes outstanding. */
         struct fwd *fwd_head, *fwd_tail;
-        unsigned nfwd;
+        struct fwd **fbucket;   /* per region, the forwards starting there */
+        uint64_t fwd_span;      /* most regions after its first one a forward has reached */
+        unsigned nfwd, fqueued; /* outstanding; of which not sent yet */
         uint64_t fwd_bytes, fwd_seq;
         uint64_t last_guest_ns;
 
@@ -549,25 +552,40 @@ static void fwd_free(struct mirror *m, struct fwd *f)
                 f->next->prev = f->prev;
         else
                 m->fwd_tail = f->prev;
+        if (f->bprev)
+                f->bprev->bnext = f->bnext;
+        else
+                m->fbucket[f->off >> m->rshift] = f->bnext;
+        if (f->bnext)
+                f->bnext->bprev = f->bprev;
+        if (!f->sent)
+                m->fqueued--;
         m->nfwd--;
         m->fwd_bytes -= f->len;
         free(f);
         m->again = true;
 }
 
+/* An outstanding forward older than seq (all when seq is UINT64_MAX) that
+ * overlaps [off, off + len)?  Looks only at the buckets that can hold one. */
+static struct fwd *fwd_overlap(const struct mirror *m, uint64_t off, uint64_t len, uint64_t seq)
+{
+        uint64_t r0 = off >> m->rshift, r1 = (off + len - 1) >> m->rshift;
+        uint64_t b = r0 > m->fwd_span ? r0 - m->fwd_span : 0;
+
+        for (; b <= r1; b++)
+                for (struct fwd *e = m->fbucket[b]; e; e = e->bnext)
+                        if (e->seq < seq && overlaps(off, len, e->off, e->len))
+                                return e;
+        return NULL;
+}
+
 /* Send the queued forwards that no earlier outstanding one overlaps. */
 static void fwd_send_queued(struct mirror *m)
 {
-        for (struct fwd *f = m->fwd_head; f && linked(m); f = f->next) {
-                bool blocked = false;
-
-                if (f->sent)
-                        continue;
-                for (struct fwd *e = m->fwd_head; e != f && !blocked; e = e->next)
-                        blocked = overlaps(f->off, f->len, e->off, e->len);
-                if (!blocked)
+        for (struct fwd *f = m->fwd_head; f && m->fqueued && linked(m); f = f->next)
+                if (!f->sent && !fwd_overlap(m, f->off, f->len, f->seq))
                         fwd_send(m, f);
-        }
 }
 
 /* The NBD flushes waiting for forwards that came before them. */
@@ -610,6 +628,8 @@ static void fwd_done(struct nop *op)
 
 static void fwd_send(struct mirror *m, struct fwd *f)
 {
+        if (!f->sent)
+                m->fqueued--;
         f->sent = true;
         if (nbd_aio_pwrite(m->nbd, f->data, f->len, f->off, nop_arm(m, &f->nop, fwd_done), 0) < 0)
                 nop_issue_failed(m, &f->nop, "a write");
@@ -619,6 +639,7 @@ static void fwd_new(struct mirror *m, const struct vbd_io *g)
 {
         struct fwd *f = malloc(sizeof(*f) + g->len);
         size_t done = 0;
+        uint64_t r0, r1;
 
         if (!f) {
                 fail(m, ENOMEM, "out of memory for a forwarded write");
@@ -636,11 +657,18 @@ static void fwd_new(struct mirror *m, const struct vbd_io *g)
                 m->fwd_head = f;
         m->fwd_tail = f;
         m->nfwd++;
+        m->fqueued++;
         m->fwd_bytes += f->len;
-        for (struct fwd *e = m->fwd_head; e != f; e = e->next)
-                if (overlaps(f->off, f->len, e->off, e->len))
-                        return; /* sent when e is answered */
-        fwd_send(m, f);
+        r0 = f->off >> m->rshift;
+        r1 = (f->off + f->len - 1) >> m->rshift;
+        if (r1 - r0 > m->fwd_span)
+                m->fwd_span = r1 - r0;
+        if (!fwd_overlap(m, f->off, f->len, f->seq)) /* else sent when it is answered */
+                fwd_send(m, f);
+        f->bnext = m->fbucket[r0];
+        if (f->bnext)
+                f->bnext->bprev = f;
+        m->fbucket[r0] = f;
 }
 
 /* Would a write to [r0, r1] be forwarded? */
@@ -901,8 +929,8 @@ static bool pick_region(struct mirror *m, uint64_t *ret)
                                         region_len(m, r));
                 /* A forward still outstanding there (the region was synced,
                  * then discarded): the copy must not race it. */
-                for (struct fwd *f = m->fwd_head; f && !busy; f = f->next)
-                        busy = overlaps(f->off, f->len, region_off(m, r), region_len(m, r));
+                if (!busy && m->nfwd)
+                        busy = fwd_overlap(m, region_off(m, r), region_len(m, r), UINT64_MAX);
                 if (!busy) {
                         *ret = r;
                         m->picked = true;
@@ -1238,6 +1266,8 @@ static void reset(struct mirror *m)
 {
         free(m->rmap);
         m->rmap = NULL;
+        free(m->fbucket);
+        m->fbucket = NULL;
         for (unsigned i = 0; i < VBD_MIRROR_DEPTH_MAX; i++) {
                 free(m->slots[i].buf);
                 m->slots[i].buf = NULL;
@@ -1296,9 +1326,13 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         m->rate_n = 0;
         /* Guest writes in flight from before stay tracked (m->active). */
         m->rmap = calloc(m->nregions ? m->nregions : 1, 1);
-        if (!m->rmap)
+        m->fbucket = calloc(m->nregions ? m->nregions : 1, sizeof(*m->fbucket));
+        m->fwd_span = 0;
+        if (!m->rmap || !m->fbucket) {
+                reset(m);
                 return vbd_err_set(err, -ENOMEM, "out of memory for %" PRIu64 " regions",
                                    m->nregions);
+        }
         for (unsigned i = 0; i < p->depth; i++) {
                 struct slot *s = &m->slots[i];
 
