@@ -10,7 +10,9 @@
  *          or {"v": 1, "id": ANY, "ok": false,
  *              "error": {"errno": 16, "code": "EBUSY", "message": "..."}}
  * One reply per request, in order.  Commands: version, info, stats, pause,
- * resume, reopen, detach, log-level; see vbd-ctl(8) for their fields.
+ * resume, reopen, detach, log-level, migrate-start, migrate-status,
+ * migrate-cutover, migrate-abort; see vbd-ctl(8) for their fields.  pause,
+ * migrate-start and migrate-cutover may answer later (after a drain).
  *
  * Peers are checked with SO_PEERCRED: uid 0, or the daemon's own uid (so
  * that an unprivileged test or developer can run vbdd and drive it), else
