@@ -90,6 +90,7 @@ enum { SLOT_FREE, SLOT_READING, SLOT_SENDING };
 struct slot {
         struct mirror *m;
         int state;
+        unsigned gen; /* the migration it copies for (m->gen) */
         uint64_t region, off, len, start_ns;
         void *buf;
         struct nop nop;
@@ -141,7 +142,9 @@ struct mirror {
 
         /* Copier. */
         struct slot slots[VBD_MIRROR_DEPTH_MAX];
-        unsigned slots_busy;
+        unsigned slots_busy; /* including reads of an earlier migration still landing */
+        unsigned gen;        /* migrations started */
+        size_t cscratch;
         uint64_t next_copy_ns, rate_next_ns;
 
         /* Cut-over. */
@@ -866,6 +869,15 @@ static void copy_read(struct vbd_io *cio, int status)
         struct slot *s = cio->opaque;
         struct mirror *m = s->m;
 
+        if (s->gen != m->gen) {
+                /* A read of a migration that has ended, landing now: its
+                 * buffer may be the wrong size for this one. */
+                free(s->buf);
+                s->buf = NULL;
+                slot_free(m, s);
+                progress(m);
+                return;
+        }
         if (status < 0) {
                 fail(m, -status, "local read of region at %" PRIu64 " failed: %s", s->off,
                      strerror(-status));
@@ -942,7 +954,18 @@ static bool pick_region(struct mirror *m, uint64_t *ret)
 
 static void copy_start(struct mirror *m, struct slot *s, uint64_t r)
 {
+        uint32_t align = m->info.mem_align > 4096 ? m->info.mem_align : 4096;
+
+        if (!s->buf) {
+                if (posix_memalign(&s->buf, align, ((size_t)1 << m->rshift) + m->cscratch)) {
+                        s->buf = NULL;
+                        fail(m, ENOMEM, "out of memory for the copier");
+                        return;
+                }
+                s->cscratch = m->cscratch ? (char *)s->buf + ((size_t)1 << m->rshift) : NULL;
+        }
         s->m = m;
+        s->gen = m->gen;
         s->region = r;
         s->off = region_off(m, r);
         s->len = region_len(m, r);
@@ -1269,6 +1292,8 @@ static void reset(struct mirror *m)
         free(m->fbucket);
         m->fbucket = NULL;
         for (unsigned i = 0; i < VBD_MIRROR_DEPTH_MAX; i++) {
+                if (m->slots[i].state != SLOT_FREE)
+                        continue; /* a read still landing frees its own */
                 free(m->slots[i].buf);
                 m->slots[i].buf = NULL;
         }
@@ -1279,7 +1304,6 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         struct mirror *m = vbd_image_state(img);
         struct vbd_image *child = vbd_image_child(img);
         size_t cscratch = vbd_image_io_scratch_size(child);
-        uint32_t align = m->info.mem_align > 4096 ? m->info.mem_align : 4096;
         unsigned shift;
 
         if (running(m))
@@ -1287,8 +1311,8 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
                                    vbd_mirror_state_name(m->state));
         if (vbd_image_readonly(img))
                 return vbd_err_set(err, -EROFS, "the VBD is read-only: nothing to migrate");
-        if (m->slots_busy || m->nnops)
-                return vbd_err_set(err, -EBUSY, "the last migration's copies are still draining");
+        if (m->nnops) /* dropped with the partner: cannot be */
+                return vbd_err_set(err, -EBUSY, "the last migration's requests are still draining");
         if (!p->to || !*p->to || strlen(p->to) >= sizeof(m->to))
                 return vbd_err_set(err, -EINVAL, "bad partner URI");
         if (p->region < VBD_MIRROR_REGION_MIN || p->region > VBD_MIRROR_REGION_MAX ||
@@ -1333,16 +1357,8 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
                 return vbd_err_set(err, -ENOMEM, "out of memory for %" PRIu64 " regions",
                                    m->nregions);
         }
-        for (unsigned i = 0; i < p->depth; i++) {
-                struct slot *s = &m->slots[i];
-
-                if (posix_memalign(&s->buf, align, p->region + cscratch)) {
-                        reset(m);
-                        return vbd_err_set(err, -ENOMEM, "out of memory for the copier");
-                }
-                s->cscratch = cscratch ? (char *)s->buf + p->region : NULL;
-                s->state = SLOT_FREE;
-        }
+        m->gen++;
+        m->cscratch = cscratch; /* slot buffers: allocated when first used */
         m->nbd = nbd_create();
         if (!m->nbd) {
                 reset(m);
