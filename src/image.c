@@ -185,6 +185,45 @@ static int info_check(const struct vbd_image *img, struct vbd_info *info, struct
         return 0;
 }
 
+/* Allocate img's spec copy and driver state, open it, get and check its
+ * information.  0, or -errno with err set and nothing left open. */
+static int image_start(struct vbd_image *img, const char *spec, const struct vbd_opts *o,
+                       struct vbd_err *err)
+{
+        const struct vbd_driver *drv = img->drv;
+        int r;
+
+        img->spec = strdup(spec);
+        img->state = calloc(1, drv->state_size ? drv->state_size : 1);
+        if (!img->spec || !img->state)
+                return vbd_err_set(err, -ENOMEM, "out of memory");
+        r = drv->open(img, o, err);
+        if (r < 0) {
+                if (err && err->code == 0)
+                        vbd_err_set(err, r, "%s: open failed: %s", drv->name, strerror(-r));
+                return r;
+        }
+        r = drv->get_info(img, &img->info);
+        if (r >= 0)
+                r = info_check(img, &img->info, err);
+        else
+                vbd_err_set(err, r, "%s: cannot get image information: %s", drv->name,
+                            strerror(-r));
+        if (r < 0)
+                drv->close(img);
+        return r < 0 ? r : 0;
+}
+
+/* Free what image_start() allocated, after it failed. */
+static void image_discard(struct vbd_image *img)
+{
+        if (!img)
+                return;
+        free(img->spec);
+        free(img->state);
+        free(img);
+}
+
 struct vbd_image *vbd_image_open_driver(const struct vbd_driver *drv, const char *spec,
                                         bool readonly, struct vbd_aio *aio, struct vbd_err *err)
 {
@@ -269,30 +308,10 @@ struct vbd_image *vbd_image_open_driver(const struct vbd_driver *drv, const char
         img->drv = drv;
         img->aio = aio;
         img->readonly = readonly;
-        img->spec = strdup(spec);
         img->scratch_size = drv->io_scratch_size;
-        img->state = calloc(1, drv->state_size ? drv->state_size : 1);
-        if (!img->spec || !img->state) {
-                r = vbd_err_set(err, -ENOMEM, "out of memory");
+        r = image_start(img, spec, &o, err);
+        if (r < 0)
                 goto fail;
-        }
-
-        r = drv->open(img, &o, err);
-        if (r < 0) {
-                if (err && err->code == 0)
-                        vbd_err_set(err, r, "%s: open failed: %s", drv->name, strerror(-r));
-                goto fail;
-        }
-        r = drv->get_info(img, &img->info);
-        if (r >= 0)
-                r = info_check(img, &img->info, err);
-        else
-                vbd_err_set(err, r, "%s: cannot get image information: %s", drv->name,
-                            strerror(-r));
-        if (r < 0) {
-                drv->close(img);
-                goto fail;
-        }
         free(buf);
         vbd_debug("opened %s: %llu bytes, block %u, caps %#x%s", img->spec,
                   (unsigned long long)img->info.size, img->info.logical_block, img->info.caps,
@@ -301,11 +320,7 @@ struct vbd_image *vbd_image_open_driver(const struct vbd_driver *drv, const char
 
 fail:
         free(buf);
-        if (img) {
-                free(img->spec);
-                free(img->state);
-                free(img);
-        }
+        image_discard(img);
         errno = -r;
         return NULL;
 }
@@ -337,31 +352,12 @@ struct vbd_image *vbd_image_wrap(const struct vbd_driver *drv, struct vbd_image 
         img->child = child;
         /* The driver's own part, then the child's, 16-byte aligned. */
         img->scratch_size = ((drv->io_scratch_size + 15) & ~(size_t)15) + child->scratch_size;
-        img->spec = strdup(child->spec);
-        img->state = calloc(1, drv->state_size ? drv->state_size : 1);
-        if (!img->spec || !img->state) {
-                r = vbd_err_set(err, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        r = drv->open(img, &o, err);
+        r = image_start(img, child->spec, &o, err);
         if (r < 0)
                 goto fail;
-        r = drv->get_info(img, &img->info);
-        if (r >= 0)
-                r = info_check(img, &img->info, err);
-        if (r < 0) {
-                drv->close(img);
-                goto fail;
-        }
         return img;
 fail:
-        if (err && !err->code)
-                vbd_err_set(err, r, "%s: %s", drv->name, strerror(-r));
-        if (img) {
-                free(img->spec);
-                free(img->state);
-                free(img);
-        }
+        image_discard(img);
         errno = -r;
         return NULL;
 }
