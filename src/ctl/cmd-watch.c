@@ -5,8 +5,21 @@
  * to reach InitWait before it runs the hotplug script, so something must
  * start vbdd on its own when the directory appears: this.  For every
  * <base>/D/N in state 1 with online != 0 and no daemon answering on its
- * socket, it spawns vbdd (the image from the params node); a VBD whose
- * daemon fails to start 3 times gets hotplug-error and is left alone.
+ * socket, it spawns vbdd (the image from the params node) without waiting
+ * for it: libxl waits for InitWait itself, and one slow daemon must not
+ * hold up the others (several disks of one guest start in parallel).  The
+ * child is tracked until it exits, so it is never started twice; a VBD
+ * whose daemon fails (exits non-zero) 3 times while the directory is still
+ * Initialising gets hotplug-error and is left alone.
+ *
+ * The other half of libxl's protocol: to remove a device libxl writes
+ * online 0 and state Closing, waits (10 s) for the backend to reach Closed,
+ * and only then runs the hotplug script's remove and deletes the
+ * directories; after a timeout it deletes them without running the script.
+ * A vbdd that already exited (the guest shut down or died first, or the
+ * daemon crashed) cannot answer, so for a VBD in state Closing with online
+ * 0 and no daemon, the watcher writes Closed in its place.
+ *
  * Runs until SIGTERM/SIGINT (vbd-watch.service); daemons outlive it.
  */
 #include <errno.h>
@@ -29,6 +42,7 @@ struct tracked {
         uint32_t domid, devid;
         pid_t pid;
         unsigned attempts;
+        bool seen; /* its directory exists (last scan) */
 };
 
 struct watch {
@@ -48,15 +62,110 @@ static void on_signal(int sig)
         stop = 1;
 }
 
-static struct tracked *track(struct watch *w, uint32_t domid, uint32_t devid)
+static struct tracked *find(struct watch *w, uint32_t domid, uint32_t devid)
 {
         for (size_t i = 0; i < w->nr; i++)
                 if (w->t[i].domid == domid && w->t[i].devid == devid)
                         return &w->t[i];
+        return NULL;
+}
+
+static struct tracked *track(struct watch *w, uint32_t domid, uint32_t devid)
+{
+        struct tracked *t = find(w, domid, devid);
+
+        if (t)
+                return t;
         if (w->nr == MAX_TRACKED)
                 return NULL;
-        w->t[w->nr] = (struct tracked){.domid = domid, .devid = devid};
+        w->t[w->nr] = (struct tracked){.domid = domid, .devid = devid, .seen = true};
         return &w->t[w->nr++];
+}
+
+/* Our child still runs, or some daemon answers on the VBD's socket. */
+static bool served(struct watch *w, const struct tracked *t, uint32_t domid, uint32_t devid)
+{
+        char path[256];
+        int fd;
+
+        if (t && t->pid > 0 && kill(t->pid, 0) == 0)
+                return true;
+        if (vbdctl_socket_path(w->o->dir, domid, devid, path, sizeof(path)) < 0)
+                return false;
+        fd = vbdctl_connect(path);
+        if (fd < 0)
+                return false;
+        close(fd);
+        return true;
+}
+
+/*
+ * If the VBD's backend state is `state` (and, with offline, its online node
+ * is 0), write the kv pairs (NULL-terminated name, value).  In a transaction
+ * that re-checks the nodes, so that a directory the toolstack removes
+ * meanwhile is not re-created by the writes.  true if written.
+ */
+static bool write_if(struct watch *w, uint32_t domid, uint32_t devid, const char *state,
+                     bool offline, const char *const *kv)
+{
+        char dir[400], path[600];
+
+        snprintf(dir, sizeof(dir), "%s/%u/%u", w->base, (unsigned)domid, (unsigned)devid);
+        for (int tries = 0; tries < 16; tries++) {
+                xs_transaction_t t = xs_transaction_start(w->xs);
+                char *v, *online = NULL;
+                unsigned len;
+                bool match;
+
+                if (t == XBT_NULL)
+                        return false;
+                snprintf(path, sizeof(path), "%s/state", dir);
+                v = xs_read(w->xs, t, path, &len);
+                if (offline) {
+                        snprintf(path, sizeof(path), "%s/online", dir);
+                        online = xs_read(w->xs, t, path, &len);
+                }
+                match = v && strcmp(v, state) == 0 &&
+                        (!offline || (online && strcmp(online, "0") == 0));
+                free(v);
+                free(online);
+                for (unsigned i = 0; match && kv[i]; i += 2) {
+                        snprintf(path, sizeof(path), "%s/%s", dir, kv[i]);
+                        match = xs_write(w->xs, t, path, kv[i + 1], strlen(kv[i + 1]));
+                }
+                if (!match) {
+                        xs_transaction_end(w->xs, t, true);
+                        return false;
+                }
+                if (xs_transaction_end(w->xs, t, false))
+                        return true;
+                if (errno != EAGAIN)
+                        return false;
+        }
+        return false;
+}
+
+/* Closing + online 0 + no daemon: Closed, for the toolstack. */
+static void close_orphan(struct watch *w, uint32_t domid, uint32_t devid)
+{
+        static const char *const kv[] = {"state", "6", NULL};
+
+        if (write_if(w, domid, devid, "5", true, kv))
+                fprintf(stderr,
+                        "vbd-ctl watch: %s/%u/%u: closed by the toolstack and no vbdd serves it: "
+                        "state Closed\n",
+                        w->base, (unsigned)domid, (unsigned)devid);
+}
+
+/* The daemon failed MAX_ATTEMPTS times: tell libxl, if it still waits. */
+static void give_up(struct watch *w, struct tracked *t)
+{
+        static const char *const kv[] = {"hotplug-error", "vbdd failed to start", "hotplug-status",
+                                         "error", NULL};
+
+        fprintf(stderr, "vbd-ctl watch: giving up on %s/%u/%u\n", w->base, (unsigned)t->domid,
+                (unsigned)t->devid);
+        (void)write_if(w, t->domid, t->devid, "1", false, kv);
 }
 
 static char *read_at(struct watch *w, const char *dom, const char *dev, const char *key)
@@ -76,53 +185,61 @@ static void consider(struct watch *w, const char *dom, const char *dev)
 {
         struct vbdctl *o = w->o;
         char *state = read_at(w, dom, dev, "state"), *online = read_at(w, dom, dev, "online");
-        bool want = state && strcmp(state, "1") == 0 && !(online && strcmp(online, "0") == 0);
+        bool off = online && strcmp(online, "0") == 0;
+        bool want = state && strcmp(state, "1") == 0 && !off;
+        bool closing = state && strcmp(state, "5") == 0 && off;
         struct vbdctl_spawn sp = w->a.sp;
         struct tracked *t;
-        char path[256], key[512];
         uint32_t domid, devid;
         pid_t pid;
-        int fd;
 
         free(state);
         free(online);
-        if (!want || !parse_id(dom, 0x7fef, &domid) || !parse_id(dev, UINT32_MAX, &devid))
+        if (!parse_id(dom, 0x7fef, &domid) || !parse_id(dev, UINT32_MAX, &devid))
+                return;
+        t = find(w, domid, devid);
+        if (t)
+                t->seen = true;
+        if (closing) {
+                if (!served(w, t, domid, devid))
+                        close_orphan(w, domid, devid);
+                return;
+        }
+        if (!want)
                 return;
         t = track(w, domid, devid);
         if (!t || t->attempts >= MAX_ATTEMPTS)
                 return;
-        if (t->pid > 0 && kill(t->pid, 0) == 0)
-                return; /* ours, starting or running */
-        if (vbdctl_socket_path(o->dir, domid, devid, path, sizeof(path)) == 0 &&
-            (fd = vbdctl_connect(path)) >= 0) {
-                close(fd);
-                return; /* someone else's daemon serves it */
-        }
+        if (served(w, t, domid, devid))
+                return; /* ours starting or running, or someone else's daemon */
         sp.domid = domid;
         sp.devid = devid;
         t->attempts++;
         fprintf(stderr, "vbd-ctl watch: %s/%s/%s appeared: starting vbdd\n", w->base, dom, dev);
+        /* Without waiting (but for --once): reap() sees the failures. */
         if (vbdctl_spawn_vbdd(o, &sp, &pid) == 0) {
                 t->pid = pid;
-                t->attempts = 0;
+                if (sp.wait)
+                        t->attempts = 0;
                 return;
         }
-        t->pid = 0;
-        if (t->attempts >= MAX_ATTEMPTS) {
-                fprintf(stderr, "vbd-ctl watch: giving up on %s/%s/%s\n", w->base, dom, dev);
-                snprintf(key, sizeof(key), "%s/%s/%s/hotplug-error", w->base, dom, dev);
-                (void)vbdctl_xs_write(w->xs, key, "vbdd failed to start");
-                snprintf(key, sizeof(key), "%s/%s/%s/hotplug-status", w->base, dom, dev);
-                (void)vbdctl_xs_write(w->xs, key, "error");
-        }
+        t->pid = pid; /* not ready in time (--once) but still running, or 0 */
+        if (t->attempts >= MAX_ATTEMPTS && pid <= 0)
+                give_up(w, t);
 }
 
 static void scan(struct watch *w)
 {
         unsigned nd = 0, nn;
-        char **doms = xs_directory(w->xs, XBT_NULL, w->base, &nd), **devs;
+        char **doms, **devs;
         char path[512];
+        size_t n = 0;
 
+        for (size_t i = 0; i < w->nr; i++)
+                w->t[i].seen = false;
+        doms = xs_directory(w->xs, XBT_NULL, w->base, &nd);
+        if (!doms && errno != ENOENT)
+                return; /* cannot tell what is gone: keep everything */
         for (unsigned i = 0; doms && i < nd; i++) {
                 snprintf(path, sizeof(path), "%s/%s", w->base, doms[i]);
                 nn = 0;
@@ -132,6 +249,11 @@ static void scan(struct watch *w)
                 free(devs);
         }
         free(doms);
+        /* Forget VBDs whose directory is gone (unless our daemon still runs). */
+        for (size_t i = 0; i < w->nr; i++)
+                if (w->t[i].seen || w->t[i].pid > 0)
+                        w->t[n++] = w->t[i];
+        w->nr = n;
 }
 
 static void reap(struct watch *w)
@@ -148,6 +270,10 @@ static void reap(struct watch *w)
                                 vbdctl_name(w->t[i].domid, w->t[i].devid),
                                 WIFEXITED(status) ? "status" : "signal",
                                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+                        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+                                w->t[i].attempts = 0; /* served and detached */
+                        else if (w->t[i].attempts >= MAX_ATTEMPTS)
+                                give_up(w, &w->t[i]);
                 }
         }
 }
@@ -178,6 +304,7 @@ static int run(struct vbdctl *o, int argc, char **argv)
         if ((r = vbdctl_parse(o, argc, argv, extra, opt, &w)))
                 return r;
         w.a.sp.timeout_ms = vbdctl_timeout(o, w.a.sp.timeout_ms);
+        w.a.sp.wait = w.once;
         snprintf(w.base, sizeof(w.base), "/local/domain/%u/backend/%s",
                  (unsigned)w.a.sp.backend_domid, w.a.sp.type);
         w.t = calloc(MAX_TRACKED, sizeof(*w.t));
