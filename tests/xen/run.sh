@@ -5,18 +5,20 @@
 # blkback / QEMU qdisk for reference and benchmarks), in Xen 4.17 + Debian
 # bookworm dom0 booted in qemu-system-x86_64 with TCG.
 #
-#   run.sh [PATH/TO/vbdd]            (or env VBD_VBDD)
+#   run.sh [PATH/TO/vbdd [PATH/TO/vbd-ctl]]   (or env VBD_VBDD, VBD_VBD_CTL;
+#                                     vbd-ctl defaults to the one beside vbdd)
 #
 # Environment:
 #   VBD_XEN_CACHE     image cache (default /var/cache/vbd-xen)
 #   VBD_XEN_WORK      work dir: share + logs (default $VBD_XEN_CACHE/run)
 #   VBD_XEN_BACKENDS  backends for the functional tests (default "vbdd";
 #                     "vbdd blkback" also runs them on the in-kernel reference)
-#   VBD_XEN_TESTS     subset of "rw reboot rebind ro flush detach destroy bench"
+#   VBD_XEN_TESTS     subset of "rw reboot rebind ro flush detach destroy xl
+#                     xldetach xldestroy xlcrash bench"
 #   VBD_XEN_BENCH     "MIB SECS ROUNDS" for the benchmark (default "64 8 2")
 #   VBD_XEN_VBDD_ARGS extra vbdd arguments (e.g. "-D xenbus,ring")
 #   VBD_XEN_DOMU_EXTRA extra domU kernel arguments (vbdt_debug=1: full dmesg)
-#   VBD_XEN_TIMEOUT   QEMU wall-clock limit in seconds (default 1700)
+#   VBD_XEN_TIMEOUT   QEMU wall-clock limit in seconds (default 2400)
 #   VBD_XEN_RESULTS   where to write the benchmark figures (default
 #                     RESULTS-latest.txt beside this script)
 # Exit: 0 all passed, 1 failure, 77 skipped (qemu-system-x86 not installable).
@@ -24,9 +26,11 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VBDD=${1:-${VBD_VBDD:-}}
+VBD_CTL=${2:-${VBD_VBD_CTL:-}}
+[ -n "$VBD_CTL" ] || [ -z "$VBDD" ] || VBD_CTL=$(dirname "$VBDD")/vbd-ctl
 CACHE=${VBD_XEN_CACHE:-/var/cache/vbd-xen}
 WORK=${VBD_XEN_WORK:-$CACHE/run}
-TIMEOUT=${VBD_XEN_TIMEOUT:-1700}
+TIMEOUT=${VBD_XEN_TIMEOUT:-2400}
 RESULTS=${VBD_XEN_RESULTS:-$HERE/RESULTS-latest.txt}
 T0=$(date +%s)
 say() { echo "[xen-suite $(($(date +%s) - T0))s] $*"; }
@@ -71,15 +75,25 @@ if [ -n "$VBDD" ]; then
                 exit 1
         fi
         cp "$VBDD" "$SHARE/bin/vbdd"
-        # shared libraries vbdd needs that the dom0 image lacks (same Debian
-        # release on both sides): shipped in the share, used via LD_LIBRARY_PATH
+        # the xl tests (disk line with script=block-vbd3) install vbd-ctl and
+        # the hotplug script in dom0
+        if [ -x "$VBD_CTL" ]; then
+                cp "$VBD_CTL" "$SHARE/bin/vbd-ctl"
+                say "vbd-ctl: $VBD_CTL"
+        else
+                say "WARNING: no vbd-ctl at '$VBD_CTL': the xl tests will fail"
+        fi
+        cp "$HERE/../../conf/block-vbd3" "$SHARE/bin/block-vbd3"
+        # shared libraries vbdd and vbd-ctl need that the dom0 image lacks (same
+        # Debian release on both sides): shipped in the share, installed in
+        # dom0's /usr/local/lib by guest/lib.sh
         mkdir -p "$SHARE/lib"
-        for lib in $(ldd "$VBDD" | awk '/=> \//{print $3}'); do
+        for lib in $(ldd "$VBDD" "$SHARE/bin/vbd-ctl" 2>/dev/null | awk '/=> \//{print $3}' | sort -u); do
                 n=$(basename "$lib")
                 if [ ! -e "$CACHE/dom0-root/usr/lib/x86_64-linux-gnu/$n" ] &&
                         [ ! -e "$CACHE/dom0-root/lib/x86_64-linux-gnu/$n" ]; then
                         cp -L "$lib" "$SHARE/lib/$n"
-                        say "vbdd needs $n, not in the dom0 image: shipped in the share"
+                        say "vbdd/vbd-ctl need $n, not in the dom0 image: shipped in the share"
                 fi
         done
         if "$VBDD" --help 2>&1 | grep -q -- '--domid'; then

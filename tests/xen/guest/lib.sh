@@ -7,6 +7,7 @@
 #            way a toolstack does, then `vbdd --domid D --devid N ...`
 #   blkback  Linux's in-kernel backend, via `xl block-attach` on a loop device
 #   qdisk    QEMU's xen-block, via the domU's xl config (bench only)
+# The xl tests instead give vbdd its disk from the domU's xl config (xl_*).
 
 OUT=/share/out
 IMGDIR=/var/lib/vbdt # on dom0's ext4 root, so O_DIRECT works
@@ -18,7 +19,13 @@ if [ ! -f "$DOMU_KERNEL" ]; then
         cp /share/domu/vmlinux /share/domu/initrd.cpio.gz /tmp/domu/
 fi
 VBDD=/share/bin/vbdd
-export LD_LIBRARY_PATH=/share/lib # libraries run.sh shipped for vbdd, if any
+# Libraries run.sh shipped for vbdd/vbd-ctl (those the image lacks): onto
+# dom0's own disk, known to ld.so, as a package would install them. Mapping
+# them over 9p made every vbdd start take seconds (libxl allows 10 s from the
+# backend directory to InitWait).
+if [ -n "$(ls /share/lib 2>/dev/null)" ] && [ ! -e /usr/local/lib/.vbdt-shipped ]; then
+        cp /share/lib/* /usr/local/lib/ && ldconfig && touch /usr/local/lib/.vbdt-shipped
+fi
 CONSOLE_DIR=/var/log/xen/console
 DEVID=51712 # xvda
 PHY_SCRIPT=/share/guest/xen-block-phy.sh
@@ -113,7 +120,9 @@ on_crash="destroy"
 EOF
         [ -z "$disks" ] || echo "disk=[${disks%,}]" >>"/tmp/$name.cfg"
         DOMID=""
-        if ! xl create "/tmp/$name.cfg" >"$OUT/$name.xl-create.log" 2>&1; then
+        rm -f "/var/log/xen/xl-$name.log"
+        # shellcheck disable=SC2086
+        if ! xl ${XL_OPTS:-} create "/tmp/$name.cfg" >"$OUT/$name.xl-create.log" 2>&1; then
                 fail "xl create $name: $(tail -n 3 "$OUT/$name.xl-create.log" | tr '\n' ' ')"
                 return 1
         fi
@@ -320,3 +329,111 @@ reap() { # reap BACKEND DOMID WHY
                 ;;
         esac
 }
+
+# --- vbdd from an xl config: script=block-vbd3 + vbd-ctl watch ------------
+# Xen 4.17's xl refuses backendtype=tap, so the disk line is backendtype=phy
+# with script=block-vbd3: libxl writes /local/domain/0/backend/vbd/D/N (params
+# = the bare path) and waits for InitWait; `vbd-ctl watch --type vbd` starts
+# vbdd for it; libxl runs `block-vbd3 add`; on shutdown/destroy libxl writes
+# online=0 + Closing, waits for Closed, runs `block-vbd3 remove` and deletes
+# the directories. The kernel's blkback would claim the vbd directory too, so
+# it is unloaded for these tests. vbdd, vbd-ctl and the script are installed
+# as a package would (dom0's root is a throw-away snapshot).
+XL_SCRIPT=/etc/xen/scripts/block-vbd3
+XL_RUNDIR=/run/vbd
+xl_be() { echo "/local/domain/0/backend/vbd/$1/$DEVID"; }
+xl_disk() { echo "format=raw,vdev=xvda,access=${2:-rw},backendtype=phy,script=block-vbd3,target=$1"; }
+# xl_setup: install, unload blkback, start the watcher (WATCH_PID)
+xl_setup() {
+        WATCH_PID=""
+        if [ ! -x /share/bin/vbd-ctl ] || [ ! -f /share/bin/block-vbd3 ]; then
+                fail "vbd-ctl or block-vbd3 missing from the share (run.sh PATH/TO/vbdd PATH/TO/vbd-ctl)"
+                return 1
+        fi
+        install -m 755 "$VBDD" /usr/local/sbin/vbdd
+        install -m 755 /share/bin/vbd-ctl /usr/local/sbin/vbd-ctl
+        install -m 755 /share/bin/block-vbd3 "$XL_SCRIPT"
+        mkdir -p /etc/vbd
+        printf '[ctl]\nvbdd = /usr/local/sbin/vbdd\n' >/etc/vbd/vbd.conf
+        if [ -d /sys/module/xen_blkback ] && ! rmmod xen-blkback; then
+                fail "cannot unload xen-blkback (it would claim the vbd directory)"
+                return 1
+        fi
+        rm -rf "$XL_RUNDIR"
+        vbd-ctl watch --type vbd >"$OUT/$CUR_TEST.watch.log" 2>&1 &
+        WATCH_PID=$!
+        for _ in $(seq 1 50); do
+                grep -q 'watching' "$OUT/$CUR_TEST.watch.log" && break
+                sleep 0.1
+        done
+        log "vbd-ctl watch --type vbd: pid $WATCH_PID; $(head -n 1 "$OUT/$CUR_TEST.watch.log")"
+        kill -0 "$WATCH_PID" 2>/dev/null || {
+                fail "vbd-ctl watch did not start: $(tail -n 2 "$OUT/$CUR_TEST.watch.log" | tr '\n' ' ')"
+                return 1
+        }
+}
+# xl_teardown: stop the watcher (it must exit 0), load blkback again
+xl_teardown() {
+        local rc
+        if [ -n "${WATCH_PID:-}" ]; then
+                kill -TERM "$WATCH_PID" 2>/dev/null
+                wait "$WATCH_PID"
+                rc=$?
+                check "vbd-ctl watch exits 0 on SIGTERM (rc=$rc)" eq "$rc" 0
+                echo "----- vbd-ctl watch log -----"
+                cat "$OUT/$CUR_TEST.watch.log"
+                echo "-----------------------------"
+        fi
+        WATCH_PID=""
+        modprobe xen-blkback || log "modprobe xen-blkback FAILED"
+}
+# xl_vbdd_pid DOMID: the pid of the vbdd serving DOMID's xvda (vbd-ctl info)
+xl_vbdd_pid() { vbd-ctl info -d "$1" -n "$DEVID" --json 2>/dev/null | sed -n 's/^ *"pid": *\([0-9]*\).*/\1/p'; }
+# xl_after_create DOMID NAME: the checks once `xl create` returned (libxl saw
+# InitWait and ran the add script); sets VBDD_PID and VBDD_LOG
+xl_after_create() {
+        local d=$1 name=$2 be
+        be=$(xl_be "$d")
+        xs_dump "$d" "after xl create"
+        check "libxl wrote the backend dir with script=$XL_SCRIPT" eq "$(xenstore-read "$be/script" 2>/dev/null)" "$XL_SCRIPT"
+        check "backend type phy, params the bare image path" eq "$(xenstore-read "$be/type" 2>/dev/null)" phy
+        check "libxl ran 'block-vbd3 add'" grep -q "calling hotplug script: $XL_SCRIPT add" "$OUT/$name.xl-create.log"
+        check "hotplug-status connected" eq "$(xenstore-read "$be/hotplug-status" 2>/dev/null)" connected
+        VBDD_PID=$(xl_vbdd_pid "$d")
+        VBDD_LOG=$OUT/$CUR_TEST.vbdd.log
+        VBDD_RC=""
+        check "a vbdd answers for $d/$DEVID (vbd-ctl info: pid ${VBDD_PID:-none})" test -n "$VBDD_PID"
+        check "the watcher started it, for backend type vbd" \
+                grep -q "backend/vbd/$d/$DEVID appeared: starting vbdd" "$OUT/$CUR_TEST.watch.log"
+        check "vbdd runs with --type vbd" eq "$(tr '\0' ' ' <"/proc/${VBDD_PID:-0}/cmdline" 2>/dev/null | grep -c -- '--type vbd')" 1
+        check "xen-blkback is not loaded" test ! -d /sys/module/xen_blkback
+}
+# xl_after_remove DOMID LIBXL_LOG: the domain is gone; the remove path must
+# have left nothing behind
+xl_after_remove() {
+        local d=$1 xllog=$2 be fe end
+        be=$(xl_be "$d")
+        fe=$(vbdd_fe "$d")
+        end=$(($(cut -d. -f1 /proc/uptime) + 30))
+        while [ -n "${VBDD_PID:-}" ] && kill -0 "$VBDD_PID" 2>/dev/null; do
+                [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ] && break
+                sleep 0.2
+        done
+        cp "$XL_RUNDIR/vbdd-$d-$DEVID.log" "$VBDD_LOG" 2>/dev/null
+        show_vbdd_log
+        echo "----- libxl: hotplug and device removal ($xllog) -----"
+        grep -E 'hotplug|remove|Closed|timed out|Timeout|unable' "$xllog" | tail -n 25
+        echo "------------------------------------------------------"
+        xs_dump "$d" "after the domain is gone"
+        check "vbdd process $VBDD_PID is gone" test -n "${VBDD_PID:-}" -a ! -d "/proc/${VBDD_PID:-0}"
+        check "libxl ran 'block-vbd3 remove'" grep -q "calling hotplug script: $XL_SCRIPT remove" "$xllog"
+        check "libxl removed the device without a timeout" not_grep 'unable to remove device|Timeout reached|timed out' "$xllog"
+        check "backend directory $be removed" not_xs "$be"
+        check "backend directory of the domain removed" not_xs "/local/domain/0/backend/vbd/$d"
+        check "frontend directory removed" not_xs "$fe"
+        check "no control socket left in $XL_RUNDIR ($(ls "$XL_RUNDIR" 2>/dev/null | tr '\n' ' '))" \
+                test -z "$(ls "$XL_RUNDIR"/*.sock 2>/dev/null)"
+        check "vbd-ctl list shows no daemon" eq "$(vbd-ctl list --json 2>/dev/null | tr -d ' \n')" "[]"
+}
+not_grep() { ! grep -q -E "$1" "$2"; }
+not_xs() { ! xenstore-exists "$1" 2>/dev/null; }

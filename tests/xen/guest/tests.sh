@@ -9,13 +9,14 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw reboot rebind ro flush detach destroy bench
+#   VBD_TESTS     subset of: rw reboot rebind ro flush detach destroy xl
+#                 xldetach xldestroy xlcrash bench
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw reboot rebind ro flush detach destroy bench"
+VBD_TESTS="rw reboot rebind ro flush detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -297,6 +298,193 @@ t_destroy() {
         esac
         check "no dying domain left behind (grants released)" only_dom0_left 20
         test_end
+}
+
+# --- (7) the disk from the domU's xl config, attached by xl's hotplug -----
+# vbdd: backendtype=phy,script=block-vbd3 + `vbd-ctl watch --type vbd` (see
+# xl_setup in lib.sh); blkback: the same disk line with xen-block-phy.sh on a
+# loop device, the reference. xl_begin BACKEND IMAGE: sets DISK, or fails.
+xl_begin() {
+        case $1 in
+        vbdd)
+                xl_setup || return 1
+                DISK=$(xl_disk "$2")
+                ;;
+        blkback)
+                LOOP=$(losetup --direct-io=on -f --show "$2") || {
+                        fail "losetup $2"
+                        return 1
+                }
+                DISK="format=raw,vdev=xvda,access=rw,backendtype=phy,script=$PHY_SCRIPT,target=$LOOP"
+                ;;
+        esac
+        log "xl disk line: disk = [ '$DISK' ]"
+}
+xl_end() {
+        case $1 in
+        vbdd) xl_teardown ;;
+        blkback) blkback_release ;;
+        esac
+        test_end
+}
+# blkback: libxl's own removal, for comparison
+xl_blkback_removed() {
+        check "libxl ran the hotplug script's remove" grep -q "calling hotplug script: $PHY_SCRIPT remove" "$2"
+        check "backend directory removed" not_xs "$(xl_be "$1")"
+        check "frontend directory removed" not_xs "$(vbdd_fe "$1")"
+}
+
+# guest reads/writes, powers off; xl's domain monitor destroys the domain
+t_xl() {
+        local b=$1 name=xl-$1 img=$IMGDIR/xl-$1.img r8 pat small back d be
+        test_begin "xl-$b"
+        mkimg "$img" 64
+        r8=$(put_random "$img" 8 4)
+        xl_begin "$b" "$img" || {
+                xl_end "$b"
+                return
+        }
+        XL_OPTS=-vvv domu_create "$name" rw "vbdt_timeout=150" "$DISK" || {
+                xl_end "$b"
+                return
+        }
+        d=$DOMID
+        be=$(xl_be "$d")
+        [ "$b" = vbdd ] && xl_after_create "$d" "$name"
+        if wait_line "$name" '^VBDT disk xvda' 120; then
+                sleep 1
+                check "backend state 4 (Connected)" eq "$(xenstore-read "$be/state")" 4
+                check "frontend state 4 (Connected)" eq "$(xenstore-read "$(vbdd_fe "$d")/state")" 4
+                check "backend sectors = 131072" eq "$(xenstore-read "$be/sectors")" 131072
+        fi
+        guest_done "$name" 200
+        show_console "$name"
+        save_console "$name"
+        # on_poweroff="destroy": xl's monitoring process destroys the domain,
+        # libxl removes the disk (Closing, Closed, script remove, rm)
+        wait_domu_gone "$name" 60 || fail "domU did not power off"
+        cp "/var/log/xen/xl-$name.log" "$OUT/$name.xl-daemon.log" 2>/dev/null
+        case $b in
+        vbdd)
+                xl_after_remove "$d" "/var/log/xen/xl-$name.log"
+                check "vbdd exited 0 (reaped by the watcher)" \
+                        grep -q "vbdd for $d/$DEVID exited (status 0)" "$OUT/$CUR_TEST.watch.log"
+                ;;
+        blkback) xl_blkback_removed "$d" "/var/log/xen/xl-$name.log" ;;
+        esac
+        check "guest reads the data dom0 wrote (md5 $r8)" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
+        pat=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p')
+        check "guest write succeeded" eq "$(console_of "$name" | sed -n 's/^VBDT write rc=\([0-9]*\).*/\1/p')" 0
+        check "guest reads back what it wrote" eq "$(console_of "$name" | sed -n 's/^VBDT readback md5=//p')" "$pat"
+        check "image in dom0 holds the guest's 4 MiB (md5 $pat)" eq "$(img_md5 "$img" 1 4 1M)" "$pat"
+        small=$(console_of "$name" | sed -n 's/^VBDT small md5=\([0-9a-f]*\).*/\1/p')
+        back=$(console_of "$name" | sed -n 's/^VBDT small .*back=\([0-9a-f]*\).*/\1/p')
+        check "7-sector write at sector 20001 read back by the guest" eq "$back" "$small"
+        check "7-sector write at sector 20001 is in the image" eq "$(img_md5 "$img" 20001 7 512)" "$small"
+        xl_end "$b"
+}
+
+# `xl block-detach` while the guest runs: the guest closes, the backend
+# Closed, libxl runs the remove script and deletes the directories
+t_xldetach() {
+        local b=$1 name=xldetach-$1 img=$IMGDIR/xldetach-$1.img d rc
+        test_begin "xldetach-$b"
+        mkimg "$img" 64
+        xl_begin "$b" "$img" || {
+                xl_end "$b"
+                return
+        }
+        XL_OPTS=-vvv domu_create "$name" detach "vbdt_timeout=200" "$DISK" || {
+                xl_end "$b"
+                return
+        }
+        d=$DOMID
+        [ "$b" = vbdd ] && xl_after_create "$d" "$name"
+        if wait_line "$name" '^VBDT attached' 120; then
+                sleep 1
+                log "xl block-detach $d xvda"
+                xl -vvv block-detach "$d" xvda >"$OUT/$name.xl-detach.log" 2>&1
+                rc=$?
+                check "xl block-detach succeeds (rc=$rc)" eq "$rc" 0
+                case $b in
+                vbdd)
+                        xl_after_remove "$d" "$OUT/$name.xl-detach.log"
+                        check "vbdd exited 0 (reaped by the watcher)" \
+                                grep -q "vbdd for $d/$DEVID exited (status 0)" "$OUT/$CUR_TEST.watch.log"
+                        ;;
+                blkback) xl_blkback_removed "$d" "$OUT/$name.xl-detach.log" ;;
+                esac
+        else
+                fail "disk never appeared in the guest"
+                diag "$d"
+        fi
+        guest_done "$name" 260
+        show_console "$name"
+        save_console "$name"
+        check "guest saw the disk go away" console_has "$name" '^VBDT gone'
+        check "no errors in the guest" eq "$(console_of "$name" | grep -c '^VBDT ERROR')" 0
+        wait_domu_gone "$name" 60 || fail "domU did not power off"
+        xl_end "$b"
+}
+
+# `xl destroy` during guest I/O; xlcrash: vbdd is SIGKILLed first (the
+# watcher answers Closed for it, the remove script deletes its socket)
+t_xldestroy() { xl_destroy_test "$1" xldestroy; }
+t_xlcrash() {
+        [ "$1" = vbdd ] || return 0 # a vbdd-only failure mode
+        xl_destroy_test "$1" xlcrash
+}
+xl_destroy_test() {
+        local b=$1 kind=$2 name=$2-$1 img=$IMGDIR/$2-$1.img d t0 sock
+        test_begin "$kind-$b"
+        mkimg "$img" 64
+        xl_begin "$b" "$img" || {
+                xl_end "$b"
+                return
+        }
+        XL_OPTS=-vvv domu_create "$name" destroy "vbdt_timeout=600" "$DISK" || {
+                xl_end "$b"
+                return
+        }
+        d=$DOMID
+        [ "$b" = vbdd ] && xl_after_create "$d" "$name"
+        if wait_line "$name" '^VBDT io-start' 120; then
+                sleep 3
+        else
+                fail "guest I/O never started"
+                diag "$d"
+        fi
+        if [ "$kind" = xlcrash ]; then
+                sock=$XL_RUNDIR/vbdd-$d-$DEVID.sock
+                log "kill -9 vbdd (pid $VBDD_PID) during guest I/O"
+                kill -9 "$VBDD_PID"
+                sleep 1
+                check "the killed vbdd left its control socket behind" test -S "$sock"
+                check "vbd-ctl sees it as stale" eq "$(vbd-ctl info -d "$d" -n "$DEVID" >/dev/null 2>&1; echo $?)" 3
+        fi
+        t0=$(ts)
+        log "xl destroy $name (domain $d) during I/O"
+        xl -vvv destroy "$name" >"$OUT/$name.xl-destroy.log" 2>&1 || fail "xl destroy: $(tail -n 2 "$OUT/$name.xl-destroy.log" | tr '\n' ' ')"
+        log "xl destroy returned after $(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')s"
+        save_console "$name"
+        case $b in
+        vbdd)
+                xl_after_remove "$d" "$OUT/$name.xl-destroy.log"
+                if [ "$kind" = xlcrash ]; then
+                        check "the watcher saw vbdd killed" \
+                                grep -q "vbdd for $d/$DEVID exited (signal 9)" "$OUT/$CUR_TEST.watch.log"
+                        check "the watcher answered Closed for the dead vbdd" \
+                                grep -q "backend/vbd/$d/$DEVID: closed by the toolstack and no vbdd serves it" "$OUT/$CUR_TEST.watch.log"
+                        check "the remove script deleted the stale socket" test ! -e "$sock"
+                else
+                        check "vbdd exited 0 (reaped by the watcher)" \
+                                grep -q "vbdd for $d/$DEVID exited (status 0)" "$OUT/$CUR_TEST.watch.log"
+                fi
+                ;;
+        blkback) xl_blkback_removed "$d" "$OUT/$name.xl-destroy.log" ;;
+        esac
+        check "no dying domain left behind (grants released)" only_dom0_left 20
+        xl_end "$b"
 }
 
 # --- benchmark: vbdd vs blkback vs qdisk, same guest, same boot -----------
