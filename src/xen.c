@@ -214,6 +214,15 @@ int vbd_xs_next_event(struct vbd_xen *x, const char **ret_path, const char **ret
         return 1;
 }
 
+static bool xs_read_exists(struct vbd_xen *x, xs_transaction_t t, const char *path)
+{
+        unsigned len;
+        void *v = xs_read(x->xsh, t, path, &len);
+
+        free(v);
+        return v != NULL;
+}
+
 int vbd_xs_write_all(struct vbd_xen *x, const char *dir, const char *const *kv)
 {
         char path[512];
@@ -224,6 +233,13 @@ int vbd_xs_write_all(struct vbd_xen *x, const char *dir, const char *const *kv)
 
                 if (t == XBT_NULL)
                         return -errno;
+                /* Never re-create a directory the toolstack has removed. */
+                if (!xs_read_exists(x, t, dir)) {
+                        int r = errno == ENOENT ? -ENOENT : -errno;
+
+                        (void)xs_transaction_end(x->xsh, t, true);
+                        return r;
+                }
                 for (unsigned i = 0; kv[i]; i += 2) {
                         snprintf(path, sizeof(path), "%s/%s", dir, kv[i]);
                         if (!xs_write(x->xsh, t, path, kv[i + 1], strlen(kv[i + 1]))) {

@@ -55,6 +55,10 @@ static int switch_state(struct vbd_xenbus *xb, enum xenbus_state s)
                 return 0;
         snprintf(v, sizeof(v), "%d", (int)s);
         r = vbd_xs_write_all(xb->xen, xb->be, kv);
+        if (r == -ENOENT) {
+                vbd_debug("backend directory gone: state %s not written", state_name(s));
+                return r;
+        }
         if (r < 0)
                 return vbd_log_errno(r, "cannot write backend state %s: %m", state_name(s));
         vbd_debug("backend state %s -> %s", state_name(xb->state), state_name(s));
@@ -240,6 +244,8 @@ static void disconnected(void *opaque)
 
         xb->disconnecting = false;
         if (xb->frontend_gone) {
+                /* libxl runs the remove script once it reads Closed. */
+                (void)switch_state(xb, XenbusStateClosed);
                 finish(xb, 0, "frontend domain is gone");
                 return;
         }
@@ -350,8 +356,10 @@ static void check_frontend_domain(struct vbd_xenbus *xb)
                 start_disconnect(xb, false);
                 return;
         }
-        if (!xb->disconnecting)
+        if (!xb->disconnecting) {
+                (void)switch_state(xb, XenbusStateClosed);
                 finish(xb, 0, "frontend domain is gone");
+        }
 }
 
 static void xs_cb(struct ev_loop *loop, ev_io *w, int revents)

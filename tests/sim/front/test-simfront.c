@@ -526,6 +526,14 @@ static void test_domain_destroy(void)
         CHECK_R(simfront_read(t.fe, 0, buf, sizeof(buf)), simfront_errmsg(t.fe));
         CHECK_R(simfront_env_domain_destroy(t.env, DOMID), simfront_env_errmsg(t.env));
         expect_exit0(&t, 10000);
+        {
+                /* The toolstack (libxl) runs its remove script on Closed. */
+                char *st = simfront_xs_read_backend(t.fe, "state");
+
+                CHECK(st && strcmp(st, "6") == 0, "backend state '%s' after the domain died",
+                      st ? st : "(none)");
+                free(st);
+        }
         teardown(&t);
 
         cur_test = "domain-destroy-unconnected";
