@@ -52,7 +52,7 @@ struct nop {
         void (*complete)(struct nop *op);
         uint64_t start_ns;
         int err;
-        bool done, queued;
+        bool done;
 };
 
 /* Per guest io (io->scratch); the child's scratch follows. */
@@ -63,7 +63,6 @@ struct mio {
         struct mio *wnext;       /* m->wait_head: write-type ios waiting */
         struct nop nop;          /* the NBD half of a flush */
         uint64_t flush_seq;      /* a flush: forwards before it have seq < this */
-        uint64_t r0, r1;         /* regions touched, inclusive */
         int local_status;
         unsigned pending; /* halves outstanding: local, partner */
         bool active, mark_unsent;
@@ -468,8 +467,10 @@ static void set_region(struct mirror *m, uint64_t r, int st)
 }
 
 /* Written locally: the partner's copy of these regions is stale now. */
-static void make_unsent(struct mirror *m, uint64_t r0, uint64_t r1)
+static void make_unsent(struct mirror *m, uint64_t off, uint64_t len)
 {
+        uint64_t r0 = off >> m->rshift, r1 = (off + len - 1) >> m->rshift;
+
         for (uint64_t r = r0; r <= r1; r++) {
                 int st = m->rmap[r] & R_STATE;
 
@@ -484,8 +485,12 @@ static void make_unsent(struct mirror *m, uint64_t r0, uint64_t r1)
                 m->state = VBD_MIRROR_COPYING;
 }
 
-static bool any_region(const struct mirror *m, uint64_t r0, uint64_t r1, int st)
+/* Regions are computed from bytes at each use: a write may outlive the
+ * migration (and region size) it started under. */
+static bool any_region(const struct mirror *m, uint64_t off, uint64_t len, int st)
 {
+        uint64_t r0 = off >> m->rshift, r1 = (off + len - 1) >> m->rshift;
+
         for (uint64_t r = r0; r <= r1; r++)
                 if ((m->rmap[r] & R_STATE) == st)
                         return true;
@@ -528,7 +533,7 @@ static void local_done(struct vbd_io *cio, int status)
         mi->local_status = status;
         if (running(m) && m->rmap && is_write_type(mi->gio->op) &&
             (m->p.precopy || mi->mark_unsent || status < 0))
-                make_unsent(m, mi->r0, mi->r1);
+                make_unsent(m, mi->gio->offset, mi->gio->len);
         half_done(mi);
         progress(m);
 }
@@ -674,11 +679,11 @@ static void fwd_new(struct mirror *m, const struct vbd_io *g)
         m->fbucket[r0] = f;
 }
 
-/* Would a write to [r0, r1] be forwarded? */
+/* Would this write be forwarded? */
 static bool forwards(const struct mirror *m, const struct mio *mi)
 {
         return running(m) && m->rmap && !m->p.precopy && mi->gio->op == VBD_OP_WRITE && linked(m) &&
-               any_region(m, mi->r0, mi->r1, R_SYNCED);
+               any_region(m, mi->gio->offset, mi->gio->len, R_SYNCED);
 }
 
 static void flush_nbd_done(struct nop *op)
@@ -725,7 +730,7 @@ static bool must_wait(struct mirror *m, struct mio *mi, struct mio *stop)
                         return true;
         if (!running(m) || !m->rmap)
                 return false;
-        if (!m->p.precopy && any_region(m, mi->r0, mi->r1, R_INFLIGHT))
+        if (!m->p.precopy && any_region(m, mi->gio->offset, mi->gio->len, R_INFLIGHT))
                 return true;
         return forwards(m, mi) &&
                (m->nfwd >= FWD_WINDOW_COUNT || m->fwd_bytes + g->len > FWD_WINDOW_BYTES);
@@ -744,7 +749,8 @@ static void start_write(struct mirror *m, struct mio *mi)
         mi->pending = 1;
         if (forwards(m, mi))
                 fwd_new(m, g);
-        else if (running(m) && m->rmap && !m->p.precopy && any_region(m, mi->r0, mi->r1, R_SYNCED))
+        else if (running(m) && m->rmap && !m->p.precopy &&
+                 any_region(m, mi->gio->offset, mi->gio->len, R_SYNCED))
                 /* Discard or write-zeroes on synced regions: send those
                  * regions again, from the local image, once done. */
                 mi->mark_unsent = true;
@@ -800,10 +806,6 @@ static void mirror_submit(struct vbd_image *img, struct vbd_io *io)
                 submit_local(m, mi);
                 progress(m);
                 return;
-        }
-        if (m->rmap) {
-                mi->r0 = io->offset >> m->rshift;
-                mi->r1 = (io->offset + io->len - 1) >> m->rshift;
         }
         if (must_wait(m, mi, NULL)) {
                 m->writes_waited++;
