@@ -621,7 +621,7 @@ static int parse_migrate_args(json_t *args, struct vbd_mirror_params *p, char *t
                                            "timeout", "zeroed", "depth", NULL};
         const char *key;
         json_t *j, *val;
-        uint64_t share = 25, rate = 0, region = VBD_MIRROR_REGION_DEFAULT, timeout = 30, depth = 4;
+        uint64_t share = 50, rate = 0, region = VBD_MIRROR_REGION_DEFAULT, timeout = 30, depth = 4;
 
         if (!args)
                 return set_err(err, -EINVAL, "migrate-start needs \"to\": the partner's NBD URI");

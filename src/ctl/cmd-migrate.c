@@ -720,7 +720,7 @@ static const struct sub subs[] = {
      "                 to the partner; precopy: they are copied again, in passes, and\n"
      "                 what is left at cutover (the guest is paused meanwhile)\n"
      "  --share PCT    while the guest does I/O, copy at most PCT% of the time,\n"
-     "                 1..100 (default 25)\n"
+     "                 1..100 (default 50)\n"
      "  --rate BYTES/S cap the copy at BYTES per second (K, M, G suffixes, '/s'\n"
      "                 optional: 50M, 1G/s); 0: no cap (default)\n"
      "  --region SIZE  the copy and tracking unit, a power of two, 64K..64M\n"
