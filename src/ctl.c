@@ -581,7 +581,7 @@ static json_t *migrate_json(struct vbd_ctl *c)
                       "progress", st.size ? (double)st.bytes_synced / (double)st.size : 0.);
         json_object_update_new(
             j,
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "bytes_copied",
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b}", "bytes_copied",
                       (json_int_t)st.bytes_copied, "bytes_zeroed", (json_int_t)st.bytes_zeroed,
                       "bytes_forwarded", (json_int_t)st.bytes_forwarded, "writes_forwarded",
                       (json_int_t)st.writes_forwarded, "bytes_sent",
@@ -591,9 +591,7 @@ static json_t *migrate_json(struct vbd_ctl *c)
                       (json_int_t)st.writes_waited, "elapsed_ms", (json_int_t)st.elapsed_ms, "rate",
                       (json_int_t)st.rate, "eta_s", (json_int_t)st.eta_s, "downtime_ms",
                       (json_int_t)st.downtime_ms, "paused",
-                      (json_int_t)vbd_is_paused(vbd_xenbus_vbd(c->xb))));
-        /* "paused" is a boolean in every other reply. */
-        json_object_set_new(j, "paused", json_boolean(vbd_is_paused(vbd_xenbus_vbd(c->xb))));
+                      (int)vbd_is_paused(vbd_xenbus_vbd(c->xb))));
         return j;
 }
 
