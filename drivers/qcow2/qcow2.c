@@ -1082,6 +1082,18 @@ static void cor_done(struct qcow2_io *q)
 
 /* ---- flush rounds ---- */
 
+/* Start the flush of the queued flush requests (none is running). */
+static void flush_begin(struct qcow2_state *s)
+{
+        s->flush_cur = s->flush_next;
+        s->flush_next = NULL;
+        s->flush_busy = true;
+        s->gen++;
+        s->alloc_blocked = true;
+        s->flush_stage = FLUSH_DRAIN;
+        flush_step(s);
+}
+
 static void flush_finish(struct qcow2_state *s, int status)
 {
         struct qcow2_io *list = s->flush_cur;
@@ -1101,15 +1113,8 @@ static void flush_finish(struct qcow2_state *s, int status)
                 vbd_io_complete(list->io, status);
                 list = next;
         }
-        if (s->flush_next && !s->flush_busy) {
-                s->flush_cur = s->flush_next;
-                s->flush_next = NULL;
-                s->flush_busy = true;
-                s->gen++;
-                s->alloc_blocked = true;
-                s->flush_stage = FLUSH_DRAIN;
-                flush_step(s);
-        }
+        if (s->flush_next && !s->flush_busy)
+                flush_begin(s);
 }
 
 static void flush_sync_done(struct vbd_aio_op *op, ssize_t res)
@@ -1188,15 +1193,8 @@ static void flush_submit(struct qcow2_io *q)
         }
         q->next = s->flush_next;
         s->flush_next = q;
-        if (s->flush_busy)
-                return;
-        s->flush_cur = s->flush_next;
-        s->flush_next = NULL;
-        s->flush_busy = true;
-        s->gen++;
-        s->alloc_blocked = true;
-        s->flush_stage = FLUSH_DRAIN;
-        flush_step(s);
+        if (!s->flush_busy)
+                flush_begin(s);
 }
 
 /* ---- the backing child ---- */
