@@ -698,6 +698,20 @@ static int parse(struct mig *m, const struct sub *s, int argc, char **argv,
         return 0;
 }
 
+/* Follow the migration to the awaited state and say so (start --wait,
+ * status --watch). */
+static int follow_report(struct mig *m, json_t *st)
+{
+        json_t *last;
+        int r = follow(m, st, &last);
+
+        if (r)
+                return r;
+        print_reached(m, last);
+        json_decref(last);
+        return 0;
+}
+
 static int run_start(struct mig *m, int argc, char **argv);
 static int run_status(struct mig *m, int argc, char **argv);
 static int run_cutover(struct mig *m, int argc, char **argv);
@@ -812,7 +826,7 @@ static int run_start(struct mig *m, int argc, char **argv)
             {},
         };
         struct vbdctl *o = m->o;
-        json_t *args, *st, *last;
+        json_t *args, *st;
         char a[32], b[32];
         int r, timeout_s = -1;
 
@@ -865,11 +879,7 @@ static int run_start(struct mig *m, int argc, char **argv)
         if (!m->stream)
                 printf("%s: migrating to %s (%s)\n", vbdctl_name(o->domid, o->devid),
                        vbdctl_jstr(st, "to"), vbdctl_jstr(st, "mode"));
-        if ((r = follow(m, st, &last)))
-                return r;
-        print_reached(m, last);
-        json_decref(last);
-        return 0;
+        return follow_report(m, st);
 }
 
 static int run_status(struct mig *m, int argc, char **argv)
@@ -880,7 +890,7 @@ static int run_status(struct mig *m, int argc, char **argv)
             {},
         };
         struct vbdctl *o = m->o;
-        json_t *st, *last;
+        json_t *st;
         int r;
 
         if ((r = parse(m, &subs[1], argc, argv, extra)))
@@ -902,11 +912,7 @@ static int run_status(struct mig *m, int argc, char **argv)
                 json_decref(st);
                 return 0;
         }
-        if ((r = follow(m, st, &last)))
-                return r;
-        print_reached(m, last);
-        json_decref(last);
-        return 0;
+        return follow_report(m, st);
 }
 
 static int run_cutover(struct mig *m, int argc, char **argv)
