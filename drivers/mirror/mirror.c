@@ -722,14 +722,15 @@ static bool must_wait(struct mirror *m, struct mio *mi, struct mio *stop)
 {
         const struct vbd_io *g = mi->gio;
 
+        /* Without a migration nothing waits (and nothing is scanned). */
+        if (!running(m) || !m->rmap)
+                return false;
         for (struct mio *a = m->active; a; a = a->next)
                 if (overlaps(g->offset, g->len, a->gio->offset, a->gio->len))
                         return true;
         for (struct mio *w = m->wait_head; w && w != stop; w = w->wnext)
                 if (overlaps(g->offset, g->len, w->gio->offset, w->gio->len))
                         return true;
-        if (!running(m) || !m->rmap)
-                return false;
         if (!m->p.precopy && any_region(m, mi->gio->offset, mi->gio->len, R_INFLIGHT))
                 return true;
         return forwards(m, mi) &&
