@@ -30,6 +30,7 @@
 #include "image.h"
 #include "nbd-export.h"
 #include "vbd.h"
+#include "util/socket.h"
 #include "vbd/log.h"
 #include "xenbus.h"
 
@@ -1177,27 +1178,6 @@ static int make_dir(const char *dir)
 }
 
 /* Is a live daemon behind this socket path?  1 yes, 0 no (stale or absent). */
-static int socket_alive(const char *path)
-{
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        struct stat st;
-        int fd, r;
-
-        if (lstat(path, &st) < 0)
-                return errno == ENOENT ? 0 : -errno;
-        if (!S_ISSOCK(st.st_mode))
-                return -EEXIST;
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
-        close(fd);
-        if (r == 0)
-                return 1;
-        return 0;
-}
-
 struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *cfg)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -1230,7 +1210,7 @@ struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *c
                 vbd_log_errno(r, "runtime dir %s: %m", c->dir);
                 goto fail;
         }
-        r = socket_alive(c->path);
+        r = vbd_unix_socket_alive(c->path);
         if (r > 0) {
                 r = vbd_log_errno(EADDRINUSE, "%s: another vbdd serves this VBD: %m", c->path);
                 goto fail;

@@ -44,6 +44,7 @@
 
 #include "image.h"
 #include "nbd-export.h"
+#include "util/socket.h"
 #include "vbd/log.h"
 
 /* ---- protocol constants (doc/proto.md) ---- */
@@ -1526,25 +1527,6 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
 }
 
-static int unix_socket_alive(const char *path)
-{
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        struct stat st;
-        int fd, r;
-
-        if (lstat(path, &st) < 0)
-                return errno == ENOENT ? 0 : -errno;
-        if (!S_ISSOCK(st.st_mode))
-                return -EEXIST;
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
-        close(fd);
-        return r == 0 ? 1 : 0;
-}
-
 static int listen_unix(struct vbd_nbd *s)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -1552,7 +1534,7 @@ static int listen_unix(struct vbd_nbd *s)
         mode_t old_mask;
         int r, fd;
 
-        r = unix_socket_alive(path);
+        r = vbd_unix_socket_alive(path);
         if (r > 0)
                 return vbd_log_errno(EADDRINUSE, "%s: a server listens there already: %m", path);
         if (r < 0)
