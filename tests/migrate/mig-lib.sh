@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # Helpers for the migration tests (test-*.sh here), on top of
 # tests/lib/functions.sh.  Source it after functions.sh.  The daemon is
-# driven with raw JSON on its control socket (ctl.py), not with vbd-ctl.
+# driven with raw JSON on its control socket (tests/lib/vbdctl.py), not
+# with vbd-ctl.
 #
 #   start_guest NAME SPEC BENCH-ARGS...
 #                  a simulated guest: vbd-sim bench BENCH-ARGS --json on the
@@ -23,9 +24,9 @@
 #                  arguments after -U SOCK: filters, plugin, params).
 #                  Sets $partner_pid, $psock, $puri (its nbd+unix URI).
 #   stop_partner PID    SIGTERM, wait; 0 if it exited 0
-#   ctl ARGS...         ctl.py (see there)
+#   ctl ARGS...         tests/lib/vbdctl.py (see there)
 #   mstart SOCK JSON-ARGS OUT   migrate-start; the reply in OUT; 0 if ok
-#   check FILE EXPR [MSG]       ctl.py check; a failure is counted
+#   check FILE EXPR [MSG]       vbdctl.py check; a failure is counted
 #   expect_err SOCK CMD JSON CODE MSG   CMD must fail with error code CODE
 #                                       (or one of CODE1|CODE2...)
 #   fill FILE OFF LEN [SRC]     write LEN bytes of SRC (/dev/urandom) at OFF
@@ -43,7 +44,7 @@
 KiB=1024
 MiB=$((1 << 20))
 _mig_dir=$(cd "$(dirname "${BASH_SOURCE:-$0}")" && pwd)
-# python3 for ctl.py: the system's when there is one (a pyenv shim costs
+# python3 for vbdctl.py: the system's when there is one (a pyenv shim costs
 # half a second per call on a loaded machine, and the cutover window is short)
 PY=${PYTHON:-python3}
 [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
@@ -54,7 +55,7 @@ cleanup_fn rm -rf "$sockdir"
 run=$sockdir/run
 
 ctl() {
-        "$PY" "$_mig_dir/ctl.py" "$@"
+        "$PY" "$_lib_dir/vbdctl.py" "$@"
 }
 
 check() {
