@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""What the benchmarks under bench/ share: processes and their logs, /proc
+counters, fio, QMP, a counter sampled over time, and the formatting of
+figures.  Standard library only; the control socket is tests/lib/vbdctl.py.
+
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_size(s):
+    """"256M", "2G", "1GiB", "4096" -> bytes."""
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    s = s.strip().upper().rstrip("B").rstrip("I")
+    if s and s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s)
+
+
+def die(msg):
+    print("bench: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def note(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+def loadavg():
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def stop(p, sig=signal.SIGTERM, wait=20):
+    """Signal p unless it has exited, reap it (SIGKILL after wait seconds);
+    its exit status."""
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return p.returncode
+
+
+class Procs:
+    """The processes a benchmark started, each logging (stderr, and stdout
+    unless it goes to a file) to WORKDIR/NAME.log."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.procs = []
+
+    def spawn(self, name, argv, out=None, env=None):
+        """Start argv as NAME; out: a file for its stdout."""
+        log = open(os.path.join(self.workdir, name + ".log"), "ab")
+        stdout = open(out, "wb") if out else log
+        try:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log,
+                                 env=env)
+        finally:
+            stdout.close()
+            log.close()
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        """SIGTERM every process still running, the last started first."""
+        for p in reversed(self.procs):
+            stop(p)
+        self.procs.clear()
+
+    def log_tail(self, name, n=15):
+        try:
+            with open(os.path.join(self.workdir, name + ".log"), errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_sock(self, path, proc, name, timeout=30):
+        """Wait until a unix socket accepts connections at path; RuntimeError
+        (with NAME's log) if proc exits first or after timeout seconds."""
+        end = time.time() + timeout
+        while time.time() < end:
+            if os.path.exists(path):
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(path)
+                    return
+                except OSError:
+                    pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("%s did not start (no %s)\n%s" % (name, path, self.log_tail(name)))
+
+
+def proc_io(pid, key="write_bytes"):
+    """A counter of /proc/PID/io; None if unreadable."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                k, v = line.split(":")
+                if k == key:
+                    return int(v)
+    except OSError:
+        pass
+    return None
+
+
+def proc_cpu(pid):
+    """utime+stime of pid (all threads), seconds."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# fio
+
+
+def fio_fill(path, size):
+    """Write path fully (size: bytes, or fio's "1G"), 1 MiB sequential with
+    O_DIRECT: an image that is 100% data, so that reads hit real blocks."""
+    subprocess.run(["fio", "--name=fill", "--filename=" + path, "--size=%s" % size,
+                    "--rw=write", "--bs=1M", "--ioengine=libaio", "--direct=1",
+                    "--iodepth=8", "--output=/dev/null"], check=True)
+
+
+def fio_has_nbd():
+    """Whether fio has its nbd engine (Debian's has)."""
+    return "uri" in subprocess.run(["fio", "--enghelp=nbd"], capture_output=True,
+                                   text=True).stdout
+
+
+def fio_series(path):
+    """fio's --status-interval JSON reports in path (among other output):
+    (Series of the first job's write total_ios over time, the last report)."""
+    s, last = Series(), None
+    dec = json.JSONDecoder()
+    with open(path, errors="replace") as f:
+        txt = f.read()
+    i = 0
+    while True:
+        j = txt.find("{", i)
+        if j < 0:
+            break
+        try:
+            o, i = dec.raw_decode(txt, j)
+        except ValueError:
+            i = j + 1
+            continue
+        if "jobs" in o and "timestamp_ms" in o:
+            s.add(o["timestamp_ms"] / 1000, o["jobs"][0]["write"]["total_ios"])
+            last = o
+    return s, last
+
+
+# ---------------------------------------------------------------------------
+# Measurements
+
+
+class Series:
+    """A cumulative count (e.g. guest writes completed) over wall-clock time."""
+
+    def __init__(self):
+        self.pts = []
+
+    def add(self, t, n):
+        self.pts.append((t, n))
+
+    def at(self, t):
+        """The count at t, interpolated linearly."""
+        p = self.pts
+        if not p:
+            return None
+        if t <= p[0][0]:
+            return p[0][1]
+        for (t0, n0), (t1, n1) in zip(p, p[1:]):
+            if t0 <= t <= t1:
+                return n0 + (n1 - n0) * (t - t0) / (t1 - t0) if t1 > t0 else n1
+        return p[-1][1]
+
+    def rate(self, t0, t1):
+        """Counts per second over [t0, t1]."""
+        a, b = self.at(t0), self.at(t1)
+        if a is None or b is None or t1 <= t0:
+            return None
+        return (b - a) / (t1 - t0)
+
+    def worst(self, t0, t1, step=1.0):
+        """Lowest rate over step-long slices of [t0, t1]."""
+        rates = []
+        t = t0
+        while t + step <= t1 + 1e-9:
+            rates.append(self.rate(t, t + step))
+            t += step
+        rates = [r for r in rates if r is not None]
+        return min(rates) if rates else None
+
+
+def fmt(v, f="%.0f"):
+    """v formatted, "-" for None."""
+    return "-" if v is None else f % v
+
+
+def ratio(a, b, f="%.2f"):
+    """a / b formatted, "-" when either is None or b is 0."""
+    return "-" if a is None or b in (None, 0) else f % (a / b)
+
+
+# ---------------------------------------------------------------------------
+# QEMU
+
+
+class QMP:
+    """A QMP monitor on a unix socket; events are kept in .events (each with
+    "t", its timestamp in seconds)."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(120)
+        self.s.connect(path)
+        self.f = self.s.makefile("rwb")
+        self.events = []
+        self._read()
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise ConnectionError("QMP connection closed")
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        """Execute name(**args); its "return", RuntimeError on "error"."""
+        self.f.write((json.dumps({"execute": name, "arguments": args}) + "\n").encode())
+        self.f.flush()
+        while True:
+            m = self._read()
+            if "event" in m:
+                m["t"] = m["timestamp"]["seconds"] + m["timestamp"]["microseconds"] / 1e6
+                self.events.append(m)
+                continue
+            if "error" in m:
+                raise RuntimeError("QMP %s: %s" % (name, m["error"].get("desc")))
+            return m["return"]
+
+    def event(self, name):
+        """The first event called name received so far, or None."""
+        for e in self.events:
+            if e["event"] == name:
+                return e
+        return None
