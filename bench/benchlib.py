@@ -4,6 +4,14 @@
 counters, fio, QMP, a counter sampled over time, and the formatting of
 figures.  Standard library only; the control socket is tests/lib/vbdctl.py.
 
+As a program, for the shell benchmarks (run.sh, nbd.sh, qcow2.sh):
+
+    benchlib.py fill FILE SIZE    write FILE fully with fio (1 MiB sequential,
+                                  O_DIRECT), so that reads hit real blocks
+    benchlib.py json EXPR         print the Python expression EXPR over the
+                                  JSON object on stdin, named d
+    benchlib.py ratio A B         print A / B with two decimals ("-" when B
+                                  is 0 or either is not a number)
 """
 import json
 import os
@@ -267,3 +275,33 @@ class QMP:
             if e["event"] == name:
                 return e
         return None
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def _number(s):
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def main(argv):
+    if len(argv) == 4 and argv[1] == "fill":
+        fio_fill(argv[2], argv[3])
+        return 0
+    if len(argv) == 3 and argv[1] == "json":
+        d = json.load(sys.stdin)
+        print(eval(argv[2], {"d": d}))
+        return 0
+    if len(argv) == 4 and argv[1] == "ratio":
+        print(ratio(_number(argv[2]), _number(argv[3])))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -30,16 +30,15 @@ cleanup() {
         rm -rf "$SOCKDIR" "$IMG"
 }
 trap cleanup EXIT
+# fill FILE SIZE, json EXPR (over stdin's JSON, d), ratio A B: bench/benchlib.py
+benchlib() { python3 "$(dirname "$0")/benchlib.py" "$@"; }
 
-fio --name=fill --filename="$IMG" --size=1G --rw=write --bs=1M --ioengine=libaio \
-        --direct=1 --iodepth=8 --output=/dev/null
+benchlib fill "$IMG" 1G
 
 have_fio_nbd=0
 fio --enghelp=nbd 2>/dev/null | grep -q uri && have_fio_nbd=1
 
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && { sleep 0.1; return 0; }; sleep 0.05; done; return 1; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
 
 copy_mbs() { # uri -> best MB/s of 3 whole-file copies to null:
         local best=0 t0 t1 mbs
@@ -56,7 +55,7 @@ copy_mbs() { # uri -> best MB/s of 3 whole-file copies to null:
 fio_nbd() { # uri rw bs qd field
         fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size=1G \
                 --runtime="$T" --time_based --output-format=json | sed -n '/^{/,$p' |
-                json "$( [ "$5" = iops ] && echo "int(d['jobs'][0]['read']['iops'])" ||
+                benchlib json "$( [ "$5" = iops ] && echo "int(d['jobs'][0]['read']['iops'])" ||
                          echo "int(d['jobs'][0]['read']['bw_bytes'] / 1e6)")"
 }
 
@@ -70,12 +69,12 @@ Q="nbd+unix:///?socket=$SOCKDIR/qemu.sock"
 
 printf '%-34s %12s %12s %8s\n' "1 GiB raw file, $(nproc) CPUs" vbdd qemu-nbd ratio
 v=$(copy_mbs "$V"); q=$(copy_mbs "$Q")
-printf '%-34s %12s %12s %8s\n' "nbdcopy to null: (MB/s)" "$v" "$q" "$(ratio "$v" "$q")"
+printf '%-34s %12s %12s %8s\n' "nbdcopy to null: (MB/s)" "$v" "$q" "$(benchlib ratio "$v" "$q")"
 if [ $have_fio_nbd = 1 ]; then
         v=$(fio_nbd "$V" randread 4k 32 iops); q=$(fio_nbd "$Q" randread 4k 32 iops)
-        printf '%-34s %12s %12s %8s\n' "fio nbd randread 4k QD32 (IOPS)" "$v" "$q" "$(ratio "$v" "$q")"
+        printf '%-34s %12s %12s %8s\n' "fio nbd randread 4k QD32 (IOPS)" "$v" "$q" "$(benchlib ratio "$v" "$q")"
         v=$(fio_nbd "$V" read 1M 8 bw); q=$(fio_nbd "$Q" read 1M 8 bw)
-        printf '%-34s %12s %12s %8s\n' "fio nbd read 1M QD8 (MB/s)" "$v" "$q" "$(ratio "$v" "$q")"
+        printf '%-34s %12s %12s %8s\n' "fio nbd read 1M QD8 (MB/s)" "$v" "$q" "$(benchlib ratio "$v" "$q")"
 else
         echo "fio has no nbd engine: fio runs skipped"
 fi

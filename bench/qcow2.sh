@@ -32,7 +32,8 @@ IMG=$tmp/bench.qcow2
 SIZE=4G
 COUNT=${VBD_BENCH_COUNT:-200000} # qemu-img bench requests for read/overwrite (800 MiB)
 
-json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+# fill FILE SIZE, json EXPR (over stdin's JSON, d), ratio A B: bench/benchlib.py
+benchlib() { python3 "$(dirname "$0")/benchlib.py" "$@"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 prepare() { # pattern
@@ -61,7 +62,7 @@ vbd_iops() { # pattern
         [ "$1" = read ] && { rw=read; region=1G; }
         [ "$1" = overwrite ] && region=1G
         vbd_sim "qcow2:$IMG" bench --rw $rw --bs 4096 --iodepth 32 --runtime "$T" \
-                --size $region --json | json "'%d %d' % (round(d['iops']), d['ios'])"
+                --size $region --json | benchlib json "'%d %d' % (round(d['iops']), d['ios'])"
 }
 
 echo "qcow2 bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -82,7 +83,6 @@ for p in ${VBD_BENCH_PATTERNS:-read alloc-64k alloc-4k overwrite}; do
         done
         mv=$(median "${v[@]}")
         mq=$(median "${q[@]}")
-        printf '%-10s %-30s %-30s %8s\n' $p "${v[*]}" "${q[*]}" \
-                "$(python3 -c "print(f'{$mv/$mq:.2f}')")"
+        printf '%-10s %-30s %-30s %8s\n' $p "${v[*]}" "${q[*]}" "$(benchlib ratio "$mv" "$mq")"
 done
 rm -f "$IMG"

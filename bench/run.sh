@@ -18,22 +18,20 @@ export VBD_SIM_VBDD=$B/tests/sim/vbdd-sim
 command -v fio >/dev/null || { echo "bench: fio is needed (apt-get install fio)" >&2; exit 1; }
 [ -x "$SIM" ] || { echo "bench: build first ($SIM missing)" >&2; exit 1; }
 trap 'rm -f "$IMG"' EXIT
+# fill FILE SIZE, json EXPR (over stdin's JSON, d), ratio A B: bench/benchlib.py
+benchlib() { python3 "$(dirname "$0")/benchlib.py" "$@"; }
 
 # A fully written file, so that reads hit real blocks, not holes.
-fio --name=fill --filename="$IMG" --size=1G --rw=write --bs=1M --ioengine=libaio \
-        --direct=1 --iodepth=8 --output=/dev/null
-
-json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+benchlib fill "$IMG" 1G
 
 fio_run() { # rw bs qd field(iops|bw_mb)
         fio --name=b --filename="$IMG" --size=1G --rw="$1" --bs="$2" --iodepth="$3" \
                 --ioengine=libaio --direct=1 --runtime="$T" --time_based --norandommap \
                 --randrepeat=0 --output-format=json |
                 if [ "$4" = iops ]; then
-                        json "round(d['jobs'][0]['read']['iops'] + d['jobs'][0]['write']['iops'])"
+                        benchlib json "round(d['jobs'][0]['read']['iops'] + d['jobs'][0]['write']['iops'])"
                 else
-                        json "round((d['jobs'][0]['read']['bw'] + d['jobs'][0]['write']['bw']) / 1024)"
+                        benchlib json "round((d['jobs'][0]['read']['bw'] + d['jobs'][0]['write']['bw']) / 1024)"
                 fi
 }
 
@@ -48,22 +46,23 @@ echo
 printf '%-24s %12s %12s %7s\n' "raw driver vs fio" "vbdd" "fio" "ratio"
 for rw in randread randwrite; do
         f=$(fio_run $rw 4k 32 iops)
-        v=$(sim "raw:$IMG" $rw 4096 32 | json "d['iops']")
-        printf '%-24s %8s IOPS %7s IOPS %7s\n' "4k QD32 $rw" "$v" "$f" "$(ratio "$v" "$f")"
+        v=$(sim "raw:$IMG" $rw 4096 32 | benchlib json "d['iops']")
+        printf '%-24s %8s IOPS %7s IOPS %7s\n' "4k QD32 $rw" "$v" "$f" "$(benchlib ratio "$v" "$f")"
 done
 for rw in read write; do
         f=$(fio_run $rw 1M 8 bw)
-        v=$(sim "raw:$IMG" $rw 1048576 8 | json "round(d['mb_s'])")
-        printf '%-24s %8s MB/s %7s MB/s %7s\n' "1M QD8 sequential $rw" "$v" "$f" "$(ratio "$v" "$f")"
+        v=$(sim "raw:$IMG" $rw 1048576 8 | benchlib json "round(d['mb_s'])")
+        printf '%-24s %8s MB/s %7s MB/s %7s\n' "1M QD8 sequential $rw" "$v" "$f" "$(benchlib ratio "$v" "$f")"
 done
 echo
 printf '%-36s %10s %9s %10s %12s\n' "null driver, randread" "req/s" "MB/s" "p99 us" "backend ns/IO"
 while read -r bs qd order segs label; do
         out=$(sim null:1G randread "$bs" "$qd" --ring-order "$order" --max-segments "$segs")
         printf '%-36s %10s %9s %10s %12s\n' "$label" \
-                "$(echo "$out" | json "d['iops']")" "$(echo "$out" | json "d['mb_s']")" \
-                "$(echo "$out" | json "d['lat_us']['p99']")" \
-                "$(echo "$out" | json "d['backend_cpu_ns_per_io']")"
+                "$(echo "$out" | benchlib json "d['iops']")" \
+                "$(echo "$out" | benchlib json "d['mb_s']")" \
+                "$(echo "$out" | benchlib json "d['lat_us']['p99']")" \
+                "$(echo "$out" | benchlib json "d['backend_cpu_ns_per_io']")"
 done <<'CFG'
 4096 32 0 11 4k QD32, 1-page ring
 4096 512 4 11 4k QD512, 16-page ring
