@@ -329,9 +329,11 @@ def migrate(bench, ctl, mode, args, limit, r):
     last = [t0]
     prog = []
 
-    def each(st):
-        prog.append((time.time(), st.get("bytes_synced", 0) / bench.size))
-        if st["state"] != "ready" and st["state"] not in vbdctl.FINAL_STATES:
+    def each(st):  # every status; a note only for those that do not end the wait
+        now = time.time()
+        prog.append((now, st.get("bytes_synced", 0) / bench.size))
+        if st["state"] != "ready" and st["state"] not in vbdctl.FINAL_STATES \
+                and now - t0 <= limit:
             progress(mode, t0, last, "%s, progress %.0f%%, passes %s, dirty %s MiB" % (
                 st["state"], 100 * st.get("progress", 0), st.get("passes"),
                 st.get("dirty_bytes", 0) >> 20))
@@ -344,6 +346,8 @@ def migrate(bench, ctl, mode, args, limit, r):
         st = e.status
         r["error"] = "state %s: %s" % (st["state"], st.get("error", ""))
     except vbdctl.CtlTimeout as e:
+        if e.last is None:  # no reply at all, not the limit
+            raise
         st = e.last
     return st, prog
 
