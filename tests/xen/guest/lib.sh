@@ -40,13 +40,16 @@ CUR_FAILS=""
 test_begin() {
         CUR_TEST=$1
         CUR_FAILS=""
+        CUR_DOMU=""
         SKIP_CHECKS=0
         VBDD_PID=""
         VBDD_LOG=""
         CUR_T0=$(ts)
         echo "=================== $CUR_TEST (dom0 uptime $CUR_T0) ==================="
 }
-# check DESCRIPTION COMMAND...: run a condition, remember failures
+# check DESCRIPTION COMMAND...: run a condition, remember failures. With
+# CHECK_AT set (check_xs, check_live), a failure also records where the
+# guest was at that moment, in the log and in the result line.
 check() {
         local what=$1
         shift
@@ -58,7 +61,8 @@ check() {
                 log "ok:   $what"
         else
                 log "FAIL: $what"
-                CUR_FAILS="$CUR_FAILS; $what"
+                [ -z "${CHECK_AT:-}" ] || log "      at that moment: $CHECK_AT"
+                CUR_FAILS="$CUR_FAILS; $what${CHECK_AT:+ [$CHECK_AT]}"
         fi
 }
 fail() {
@@ -82,6 +86,8 @@ test_skip() {
 }
 
 eq() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+# has_bit VALUE MASK: VALUE is a number with a bit of MASK set
+has_bit() { [[ $1 =~ ^[0-9]+$ ]] && [ $(($1 & $2)) -ne 0 ]; }
 
 # --- images --------------------------------------------------------------
 # mkimg PATH MIB: sparse raw image of MIB MiB
@@ -127,6 +133,7 @@ EOF
                 return 1
         fi
         DOMID=$(xl domid "$name" 2>/dev/null)
+        CUR_DOMU=$name
         log "domU $name is domain $DOMID (mode $mode)"
 }
 console_of() { tr -d '\r' <"$CONSOLE_DIR/guest-$1.log" 2>/dev/null; }
@@ -139,6 +146,108 @@ wait_line() {
                 sleep 0.5
         done
         return 0
+}
+# console_pos NAME: how far domU NAME's console has got: line count and the
+# last VBDT line; "held at TAG" when that line is a hold (domu-init) dom0 has
+# not released yet, i.e. the guest cannot have moved past that point
+console_pos() {
+        local n last how
+        # one awk: cheap enough to sample around every live read
+        IFS=$'\t' read -r n last < <(awk '{ sub(/\r$/, "") } /^VBDT/ { l = $0 } END { printf "%d\t%s\n", NR, l }' \
+                "$CONSOLE_DIR/guest-$1.log" 2>/dev/null || echo 0)
+        case $last in
+        "VBDT hold "*)
+                how=${last#VBDT hold }
+                how="guest held at ${how%% *}"
+                ;;
+        "") how="no VBDT line yet" ;;
+        *) how="guest not in a hold: it may have moved on" ;;
+        esac
+        echo "console of $1 at line ${n:-0}: '$last' ($how)"
+}
+# --- holding the guest: live state is read where the guest cannot move on ---
+# domu-init's "hold TAG" prints "VBDT hold TAG t=..." and waits (up to
+# vbdt_hold seconds, default 60) for /local/domain/D/data/vbdt-release/TAG.
+# A test waits for the hold, reads and checks live state, then releases:
+#   hold_wait NAME TAG SECONDS ... check_xs ... release NAME TAG
+hold_wait() {
+        wait_line "$1" "^VBDT hold $2 " "$3" && return 0
+        fail "guest never held at '$2' within $3 s ($(console_pos "$1"))"
+        return 1
+}
+# release NAME TAG: let domU NAME past its hold TAG (or through it at once,
+# if it is not there yet). Harmless when the domain is gone.
+release() {
+        local d p at
+        d=$(xl domid "$1" 2>/dev/null) || {
+                log "release $2: domU $1 is gone"
+                return 0
+        }
+        p=/local/domain/$d/data/vbdt-release/$2
+        at=$(console_pos "$1")
+        # the guest owns data/ (libxl); n$d: the guest may read, nobody else
+        if xenstore-write "$p" "$(ts)" && xenstore-chmod "$p" "n$d"; then
+                log "release $1 at '$2' (before: $at)"
+        else
+                fail "cannot write $p to release the guest"
+        fi
+}
+# xs_sample PATH: read live node PATH once: XS_VAL (empty if absent),
+# XS_SEEN ("'value'" or "absent") and XS_AT, the guest's console position
+# around the read (console_pos), for check's failure message
+xs_sample() {
+        local at0
+        at0=$(console_pos "${CUR_DOMU:-}")
+        if XS_VAL=$(xenstore-read "$1" 2>/dev/null); then
+                XS_SEEN="'$XS_VAL'"
+        else
+                XS_VAL=""
+                XS_SEEN="absent"
+        fi
+        XS_AT=$(console_pos "${CUR_DOMU:-}")
+        [ "$XS_AT" = "$at0" ] || XS_AT="console moved during the read, from [$at0] to [$XS_AT]"
+}
+# check_xs DESCRIPTION PATH EXPECTED: one read of live node PATH must give
+# EXPECTED; the log has the value read, a failure where the guest was
+check_xs() {
+        xs_sample "$2"
+        CHECK_AT="$2; $XS_AT" check "$1 (read $XS_SEEN)" eq "$XS_VAL" "$3"
+}
+# wait_xs DESCRIPTION PATH EXPECTED SECONDS: live node PATH must reach
+# EXPECTED within SECONDS (for a state the backend/frontend moves to on its
+# own, while the guest is held); checks the last value read
+wait_xs() {
+        local t0 end waited
+        t0=$(ts)
+        end=$(($(cut -d. -f1 /proc/uptime) + $4))
+        while :; do
+                xs_sample "$2"
+                [ "$XS_VAL" = "$3" ] && break
+                [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ] && break
+                sleep 0.3
+        done
+        waited=$(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')
+        CHECK_AT="$2, polled for ${waited}s; $XS_AT" \
+                check "$1 (read $XS_SEEN after ${waited}s)" eq "$XS_VAL" "$3"
+}
+# check_xs_gone DESCRIPTION PATH: live node PATH must not exist; a failure
+# shows what is there and where the guest was
+check_xs_gone() {
+        local at
+        at=$(console_pos "${CUR_DOMU:-}")
+        if xenstore-exists "$2" 2>/dev/null; then
+                CHECK_AT="$2 still holds: $(xenstore-ls -f "$2" 2>/dev/null | head -n 3 | tr '\n' ' '); $at" \
+                        check "$1" false
+        else
+                check "$1" true
+        fi
+}
+# check_live DESCRIPTION COMMAND...: check with a condition on live state
+# (e.g. a process); a failure records the guest's console position
+check_live() {
+        local at
+        at=$(console_pos "${CUR_DOMU:-}")
+        CHECK_AT=$at check "$@"
 }
 # vbdt_val NAME KEY: value of the last "VBDT ... KEY=value" console line
 vbdt_val() { console_of "$1" | grep '^VBDT ' | sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" | tail -n 1; }
@@ -178,6 +287,9 @@ guest_done() {
                         SKIP_CHECKS=1
                         return 1
                 }
+                # dom0 released too late: what it checked was not held still
+                console_of "$1" | grep -q '^VBDT ERROR hold' &&
+                        fail "guest hold timed out: $(console_of "$1" | grep '^VBDT ERROR hold' | head -n 1)"
                 return 0
         fi
         fail "guest did not finish within $2 s"
@@ -206,6 +318,14 @@ show_console() {
 
 # --- vbdd, attached the way a toolstack does ------------------------------
 vbdd_be() { echo "/local/domain/0/backend/vbd3/$1/$DEVID"; }
+# be_of BACKEND DOMID: the backend directory of DOMID's xvda (blkback and the
+# xl tests: libxl's backend/vbd; vbdd attached here: backend/vbd3)
+be_of() {
+        case $1 in
+        vbdd) vbdd_be "$2" ;;
+        *) echo "/local/domain/0/backend/vbd/$2/$DEVID" ;;
+        esac
+}
 vbdd_fe() { echo "/local/domain/$1/device/vbd/$DEVID"; }
 # xs_attach_vbd3 DOMID IMAGE MODE: write backend + frontend nodes (contract)
 xs_attach_vbd3() {
@@ -395,10 +515,13 @@ xl_after_create() {
         local d=$1 name=$2 be
         be=$(xl_be "$d")
         xs_dump "$d" "after xl create"
-        check "libxl wrote the backend dir with script=$XL_SCRIPT" eq "$(xenstore-read "$be/script" 2>/dev/null)" "$XL_SCRIPT"
-        check "backend type phy, params the bare image path" eq "$(xenstore-read "$be/type" 2>/dev/null)" phy
+        # live reads: the guest cannot be past its first hold (rw) or
+        # the disk's removal (detach), or it loops on I/O (destroy)
+        check_xs "libxl wrote the backend dir with script=$XL_SCRIPT" "$be/script" "$XL_SCRIPT"
+        check_xs "backend type phy" "$be/type" phy
+        check_xs "backend params the bare image path" "$be/params" "$IMGDIR/$name.img"
         check "libxl ran 'block-vbd3 add'" grep -q "calling hotplug script: $XL_SCRIPT add" "$OUT/$name.xl-create.log"
-        check "hotplug-status connected" eq "$(xenstore-read "$be/hotplug-status" 2>/dev/null)" connected
+        check_xs "hotplug-status connected" "$be/hotplug-status" connected
         VBDD_PID=$(xl_vbdd_pid "$d")
         VBDD_LOG=$OUT/$CUR_TEST.vbdd.log
         VBDD_RC=""
@@ -425,15 +548,14 @@ xl_after_remove() {
         grep -E 'hotplug|remove|Closed|timed out|Timeout|unable' "$xllog" | tail -n 25
         echo "------------------------------------------------------"
         xs_dump "$d" "after the domain is gone"
-        check "vbdd process $VBDD_PID is gone" test -n "${VBDD_PID:-}" -a ! -d "/proc/${VBDD_PID:-0}"
+        check_live "vbdd process $VBDD_PID is gone" test -n "${VBDD_PID:-}" -a ! -d "/proc/${VBDD_PID:-0}"
         check "libxl ran 'block-vbd3 remove'" grep -q "calling hotplug script: $XL_SCRIPT remove" "$xllog"
         check "libxl removed the device without a timeout" not_grep 'unable to remove device|Timeout reached|timed out' "$xllog"
-        check "backend directory $be removed" not_xs "$be"
-        check "backend directory of the domain removed" not_xs "/local/domain/0/backend/vbd/$d"
-        check "frontend directory removed" not_xs "$fe"
+        check_xs_gone "backend directory $be removed" "$be"
+        check_xs_gone "backend directory of the domain removed" "/local/domain/0/backend/vbd/$d"
+        check_xs_gone "frontend directory removed" "$fe"
         check "no control socket left in $XL_RUNDIR ($(ls "$XL_RUNDIR" 2>/dev/null | tr '\n' ' '))" \
                 test -z "$(ls "$XL_RUNDIR"/*.sock 2>/dev/null)"
         check "vbd-ctl list shows no daemon" eq "$(vbd-ctl list --json 2>/dev/null | tr -d ' \n')" "[]"
 }
 not_grep() { ! grep -q -E "$1" "$2"; }
-not_xs() { ! xenstore-exists "$1" 2>/dev/null; }

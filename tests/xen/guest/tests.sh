@@ -43,21 +43,21 @@ t_rw() { # t_rw BACKEND
         mkimg "$img" 64
         r8=$(put_random "$img" 8 4)
         log "image ready, creating the domU"
-        domu_create "$name" rw "vbdt_timeout=90" || return
+        domu_create "$name" rw "vbdt_timeout=120" || return
         attach "$b" "$DOMID" "$img" w "$CUR_TEST"
-        if wait_line "$name" '^VBDT disk xvda' 60; then
-                sleep 1
+        # the guest holds once it sees xvda, before any I/O: the nodes of the
+        # connected disk cannot move under these reads
+        if hold_wait "$name" connected 60; then
                 xs_dump "$DOMID" connected
-                if [ "$b" = vbdd ]; then
-                        local be
-                        be=$(vbdd_be "$DOMID")
-                        check "backend state 4 (Connected)" eq "$(xenstore-read "$be/state")" 4
-                        check "frontend state 4 (Connected)" eq "$(xenstore-read "$(vbdd_fe "$DOMID")/state")" 4
-                        check "backend sectors = 131072" eq "$(xenstore-read "$be/sectors")" 131072
-                        check "backend sector-size = 512" eq "$(xenstore-read "$be/sector-size")" 512
-                        check "backend feature-flush-cache = 1" eq "$(xenstore-read "$be/feature-flush-cache")" 1
-                fi
+                local be
+                be=$(be_of "$b" "$DOMID")
+                check_xs "backend state 4 (Connected)" "$be/state" 4
+                check_xs "frontend state 4 (Connected)" "$(vbdd_fe "$DOMID")/state" 4
+                check_xs "backend sectors = 131072" "$be/sectors" 131072
+                check_xs "backend sector-size = 512" "$be/sector-size" 512
+                check_xs "backend feature-flush-cache = 1" "$be/feature-flush-cache" 1
         fi
+        release "$name" connected
         guest_done "$name" 130
         show_console "$name"
         save_console "$name"
@@ -129,32 +129,30 @@ t_reboot() {
 
 # --- (2b) frontend closes and re-initialises, same domain, same backend ---
 t_rebind() {
-        local b=$1 name=rebind-$1 img=$IMGDIR/rebind-$1.img p1 be st="" end
+        local b=$1 name=rebind-$1 img=$IMGDIR/rebind-$1.img p1 be
         test_begin "rebind-$b"
         mkimg "$img" 64
-        domu_create "$name" rebind "vbdt_timeout=150" || return
+        domu_create "$name" rebind "vbdt_timeout=180" || return
         attach "$b" "$DOMID" "$img" w "$CUR_TEST"
-        if [ "$b" = vbdd ]; then be=$(vbdd_be "$DOMID"); else be=/local/domain/0/backend/vbd/$DOMID/$DEVID; fi
-        if wait_line "$name" '^VBDT unbound' 120; then
-                sleep 1
-                st=$(xenstore-read "$be/state")
+        be=$(be_of "$b" "$DOMID")
+        # held after xvda went away on unbind: the backend answers the
+        # frontend's close on its own time (polled), the guest writes state 1
+        # only once released
+        if hold_wait "$name" unbound 120; then
+                wait_xs "backend Closed (6) after the frontend closed" "$be/state" 6 15
                 xs_dump "$DOMID" "after unbind"
-                check "backend Closed (6) after the frontend closed (got $st)" eq "$st" 6
-                [ "$b" = vbdd ] && check "vbdd still running after the frontend closed (online=1)" vbdd_running
+                [ "$b" = vbdd ] && check_live "vbdd still running after the frontend closed (online=1)" vbdd_running
         fi
-        if wait_line "$name" '^VBDT frontend state=1' 60; then
-                end=$(($(cut -d. -f1 /proc/uptime) + 15))
-                while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
-                        st=$(xenstore-read "$be/state")
-                        [ "$st" = 2 ] && break
-                        sleep 0.3
-                done
+        release "$name" unbound
+        # held after writing its frontend state back to Initialising
+        if hold_wait "$name" reinit 60 && console_has "$name" '^VBDT frontend state=1'; then
+                wait_xs "backend back to InitWait (2) after frontend Initialising" "$be/state" 2 15
                 xs_dump "$DOMID" "after frontend state=1"
-                check "backend back to InitWait (2) after frontend Initialising (got $st)" eq "$st" 2
-                [ "$b" = vbdd ] && check "same vbdd process still serving" vbdd_running
+                [ "$b" = vbdd ] && check_live "same vbdd process still serving" vbdd_running
         else
-                fail "guest did not re-initialise its frontend"
+                fail "guest did not re-initialise its frontend ($(console_pos "$name"))"
         fi
+        release "$name" reinit
         guest_done "$name" 190
         show_console "$name"
         save_console "$name"
@@ -174,13 +172,15 @@ t_ro() {
         mkimg "$img" 64
         r8=$(put_random "$img" 8 4)
         before=$(md5sum <"$img" | cut -d' ' -f1)
-        domu_create "$name" ro "vbdt_timeout=90" || return
+        domu_create "$name" ro "vbdt_timeout=120" || return
         attach "$b" "$DOMID" "$img" r "$CUR_TEST"
-        if wait_line "$name" '^VBDT disk xvda' 60 && [ "$b" = vbdd ]; then
-                local info
-                info=$(xenstore-read "$(vbdd_be "$DOMID")/info" 2>/dev/null)
-                check "backend info has VDISK_READONLY (info=$info)" test $((${info:-0} & 4)) -ne 0
+        # held once it sees xvda, before any I/O
+        if hold_wait "$name" connected 60; then
+                xs_sample "$(be_of "$b" "$DOMID")/info"
+                CHECK_AT="$(be_of "$b" "$DOMID")/info; $XS_AT" \
+                        check "backend info has VDISK_READONLY (4) (read $XS_SEEN)" has_bit "$XS_VAL" 4
         fi
+        release "$name" connected
         guest_done "$name" 130
         show_console "$name"
         save_console "$name"
@@ -226,8 +226,10 @@ t_detach() {
         local b=$1 name=detach-$1 img=$IMGDIR/detach-$1.img
         test_begin "detach-$b"
         mkimg "$img" 64
-        domu_create "$name" detach "vbdt_timeout=150" || return
+        domu_create "$name" detach "vbdt_timeout=200" || return
         attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        # the guest waits for the disk to go away, then holds (detached): its
+        # domain, and so the frontend directory, stays until released
         if wait_line "$name" '^VBDT attached' 60; then
                 sleep 1
                 log "toolstack detaches the disk"
@@ -240,8 +242,10 @@ t_detach() {
                         xenstore-write "$be/state" 5
                         vbdd_wait_exit 45
                         check "vbdd exits 0 after detach (rc=$VBDD_RC)" eq "$VBDD_RC" 0
-                        check "frontend reached state 6 (Closed)" \
-                                eq "$(xenstore-read "$(vbdd_fe "$DOMID")/state" 2>/dev/null)" 6
+                        # vbdd may exit only once the frontend is Closed, and
+                        # says Closed itself (libxl waits for that)
+                        check_xs "frontend Closed (6) when vbdd exited" "$(vbdd_fe "$DOMID")/state" 6
+                        check_xs "backend Closed (6) when vbdd exited" "$be/state" 6
                         xs_dump "$DOMID" "after detach"
                         xs_remove_vbd3 "$DOMID"
                         show_vbdd_log
@@ -251,9 +255,11 @@ t_detach() {
                         blkback_release
                         ;;
                 esac
+                hold_wait "$name" detached 60
         else
                 fail "disk never appeared in the guest"
         fi
+        release "$name" detached
         guest_done "$name" 190
         show_console "$name"
         save_console "$name"
@@ -330,8 +336,8 @@ xl_end() {
 # blkback: libxl's own removal, for comparison
 xl_blkback_removed() {
         check "libxl ran the hotplug script's remove" grep -q "calling hotplug script: $PHY_SCRIPT remove" "$2"
-        check "backend directory removed" not_xs "$(xl_be "$1")"
-        check "frontend directory removed" not_xs "$(vbdd_fe "$1")"
+        check_xs_gone "backend directory removed" "$(xl_be "$1")"
+        check_xs_gone "frontend directory removed" "$(vbdd_fe "$1")"
 }
 
 # guest reads/writes, powers off; xl's domain monitor destroys the domain
@@ -351,12 +357,13 @@ t_xl() {
         d=$DOMID
         be=$(xl_be "$d")
         [ "$b" = vbdd ] && xl_after_create "$d" "$name"
-        if wait_line "$name" '^VBDT disk xvda' 120; then
-                sleep 1
-                check "backend state 4 (Connected)" eq "$(xenstore-read "$be/state")" 4
-                check "frontend state 4 (Connected)" eq "$(xenstore-read "$(vbdd_fe "$d")/state")" 4
-                check "backend sectors = 131072" eq "$(xenstore-read "$be/sectors")" 131072
+        # held once it sees xvda, before any I/O (and so before its poweroff)
+        if hold_wait "$name" connected 120; then
+                check_xs "backend state 4 (Connected)" "$be/state" 4
+                check_xs "frontend state 4 (Connected)" "$(vbdd_fe "$d")/state" 4
+                check_xs "backend sectors = 131072" "$be/sectors" 131072
         fi
+        release "$name" connected
         guest_done "$name" 200
         show_console "$name"
         save_console "$name"
@@ -400,6 +407,9 @@ t_xldetach() {
         }
         d=$DOMID
         [ "$b" = vbdd ] && xl_after_create "$d" "$name"
+        # the guest holds once xvda is gone (detached): the removal checks
+        # run while the domain still exists, so a directory found removed
+        # was removed by block-detach, not by the domain's destruction
         if wait_line "$name" '^VBDT attached' 120; then
                 sleep 1
                 log "xl block-detach $d xvda"
@@ -414,10 +424,12 @@ t_xldetach() {
                         ;;
                 blkback) xl_blkback_removed "$d" "$OUT/$name.xl-detach.log" ;;
                 esac
+                hold_wait "$name" detached 60
         else
                 fail "disk never appeared in the guest"
                 diag "$d"
         fi
+        release "$name" detached
         guest_done "$name" 260
         show_console "$name"
         save_console "$name"

@@ -16,8 +16,13 @@
  *   vbdbench xswrite PATH VALUE           write one xenstore node through
  *                                         /dev/xen/xenbus (the guest's own
  *                                         frontend directory)
+ *   vbdbench xsread PATH                  print one xenstore node's value
+ *   vbdbench xswait PATH SECS             wait (polling) until the node can
+ *                                         be read, print its value; exit 1
+ *                                         after SECS seconds (domu-init's
+ *                                         hold: dom0 releases the guest)
  *
- * Prints one line:
+ * The benchmark ops print one line:
  *   VBDBENCH op=<op> jobs=<n> ios=<n> bytes=<n> secs=<s> MBps=<x> iops=<y>
  * Exit status 0 on success, 1 on any I/O error (which is also printed).
  */
@@ -39,6 +44,9 @@
 #define BIG      (1024 * 1024)
 #define SMALL    4096
 #define MAX_JOBS 16
+#ifndef VBDBENCH_XENBUS
+#define VBDBENCH_XENBUS "/dev/xen/xenbus" /* a -D for testing against a fake */
+#endif
 
 struct vbdbench_job {
         int fd;
@@ -250,44 +258,123 @@ static int vbdbench_syncwrite(const char *dev, const char *src, long long off, l
         return 0;
 }
 
-static int vbdbench_xswrite(const char *path, const char *value)
+/* read exactly len bytes from the xenbus device (it may split a reply) */
+static int vbdbench_read_full(int fd, void *buf, size_t len)
 {
-        struct xsd_sockmsg m = {.type = XS_WRITE, .req_id = 1};
-        char buf[4096];
-        size_t pl = strlen(path) + 1, vl = strlen(value);
-        ssize_t n;
-        int fd;
+        size_t got = 0;
 
-        if (pl + vl > sizeof(buf)) {
-                printf("VBDBENCH-ERROR xswrite: too long\n");
-                return 1;
+        while (got < len) {
+                ssize_t n = read(fd, (char *)buf + got, len - got);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return -1;
+                got += n;
         }
-        fd = open("/dev/xen/xenbus", O_RDWR);
-        if (fd < 0) {
-                printf("VBDBENCH-ERROR open /dev/xen/xenbus: %s\n", strerror(errno));
-                return 1;
+        return 0;
+}
+
+/*
+ * One xenstore request through the guest's /dev/xen/xenbus: PATH (with its
+ * NUL) then VALUE (without). The reply's payload, NUL-terminated, goes into
+ * reply (XENSTORE_PAYLOAD_MAX + 1 bytes). Returns the reply's type (XS_ERROR:
+ * reply holds the errno name, e.g. "ENOENT"), or -1 after printing why.
+ * A relative PATH is relative to the guest's /local/domain/<domid>.
+ */
+static int vbdbench_xs_talk(int fd, uint32_t type, const char *path, const char *value,
+                            char *reply)
+{
+        static uint32_t req_id;
+        struct xsd_sockmsg m = {.type = type, .req_id = ++req_id};
+        char buf[sizeof(m) + XENSTORE_PAYLOAD_MAX];
+        size_t pl = strlen(path) + 1, vl = value ? strlen(value) : 0;
+
+        if (pl + vl > XENSTORE_PAYLOAD_MAX) {
+                printf("VBDBENCH-ERROR xenstore %s: request too long\n", path);
+                return -1;
         }
         m.len = pl + vl;
         memcpy(buf, &m, sizeof(m));
         memcpy(buf + sizeof(m), path, pl);
-        memcpy(buf + sizeof(m) + pl, value, vl);
+        if (vl)
+                memcpy(buf + sizeof(m) + pl, value, vl);
         if (write(fd, buf, sizeof(m) + m.len) != (ssize_t)(sizeof(m) + m.len)) {
-                printf("VBDBENCH-ERROR xswrite: %s\n", strerror(errno));
-                return 1;
+                printf("VBDBENCH-ERROR xenstore %s: write: %s\n", path, strerror(errno));
+                return -1;
         }
-        n = read(fd, buf, sizeof(buf) - 1);
-        if (n < (ssize_t)sizeof(m)) {
-                printf("VBDBENCH-ERROR xswrite reply: %s\n", n < 0 ? strerror(errno) : "short");
-                return 1;
+        if (vbdbench_read_full(fd, &m, sizeof(m)) < 0 || m.len > XENSTORE_PAYLOAD_MAX ||
+            vbdbench_read_full(fd, reply, m.len) < 0) {
+                printf("VBDBENCH-ERROR xenstore %s: bad or short reply\n", path);
+                return -1;
         }
-        buf[n] = 0;
-        memcpy(&m, buf, sizeof(m));
-        if (m.type != XS_WRITE) {
-                printf("VBDBENCH-ERROR xswrite %s: %s\n", path, buf + sizeof(m));
+        reply[m.len] = 0;
+        return (int)m.type;
+}
+
+static int vbdbench_xs_open(void)
+{
+        int fd = open(VBDBENCH_XENBUS, O_RDWR);
+
+        if (fd < 0)
+                printf("VBDBENCH-ERROR open %s: %s\n", VBDBENCH_XENBUS, strerror(errno));
+        return fd;
+}
+
+static int vbdbench_xswrite(const char *path, const char *value)
+{
+        char reply[XENSTORE_PAYLOAD_MAX + 1];
+        int fd, t;
+
+        fd = vbdbench_xs_open();
+        if (fd < 0)
                 return 1;
+        t = vbdbench_xs_talk(fd, XS_WRITE, path, value, reply);
+        close(fd);
+        if (t == XS_WRITE)
+                return 0;
+        if (t >= 0)
+                printf("VBDBENCH-ERROR xswrite %s: %s\n", path, reply);
+        return 1;
+}
+
+/*
+ * xsread PATH: print the node's value. xswait PATH SECS: poll every 100 ms
+ * until the node exists and is readable (any XS_ERROR, e.g. ENOENT or
+ * EACCES, means "not yet"), then print its value; after SECS seconds give
+ * up with exit status 1 and the last error. SECS 0 is one read (xsread).
+ */
+static int vbdbench_xswait(const char *path, double secs)
+{
+        char reply[XENSTORE_PAYLOAD_MAX + 1];
+        double deadline = vbdbench_now() + secs;
+        int fd, t;
+
+        fd = vbdbench_xs_open();
+        if (fd < 0)
+                return 1;
+        for (;;) {
+                t = vbdbench_xs_talk(fd, XS_READ, path, NULL, reply);
+                if (t < 0)
+                        break;
+                if (t == XS_READ) {
+                        printf("%s\n", reply);
+                        close(fd);
+                        return 0;
+                }
+                if (vbdbench_now() >= deadline) {
+                        if (secs > 0)
+                                printf("VBDBENCH-ERROR xswait %s: still %s after %g s\n", path,
+                                       t == XS_ERROR ? reply : "unreadable", secs);
+                        else
+                                printf("VBDBENCH-ERROR xsread %s: %s\n", path,
+                                       t == XS_ERROR ? reply : "unexpected reply");
+                        break;
+                }
+                usleep(100 * 1000);
         }
         close(fd);
-        return 0;
+        return 1;
 }
 
 int main(int argc, char **argv)
@@ -306,9 +393,15 @@ int main(int argc, char **argv)
                 return vbdbench_syncwrite(argv[2], argv[3], atoll(argv[4]), atol(argv[5]), argv[6]);
         if (argc == 4 && !strcmp(argv[1], "xswrite"))
                 return vbdbench_xswrite(argv[2], argv[3]);
+        if (argc == 3 && !strcmp(argv[1], "xsread"))
+                return vbdbench_xswait(argv[2], 0);
+        if (argc == 4 && !strcmp(argv[1], "xswait"))
+                return vbdbench_xswait(argv[2], atof(argv[3]));
         fprintf(stderr, "usage: vbdbench seqwrite|seqread DEV MIB [SECS]\n"
                         "       vbdbench randread DEV SECS [JOBS [SPAN_MIB]]\n"
                         "       vbdbench syncwrite DEV SRC OFF BS dsync|fsync\n"
-                        "       vbdbench xswrite PATH VALUE\n");
+                        "       vbdbench xswrite PATH VALUE\n"
+                        "       vbdbench xsread PATH\n"
+                        "       vbdbench xswait PATH SECS\n");
         return 2;
 }
