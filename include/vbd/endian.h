@@ -12,24 +12,24 @@
 #include <string.h>
 
 #define VBD_DEFINE_ENDIAN(bits)                                                                    \
-        static inline uint##bits##_t vbd_get_be##bits(const void *p)                              \
+        static inline uint##bits##_t vbd_get_be##bits(const void *p)                               \
         {                                                                                          \
                 uint##bits##_t v;                                                                  \
                 memcpy(&v, p, sizeof(v));                                                          \
                 return be##bits##toh(v);                                                           \
         }                                                                                          \
-        static inline uint##bits##_t vbd_get_le##bits(const void *p)                              \
+        static inline uint##bits##_t vbd_get_le##bits(const void *p)                               \
         {                                                                                          \
                 uint##bits##_t v;                                                                  \
                 memcpy(&v, p, sizeof(v));                                                          \
                 return le##bits##toh(v);                                                           \
         }                                                                                          \
-        static inline void vbd_put_be##bits(void *p, uint##bits##_t v)                            \
+        static inline void vbd_put_be##bits(void *p, uint##bits##_t v)                             \
         {                                                                                          \
                 v = htobe##bits(v);                                                                \
                 memcpy(p, &v, sizeof(v));                                                          \
         }                                                                                          \
-        static inline void vbd_put_le##bits(void *p, uint##bits##_t v)                            \
+        static inline void vbd_put_le##bits(void *p, uint##bits##_t v)                             \
         {                                                                                          \
                 v = htole##bits(v);                                                                \
                 memcpy(p, &v, sizeof(v));                                                          \

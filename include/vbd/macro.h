@@ -13,13 +13,14 @@
 /* The number of elements of an array (not a pointer: that fails to build). */
 #define VBD_ARRAY_SIZE(a)                                                                          \
         (sizeof(a) / sizeof((a)[0]) +                                                              \
-         0 * sizeof(struct { _Static_assert(!__builtin_types_compatible_p(__typeof__(a),           \
-                                                                          __typeof__(&(a)[0])),    \
-                                            "VBD_ARRAY_SIZE of a pointer"); int dummy; }))
+         0 * sizeof(struct {                                                                       \
+                 _Static_assert(!__builtin_types_compatible_p(__typeof__(a), __typeof__(&(a)[0])), \
+                                "VBD_ARRAY_SIZE of a pointer");                                    \
+                 int dummy;                                                                        \
+         }))
 
 /* The structure of type type whose member member is at ptr. */
-#define vbd_container_of(ptr, type, member)                                                        \
-        ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define vbd_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 static inline bool vbd_is_pow2(uint64_t v)
 {
