@@ -5,17 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "util/parse.h"
+#include "vbd/macro.h"
 #include "xenbus.h"
-
-static int failures;
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
 
 static void test_uint(void)
 {
@@ -44,7 +37,7 @@ static void test_uint(void)
             {"99999999999999999999x", ~0ULL, 0, -EINVAL},
             {"007", 10, 7, 0},
         };
-        for (unsigned i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(t); i++) {
                 unsigned long long v = 12345;
                 int r = vbd_parse_uint(t[i].s, t[i].max, &v);
                 if (r != t[i].r || (r == 0 && v != t[i].want))
@@ -102,7 +95,5 @@ int main(void)
 {
         test_uint();
         test_ring();
-        if (failures)
-                fprintf(stderr, "%d check(s) failed\n", failures);
-        return failures ? 1 : 0;
+        return check_result("test-parse");
 }

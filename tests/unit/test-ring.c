@@ -16,16 +16,9 @@
 #define mb()  __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #include <xen/io/blkif.h>
 
+#include "check.h"
 #include "ring.h"
-
-static int failures;
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
+#include "vbd/macro.h"
 
 static _Alignas(4096) unsigned char pages[4][4096];
 
@@ -246,7 +239,7 @@ static void test_check(void)
             {{.operation = BLKIF_OP_DISCARD, .nr_sectors = 1}, &ro, -EOPNOTSUPP},
             {{.operation = 99}, &l, -EOPNOTSUPP},
         };
-        for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(cases); i++) {
                 int r = vbd_ring_check_request(&cases[i].req, cases[i].l, &x, &why);
                 if (r != cases[i].want)
                         fprintf(stderr, "check case %u: got %d want %d\n", i, r, cases[i].want);
@@ -260,7 +253,7 @@ static void test_check(void)
         const uint64_t sectors[] = {
             0, 2048 - 12, 2048 - 11, 2048, UINT64_MAX / 512 + 1, (1ULL << 55) + 1, UINT64_MAX};
         const int want[] = {0, 0, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL};
-        for (unsigned i = 0; i < sizeof(sectors) / sizeof(sectors[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(sectors); i++) {
                 rw.sector_number = sectors[i];
                 CHECK(vbd_ring_check_request(&rw, &l, &x, &why) == 0);
                 int r = vbd_ring_check_segments(seg, 2, l.size, &x, &why);
@@ -295,7 +288,5 @@ int main(void)
         test_x86_32_layout();
         test_multipage_and_abi();
         test_segment_copy_bounded();
-        if (failures)
-                fprintf(stderr, "%d check(s) failed\n", failures);
-        return failures ? 1 : 0;
+        return check_result("test-ring");
 }
