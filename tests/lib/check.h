@@ -52,6 +52,7 @@ static inline void check_vfail_(const char *file, int line, const char *what, co
         fprintf(stderr, "%s:%d: check failed%s%s", file, line, *what ? ": " : "", what);
         if (fmt) {
                 fputs(": ", stderr);
+                errno = err; /* for %m */
                 vfprintf(stderr, fmt, *ap);
         }
         fputc('\n', stderr);
