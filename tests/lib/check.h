@@ -17,7 +17,7 @@
  *   REQUIRE(cond)                  cond holds, or the test cannot go on: exit 1
  *                                  at once, with errno (setup: files, sockets)
  *
- * One header per test program (static state): include it from the .c file.
+ * Include it from every file of a test that checks (the state is shared).
  */
 #pragma once
 
@@ -28,13 +28,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/*
+ * The state of a test program's checks.  Weak definitions: one instance per
+ * program even when several of its files include this (a test and its
+ * helper library).
+ */
 /* Failed checks so far. */
-static int check_failures;
+__attribute__((weak)) int check_failures;
 /* Exit 1 at the first failure instead of counting. */
-static bool check_fatal;
+__attribute__((weak)) bool check_fatal;
 /* Called after a failure's line, before a fatal exit, with errno as it was
  * at the failure: the test's context (its name, a daemon's log ...). */
-static void (*check_context)(int err);
+__attribute__((weak)) void (*check_context)(int err);
 
 static inline const char *check_errname(int e)
 {
