@@ -84,9 +84,9 @@ static void test_bogus_producer(void)
         SHARED_RING_INIT(s);
         CHECK(vbd_ring_init(&r, s, 4096, VBD_RING_ABI_X86_64) == 0);
         s->req_prod = r.nr_ents + 1; /* more than a ring ahead */
-        CHECK(vbd_ring_get_request(&r, &req) == -EPROTO);
+        CHECK_ERR(vbd_ring_get_request(&r, &req), -EPROTO);
         s->req_prod = (uint32_t)-5; /* wrapped backwards */
-        CHECK(vbd_ring_get_request(&r, &req) == -EPROTO);
+        CHECK_ERR(vbd_ring_get_request(&r, &req), -EPROTO);
         s->req_prod = r.nr_ents; /* exactly a ring: fine */
         for (unsigned i = 0; i < r.nr_ents; i++)
                 CHECK(vbd_ring_get_request(&r, &req) == 1);
@@ -141,12 +141,12 @@ static void test_multipage_and_abi(void)
         memset(pages, 0, sizeof(pages));
         CHECK(vbd_ring_init(&r, pages, sizeof(pages), VBD_RING_ABI_X86_64) == 0);
         CHECK(r.nr_ents == 128); /* (16384 - 64) / 112 = 145 -> 128 */
-        CHECK(vbd_ring_init(&r, pages, 64, VBD_RING_ABI_X86_64) == -EINVAL);
+        CHECK_ERR(vbd_ring_init(&r, pages, 64, VBD_RING_ABI_X86_64), -EINVAL);
         CHECK(vbd_ring_parse_abi(NULL, &abi) == 0 && abi == VBD_RING_ABI_X86_64);
         CHECK(vbd_ring_parse_abi("x86_32-abi", &abi) == 0 && abi == VBD_RING_ABI_X86_32);
         CHECK(vbd_ring_parse_abi("x86_64-abi", &abi) == 0 && abi == VBD_RING_ABI_X86_64);
-        CHECK(vbd_ring_parse_abi("arm-abi", &abi) == -EINVAL);
-        CHECK(vbd_ring_parse_abi("x86_64-abi ", &abi) == -EINVAL);
+        CHECK_ERR(vbd_ring_parse_abi("arm-abi", &abi), -EINVAL);
+        CHECK_ERR(vbd_ring_parse_abi("x86_64-abi ", &abi), -EINVAL);
 }
 
 static void test_segment_copy_bounded(void)
@@ -267,9 +267,9 @@ static void test_check(void)
         seg[1].last_sect = 3;
         rw.sector_number = 0;
         CHECK(vbd_ring_check_request(&rw, &l, &x, &why) == 0);
-        CHECK(vbd_ring_check_segments(seg, 2, l.size, &x, &why) == -EINVAL);
+        CHECK_ERR(vbd_ring_check_segments(seg, 2, l.size, &x, &why), -EINVAL);
         seg[1] = (struct vbd_ring_seg){2, 0, 8};
-        CHECK(vbd_ring_check_segments(seg, 2, l.size, &x, &why) == -EINVAL);
+        CHECK_ERR(vbd_ring_check_segments(seg, 2, l.size, &x, &why), -EINVAL);
 
         /* Indirect segment tables decode from the wire layout. */
         struct blkif_request_segment wire[3] = {{5, 1, 2}, {6, 0, 7}, {0xffffffff, 7, 7}};

@@ -270,7 +270,7 @@ static void test_copy(void)
         a.ended = grant(GUEST, 0, pfn_other, false);
         CHECK(a.rw >= 8 && a.ro >= 8); /* 0..7 reserved */
         CHECK(simxen_grant_end(sx, GUEST, a.ended) == 0);
-        CHECK(simxen_grant_end(sx, GUEST, a.ended) == -EINVAL);
+        CHECK_ERR(simxen_grant_end(sx, GUEST, a.ended), -EINVAL);
         simxen_get_stats(sx, &st0);
 
         peer_start(&p, copy_backend, &a);
@@ -399,8 +399,8 @@ static void test_map(void)
         fill(simxen_page(sx, pfns[2]), SIMXEN_PAGE_SIZE, 30);
         msg_send(p.to_child, 2);
         CHECK(msg_recv(p.from_child) == 3);
-        CHECK(simxen_grant_end(sx, GUEST, a.refs[1]) == -EBUSY);
-        CHECK(simxen_page_free(sx, GUEST, pfns[1]) == -EBUSY);
+        CHECK_ERR(simxen_grant_end(sx, GUEST, a.refs[1]), -EBUSY);
+        CHECK_ERR(simxen_page_free(sx, GUEST, pfns[1]), -EBUSY);
         CHECK(simxen_grant_end(sx, GUEST, a.single) == 0); /* unmapped already */
         msg_send(p.to_child, 4);
         peer_wait(&p);
@@ -645,11 +645,11 @@ static void test_domain(void)
         int port;
 
         CHECK(simxen_domain_create(sx, domid) == 0);
-        CHECK(simxen_domain_create(sx, domid) == -EEXIST);
-        CHECK(simxen_domain_create(sx, 0) == -EEXIST);
-        CHECK(simxen_domain_create(sx, 0x7ff0) == -EINVAL);
-        CHECK(simxen_domain_destroy(sx, 0) == -EPERM);
-        CHECK(simxen_domain_destroy(sx, 555) == -ESRCH);
+        CHECK_ERR(simxen_domain_create(sx, domid), -EEXIST);
+        CHECK_ERR(simxen_domain_create(sx, 0), -EEXIST);
+        CHECK_ERR(simxen_domain_create(sx, 0x7ff0), -EINVAL);
+        CHECK_ERR(simxen_domain_destroy(sx, 0), -EPERM);
+        CHECK_ERR(simxen_domain_destroy(sx, 555), -ESRCH);
         pfn = new_page(domid, 40);
         pfn2 = new_page(domid, 41);
         a.gref = grant(domid, 0, pfn, false);
@@ -664,14 +664,14 @@ static void test_domain(void)
         CHECK(simxen_domain_destroy(sx, domid) == 0);
         /* Its channels are closed, its pages and grants unusable. */
         CHECK(xenevtchn_notify(xe, port) == -1);
-        CHECK(simxen_grant_access(sx, domid, 0, pfn, false, &a.gref) == -ESRCH);
-        CHECK(simxen_domain_create(sx, domid) == -EEXIST); /* zombie */
+        CHECK_ERR(simxen_grant_access(sx, domid, 0, pfn, false, &a.gref), -ESRCH);
+        CHECK_ERR(simxen_domain_create(sx, domid), -EEXIST); /* zombie */
         msg_send(p.to_child, 2);
         CHECK(msg_recv(p.from_child) == 3);
         peer_wait(&p);
         CHECK(xenevtchn_close(xe) == 0);
-        CHECK(simxen_domain_destroy(sx, domid) == -ESRCH);
-        CHECK(simxen_page_free(sx, domid, pfn) == -ESRCH);
+        CHECK_ERR(simxen_domain_destroy(sx, domid), -ESRCH);
+        CHECK_ERR(simxen_page_free(sx, domid, pfn), -ESRCH);
         /* The id can be reused; its pages went back to the pool. */
         CHECK(simxen_domain_create(sx, domid) == 0);
         CHECK(simxen_domain_destroy(sx, domid) == 0);
@@ -719,15 +719,15 @@ static void test_args(void)
         CHECK(!simxen_open("/nonexistent/simxen"));
         CHECK(simxen_page(sx, 1u << 30) == NULL);
         CHECK(simxen_page(NULL, 0) == NULL);
-        CHECK(simxen_page_alloc(sx, 99, &pfn) == -ESRCH);
-        CHECK(simxen_page_free(sx, GUEST, 1u << 30) == -EINVAL);
+        CHECK_ERR(simxen_page_alloc(sx, 99, &pfn), -ESRCH);
+        CHECK_ERR(simxen_page_free(sx, GUEST, 1u << 30), -EINVAL);
         pfn = new_page(OTHER, 50);
-        CHECK(simxen_page_free(sx, GUEST, pfn) == -EINVAL); /* not its page */
-        CHECK(simxen_grant_access(sx, GUEST, 0, pfn, false, &gref) == -EPERM);
-        CHECK(simxen_grant_access(sx, OTHER, 0, 1u << 30, false, &gref) == -EPERM);
-        CHECK(simxen_grant_access(sx, OTHER, 0x7ff0, pfn, false, &gref) == -EINVAL);
-        CHECK(simxen_grant_access(sx, 99, 0, pfn, false, &gref) == -ESRCH);
-        CHECK(simxen_grant_end(sx, OTHER, 1u << 30) == -EINVAL);
+        CHECK_ERR(simxen_page_free(sx, GUEST, pfn), -EINVAL); /* not its page */
+        CHECK_ERR(simxen_grant_access(sx, GUEST, 0, pfn, false, &gref), -EPERM);
+        CHECK_ERR(simxen_grant_access(sx, OTHER, 0, 1u << 30, false, &gref), -EPERM);
+        CHECK_ERR(simxen_grant_access(sx, OTHER, 0x7ff0, pfn, false, &gref), -EINVAL);
+        CHECK_ERR(simxen_grant_access(sx, 99, 0, pfn, false, &gref), -ESRCH);
+        CHECK_ERR(simxen_grant_end(sx, OTHER, 1u << 30), -EINVAL);
         gref = grant(OTHER, GUEST, pfn, false);
         CHECK(simxen_grant_end(sx, OTHER, gref) == 0);
 
@@ -741,7 +741,7 @@ static void test_args(void)
                 n++;
         CHECK(r == -ENOSPC);
         CHECK(n == 4096 - 8 - 1);
-        CHECK(simxen_page_free(sx, OTHER, pfn) == -EBUSY);
+        CHECK_ERR(simxen_page_free(sx, OTHER, pfn), -EBUSY);
         CHECK(simxen_domain_destroy(sx, OTHER) == 0);
         CHECK(simxen_domain_create(sx, OTHER) == 0);
         /* Page pool exhaustion is clean, and destroy gives pages back. */
