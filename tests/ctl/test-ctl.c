@@ -25,11 +25,12 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <xenstore.h>
 
+#include "check.h"
 #include "simfront.h"
+#include "vbd/time.h"
 
 #define DEVID    51712
 #define IMG_SIZE (8u << 20)
@@ -42,46 +43,17 @@ static struct simfront_vbd *cur_vbd;
 static const char *vbd_ctl, *vbdd_sim;
 static char ctl_dir[512];
 
-static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5), noreturn));
-static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
+/* After a failed check (check.h; they are fatal here): which test, and the
+ * daemon's log. */
+static void check_context_vbd(int err)
 {
-        va_list ap;
-
-        fprintf(stderr, "FAIL %s (%s:%d): %s%s%s", cur_test, file, line, cond ? "check '" : "",
-                cond ? cond : "", cond ? "' failed: " : "");
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
+        fprintf(stderr, "FAIL %s\n", cur_test);
         if (cur_vbd) {
                 char *log = simfront_vbd_read_log(cur_vbd);
 
                 fprintf(stderr, "--- vbdd log ---\n%s--- end ---\n", log ? log : "(none)");
                 free(log);
         }
-        exit(1);
-}
-
-#define CHECK(cond, ...)                                                                           \
-        do {                                                                                       \
-                if (!(cond))                                                                       \
-                        fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                              \
-        } while (0)
-#define CHECK_R(expr, msg)                                                                         \
-        do {                                                                                       \
-                int r_ = (expr);                                                                   \
-                if (r_ < 0)                                                                        \
-                        fail(__FILE__, __LINE__, NULL, "%s = %d (%s): %s", #expr, r_,              \
-                             strerror(-r_), msg);                                                  \
-        } while (0)
-
-static uint64_t now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* ---- running vbd-ctl ---- */
@@ -107,9 +79,9 @@ static pid_t spawn(const char *const *argv, bool nobody, int *ret_out, int *ret_
         int o[2], e[2];
         pid_t pid;
 
-        CHECK(pipe2(o, O_CLOEXEC) == 0 && pipe2(e, O_CLOEXEC) == 0, "pipe: %m");
+        CHECK_MSG(pipe2(o, O_CLOEXEC) == 0 && pipe2(e, O_CLOEXEC) == 0, "pipe: %m");
         pid = fork();
-        CHECK(pid >= 0, "fork: %m");
+        CHECK_MSG(pid >= 0, "fork: %m");
         if (pid == 0) {
                 dup2(o[1], 1);
                 dup2(e[1], 2);
@@ -132,7 +104,7 @@ static void collect(pid_t pid, int ofd, int efd, struct out *r)
         int st, open_fds = 2;
 
         while (open_fds) {
-                CHECK(poll(p, 2, 60000) > 0, "vbd-ctl hangs");
+                CHECK_MSG(poll(p, 2, 60000) > 0, "vbd-ctl hangs");
                 for (int i = 0; i < 2; i++) {
                         char *buf = i ? r->err : r->out;
                         size_t *n = i ? &en : &on, cap = i ? sizeof(r->err) : sizeof(r->out);
@@ -151,7 +123,7 @@ static void collect(pid_t pid, int ofd, int efd, struct out *r)
                 }
         }
         r->out[on] = r->err[en] = '\0';
-        CHECK(waitpid(pid, &st, 0) == pid, "waitpid: %m");
+        CHECK_MSG(waitpid(pid, &st, 0) == pid, "waitpid: %m");
         r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
@@ -191,10 +163,10 @@ static json_t *ctl_json(int want_status, const char *what, struct out *r)
         json_error_t je;
         json_t *j;
 
-        CHECK(r->status == want_status, "%s: exit %d, want %d; stderr: %s; stdout: %s", what,
-              r->status, want_status, r->err, r->out);
+        CHECK_MSG(r->status == want_status, "%s: exit %d, want %d; stderr: %s; stdout: %s", what,
+                  r->status, want_status, r->err, r->out);
         j = json_loads(r->out, 0, &je);
-        CHECK(j, "%s: stdout is not JSON (%s): %s", what, je.text, r->out);
+        CHECK_MSG(j, "%s: stdout is not JSON (%s): %s", what, je.text, r->out);
         return j;
 }
 
@@ -205,7 +177,7 @@ static long long jint(json_t *o, const char *path)
         snprintf(buf, sizeof(buf), "%s", path);
         for (tok = strtok_r(buf, ".", &save); tok && o; tok = strtok_r(NULL, ".", &save))
                 o = json_object_get(o, tok);
-        CHECK(json_is_integer(o), "no integer at %s", path);
+        CHECK_MSG(json_is_integer(o), "no integer at %s", path);
         return json_integer_value(o);
 }
 
@@ -241,8 +213,8 @@ static void load_done(struct simfront *fe, struct simfront_io *io)
         struct load *l = io->opaque;
         uint32_t block = (uint32_t)(io->offset / BLOCK);
 
-        CHECK(io->tag < l->issued, "completion for a tag never issued: %" PRIu64, io->tag);
-        CHECK(l->done[io->tag] == 0, "tag %" PRIu64 " completed twice", io->tag);
+        CHECK_MSG(io->tag < l->issued, "completion for a tag never issued: %" PRIu64, io->tag);
+        CHECK_MSG(l->done[io->tag] == 0, "tag %" PRIu64 " completed twice", io->tag);
         l->done[io->tag] = 1;
         l->completed++;
         if (io->status != BLKIF_RSP_OKAY) {
@@ -292,14 +264,14 @@ static void load_verify_image(struct load *l, const char *img, bool skip_pending
         int fd = open(img, O_RDONLY);
         char want[BLOCK], got[BLOCK];
 
-        CHECK(fd >= 0, "open %s: %m", img);
+        CHECK_MSG(fd >= 0, "open %s: %m", img);
         for (uint32_t b = 0; b < NBLOCKS; b++) {
                 if (!l->gen[b] || (skip_pending && l->pending[b]))
                         continue;
-                CHECK(pread(fd, got, BLOCK, (off_t)b * BLOCK) == BLOCK, "pread: %m");
+                CHECK_MSG(pread(fd, got, BLOCK, (off_t)b * BLOCK) == BLOCK, "pread: %m");
                 fill(want, b, l->gen[b]);
-                CHECK(memcmp(want, got, BLOCK) == 0, "block %u lacks write generation %u", b,
-                      l->gen[b]);
+                CHECK_MSG(memcmp(want, got, BLOCK) == 0, "block %u lacks write generation %u", b,
+                          l->gen[b]);
         }
         close(fd);
 }
@@ -309,10 +281,10 @@ static void make_image(const char *path, uint64_t size, char byte)
         int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
         char buf[65536];
 
-        CHECK(fd >= 0, "create %s: %m", path);
+        CHECK_MSG(fd >= 0, "create %s: %m", path);
         memset(buf, byte, sizeof(buf));
         for (uint64_t off = 0; off < size; off += sizeof(buf))
-                CHECK(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf), "%m");
+                CHECK_MSG(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf), "%m");
         close(fd);
 }
 
@@ -351,7 +323,7 @@ static void sock_send(int fd, const void *buf, size_t len)
         while (len) {
                 ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
 
-                CHECK(n > 0, "send: %m");
+                CHECK_MSG(n > 0, "send: %m");
                 p += n;
                 len -= (size_t)n;
         }
@@ -374,16 +346,16 @@ static json_t *sock_reply(int fd)
                 struct pollfd p = {.fd = fd, .events = POLLIN};
                 ssize_t k;
 
-                CHECK(poll(&p, 1, 10000) == 1, "no reply from the daemon");
+                CHECK_MSG(poll(&p, 1, 10000) == 1, "no reply from the daemon");
                 k = read(fd, buf + n, 1); /* byte by byte: keep what follows for later */
                 if (k <= 0)
                         return NULL;
                 if (buf[n] == '\n')
                         break;
-                CHECK(++n < sizeof(buf) - 1, "reply too long");
+                CHECK_MSG(++n < sizeof(buf) - 1, "reply too long");
         }
         j = json_loadb(buf, n, 0, &je);
-        CHECK(j, "reply is not JSON: %.*s", (int)n, buf);
+        CHECK_MSG(j, "reply is not JSON: %.*s", (int)n, buf);
         return j;
 }
 
@@ -391,10 +363,10 @@ static void expect_error(json_t *j, const char *code, const char *what)
 {
         json_t *e = json_object_get(j, "error");
 
-        CHECK(j && json_is_false(json_object_get(j, "ok")), "%s: not an error reply", what);
-        CHECK(strcmp(jstr(e, "code"), code) == 0, "%s: error %s, want %s (%s)", what,
-              jstr(e, "code"), code, jstr(e, "message"));
-        CHECK(jint(j, "v") == 1, "%s: no protocol version", what);
+        CHECK_MSG(j && json_is_false(json_object_get(j, "ok")), "%s: not an error reply", what);
+        CHECK_MSG(strcmp(jstr(e, "code"), code) == 0, "%s: error %s, want %s (%s)", what,
+                  jstr(e, "code"), code, jstr(e, "message"));
+        CHECK_MSG(jint(j, "v") == 1, "%s: no protocol version", what);
         json_decref(j);
 }
 
@@ -432,7 +404,7 @@ static void vbd_start(struct simfront_env *env, struct vbd *v, uint32_t domid, b
         if (!connect)
                 return;
         v->fe = simfront_new(env, &fo);
-        CHECK(v->fe, "simfront_new: %m");
+        CHECK_MSG(v->fe, "simfront_new: %m");
         simfront_set_check(v->fe, alive, v->vbd);
         CHECK_R(simfront_connect(v->fe), simfront_errmsg(v->fe));
 }
@@ -446,49 +418,49 @@ static void test_list(struct vbd *a, struct vbd *b)
 
         cur_test = "list";
         j = ctl_json(0, "list --json", ctl("list", "--json"));
-        CHECK(json_array_size(j) == 2, "list shows %zu daemons, want 2", json_array_size(j));
+        CHECK_MSG(json_array_size(j) == 2, "list shows %zu daemons, want 2", json_array_size(j));
         json_array_foreach(j, i, row)
         {
                 struct vbd *v = jint(row, "domid") == a->domid ? a : b;
 
-                CHECK(jint(row, "domid") == v->domid && jint(row, "devid") == DEVID, "ids");
-                CHECK(jint(row, "pid") == simfront_vbd_pid(v->vbd), "pid %lld, want %d",
-                      jint(row, "pid"), (int)simfront_vbd_pid(v->vbd));
-                CHECK(strstr(jstr(row, "image"), v->img), "image %s", jstr(row, "image"));
-                CHECK(strcmp(jstr(row, "state"), v->fe ? "connected" : "initwait") == 0, "state %s",
-                      jstr(row, "state"));
+                CHECK_MSG(jint(row, "domid") == v->domid && jint(row, "devid") == DEVID, "ids");
+                CHECK_MSG(jint(row, "pid") == simfront_vbd_pid(v->vbd), "pid %lld, want %d",
+                          jint(row, "pid"), (int)simfront_vbd_pid(v->vbd));
+                CHECK_MSG(strstr(jstr(row, "image"), v->img), "image %s", jstr(row, "image"));
+                CHECK_MSG(strcmp(jstr(row, "state"), v->fe ? "connected" : "initwait") == 0,
+                          "state %s", jstr(row, "state"));
                 seen |= v == a ? 1 : 2;
         }
-        CHECK(seen == 3, "list misses a daemon");
+        CHECK_MSG(seen == 3, "list misses a daemon");
         json_decref(j);
 
         r = ctl("list");
-        CHECK(r->status == 0 && strstr(r->out, "DOMID") && strstr(r->out, a->img) &&
-                  strstr(r->out, b->img) && strstr(r->out, "connected"),
-              "human list: %s", r->out);
+        CHECK_MSG(r->status == 0 && strstr(r->out, "DOMID") && strstr(r->out, a->img) &&
+                      strstr(r->out, b->img) && strstr(r->out, "connected"),
+                  "human list: %s", r->out);
         /* Filter, info, version. */
         j = ctl_json(0, "list -d", ctl("list", "--json", "-d", b->d));
-        CHECK(json_array_size(j) == 1 && jint(json_array_get(j, 0), "domid") == b->domid,
-              "list -d");
+        CHECK_MSG(json_array_size(j) == 1 && jint(json_array_get(j, 0), "domid") == b->domid,
+                  "list -d");
         json_decref(j);
         j = ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json"));
-        CHECK(jint(j, "size") == IMG_SIZE && strcmp(jstr(j, "mode"), "w") == 0 &&
-                  jint(j, "xenbus_state") == 4 && jint(j, "protocol") == 1,
-              "info fields");
+        CHECK_MSG(jint(j, "size") == IMG_SIZE && strcmp(jstr(j, "mode"), "w") == 0 &&
+                      jint(j, "xenbus_state") == 4 && jint(j, "protocol") == 1,
+                  "info fields");
         json_decref(j);
         r = ctl("info", "-d", a->d, "-n", "51712");
-        CHECK(r->status == 0 && strstr(r->out, "connected"), "human info: %s", r->out);
+        CHECK_MSG(r->status == 0 && strstr(r->out, "connected"), "human info: %s", r->out);
         r = ctl("info", "-d", "77", "-n", "51712");
-        CHECK(r->status == 3 && strstr(r->err, "no vbdd serves"), "info on nothing: %d %s",
-              r->status, r->err);
+        CHECK_MSG(r->status == 3 && strstr(r->err, "no vbdd serves"), "info on nothing: %d %s",
+                  r->status, r->err);
         j = ctl_json(3, "info --json on nothing", ctl("info", "-d", "77", "-n", "1", "--json"));
-        CHECK(json_is_false(json_object_get(j, "ok")) && jint(j, "error.exit") == 3,
-              "--json error object");
+        CHECK_MSG(json_is_false(json_object_get(j, "ok")) && jint(j, "error.exit") == 3,
+                  "--json error object");
         json_decref(j);
         r = ctl("info", "-d", a->d);
-        CHECK(r->status == 2, "usage error exit %d", r->status);
+        CHECK_MSG(r->status == 2, "usage error exit %d", r->status);
         r = ctl("frobnicate");
-        CHECK(r->status == 2, "unknown verb exit %d", r->status);
+        CHECK_MSG(r->status == 2, "unknown verb exit %d", r->status);
         printf("ok list, info\n");
 }
 
@@ -511,7 +483,7 @@ static void test_pause_under_load(struct vbd *a)
         /* Warm up. */
         while (l->completed < 3000) {
                 load_fill(l, 32);
-                CHECK(simfront_poll(l->fe, 1000) >= 0, "poll: %s", simfront_errmsg(l->fe));
+                CHECK_MSG(simfront_poll(l->fe, 1000) >= 0, "poll: %s", simfront_errmsg(l->fe));
         }
         /* Pause while the guest keeps the ring busy. */
         argv[0] = vbd_ctl;
@@ -525,12 +497,12 @@ static void test_pause_under_load(struct vbd *a)
         argv[8] = "--json";
         argv[9] = NULL;
         pid = spawn(argv, false, &o, &e);
-        t0 = now_ms();
+        t0 = vbd_now_ms();
         for (;;) {
                 int st;
 
                 load_fill(l, 32);
-                CHECK(simfront_poll(l->fe, 5) >= 0, "poll: %s", simfront_errmsg(l->fe));
+                CHECK_MSG(simfront_poll(l->fe, 5) >= 0, "poll: %s", simfront_errmsg(l->fe));
                 if (waitpid(pid, &st, WNOHANG) == pid) {
                         /* collect() wants to reap: re-create a zombie-free path */
                         r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
@@ -545,54 +517,54 @@ static void test_pause_under_load(struct vbd *a)
                         close(e);
                         break;
                 }
-                CHECK(now_ms() - t0 < 20000, "pause does not return");
+                CHECK_MSG(vbd_now_ms() - t0 < 20000, "pause does not return");
         }
         j = ctl_json(0, "pause", &r);
-        CHECK(json_is_true(json_object_get(j, "paused")), "pause reply");
+        CHECK_MSG(json_is_true(json_object_get(j, "paused")), "pause reply");
         json_decref(j);
 
         /* Paused: the guest's requests wait in the ring, none is answered. */
         j = ctl_json(0, "stats", ctl("stats", "-d", a->d, "-n", "51712", "--json"));
-        CHECK(jint(j, "inflight") == 0, "inflight %lld after pause", jint(j, "inflight"));
-        CHECK(strcmp(jstr(j, "state"), "paused") == 0, "state %s", jstr(j, "state"));
+        CHECK_MSG(jint(j, "inflight") == 0, "inflight %lld after pause", jint(j, "inflight"));
+        CHECK_MSG(strcmp(jstr(j, "state"), "paused") == 0, "state %s", jstr(j, "state"));
         json_decref(j);
         while (simfront_poll(l->fe, 0) > 0) /* what was answered before the pause */
                 ;
         load_fill(l, 1000); /* fill the ring */
         before = l->completed;
-        CHECK(simfront_inflight(l->fe) > 0, "nothing queued");
-        CHECK(simfront_poll(l->fe, 400) == 0, "requests served while paused");
-        CHECK(l->completed == before, "completions while paused");
+        CHECK_MSG(simfront_inflight(l->fe) > 0, "nothing queued");
+        CHECK_MSG(simfront_poll(l->fe, 400) == 0, "requests served while paused");
+        CHECK_MSG(l->completed == before, "completions while paused");
         j = ctl_json(0, "pause again", ctl("pause", "-d", a->d, "-n", "51712", "--json"));
         json_decref(j); /* already drained: immediate */
 
         /* Resume: everything queued completes. */
         j = ctl_json(0, "resume", ctl("resume", "-d", a->d, "-n", "51712", "--json"));
-        CHECK(json_is_true(json_object_get(j, "was_paused")), "resume reply");
+        CHECK_MSG(json_is_true(json_object_get(j, "was_paused")), "resume reply");
         json_decref(j);
         before = l->completed;
         while (l->completed < before + 3000) {
                 load_fill(l, 32);
-                CHECK(simfront_poll(l->fe, 1000) >= 0, "poll: %s", simfront_errmsg(l->fe));
+                CHECK_MSG(simfront_poll(l->fe, 1000) >= 0, "poll: %s", simfront_errmsg(l->fe));
         }
         CHECK_R(simfront_drain(l->fe, 10000), simfront_errmsg(l->fe));
 
         /* Exactly once, no errors, and the backend counted the same. */
-        CHECK(l->completed == l->issued, "%" PRIu64 " issued, %" PRIu64 " completed", l->issued,
-              l->completed);
+        CHECK_MSG(l->completed == l->issued, "%" PRIu64 " issued, %" PRIu64 " completed", l->issued,
+                  l->completed);
         for (uint64_t t = 0; t < l->issued; t++)
-                CHECK(l->done[t] == 1, "tag %" PRIu64 " lost", t);
-        CHECK(l->errors == 0, "%" PRIu64 " errors", l->errors);
+                CHECK_MSG(l->done[t] == 1, "tag %" PRIu64 " lost", t);
+        CHECK_MSG(l->errors == 0, "%" PRIu64 " errors", l->errors);
         j = ctl_json(0, "stats", ctl("stats", "-d", a->d, "-n", "51712", "--json"));
-        CHECK((uint64_t)jint(j, "ops.write.requests") == l->issued,
-              "backend counted %lld writes, guest issued %" PRIu64, jint(j, "ops.write.requests"),
-              l->issued);
-        CHECK((uint64_t)jint(j, "ops.write.bytes") == l->issued * BLOCK, "bytes");
-        CHECK(jint(j, "ops.write.errors") == 0 && jint(j, "inflight") == 0, "errors/inflight");
-        CHECK(jint(j, "ops.write.lat_p50_us") > 0 &&
-                  jint(j, "ops.write.lat_p50_us") <= jint(j, "ops.write.lat_p99_us") &&
-                  jint(j, "ops.write.lat_p99_us") <= jint(j, "ops.write.lat_p999_us"),
-              "percentiles");
+        CHECK_MSG((uint64_t)jint(j, "ops.write.requests") == l->issued,
+                  "backend counted %lld writes, guest issued %" PRIu64,
+                  jint(j, "ops.write.requests"), l->issued);
+        CHECK_MSG((uint64_t)jint(j, "ops.write.bytes") == l->issued * BLOCK, "bytes");
+        CHECK_MSG(jint(j, "ops.write.errors") == 0 && jint(j, "inflight") == 0, "errors/inflight");
+        CHECK_MSG(jint(j, "ops.write.lat_p50_us") > 0 &&
+                      jint(j, "ops.write.lat_p50_us") <= jint(j, "ops.write.lat_p99_us") &&
+                      jint(j, "ops.write.lat_p99_us") <= jint(j, "ops.write.lat_p999_us"),
+                  "percentiles");
         json_decref(j);
         /* The data, through the ring and in the file. */
         buf = malloc(IMG_SIZE);
@@ -603,7 +575,7 @@ static void test_pause_under_load(struct vbd *a)
                 if (!l->gen[b])
                         continue;
                 fill(want, b, l->gen[b]);
-                CHECK(memcmp(buf + (size_t)b * BLOCK, want, BLOCK) == 0, "block %u differs", b);
+                CHECK_MSG(memcmp(buf + (size_t)b * BLOCK, want, BLOCK) == 0, "block %u differs", b);
         }
         free(buf);
         CHECK_R(simfront_flush(l->fe), simfront_errmsg(l->fe));
@@ -621,32 +593,32 @@ static void test_stats_formats(struct vbd *a)
 
         cur_test = "stats formats";
         r = ctl("stats", "-d", a->d, "-n", "51712");
-        CHECK(r->status == 0 && strstr(r->out, "p99_us") && strstr(r->out, "write"),
-              "human stats: %s", r->out);
+        CHECK_MSG(r->status == 0 && strstr(r->out, "p99_us") && strstr(r->out, "write"),
+                  "human stats: %s", r->out);
         r = ctl("stats", "--prometheus");
         snprintf(want, sizeof(want),
                  "vbd_requests_total{domid=\"%s\",devid=\"51712\",op=\"write\"} ", a->d);
-        CHECK(r->status == 0 && strstr(r->out, want) &&
-                  strstr(r->out, "# TYPE vbd_request_latency_seconds histogram") &&
-                  strstr(r->out, "le=\"+Inf\"") && strstr(r->out, "vbd_up{"),
-              "prometheus: %s", r->out);
+        CHECK_MSG(r->status == 0 && strstr(r->out, want) &&
+                      strstr(r->out, "# TYPE vbd_request_latency_seconds histogram") &&
+                      strstr(r->out, "le=\"+Inf\"") && strstr(r->out, "vbd_up{"),
+                  "prometheus: %s", r->out);
         j = ctl_json(0, "stats all", ctl("stats", "--json"));
-        CHECK(json_array_size(j) == 2, "stats of all: %zu", json_array_size(j));
+        CHECK_MSG(json_array_size(j) == 2, "stats of all: %zu", json_array_size(j));
         json_decref(j);
         j = ctl_json(0, "log-level",
                      ctl("log-level", "-d", a->d, "-n", "51712", "--level", "debug", "--debug",
                          "ctl", "--json"));
-        CHECK(strcmp(jstr(j, "level"), "debug") == 0 && strcmp(jstr(j, "debug"), "ctl") == 0,
-              "log-level reply");
+        CHECK_MSG(strcmp(jstr(j, "level"), "debug") == 0 && strcmp(jstr(j, "debug"), "ctl") == 0,
+                  "log-level reply");
         json_decref(j);
         j = ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json"));
-        CHECK(strcmp(jstr(j, "log_level"), "debug") == 0, "log level not kept");
+        CHECK_MSG(strcmp(jstr(j, "log_level"), "debug") == 0, "log level not kept");
         json_decref(j);
         json_decref(ctl_json(0, "log-level",
                              ctl("log-level", "-d", a->d, "-n", "51712", "--level", "info",
                                  "--debug", "", "--json")));
         r = ctl("log-level", "-d", a->d, "-n", "51712", "--level", "loud");
-        CHECK(r->status == 2, "bad level exit %d", r->status);
+        CHECK_MSG(r->status == 2, "bad level exit %d", r->status);
         printf("ok stats (json, prometheus), log-level\n");
 }
 
@@ -661,28 +633,28 @@ static void test_reopen(struct simfront_env *env, struct vbd *a)
         make_image(img2, 2 * IMG_SIZE, 'Z');
         snprintf(spec, sizeof(spec), "raw:%s", img2);
         r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
-        CHECK(r->status == 1 && strstr(r->err, "paused"), "reopen unpaused: %d %s", r->status,
-              r->err);
+        CHECK_MSG(r->status == 1 && strstr(r->err, "paused"), "reopen unpaused: %d %s", r->status,
+                  r->err);
         json_decref(ctl_json(0, "pause", ctl("pause", "-d", a->d, "-n", "51712", "--json")));
         r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", "raw:/nonexistent/x.img");
-        CHECK(r->status == 1 && strstr(r->err, "nonexistent"), "reopen bad: %d %s", r->status,
-              r->err);
+        CHECK_MSG(r->status == 1 && strstr(r->err, "nonexistent"), "reopen bad: %d %s", r->status,
+                  r->err);
         j = ctl_json(0, "reopen",
                      ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec, "--json"));
-        CHECK(jint(j, "size") == 2 * IMG_SIZE, "new size");
+        CHECK_MSG(jint(j, "size") == 2 * IMG_SIZE, "new size");
         json_decref(j);
         json_decref(ctl_json(0, "resume", ctl("resume", "-d", a->d, "-n", "51712", "--json")));
         CHECK_R(simfront_read(a->fe, 0, buf, 1 << 20), simfront_errmsg(a->fe));
         memset(want, 'Z', sizeof(want));
-        CHECK(memcmp(buf, want, sizeof(want)) == 0, "reads do not come from the new image");
+        CHECK_MSG(memcmp(buf, want, sizeof(want)) == 0, "reads do not come from the new image");
         j = ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json"));
-        CHECK(strstr(jstr(j, "image"), "other.img"), "info image %s", jstr(j, "image"));
+        CHECK_MSG(strstr(jstr(j, "image"), "other.img"), "info image %s", jstr(j, "image"));
         json_decref(j);
         {
                 long long sectors = 0;
 
                 CHECK_R(simfront_vbd_read_backend(a->vbd, "sectors", &sectors), "sectors");
-                CHECK(sectors == 2 * IMG_SIZE / 512, "sectors not republished: %lld", sectors);
+                CHECK_MSG(sectors == 2 * IMG_SIZE / 512, "sectors not republished: %lld", sectors);
         }
         free(buf);
         printf("ok reopen while paused\n");
@@ -696,7 +668,7 @@ static void test_socket_limits(struct vbd *a)
 
         cur_test = "socket limits";
         fd = sock_connect(a->sock);
-        CHECK(fd >= 0, "connect: %s", strerror(-fd));
+        CHECK_MSG(fd >= 0, "connect: %s", strerror(-fd));
         sock_send_str(fd, "garbage\n");
         expect_error(sock_reply(fd), "EINVAL", "garbage");
         sock_send_str(fd, "[1,2,3]\n");
@@ -728,19 +700,20 @@ static void test_socket_limits(struct vbd *a)
         /* The same connection still works, replies carry the id. */
         sock_send_str(fd, "{\"cmd\":\"info\",\"id\":\"abc\"}\n");
         j = sock_reply(fd);
-        CHECK(j && json_is_true(json_object_get(j, "ok")) && strcmp(jstr(j, "id"), "abc") == 0 &&
-                  jint(json_object_get(j, "result"), "domid") == a->domid,
-              "info after the garbage");
+        CHECK_MSG(j && json_is_true(json_object_get(j, "ok")) &&
+                      strcmp(jstr(j, "id"), "abc") == 0 &&
+                      jint(json_object_get(j, "result"), "domid") == a->domid,
+                  "info after the garbage");
         json_decref(j);
         /* Two requests in one write, answered in order. */
         sock_send_str(fd, "{\"cmd\":\"version\",\"id\":1}\n{\"cmd\":\"stats\",\"id\":2}\n");
         j = sock_reply(fd);
-        CHECK(jint(j, "id") == 1 &&
-                  json_is_array(json_object_get(json_object_get(j, "result"), "commands")),
-              "pipelined 1");
+        CHECK_MSG(jint(j, "id") == 1 &&
+                      json_is_array(json_object_get(json_object_get(j, "result"), "commands")),
+                  "pipelined 1");
         json_decref(j);
         j = sock_reply(fd);
-        CHECK(jint(j, "id") == 2, "pipelined 2");
+        CHECK_MSG(jint(j, "id") == 2, "pipelined 2");
         json_decref(j);
         close(fd);
 
@@ -748,14 +721,14 @@ static void test_socket_limits(struct vbd *a)
         usleep(200000); /* the daemon sees the close above */
         for (n = 0; n < 16; n++) {
                 fds[n] = sock_connect(a->sock);
-                CHECK(fds[n] >= 0, "connect %d", n);
+                CHECK_MSG(fds[n] >= 0, "connect %d", n);
                 sock_send_str(fds[n], "{\"cmd\":\"version\"}\n");
                 j = sock_reply(fds[n]);
-                CHECK(j && json_is_true(json_object_get(j, "ok")), "client %d not served", n);
+                CHECK_MSG(j && json_is_true(json_object_get(j, "ok")), "client %d not served", n);
                 json_decref(j);
         }
         fd = sock_connect(a->sock);
-        CHECK(fd >= 0, "connect 17");
+        CHECK_MSG(fd >= 0, "connect 17");
         expect_error(sock_reply(fd), "EMFILE", "17th client");
         close(fd);
         while (n)
@@ -763,7 +736,7 @@ static void test_socket_limits(struct vbd *a)
         usleep(100000);
         json_decref(
             ctl_json(0, "info after the flood", ctl("info", "-d", a->d, "-n", "51712", "--json")));
-        CHECK(simfront_vbd_running(a->vbd) == 1, "daemon died");
+        CHECK_MSG(simfront_vbd_running(a->vbd) == 1, "daemon died");
         printf("ok malformed, oversized and too many requests: error replies, still serving\n");
 }
 
@@ -782,16 +755,16 @@ static void test_not_root(struct simfront_env *env, struct vbd *a)
         }
         /* 1. The socket is 0600 root: connect() itself is refused. */
         struct stat sb;
-        CHECK(stat(a->sock, &sb) == 0 && (sb.st_mode & 0777) == 0600 && sb.st_uid == 0,
-              "socket mode %o uid %u", sb.st_mode & 0777, sb.st_uid);
+        CHECK_MSG(stat(a->sock, &sb) == 0 && (sb.st_mode & 0777) == 0600 && sb.st_uid == 0,
+                  "socket mode %o uid %u", sb.st_mode & 0777, sb.st_uid);
         /* Let nobody reach the directory, so that the socket's mode decides. */
-        CHECK(chmod(ctl_dir, 0755) == 0, "chmod: %m");
+        CHECK_MSG(chmod(ctl_dir, 0755) == 0, "chmod: %m");
         r = ctl_as(true, "info", "-d", a->d, "-n", "51712", NULL);
-        CHECK(r->status == 4 && strstr(r->err, "ermission"), "nobody's vbd-ctl info: %d %s",
-              r->status, r->err);
+        CHECK_MSG(r->status == 4 && strstr(r->err, "ermission"), "nobody's vbd-ctl info: %d %s",
+                  r->status, r->err);
         /* 2. Even with the file opened up, SO_PEERCRED says no. */
-        CHECK(chmod(a->sock, 0666) == 0, "chmod: %m");
-        CHECK(pipe(p) == 0, "pipe");
+        CHECK_MSG(chmod(a->sock, 0666) == 0, "chmod: %m");
+        CHECK_MSG(pipe(p) == 0, "pipe");
         pid = fork();
         if (pid == 0) {
                 int fd;
@@ -811,13 +784,13 @@ static void test_not_root(struct simfront_env *env, struct vbd *a)
         close(p[1]);
         n = read(p[0], buf, sizeof(buf) - 1);
         close(p[0]);
-        CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-              "nobody could not connect");
-        CHECK(n > 0 && strstr(buf, "\"EPERM\"") && strstr(buf, "uid 65534"), "reply: %s", buf);
+        CHECK_MSG(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "nobody could not connect");
+        CHECK_MSG(n > 0 && strstr(buf, "\"EPERM\"") && strstr(buf, "uid 65534"), "reply: %s", buf);
         r = ctl_as(true, "detach", "-d", a->d, "-n", "51712", NULL);
-        CHECK(r->status == 4, "nobody's detach exit %d: %s", r->status, r->err);
-        CHECK(chmod(a->sock, 0600) == 0 && chmod(ctl_dir, 0700) == 0, "chmod back");
-        CHECK(simfront_vbd_running(a->vbd) == 1, "the daemon obeyed nobody");
+        CHECK_MSG(r->status == 4, "nobody's detach exit %d: %s", r->status, r->err);
+        CHECK_MSG(chmod(a->sock, 0600) == 0 && chmod(ctl_dir, 0700) == 0, "chmod back");
+        CHECK_MSG(simfront_vbd_running(a->vbd) == 1, "the daemon obeyed nobody");
         json_decref(ctl_json(0, "info", ctl("info", "-d", a->d, "-n", "51712", "--json")));
         printf("ok non-root refused (mode 0600, then SO_PEERCRED)\n");
 }
@@ -836,25 +809,25 @@ static void test_detach_busy(struct vbd *b)
         l->rnd = 7;
         while (l->completed < 2000) {
                 load_fill(l, 32);
-                CHECK(simfront_poll(l->fe, 1000) >= 0, "poll");
+                CHECK_MSG(simfront_poll(l->fe, 1000) >= 0, "poll");
         }
         load_fill(l, 1000); /* the ring full of writes */
         r = ctl("detach", "-d", b->d, "-n", "51712");
-        CHECK(r->status == 0 && strstr(r->out, "detached"), "detach: %d %s %s", r->status, r->out,
-              r->err);
+        CHECK_MSG(r->status == 0 && strstr(r->out, "detached"), "detach: %d %s %s", r->status,
+                  r->out, r->err);
         CHECK_R(simfront_vbd_wait(b->vbd, 5000, &st), "vbdd still running after detach");
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vbdd exit status %d", st);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vbdd exit status %d", st);
         /* What it answered before leaving: collect, each exactly once. */
         while (simfront_poll(l->fe, 200) > 0)
                 ;
-        CHECK(l->errors == 0, "errors");
-        CHECK(l->completed > 2000, "nothing answered");
+        CHECK_MSG(l->errors == 0, "errors");
+        CHECK_MSG(l->completed > 2000, "nothing answered");
         CHECK_R(simfront_vbd_read_backend(b->vbd, "state", &state), "state");
-        CHECK(state == SIMFRONT_XB_CLOSED, "backend state %lld after detach", state);
-        CHECK(access(b->sock, F_OK) < 0 && errno == ENOENT, "socket left behind");
+        CHECK_MSG(state == SIMFRONT_XB_CLOSED, "backend state %lld after detach", state);
+        CHECK_MSG(access(b->sock, F_OK) < 0 && errno == ENOENT, "socket left behind");
         load_verify_image(l, b->img, true);
         r = ctl("info", "-d", b->d, "-n", "51712");
-        CHECK(r->status == 3, "info after detach: %d", r->status);
+        CHECK_MSG(r->status == 3, "info after detach: %d", r->status);
         printf("ok detach while busy: %" PRIu64 " answered writes on disk, daemon gone\n",
                l->completed);
         free(l->done);
@@ -882,36 +855,36 @@ static void test_attach(struct simfront_env *env)
         j = ctl_json(
             0, "attach",
             ctl("attach", "-d", "3", "-n", "51712", "--image", spec, "--vbdd", vbdd_sim, "--json"));
-        CHECK(jint(j, "pid") > 0, "attach pid");
+        CHECK_MSG(jint(j, "pid") > 0, "attach pid");
         json_decref(j);
         v = xs_read(xs, XBT_NULL, "/local/domain/0/backend/vbd3/3/51712/params", &len);
-        CHECK(v && strcmp(v, spec) == 0, "params %s", v ? v : "(none)");
+        CHECK_MSG(v && strcmp(v, spec) == 0, "params %s", v ? v : "(none)");
         free(v);
         v = xs_read(xs, XBT_NULL, "/local/domain/3/device/vbd/51712/backend", &len);
-        CHECK(v && strcmp(v, "/local/domain/0/backend/vbd3/3/51712") == 0, "frontend link");
+        CHECK_MSG(v && strcmp(v, "/local/domain/0/backend/vbd3/3/51712") == 0, "frontend link");
         free(v);
         r = ctl("attach", "-d", "3", "-n", "51712", "--image", spec, "--vbdd", vbdd_sim);
-        CHECK(r->status == 1 && strstr(r->err, "exists"), "second attach: %d %s", r->status,
-              r->err);
+        CHECK_MSG(r->status == 1 && strstr(r->err, "exists"), "second attach: %d %s", r->status,
+                  r->err);
         fe = simfront_new(env, &fo);
-        CHECK(fe, "simfront_new");
+        CHECK_MSG(fe, "simfront_new");
         CHECK_R(simfront_connect(fe), simfront_errmsg(fe));
         for (size_t i = 0; i < sizeof(data); i++)
                 data[i] = (char)(i * 7 + 3);
         CHECK_R(simfront_write(fe, 4096, data, sizeof(data)), simfront_errmsg(fe));
         CHECK_R(simfront_read(fe, 4096, back, sizeof(back)), simfront_errmsg(fe));
-        CHECK(memcmp(data, back, sizeof(data)) == 0, "data through an attached VBD");
+        CHECK_MSG(memcmp(data, back, sizeof(data)) == 0, "data through an attached VBD");
         r = ctl("detach", "-d", "3", "-n", "51712", "--xenstore");
-        CHECK(r->status == 0, "detach --xenstore: %d %s", r->status, r->err);
+        CHECK_MSG(r->status == 0, "detach --xenstore: %d %s", r->status, r->err);
         v = xs_read(xs, XBT_NULL, "/local/domain/0/backend/vbd3/3/51712", &len);
-        CHECK(!v, "backend dir left");
+        CHECK_MSG(!v, "backend dir left");
         v = xs_read(xs, XBT_NULL, "/local/domain/3/device/vbd/51712", &len);
-        CHECK(!v, "frontend dir left");
+        CHECK_MSG(!v, "frontend dir left");
         simfront_free(fe);
         /* A spawn that cannot work says why, with the daemon's log. */
         r = ctl("spawn", "-d", "3", "-n", "51712", "--image", spec, "--vbdd", vbdd_sim);
-        CHECK(r->status == 1 && strstr(r->err, "exited") && strstr(r->err, "backend"),
-              "spawn without nodes: %d %s", r->status, r->err);
+        CHECK_MSG(r->status == 1 && strstr(r->err, "exited") && strstr(r->err, "backend"),
+                  "spawn without nodes: %d %s", r->status, r->err);
         printf("ok attach (xenstore + spawn), detach --xenstore, failed spawn reported\n");
 }
 
@@ -973,7 +946,7 @@ static void test_xl_flow(struct simfront_env *env)
 
         /* libxl's device_disk_add, in one transaction. */
         t = xs_transaction_start(xs);
-        CHECK(t != XBT_NULL, "transaction");
+        CHECK_MSG(t != XBT_NULL, "transaction");
         {
                 const char *bkv[] = {"frontend",
                                      fe_path,
@@ -1009,28 +982,29 @@ static void test_xl_flow(struct simfront_env *env)
                                      "device-type", "disk", "trusted",        "1",
                                      NULL};
 
-                CHECK(xs_mkdir(xs, t, be) && xs_set_permissions(xs, t, be, bperm, 2), "be");
-                CHECK(xs_mkdir(xs, t, fe_path) && xs_set_permissions(xs, t, fe_path, fperm, 2),
-                      "fe");
+                CHECK_MSG(xs_mkdir(xs, t, be) && xs_set_permissions(xs, t, be, bperm, 2), "be");
+                CHECK_MSG(xs_mkdir(xs, t, fe_path) && xs_set_permissions(xs, t, fe_path, fperm, 2),
+                          "fe");
                 for (int i = 0; bkv[i]; i += 2) {
                         snprintf(path, sizeof(path), "%s/%s", be, bkv[i]);
-                        CHECK(xs_write(xs, t, path, bkv[i + 1], strlen(bkv[i + 1])), "write");
+                        CHECK_MSG(xs_write(xs, t, path, bkv[i + 1], strlen(bkv[i + 1])), "write");
                 }
                 for (int i = 0; fkv[i]; i += 2) {
                         snprintf(path, sizeof(path), "%s/%s", fe_path, fkv[i]);
-                        CHECK(xs_write(xs, t, path, fkv[i + 1], strlen(fkv[i + 1])), "write");
+                        CHECK_MSG(xs_write(xs, t, path, fkv[i + 1], strlen(fkv[i + 1])), "write");
                 }
         }
-        CHECK(xs_transaction_end(xs, t, false), "commit: %m");
+        CHECK_MSG(xs_transaction_end(xs, t, false), "commit: %m");
 
         /* libxl__wait_device_connection: InitWait within 10 s. */
         snprintf(path, sizeof(path), "%s/state", be);
-        for (t0 = now_ms();; usleep(20000)) {
+        for (t0 = vbd_now_ms();; usleep(20000)) {
                 v = xs_get(xs, path);
                 if (v && strcmp(v, "2") == 0)
                         break;
                 free(v);
-                CHECK(now_ms() - t0 < 10000, "no InitWait: vbd-ctl watch did not start vbdd");
+                CHECK_MSG(vbd_now_ms() - t0 < 10000,
+                          "no InitWait: vbd-ctl watch did not start vbdd");
         }
         free(v);
 
@@ -1046,58 +1020,59 @@ static void test_xl_flow(struct simfront_env *env)
 
                 sh = spawn(argv, false, &o, &e);
                 collect(sh, o, e, res);
-                CHECK(res->status == 0, "block-vbd3 add: %d %s", res->status, res->err);
+                CHECK_MSG(res->status == 0, "block-vbd3 add: %d %s", res->status, res->err);
                 free(res);
         }
         snprintf(path, sizeof(path), "%s/hotplug-status", be);
         v = xs_get(xs, path);
-        CHECK(v && strcmp(v, "connected") == 0, "hotplug-status %s", v ? v : "-");
+        CHECK_MSG(v && strcmp(v, "connected") == 0, "hotplug-status %s", v ? v : "-");
         free(v);
         {
                 json_t *j = ctl_json(0, "info", ctl("info", "-d", "4", "-n", "51712", "--json"));
 
                 snprintf(path, sizeof(path), "raw:%s", img);
-                CHECK(strcmp(jstr(j, "image"), path) == 0, "params aio: became %s",
-                      jstr(j, "image"));
+                CHECK_MSG(strcmp(jstr(j, "image"), path) == 0, "params aio: became %s",
+                          jstr(j, "image"));
                 json_decref(j);
         }
 
         /* The guest. */
         fe = simfront_new(env, &fo);
-        CHECK(fe, "simfront_new");
+        CHECK_MSG(fe, "simfront_new");
         CHECK_R(simfront_connect(fe), simfront_errmsg(fe));
         memset(data, 0xa5, sizeof(data));
         CHECK_R(simfront_write(fe, 8192, data, sizeof(data)), simfront_errmsg(fe));
         CHECK_R(simfront_flush(fe), simfront_errmsg(fe));
         fd = open(img, O_RDONLY);
-        CHECK(fd >= 0 && pread(fd, got, sizeof(got), 8192) == (ssize_t)sizeof(got) &&
-                  memcmp(got, data, sizeof(data)) == 0,
-              "data not in the image");
+        CHECK_MSG(fd >= 0 && pread(fd, got, sizeof(got), 8192) == (ssize_t)sizeof(got) &&
+                      memcmp(got, data, sizeof(data)) == 0,
+                  "data not in the image");
         close(fd);
 
         /* xl block-detach: online 0, state 5; the guest closes; vbdd exits. */
         snprintf(path, sizeof(path), "%s/online", be);
-        CHECK(xs_write(xs, XBT_NULL, path, "0", 1), "online");
+        CHECK_MSG(xs_write(xs, XBT_NULL, path, "0", 1), "online");
         snprintf(path, sizeof(path), "%s/state", be);
-        CHECK(xs_write(xs, XBT_NULL, path, "5", 1), "state");
+        CHECK_MSG(xs_write(xs, XBT_NULL, path, "5", 1), "state");
         CHECK_R(simfront_disconnect(fe), simfront_errmsg(fe));
         simfront_free(fe);
         snprintf(path, sizeof(path), "%s/vbdd-4-51712.sock", ctl_dir);
-        for (t0 = now_ms(); access(path, F_OK) == 0; usleep(20000))
-                CHECK(now_ms() - t0 < 5000, "vbdd did not exit after the detach");
+        for (t0 = vbd_now_ms(); access(path, F_OK) == 0; usleep(20000))
+                CHECK_MSG(vbd_now_ms() - t0 < 5000, "vbdd did not exit after the detach");
         argv[2] = "remove";
         {
                 struct out *res = calloc(1, sizeof(*res));
 
                 sh = spawn(argv, false, &o, &e);
                 collect(sh, o, e, res);
-                CHECK(res->status == 0, "block-vbd3 remove: %d %s", res->status, res->err);
+                CHECK_MSG(res->status == 0, "block-vbd3 remove: %d %s", res->status, res->err);
                 free(res);
         }
-        CHECK(xs_rm(xs, XBT_NULL, be) && xs_rm(xs, XBT_NULL, fe_path), "rm");
+        CHECK_MSG(xs_rm(xs, XBT_NULL, be) && xs_rm(xs, XBT_NULL, fe_path), "rm");
         usleep(1200000); /* a watcher rescan: nothing to restart */
         r = ctl("list", "--json", "-d", "4");
-        CHECK(r->status == 0 && strcmp(r->out, "[]\n") == 0, "watch restarted vbdd: %s", r->out);
+        CHECK_MSG(r->status == 0 && strcmp(r->out, "[]\n") == 0, "watch restarted vbdd: %s",
+                  r->out);
 
         /* The script refuses what it cannot parse. */
         setenv("XENBUS_PATH", "/local/domain/0/backend/vbd3/x/y", 1);
@@ -1107,16 +1082,16 @@ static void test_xl_flow(struct simfront_env *env)
 
                 sh = spawn(argv, false, &o, &e);
                 collect(sh, o, e, res);
-                CHECK(res->status == 1 && strstr(res->err, "cannot parse"), "bad path: %d %s",
-                      res->status, res->err);
+                CHECK_MSG(res->status == 1 && strstr(res->err, "cannot parse"), "bad path: %d %s",
+                          res->status, res->err);
                 free(res);
         }
         unsetenv("XENBUS_PATH");
         unsetenv("VBD_RUNTIME_DIR");
 
         kill(watch, SIGTERM);
-        CHECK(waitpid(watch, &st, 0) == watch && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-              "watch exit %d", st);
+        CHECK_MSG(waitpid(watch, &st, 0) == watch && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "watch exit %d", st);
         printf("ok xl flow: vbd-ctl watch + block-vbd3 add/remove, aio: params\n");
 }
 
@@ -1127,6 +1102,8 @@ int main(void)
 
         setvbuf(stdout, NULL, _IONBF, 0);
         signal(SIGPIPE, SIG_IGN);
+        check_fatal = true;
+        check_context = check_context_vbd;
         vbd_ctl = getenv("VBD_CTL");
         vbdd_sim = getenv("VBD_SIM_VBDD");
         if (!vbd_ctl || !vbdd_sim) {
@@ -1134,7 +1111,7 @@ int main(void)
                 return 77;
         }
         env = simfront_env_new(NULL);
-        CHECK(env, "simfront_env_new: %m");
+        CHECK_MSG(env, "simfront_env_new: %m");
         /* Also vbdd-sim's default: $VBD_SIM_DIR. */
         snprintf(ctl_dir, sizeof(ctl_dir), "%s", simfront_env_dir(env));
         /* vbd-ctl attach/spawn and the daemons they start use this simulation. */
@@ -1148,7 +1125,7 @@ int main(void)
                 struct simfront_opts fo = {.domid = 2, .devid = DEVID, .timeout_ms = 5000};
 
                 b.fe = simfront_new(env, &fo);
-                CHECK(b.fe, "simfront_new");
+                CHECK_MSG(b.fe, "simfront_new");
                 simfront_set_check(b.fe, alive, b.vbd);
                 CHECK_R(simfront_connect(b.fe), simfront_errmsg(b.fe));
         }

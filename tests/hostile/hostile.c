@@ -22,33 +22,32 @@ static void dump_log(const char *what, struct simfront_vbd *vbd)
         free(log);
 }
 
-void h_fail(const char *file, int line, const char *fmt, ...)
+static void h_context(int err)
 {
-        va_list ap;
-
-        fprintf(stderr, "FAIL %s (%s:%d): ", current ? current->name : "?", file, line);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
+        fprintf(stderr, "FAIL %s\n", current ? current->name : "?");
         if (current) {
                 dump_log("victim", current->victim_vbd);
                 dump_log("bystander", current->bystander_vbd);
                 simfront_env_free(current->env); /* kill the daemons, remove the dir */
         }
-        exit(1);
 }
 
+__attribute__((constructor)) static void h_checks_fatal(void)
+{
+        check_fatal = true;
+        check_context = h_context;
+}
 static void make_image(const char *path, unsigned seed)
 {
         static char buf[65536];
         int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
 
-        H_CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+        CHECK_MSG(fd >= 0, "open %s: %s", path, strerror(errno));
         for (uint64_t off = 0; off < IMG_SIZE; off += sizeof(buf)) {
                 for (size_t i = 0; i < sizeof(buf); i++)
                         buf[i] = (char)((off + i) * 13 + seed + (off + i) / 511);
-                H_CHECK(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf), "pwrite");
+                CHECK_MSG(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf),
+                          "pwrite");
         }
         close(fd);
 }
@@ -67,8 +66,9 @@ static struct simfront_vbd *add_vbd(struct hostile *h, uint32_t domid, const cha
 
         snprintf(spec, sizeof(spec), "raw:%s", img);
         o.image = spec;
-        H_CHECK(simfront_env_domain_create(h->env, domid) >= 0, "%s", simfront_env_errmsg(h->env));
-        H_CHECK(simfront_vbd_add(h->env, &o, &vbd) >= 0, "%s", simfront_env_errmsg(h->env));
+        CHECK_MSG(simfront_env_domain_create(h->env, domid) >= 0, "%s",
+                  simfront_env_errmsg(h->env));
+        CHECK_MSG(simfront_vbd_add(h->env, &o, &vbd) >= 0, "%s", simfront_env_errmsg(h->env));
         return vbd;
 }
 
@@ -86,7 +86,7 @@ void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mo
         h->name = name;
         current = h;
         h->env = simfront_env_new(NULL);
-        H_CHECK(h->env, "simfront_env_new: %s", strerror(errno));
+        CHECK_MSG(h->env, "simfront_env_new: %s", strerror(errno));
         snprintf(h->victim_img, sizeof(h->victim_img), "%s/victim.img", simfront_env_dir(h->env));
         snprintf(h->bystander_img, sizeof(h->bystander_img), "%s/bystander.img",
                  simfront_env_dir(h->env));
@@ -97,19 +97,19 @@ void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mo
 
         fo.domid = BYSTANDER_DOMID;
         h->bystander = simfront_new(h->env, &fo);
-        H_CHECK(h->bystander, "simfront_new: %s", strerror(errno));
+        CHECK_MSG(h->bystander, "simfront_new: %s", strerror(errno));
         simfront_set_check(h->bystander, victim_alive_check, h->bystander_vbd);
-        H_CHECK(simfront_connect(h->bystander) >= 0, "bystander connect: %s",
-                simfront_errmsg(h->bystander));
+        CHECK_MSG(simfront_connect(h->bystander) >= 0, "bystander connect: %s",
+                  simfront_errmsg(h->bystander));
 
         fo.domid = VICTIM_DOMID;
         fo.protocol = victim_protocol;
         h->victim = simfront_new(h->env, &fo);
-        H_CHECK(h->victim, "simfront_new: %s", strerror(errno));
+        CHECK_MSG(h->victim, "simfront_new: %s", strerror(errno));
         simfront_set_check(h->victim, victim_alive_check, h->victim_vbd);
         if (connect)
-                H_CHECK(simfront_connect(h->victim) >= 0, "victim connect: %s",
-                        simfront_errmsg(h->victim));
+                CHECK_MSG(simfront_connect(h->victim) >= 0, "victim connect: %s",
+                          simfront_errmsg(h->victim));
         h_bystander_io(h);
 }
 
@@ -117,9 +117,10 @@ static void expect_clean_exit(struct simfront_vbd *vbd, const char *what)
 {
         int st = -1;
 
-        H_CHECK(simfront_vbd_detach(vbd, SIMFRONT_DETACH_REMOVE) >= 0, "detach %s", what);
-        H_CHECK(simfront_vbd_wait(vbd, 10000, &st) >= 0, "%s vbdd did not exit after detach", what);
-        H_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s vbdd exit status %#x", what, st);
+        CHECK_MSG(simfront_vbd_detach(vbd, SIMFRONT_DETACH_REMOVE) >= 0, "detach %s", what);
+        CHECK_MSG(simfront_vbd_wait(vbd, 10000, &st) >= 0, "%s vbdd did not exit after detach",
+                  what);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s vbdd exit status %#x", what, st);
 }
 
 void h_teardown(struct hostile *h)
@@ -148,24 +149,24 @@ void h_bystander_io(struct hostile *h)
         h->bystander_round++;
         for (size_t i = 0; i < sizeof(w); i++)
                 w[i] = (char)(i * 17 + h->bystander_round);
-        H_CHECK(simfront_write(h->bystander, off, w, sizeof(w)) >= 0, "bystander write: %s",
-                simfront_errmsg(h->bystander));
-        H_CHECK(simfront_flush(h->bystander) >= 0, "bystander flush: %s",
-                simfront_errmsg(h->bystander));
+        CHECK_MSG(simfront_write(h->bystander, off, w, sizeof(w)) >= 0, "bystander write: %s",
+                  simfront_errmsg(h->bystander));
+        CHECK_MSG(simfront_flush(h->bystander) >= 0, "bystander flush: %s",
+                  simfront_errmsg(h->bystander));
         memset(r, 0, sizeof(r));
-        H_CHECK(simfront_read(h->bystander, off, r, sizeof(r)) >= 0, "bystander read: %s",
-                simfront_errmsg(h->bystander));
-        H_CHECK(!memcmp(w, r, sizeof(w)), "bystander read-back differs");
+        CHECK_MSG(simfront_read(h->bystander, off, r, sizeof(r)) >= 0, "bystander read: %s",
+                  simfront_errmsg(h->bystander));
+        CHECK_MSG(!memcmp(w, r, sizeof(w)), "bystander read-back differs");
         fd = open(h->bystander_img, O_RDONLY);
-        H_CHECK(fd >= 0 && pread(fd, r, sizeof(r), (off_t)off) == (ssize_t)sizeof(r),
-                "read bystander image");
+        CHECK_MSG(fd >= 0 && pread(fd, r, sizeof(r), (off_t)off) == (ssize_t)sizeof(r),
+                  "read bystander image");
         close(fd);
-        H_CHECK(!memcmp(w, r, sizeof(w)), "bystander image differs");
+        CHECK_MSG(!memcmp(w, r, sizeof(w)), "bystander image differs");
 }
 
 void h_victim_alive(struct hostile *h)
 {
-        H_CHECK(simfront_vbd_running(h->victim_vbd) == 1, "the victim vbdd died");
+        CHECK_MSG(simfront_vbd_running(h->victim_vbd) == 1, "the victim vbdd died");
 }
 
 void h_expect_log(struct hostile *h, const char *needle)
@@ -179,7 +180,7 @@ void h_expect_log(struct hostile *h, const char *needle)
                         return;
                 usleep(10000);
         }
-        h_fail(__FILE__, __LINE__, "victim log lacks '%s'", needle);
+        CHECK_FAIL("victim log lacks '%s'", needle);
 }
 
 int16_t h_raw_request(struct hostile *h, const blkif_request_t *req)
@@ -187,13 +188,14 @@ int16_t h_raw_request(struct hostile *h, const blkif_request_t *req)
         blkif_response_t rsp;
         int r;
 
-        H_CHECK(simfront_raw_put(h->victim, req, sizeof(*req)) >= 0, "raw put");
+        CHECK_MSG(simfront_raw_put(h->victim, req, sizeof(*req)) >= 0, "raw put");
         simfront_raw_push(h->victim);
-        H_CHECK(simfront_raw_notify(h->victim) >= 0, "raw notify");
+        CHECK_MSG(simfront_raw_notify(h->victim) >= 0, "raw notify");
         r = simfront_raw_get_response(h->victim, &rsp, 5000);
-        H_CHECK(r == 1, "no response to request id %" PRIu64 " op %u (r=%d)", req->id,
-                req->operation, r);
-        H_CHECK(rsp.id == req->id, "response id %" PRIu64 " for request %" PRIu64, rsp.id, req->id);
+        CHECK_MSG(r == 1, "no response to request id %" PRIu64 " op %u (r=%d)", req->id,
+                  req->operation, r);
+        CHECK_MSG(rsp.id == req->id, "response id %" PRIu64 " for request %" PRIu64, rsp.id,
+                  req->id);
         return rsp.status;
 }
 
@@ -201,6 +203,6 @@ void h_image_read(struct hostile *h, uint64_t off, void *buf, size_t len)
 {
         int fd = open(h->victim_img, O_RDONLY);
 
-        H_CHECK(fd >= 0 && pread(fd, buf, len, (off_t)off) == (ssize_t)len, "read victim image");
+        CHECK_MSG(fd >= 0 && pread(fd, buf, len, (off_t)off) == (ssize_t)len, "read victim image");
         close(fd);
 }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <xen/io/blkif.h>
 
+#include "check.h"
 #include "simfront.h"
 
 #define VICTIM_DOMID    1
@@ -26,14 +27,8 @@ struct hostile {
         unsigned bystander_round;
 };
 
-void h_fail(const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4), noreturn));
-#define H_CHECK(cond, ...)                                                                         \
-        do {                                                                                       \
-                if (!(cond))                                                                       \
-                        h_fail(__FILE__, __LINE__, "'" #cond "' failed: " __VA_ARGS__);            \
-        } while (0)
-
+/* The checks are check.h's, fatal here: a failure names the test, prints
+ * both daemons' logs and stops them. */
 /* Environment, both VBDs spawned, the bystander connected.  The victim is
  * only created (simfront_new) unless connect is set. */
 void h_setup(struct hostile *h, const char *name, const char *victim_mode, bool connect);
@@ -51,7 +46,7 @@ void h_victim_alive(struct hostile *h);
 void h_expect_log(struct hostile *h, const char *needle);
 
 /* Put one raw request on the victim's ring, notify, return the response
- * status (the id is checked); H_CHECKs that a response arrives. */
+ * status (the id is checked); checks that a response arrives. */
 int16_t h_raw_request(struct hostile *h, const blkif_request_t *req);
 
 /* Read the victim's image file. */

@@ -20,8 +20,9 @@ static void attack(const char *protocol, enum simfront_abi wrong)
 
         snprintf(name, sizeof(name), "%s ring, requests in the other layout", protocol);
         h_setup_protocol(&h, name, "w", true, protocol);
-        H_CHECK(simfront_raw_grant(h.victim, 0, false, false, &gref, &page) >= 0, "grant");
-        H_CHECK(simfront_raw_grant(h.victim, 7, false, false, &canary_gref, &canary) >= 0, "grant");
+        CHECK_MSG(simfront_raw_grant(h.victim, 0, false, false, &gref, &page) >= 0, "grant");
+        CHECK_MSG(simfront_raw_grant(h.victim, 7, false, false, &canary_gref, &canary) >= 0,
+                  "grant");
         memset(canary, 0x99, 4096);
         memcpy(canary_copy, canary, 4096);
 
@@ -55,22 +56,22 @@ static void attack(const char *protocol, enum simfront_abi wrong)
                         q.indirect.indirect_grefs[0] = gref;
                         break;
                 }
-                H_CHECK(simfront_raw_put_req_as(h.victim, &q, wrong) >= 0, "put");
+                CHECK_MSG(simfront_raw_put_req_as(h.victim, &q, wrong) >= 0, "put");
                 simfront_raw_push(h.victim);
-                H_CHECK(simfront_raw_notify(h.victim) >= 0, "notify");
-                H_CHECK(simfront_raw_get_response(h.victim, &rsp, 5000) == 1,
-                        "no answer to mismatched request %llu", (unsigned long long)i);
+                CHECK_MSG(simfront_raw_notify(h.victim) >= 0, "notify");
+                CHECK_MSG(simfront_raw_get_response(h.victim, &rsp, 5000) == 1,
+                          "no answer to mismatched request %llu", (unsigned long long)i);
                 h_victim_alive(&h);
         }
-        H_CHECK(!memcmp(canary, canary_copy, 4096), "a page granted to another domain changed");
+        CHECK_MSG(!memcmp(canary, canary_copy, 4096), "a page granted to another domain changed");
         h_bystander_io(&h);
 
         /* The ring still works in its own layout. */
         memset(w, 0x6d, sizeof(w));
-        H_CHECK(simfront_write(h.victim, 8192, w, sizeof(w)) >= 0, "write after the attack: %s",
-                simfront_errmsg(h.victim));
-        H_CHECK(simfront_read(h.victim, 8192, r, sizeof(r)) >= 0, "read after the attack");
-        H_CHECK(!memcmp(w, r, sizeof(r)), "data after the attack");
+        CHECK_MSG(simfront_write(h.victim, 8192, w, sizeof(w)) >= 0, "write after the attack: %s",
+                  simfront_errmsg(h.victim));
+        CHECK_MSG(simfront_read(h.victim, 8192, r, sizeof(r)) >= 0, "read after the attack");
+        CHECK_MSG(!memcmp(w, r, sizeof(r)), "data after the attack");
         h_teardown(&h);
 }
 

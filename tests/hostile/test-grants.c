@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "hostile.h"
+#include "vbd/macro.h"
 
 struct page {
         uint32_t gref;
@@ -19,7 +20,7 @@ static struct page grant(struct hostile *h, uint32_t to, bool ro, bool ended)
 {
         struct page p;
 
-        H_CHECK(simfront_raw_grant(h->victim, to, ro, ended, &p.gref, &p.mem) >= 0, "grant");
+        CHECK_MSG(simfront_raw_grant(h->victim, to, ro, ended, &p.gref, &p.mem) >= 0, "grant");
         return p;
 }
 
@@ -53,44 +54,44 @@ int main(void)
 
         /* READ must write guest memory: a read-only grant is refused. */
         blkif_request_t q = req1(BLKIF_OP_READ, id++, 0, ro.gref);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read into a read-only grant accepted");
-        H_CHECK(!memcmp(ro.mem, pattern, 4096), "a read-only page was written");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read into a read-only grant accepted");
+        CHECK_MSG(!memcmp(ro.mem, pattern, 4096), "a read-only page was written");
 
         const uint32_t bad_refs[] = {foreign.gref, ended.gref, 3000,        4095,
                                      4096,         65535,      0xffffffffu, 0};
-        for (unsigned i = 0; i < sizeof(bad_refs) / sizeof(bad_refs[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(bad_refs); i++) {
                 q = req1(BLKIF_OP_READ, id++, 0, bad_refs[i]);
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read into gref %u accepted",
-                        bad_refs[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read into gref %u accepted",
+                          bad_refs[i]);
                 q = req1(BLKIF_OP_WRITE, id++, 0, bad_refs[i]);
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write from gref %u accepted",
-                        bad_refs[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write from gref %u accepted",
+                          bad_refs[i]);
         }
-        H_CHECK(!memcmp(foreign.mem, pattern, 4096), "a page granted to another domain changed");
+        CHECK_MSG(!memcmp(foreign.mem, pattern, 4096), "a page granted to another domain changed");
 
         /* One good and one bad segment: the request fails as a whole. */
         q = req1(BLKIF_OP_WRITE, id++, 0, good.gref);
         q.nr_segments = 2;
         q.seg[1] = (struct blkif_request_segment){.gref = foreign.gref, .last_sect = 7};
         memset(good.mem, 0x11, 4096);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "half-bad write accepted");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "half-bad write accepted");
 
         h_image_read(&h, 0, after, sizeof(after));
-        H_CHECK(!memcmp(before, after, sizeof(after)), "a refused write reached the image");
-        H_CHECK(!memcmp(canary.mem, pattern, 4096), "an ungranted page changed");
+        CHECK_MSG(!memcmp(before, after, sizeof(after)), "a refused write reached the image");
+        CHECK_MSG(!memcmp(canary.mem, pattern, 4096), "an ungranted page changed");
         h_expect_log(&h, "grant copy");
 
         /* A read-only grant is fine as the source of a WRITE. */
         memset(ro.mem, 0x77, 4096);
         q = req1(BLKIF_OP_WRITE, id++, 8, ro.gref);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_OKAY, "write from a read-only grant refused");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_OKAY, "write from a read-only grant refused");
         h_image_read(&h, 8 * 512, after, 4096);
-        H_CHECK(!memcmp(after, ro.mem, 4096), "write from a read-only grant lost");
+        CHECK_MSG(!memcmp(after, ro.mem, 4096), "write from a read-only grant lost");
 
         /* And the good page still works for reads. */
         q = req1(BLKIF_OP_READ, id++, 8, good.gref);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_OKAY, "good read refused");
-        H_CHECK(!memcmp(good.mem, ro.mem, 4096), "good read returned wrong data");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_OKAY, "good read refused");
+        CHECK_MSG(!memcmp(good.mem, ro.mem, 4096), "good read returned wrong data");
         h_teardown(&h);
         return 0;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "hostile.h"
+#include "vbd/macro.h"
 
 struct page {
         uint32_t gref;
@@ -20,7 +21,7 @@ static struct page grant(struct hostile *h, uint32_t to, bool ro, bool ended)
         struct page p;
         void *mem;
 
-        H_CHECK(simfront_raw_grant(h->victim, to, ro, ended, &p.gref, &mem) >= 0, "grant");
+        CHECK_MSG(simfront_raw_grant(h->victim, to, ro, ended, &p.gref, &mem) >= 0, "grant");
         p.mem = mem;
         return p;
 }
@@ -73,10 +74,10 @@ int main(void)
 
         h_setup(&h, "indirect requests and discard", "w", true);
         char *v = simfront_xs_read_backend(h.victim, "feature-max-indirect-segments");
-        H_CHECK(v && atoi(v) == 256, "feature-max-indirect-segments '%s'", v ? v : "(none)");
+        CHECK_MSG(v && atoi(v) == 256, "feature-max-indirect-segments '%s'", v ? v : "(none)");
         free(v);
         v = simfront_xs_read_backend(h.victim, "feature-discard");
-        H_CHECK(v && atoi(v) == 1, "feature-discard '%s'", v ? v : "(none)");
+        CHECK_MSG(v && atoi(v) == 1, "feature-discard '%s'", v ? v : "(none)");
         free(v);
 
         desc = grant(&h, 0, false, false);
@@ -91,35 +92,36 @@ int main(void)
 
         /* A good 32-segment indirect READ returns what the image holds. */
         fill_desc(&desc, data, NDATA);
-        H_CHECK(indirect(&h, BLKIF_OP_READ, id++, 64, NDATA, &desc.gref, 1) == BLKIF_RSP_OKAY,
-                "good indirect read refused");
+        CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, 64, NDATA, &desc.gref, 1) == BLKIF_RSP_OKAY,
+                  "good indirect read refused");
         h_image_read(&h, 64 * 512, img, NDATA * 4096);
         for (unsigned i = 0; i < NDATA; i++)
-                H_CHECK(!memcmp(data[i].mem, img + i * 4096, 4096), "indirect read page %u", i);
+                CHECK_MSG(!memcmp(data[i].mem, img + i * 4096, 4096), "indirect read page %u", i);
 
         /* A good indirect WRITE from a read-only descriptor page lands in the image. */
         for (unsigned i = 0; i < NDATA; i++)
                 memset(data[i].mem, (int)(0x40 + i), 4096);
         fill_desc(&desc_ro, data, NDATA);
-        H_CHECK(indirect(&h, BLKIF_OP_WRITE, id++, 128, NDATA, &desc_ro.gref, 1) == BLKIF_RSP_OKAY,
-                "good indirect write refused");
+        CHECK_MSG(indirect(&h, BLKIF_OP_WRITE, id++, 128, NDATA, &desc_ro.gref, 1) ==
+                      BLKIF_RSP_OKAY,
+                  "good indirect write refused");
         h_image_read(&h, 128 * 512, img, NDATA * 4096);
         for (unsigned i = 0; i < NDATA; i++)
-                H_CHECK(!memcmp(data[i].mem, img + i * 4096, 4096), "indirect write page %u", i);
+                CHECK_MSG(!memcmp(data[i].mem, img + i * 4096, 4096), "indirect write page %u", i);
 
         /* Segment counts. */
         const uint16_t counts[] = {0, 257, 512, 4096, 65535};
-        for (unsigned i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
-                H_CHECK(indirect(&h, BLKIF_OP_READ, id++, 0, counts[i], &desc.gref, 1) ==
-                            BLKIF_RSP_ERROR,
-                        "indirect nr_segments %u accepted", counts[i]);
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(counts); i++)
+                CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, 0, counts[i], &desc.gref, 1) ==
+                              BLKIF_RSP_ERROR,
+                          "indirect nr_segments %u accepted", counts[i]);
 
         /* Descriptor pages the backend must not or cannot read. */
         const uint32_t bad_desc[] = {foreign.gref, ended.gref, 3000, 4096, 0xffffffffu};
-        for (unsigned i = 0; i < sizeof(bad_desc) / sizeof(bad_desc[0]); i++) {
-                H_CHECK(indirect(&h, BLKIF_OP_WRITE, id++, 0, 4, &bad_desc[i], 1) ==
-                            BLKIF_RSP_ERROR,
-                        "descriptor gref %u accepted", bad_desc[i]);
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(bad_desc); i++) {
+                CHECK_MSG(indirect(&h, BLKIF_OP_WRITE, id++, 0, 4, &bad_desc[i], 1) ==
+                              BLKIF_RSP_ERROR,
+                          "descriptor gref %u accepted", bad_desc[i]);
         }
 
         /* Bad entries inside the segment table. */
@@ -127,45 +129,45 @@ int main(void)
         fill_desc(&desc, data, 4);
         s[3].first_sect = 5;
         s[3].last_sect = 2;
-        H_CHECK(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
-                "segment first > last accepted");
+        CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
+                  "segment first > last accepted");
         fill_desc(&desc, data, 4);
         s[2].last_sect = 8;
-        H_CHECK(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
-                "segment last_sect 8 accepted");
+        CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
+                  "segment last_sect 8 accepted");
         fill_desc(&desc, data, 4);
         s[1].gref = canary.gref; /* granted to another domain */
-        H_CHECK(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
-                "data gref of another domain accepted");
-        H_CHECK(!memcmp(canary.mem, pattern, 4096), "a page granted elsewhere changed");
+        CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
+                  "data gref of another domain accepted");
+        CHECK_MSG(!memcmp(canary.mem, pattern, 4096), "a page granted elsewhere changed");
         fill_desc(&desc, data, 4);
         s[0].gref = desc_ro.gref; /* a READ needs writable data pages */
-        H_CHECK(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
-                "read into a read-only page accepted");
+        CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, 0, 4, &desc.gref, 1) == BLKIF_RSP_ERROR,
+                  "read into a read-only page accepted");
 
         /* Ranges. */
         fill_desc(&desc, data, NDATA);
         const uint64_t starts[] = {sectors - 8, sectors, UINT64_MAX, UINT64_MAX / 512 + 1};
-        for (unsigned i = 0; i < sizeof(starts) / sizeof(starts[0]); i++)
-                H_CHECK(indirect(&h, BLKIF_OP_WRITE, id++, starts[i], NDATA, &desc.gref, 1) ==
-                            BLKIF_RSP_ERROR,
-                        "indirect write at sector %llu accepted", (unsigned long long)starts[i]);
-        H_CHECK(indirect(&h, BLKIF_OP_READ, id++, sectors - 8 * NDATA, NDATA, &desc.gref, 1) ==
-                    BLKIF_RSP_OKAY,
-                "indirect read of the last pages refused");
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(starts); i++)
+                CHECK_MSG(indirect(&h, BLKIF_OP_WRITE, id++, starts[i], NDATA, &desc.gref, 1) ==
+                              BLKIF_RSP_ERROR,
+                          "indirect write at sector %llu accepted", (unsigned long long)starts[i]);
+        CHECK_MSG(indirect(&h, BLKIF_OP_READ, id++, sectors - 8 * NDATA, NDATA, &desc.gref, 1) ==
+                      BLKIF_RSP_OKAY,
+                  "indirect read of the last pages refused");
 
         /* Discard ranges. */
         const uint64_t dis[][2] = {{sectors, 1},    {sectors - 1, 2}, {0, sectors + 1},
                                    {UINT64_MAX, 1}, {1, UINT64_MAX},  {UINT64_MAX / 512 + 1, 8}};
-        for (unsigned i = 0; i < sizeof(dis) / sizeof(dis[0]); i++)
-                H_CHECK(discard(&h, id++, dis[i][0], dis[i][1]) == BLKIF_RSP_ERROR,
-                        "discard %llu+%llu accepted", (unsigned long long)dis[i][0],
-                        (unsigned long long)dis[i][1]);
-        H_CHECK(discard(&h, id++, 0, 0) == BLKIF_RSP_OKAY, "empty discard refused");
-        H_CHECK(discard(&h, id++, 2048, 256) == BLKIF_RSP_OKAY, "good discard refused");
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(dis); i++)
+                CHECK_MSG(discard(&h, id++, dis[i][0], dis[i][1]) == BLKIF_RSP_ERROR,
+                          "discard %llu+%llu accepted", (unsigned long long)dis[i][0],
+                          (unsigned long long)dis[i][1]);
+        CHECK_MSG(discard(&h, id++, 0, 0) == BLKIF_RSP_OKAY, "empty discard refused");
+        CHECK_MSG(discard(&h, id++, 2048, 256) == BLKIF_RSP_OKAY, "good discard refused");
         h_image_read(&h, 2048 * 512, img, 256 * 512);
         for (unsigned i = 0; i < 256 * 512; i++)
-                H_CHECK(img[i] == 0, "discarded range reads %#x at %u", img[i] & 0xff, i);
+                CHECK_MSG(img[i] == 0, "discarded range reads %#x at %u", img[i] & 0xff, i);
 
         h_expect_log(&h, "indirect nr_segments out of range");
         h_expect_log(&h, "grant copy");

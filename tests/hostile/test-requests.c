@@ -8,12 +8,14 @@
 #include <string.h>
 
 #include "hostile.h"
+#include "vbd/macro.h"
 
 static uint32_t data_gref(struct hostile *h, void **ret_page)
 {
         uint32_t gref;
 
-        H_CHECK(simfront_raw_grant(h->victim, 0, false, false, &gref, ret_page) >= 0, "raw grant");
+        CHECK_MSG(simfront_raw_grant(h->victim, 0, false, false, &gref, ret_page) >= 0,
+                  "raw grant");
         return gref;
 }
 
@@ -34,9 +36,9 @@ static void good_read(struct hostile *h, uint32_t gref, void *page, uint64_t id)
         blkif_request_t q = rw(BLKIF_OP_READ, id, 16, 1, gref);
 
         memset(page, 0, 4096);
-        H_CHECK(h_raw_request(h, &q) == BLKIF_RSP_OKAY, "a good read failed");
+        CHECK_MSG(h_raw_request(h, &q) == BLKIF_RSP_OKAY, "a good read failed");
         h_image_read(h, 16 * 512, want, sizeof(want));
-        H_CHECK(!memcmp(page, want, sizeof(want)), "good read returned wrong data");
+        CHECK_MSG(!memcmp(page, want, sizeof(want)), "good read returned wrong data");
 }
 
 static void test_operations(void)
@@ -51,8 +53,8 @@ static void test_operations(void)
         gref = data_gref(&h, &page);
         for (unsigned i = 0; i < sizeof(bad_ops); i++) {
                 blkif_request_t q = rw(bad_ops[i], id++, 0, 1, gref);
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "op %u not refused",
-                        bad_ops[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "op %u not refused",
+                          bad_ops[i]);
         }
         /* Indirect requests wrapping something other than READ/WRITE. */
         static const uint8_t bad_inner[] = {BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER,
@@ -65,8 +67,8 @@ static void test_operations(void)
                                                      .indirect_grefs = {gref}};
                 blkif_request_t q;
                 memcpy(&q, &ind, sizeof(ind));
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "indirect op %u not refused",
-                        bad_inner[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP,
+                          "indirect op %u not refused", bad_inner[i]);
         }
         /* Secure discard is not offered. */
         struct blkif_request_discard dis = {.operation = BLKIF_OP_DISCARD,
@@ -75,7 +77,7 @@ static void test_operations(void)
                                             .nr_sectors = 8};
         blkif_request_t q;
         memcpy(&q, &dis, sizeof(dis));
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "secure discard accepted");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_EOPNOTSUPP, "secure discard accepted");
         h_expect_log(&h, "unsupported operation");
         h_expect_log(&h, "secure discard");
         good_read(&h, gref, page, id++);
@@ -98,22 +100,22 @@ static void test_segments(void)
         for (unsigned i = 0; i < sizeof(counts); i++) {
                 blkif_request_t q = rw(BLKIF_OP_READ, id++, 0, counts[i], gref);
                 q.nr_segments = counts[i];
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read nr_segments %u accepted",
-                        counts[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read nr_segments %u accepted",
+                          counts[i]);
                 q.operation = BLKIF_OP_WRITE;
                 q.id = id++;
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write nr_segments %u accepted",
-                        counts[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write nr_segments %u accepted",
+                          counts[i]);
         }
 
         /* first_sect > last_sect, last_sect > 7 */
         static const uint8_t bad[][2] = {{4, 3}, {0, 8}, {7, 8}, {8, 8}, {0, 255}, {200, 100}};
-        for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(bad); i++) {
                 blkif_request_t q = rw(BLKIF_OP_WRITE, id++, 0, 2, gref);
                 q.seg[1].first_sect = bad[i][0];
                 q.seg[1].last_sect = bad[i][1];
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "segment %u..%u accepted",
-                        bad[i][0], bad[i][1]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "segment %u..%u accepted",
+                          bad[i][0], bad[i][1]);
         }
 
         /* Sector ranges past the end or overflowing 64 bits. */
@@ -121,20 +123,20 @@ static void test_segments(void)
         const uint64_t starts[] = {sectors - 7, sectors,          sectors + 1,
                                    UINT64_MAX,  UINT64_MAX / 512, UINT64_MAX / 512 + 1,
                                    (1ULL << 55)};
-        for (unsigned i = 0; i < sizeof(starts) / sizeof(starts[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(starts); i++) {
                 blkif_request_t q = rw(BLKIF_OP_READ, id++, starts[i], 1, gref);
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read at sector %llu accepted",
-                        (unsigned long long)starts[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "read at sector %llu accepted",
+                          (unsigned long long)starts[i]);
                 q = rw(BLKIF_OP_WRITE, id++, starts[i], 1, gref);
-                H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write at sector %llu accepted",
-                        (unsigned long long)starts[i]);
+                CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write at sector %llu accepted",
+                          (unsigned long long)starts[i]);
         }
         /* The last 8 sectors are fine. */
         blkif_request_t q = rw(BLKIF_OP_READ, id++, sectors - 8, 1, gref);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_OKAY, "read of the last page refused");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_OKAY, "read of the last page refused");
 
         h_image_read(&h, 0, after, sizeof(after));
-        H_CHECK(!memcmp(before, after, sizeof(after)), "a refused write reached the image");
+        CHECK_MSG(!memcmp(before, after, sizeof(after)), "a refused write reached the image");
         h_expect_log(&h, "nr_segments out of range");
         h_expect_log(&h, "bad segment sector range");
         h_expect_log(&h, "past the end");
@@ -155,11 +157,11 @@ static void test_readonly(void)
         h_image_read(&h, 0, before, sizeof(before));
         memset(page, 0x5a, 4096);
         blkif_request_t q = rw(BLKIF_OP_WRITE, 1, 0, 1, gref);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write to a read-only disk accepted");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "write to a read-only disk accepted");
         q = rw(BLKIF_OP_WRITE_BARRIER, 2, 0, 1, gref);
-        H_CHECK(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "barrier write to a read-only disk");
+        CHECK_MSG(h_raw_request(&h, &q) == BLKIF_RSP_ERROR, "barrier write to a read-only disk");
         h_image_read(&h, 0, after, sizeof(after));
-        H_CHECK(!memcmp(before, after, sizeof(after)), "the read-only image changed");
+        CHECK_MSG(!memcmp(before, after, sizeof(after)), "the read-only image changed");
         h_expect_log(&h, "read-only");
         good_read(&h, gref, page, 3);
         h_teardown(&h);

@@ -8,21 +8,23 @@
 #include <string.h>
 
 #include "hostile.h"
+#include "vbd/macro.h"
 
 static void reconnect_and_use(struct hostile *h)
 {
         char w[4096], r[4096];
 
         /* The guest notices Closing and closes; the backend waits for it. */
-        H_CHECK(simfront_wait_backend_state(h->victim, SIMFRONT_XB_CLOSING, 5000) >= 0,
-                "backend did not go to Closing");
-        H_CHECK(simfront_disconnect(h->victim) >= 0, "disconnect: %s", simfront_errmsg(h->victim));
+        CHECK_MSG(simfront_wait_backend_state(h->victim, SIMFRONT_XB_CLOSING, 5000) >= 0,
+                  "backend did not go to Closing");
+        CHECK_MSG(simfront_disconnect(h->victim) >= 0, "disconnect: %s",
+                  simfront_errmsg(h->victim));
         h_victim_alive(h);
-        H_CHECK(simfront_connect(h->victim) >= 0, "reconnect: %s", simfront_errmsg(h->victim));
+        CHECK_MSG(simfront_connect(h->victim) >= 0, "reconnect: %s", simfront_errmsg(h->victim));
         memset(w, 0x3c, sizeof(w));
-        H_CHECK(simfront_write(h->victim, 4096, w, sizeof(w)) >= 0, "write after reconnect");
-        H_CHECK(simfront_read(h->victim, 4096, r, sizeof(r)) >= 0, "read after reconnect");
-        H_CHECK(!memcmp(w, r, sizeof(r)), "data after reconnect");
+        CHECK_MSG(simfront_write(h->victim, 4096, w, sizeof(w)) >= 0, "write after reconnect");
+        CHECK_MSG(simfront_read(h->victim, 4096, r, sizeof(r)) >= 0, "read after reconnect");
+        CHECK_MSG(!memcmp(w, r, sizeof(r)), "data after reconnect");
 }
 
 int main(void)
@@ -31,14 +33,14 @@ int main(void)
         const int32_t overruns[] = {1, 100, -5, 0x40000000};
 
         h_setup(&h, "producer index overrun", "w", true);
-        for (unsigned i = 0; i < sizeof(overruns) / sizeof(overruns[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(overruns); i++) {
                 blkif_sring_t *s = simfront_raw_sring(h.victim);
                 uint32_t prod = s->rsp_prod + simfront_ring_size(h.victim) + (uint32_t)overruns[i];
 
                 if (overruns[i] < 0)
                         prod = s->rsp_prod + (uint32_t)overruns[i];
                 simfront_raw_set_req_prod(h.victim, prod);
-                H_CHECK(simfront_raw_notify(h.victim) >= 0, "notify");
+                CHECK_MSG(simfront_raw_notify(h.victim) >= 0, "notify");
                 h_expect_log(&h, "bogus ring");
                 h_bystander_io(&h);
                 reconnect_and_use(&h);

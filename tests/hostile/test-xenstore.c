@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "hostile.h"
+#include "vbd/macro.h"
 
 struct garbage {
         const char *key, *value; /* value NULL: remove the key */
@@ -23,31 +24,31 @@ static void publish_good(struct hostile *h)
         char v[32];
         unsigned n = simfront_raw_ring_grefs(h->victim, grefs, 16);
 
-        H_CHECK(n == 1, "expected a one-page ring, got %u", n);
+        CHECK_MSG(n == 1, "expected a one-page ring, got %u", n);
         snprintf(v, sizeof(v), "%u", grefs[0]);
-        H_CHECK(simfront_xs_write(h->victim, "ring-ref", v) >= 0, "write ring-ref");
+        CHECK_MSG(simfront_xs_write(h->victim, "ring-ref", v) >= 0, "write ring-ref");
         snprintf(v, sizeof(v), "%u", simfront_raw_port(h->victim));
-        H_CHECK(simfront_xs_write(h->victim, "event-channel", v) >= 0, "write event-channel");
-        H_CHECK(simfront_xs_write(h->victim, "protocol", "x86_64-abi") >= 0, "write protocol");
+        CHECK_MSG(simfront_xs_write(h->victim, "event-channel", v) >= 0, "write event-channel");
+        CHECK_MSG(simfront_xs_write(h->victim, "protocol", "x86_64-abi") >= 0, "write protocol");
 }
 
 static void try_garbage(struct hostile *h, const struct garbage *g)
 {
-        H_CHECK(simfront_prepare(h->victim) >= 0, "prepare: %s", simfront_errmsg(h->victim));
+        CHECK_MSG(simfront_prepare(h->victim) >= 0, "prepare: %s", simfront_errmsg(h->victim));
         publish_good(h);
         if (g->value)
-                H_CHECK(simfront_xs_write(h->victim, g->key, g->value) >= 0, "write %s", g->key);
+                CHECK_MSG(simfront_xs_write(h->victim, g->key, g->value) >= 0, "write %s", g->key);
         else
-                H_CHECK(simfront_xs_rm(h->victim, g->key) >= 0, "rm %s", g->key);
-        H_CHECK(simfront_set_state(h->victim, SIMFRONT_XB_INITIALISED) >= 0, "state 3");
+                CHECK_MSG(simfront_xs_rm(h->victim, g->key) >= 0, "rm %s", g->key);
+        CHECK_MSG(simfront_set_state(h->victim, SIMFRONT_XB_INITIALISED) >= 0, "state 3");
         if (simfront_wait_backend_state(h->victim, SIMFRONT_XB_CLOSING, 5000) < 0)
-                h_fail(__FILE__, __LINE__, "%s='%s': backend did not refuse (state %d)", g->key,
-                       g->value ? g->value : "(removed)", simfront_backend_state(h->victim));
+                CHECK_FAIL("%s='%s': backend did not refuse (state %d)", g->key,
+                           g->value ? g->value : "(removed)", simfront_backend_state(h->victim));
         h_expect_log(h, g->log);
         h_victim_alive(h);
         h_bystander_io(h);
         /* The guest gives up and starts over, as after a reboot. */
-        H_CHECK(simfront_disconnect(h->victim) >= 0, "reset: %s", simfront_errmsg(h->victim));
+        CHECK_MSG(simfront_disconnect(h->victim) >= 0, "reset: %s", simfront_errmsg(h->victim));
         for (const char *const *k =
                  (const char *const[]){"ring-ref", "ring-ref0", "ring-ref1", "ring-page-order",
                                        "event-channel", "protocol", NULL};
@@ -64,8 +65,9 @@ int main(void)
 
         h_setup(&h, "xenstore garbage", "w", false);
         /* Grants the backend must not be able to map as a ring. */
-        H_CHECK(simfront_raw_grant(h.victim, 0, true, false, &ro_gref, &page) >= 0, "grant");
-        H_CHECK(simfront_raw_grant(h.victim, 9, false, false, &foreign_gref, &page) >= 0, "grant");
+        CHECK_MSG(simfront_raw_grant(h.victim, 0, true, false, &ro_gref, &page) >= 0, "grant");
+        CHECK_MSG(simfront_raw_grant(h.victim, 9, false, false, &foreign_gref, &page) >= 0,
+                  "grant");
         snprintf(ro, sizeof(ro), "%u", ro_gref);
         snprintf(foreign, sizeof(foreign), "%u", foreign_gref);
 
@@ -91,20 +93,20 @@ int main(void)
             {"protocol", "sparc-abi", "unknown protocol"},
             {"protocol", "x86_64-abi ", "unknown protocol"},
         };
-        for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(cases); i++)
                 try_garbage(&h, &cases[i]);
 
         /* A garbage frontend state is treated as closed, not trusted. */
-        H_CHECK(simfront_xs_write(h.victim, "state", "banana") >= 0, "write state");
+        CHECK_MSG(simfront_xs_write(h.victim, "state", "banana") >= 0, "write state");
         h_expect_log(&h, "not a xenbus state");
         h_victim_alive(&h);
 
         /* After all that, a correct handshake works. */
-        H_CHECK(simfront_connect(h.victim) >= 0, "connect: %s", simfront_errmsg(h.victim));
+        CHECK_MSG(simfront_connect(h.victim) >= 0, "connect: %s", simfront_errmsg(h.victim));
         char w[512] = "after the garbage", r[512];
-        H_CHECK(simfront_write(h.victim, 0, w, sizeof(w)) >= 0, "write");
-        H_CHECK(simfront_read(h.victim, 0, r, sizeof(r)) >= 0, "read");
-        H_CHECK(!memcmp(w, r, sizeof(r)), "data");
+        CHECK_MSG(simfront_write(h.victim, 0, w, sizeof(w)) >= 0, "write");
+        CHECK_MSG(simfront_read(h.victim, 0, r, sizeof(r)) >= 0, "read");
+        CHECK_MSG(!memcmp(w, r, sizeof(r)), "data");
         h_teardown(&h);
         return 0;
 }

@@ -36,23 +36,16 @@
 #include <unistd.h>
 
 #include "aio.h"
+#include "check.h"
 #include "image.h"
+#include "vbd/macro.h"
 
 #define MB (1024ull * 1024)
 
-static int failures;
 static char dir[256];
 static struct ev_loop *loop;
 static struct vbd_aio *aio;
 static uint64_t rng = 0x12345678;
-
-#define CHECK(c)                                                                                   \
-        do {                                                                                       \
-                if (!(c)) {                                                                        \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);      \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
 
 static uint64_t rnd(void)
 {
@@ -177,29 +170,25 @@ static void verify_with_qemu(const char *path, const uint8_t *model, uint64_t si
         int fd;
 
         if (!(st == 0 || (allow_leaks && st == 3))) {
-                fprintf(stderr, "%s: qemu-img check exited %d\n", what, st);
+                CHECK_FAIL("%s: qemu-img check exited %d", what, st);
                 (void)sh("qemu-img check '%s' | head -20 >&2", path);
-                failures++;
         }
         snprintf(raw, sizeof(raw), "%s.raw", path);
         if (sh("qemu-img convert -O raw '%s' '%s'", path, raw) != 0) {
-                fprintf(stderr, "%s: qemu-img convert failed\n", what);
-                failures++;
+                CHECK_FAIL("%s: qemu-img convert failed", what);
                 return;
         }
         got = malloc(size);
         fd = open(raw, O_RDONLY);
         if (fd < 0 || pread(fd, got, size, 0) != (ssize_t)size) {
-                fprintf(stderr, "%s: cannot read %s\n", what, raw);
-                failures++;
+                CHECK_FAIL("%s: cannot read %s", what, raw);
         } else if (memcmp(got, model, size)) {
                 uint64_t i = 0;
 
                 while (got[i] == model[i])
                         i++;
-                fprintf(stderr, "%s: qemu reads %#x at %llu, model has %#x\n", what, got[i],
-                        (unsigned long long)i, model[i]);
-                failures++;
+                CHECK_FAIL("%s: qemu reads %#x at %llu, model has %#x", what, got[i],
+                           (unsigned long long)i, model[i]);
         }
         if (fd >= 0)
                 close(fd);
@@ -219,9 +208,8 @@ static void verify_read(struct vbd_image *img, const uint8_t *model, uint64_t si
                 int st = do_io(img, VBD_OP_READ, off, len, buf, 0);
 
                 if (st || memcmp(buf, model + off, len)) {
-                        fprintf(stderr, "%s: read at %llu: status %d, data %s\n", what,
-                                (unsigned long long)off, st, st ? "-" : "differs");
-                        failures++;
+                        CHECK_FAIL("%s: read at %llu: status %d, data %s", what,
+                                   (unsigned long long)off, st, st ? "-" : "differs");
                         break;
                 }
         }
@@ -556,7 +544,7 @@ static void test_chain(bool cor)
                 const uint64_t offs[] = {
                     512,          1 * MB + 1024, 2 * MB + 4096, 3 * MB + 65536 - 512,
                     4 * MB + 512, 5 * MB - 1024, 6 * MB - 4096};
-                for (unsigned i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+                for (unsigned i = 0; i < VBD_ARRAY_SIZE(offs); i++) {
                         fill(buf, 3072, 20 + i);
                         CHECK(do_io(img, VBD_OP_WRITE, offs[i],
                                     3072 < size - offs[i] ? 3072 : size - offs[i], buf, 0) == 0);
@@ -709,10 +697,9 @@ static void test_crash(const char *opts, unsigned rounds)
                 CHECK(WIFSIGNALED(st));
                 st = sh("qemu-img check -q '%s' >/dev/null 2>&1", path);
                 if (st != 0 && st != 3) {
-                        fprintf(stderr, "crash round %u (%s): qemu-img check exited %d\n", round,
-                                opts, st);
+                        CHECK_FAIL("crash round %u (%s): qemu-img check exited %d", round, opts,
+                                   st);
                         (void)sh("qemu-img check '%s' | head -20 >&2", path);
-                        failures++;
                         free(model_gen);
                         break;
                 }
@@ -740,12 +727,10 @@ static void test_crash(const char *opts, unsigned rounds)
                                 got_b = (uint32_t)v;
                                 if (model_gen[hb] &&
                                     (got_g < model_gen[hb] || got_b != (uint32_t)hb)) {
-                                        fprintf(stderr,
-                                                "crash round %u: half-block %llu has gen %u "
-                                                "(block %u), flushed gen %u\n",
-                                                round, (unsigned long long)hb, got_g, got_b,
-                                                model_gen[hb]);
-                                        failures++;
+                                        CHECK_FAIL("crash round %u: half-block %llu has gen %u "
+                                                   "(block %u), flushed gen %u",
+                                                   round, (unsigned long long)hb, got_g, got_b,
+                                                   model_gen[hb]);
                                         break;
                                 }
                         }
@@ -808,10 +793,5 @@ int main(void)
 
         vbd_aio_free(aio);
         (void)sh("rm -rf '%s'", dir);
-        if (failures) {
-                fprintf(stderr, "%d failure(s)\n", failures);
-                return 1;
-        }
-        printf("ok\n");
-        return 0;
+        return check_result("test-qcow2-image");
 }

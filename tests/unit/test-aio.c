@@ -526,5 +526,5 @@ int main(void)
         test_late_prepare();
 
         ev_loop_destroy(loop);
-        return unit_result("test-aio");
+        return check_result("test-aio");
 }

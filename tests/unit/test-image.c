@@ -527,5 +527,5 @@ int main(void)
         test_dispatcher();
         test_null();
         test_misc();
-        return unit_result("test-image");
+        return check_result("test-image");
 }

@@ -53,7 +53,7 @@ static void test_endpoints(void)
         for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
                 if (vbd_nbd_parse_endpoint(bad[i], &a) != -EINVAL) {
                         fprintf(stderr, "accepted '%s'\n", bad[i]);
-                        unit_failures++;
+                        check_failures++;
                 }
         memset(longpath, 'a', sizeof(longpath) - 1);
         longpath[sizeof(longpath) - 1] = '\0';
@@ -301,5 +301,5 @@ int main(void)
         test_endpoints();
         test_check();
         test_block_status();
-        return unit_result("test-nbd-export");
+        return check_result("test-nbd-export");
 }

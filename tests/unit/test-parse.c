@@ -5,17 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "util/parse.h"
+#include "vbd/macro.h"
 #include "xenbus.h"
-
-static int failures;
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
 
 static void test_uint(void)
 {
@@ -44,14 +37,14 @@ static void test_uint(void)
             {"99999999999999999999x", ~0ULL, 0, -EINVAL},
             {"007", 10, 7, 0},
         };
-        for (unsigned i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(t); i++) {
                 unsigned long long v = 12345;
                 int r = vbd_parse_uint(t[i].s, t[i].max, &v);
                 if (r != t[i].r || (r == 0 && v != t[i].want))
                         fprintf(stderr, "'%s' max %llu: r %d v %llu\n", t[i].s, t[i].max, r, v);
                 CHECK(r == t[i].r && (r < 0 || v == t[i].want));
         }
-        CHECK(vbd_parse_uint(NULL, 1, &(unsigned long long){0}) == -EINVAL);
+        CHECK_ERR(vbd_parse_uint(NULL, 1, &(unsigned long long){0}), -EINVAL);
 }
 
 /* A frontend directory as "key=value" strings. */
@@ -83,26 +76,24 @@ static void test_ring(void)
 
         const char *gap[] = {"ring-page-order=2", "ring-ref0=1",     "ring-ref1=2",
                              "ring-ref3=4",       "event-channel=9", NULL};
-        CHECK(vbd_xenbus_parse_ring(get, gap, &rc, msg, sizeof(msg)) == -ENOENT);
+        CHECK_ERR(vbd_xenbus_parse_ring(get, gap, &rc, msg, sizeof(msg)), -ENOENT);
         CHECK(strstr(msg, "ring-ref2") != NULL);
 
         const char *big[] = {"ring-page-order=5", NULL};
-        CHECK(vbd_xenbus_parse_ring(get, big, &rc, msg, sizeof(msg)) == -ERANGE);
+        CHECK_ERR(vbd_xenbus_parse_ring(get, big, &rc, msg, sizeof(msg)), -ERANGE);
         CHECK(strstr(msg, "the most is 4") != NULL);
 
         const char *proto[] = {"ring-ref=8", "event-channel=3", "protocol=arm-abi", NULL};
-        CHECK(vbd_xenbus_parse_ring(get, proto, &rc, msg, sizeof(msg)) == -EINVAL);
+        CHECK_ERR(vbd_xenbus_parse_ring(get, proto, &rc, msg, sizeof(msg)), -EINVAL);
         CHECK(strstr(msg, "unknown protocol 'arm-abi'") != NULL);
 
         const char *port[] = {"ring-ref=8", "event-channel=4294967296", NULL};
-        CHECK(vbd_xenbus_parse_ring(get, port, &rc, msg, sizeof(msg)) == -ERANGE);
+        CHECK_ERR(vbd_xenbus_parse_ring(get, port, &rc, msg, sizeof(msg)), -ERANGE);
 }
 
 int main(void)
 {
         test_uint();
         test_ring();
-        if (failures)
-                fprintf(stderr, "%d check(s) failed\n", failures);
-        return failures ? 1 : 0;
+        return check_result("test-parse");
 }

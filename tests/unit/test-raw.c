@@ -597,5 +597,5 @@ int main(void)
 
         vbd_aio_free(aio);
         ev_loop_destroy(loop);
-        return unit_result("test-raw");
+        return check_result("test-raw");
 }

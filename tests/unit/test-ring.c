@@ -16,16 +16,9 @@
 #define mb()  __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #include <xen/io/blkif.h>
 
+#include "check.h"
 #include "ring.h"
-
-static int failures;
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
+#include "vbd/macro.h"
 
 static _Alignas(4096) unsigned char pages[4][4096];
 
@@ -91,9 +84,9 @@ static void test_bogus_producer(void)
         SHARED_RING_INIT(s);
         CHECK(vbd_ring_init(&r, s, 4096, VBD_RING_ABI_X86_64) == 0);
         s->req_prod = r.nr_ents + 1; /* more than a ring ahead */
-        CHECK(vbd_ring_get_request(&r, &req) == -EPROTO);
+        CHECK_ERR(vbd_ring_get_request(&r, &req), -EPROTO);
         s->req_prod = (uint32_t)-5; /* wrapped backwards */
-        CHECK(vbd_ring_get_request(&r, &req) == -EPROTO);
+        CHECK_ERR(vbd_ring_get_request(&r, &req), -EPROTO);
         s->req_prod = r.nr_ents; /* exactly a ring: fine */
         for (unsigned i = 0; i < r.nr_ents; i++)
                 CHECK(vbd_ring_get_request(&r, &req) == 1);
@@ -148,12 +141,12 @@ static void test_multipage_and_abi(void)
         memset(pages, 0, sizeof(pages));
         CHECK(vbd_ring_init(&r, pages, sizeof(pages), VBD_RING_ABI_X86_64) == 0);
         CHECK(r.nr_ents == 128); /* (16384 - 64) / 112 = 145 -> 128 */
-        CHECK(vbd_ring_init(&r, pages, 64, VBD_RING_ABI_X86_64) == -EINVAL);
+        CHECK_ERR(vbd_ring_init(&r, pages, 64, VBD_RING_ABI_X86_64), -EINVAL);
         CHECK(vbd_ring_parse_abi(NULL, &abi) == 0 && abi == VBD_RING_ABI_X86_64);
         CHECK(vbd_ring_parse_abi("x86_32-abi", &abi) == 0 && abi == VBD_RING_ABI_X86_32);
         CHECK(vbd_ring_parse_abi("x86_64-abi", &abi) == 0 && abi == VBD_RING_ABI_X86_64);
-        CHECK(vbd_ring_parse_abi("arm-abi", &abi) == -EINVAL);
-        CHECK(vbd_ring_parse_abi("x86_64-abi ", &abi) == -EINVAL);
+        CHECK_ERR(vbd_ring_parse_abi("arm-abi", &abi), -EINVAL);
+        CHECK_ERR(vbd_ring_parse_abi("x86_64-abi ", &abi), -EINVAL);
 }
 
 static void test_segment_copy_bounded(void)
@@ -246,7 +239,7 @@ static void test_check(void)
             {{.operation = BLKIF_OP_DISCARD, .nr_sectors = 1}, &ro, -EOPNOTSUPP},
             {{.operation = 99}, &l, -EOPNOTSUPP},
         };
-        for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(cases); i++) {
                 int r = vbd_ring_check_request(&cases[i].req, cases[i].l, &x, &why);
                 if (r != cases[i].want)
                         fprintf(stderr, "check case %u: got %d want %d\n", i, r, cases[i].want);
@@ -260,7 +253,7 @@ static void test_check(void)
         const uint64_t sectors[] = {
             0, 2048 - 12, 2048 - 11, 2048, UINT64_MAX / 512 + 1, (1ULL << 55) + 1, UINT64_MAX};
         const int want[] = {0, 0, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL};
-        for (unsigned i = 0; i < sizeof(sectors) / sizeof(sectors[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(sectors); i++) {
                 rw.sector_number = sectors[i];
                 CHECK(vbd_ring_check_request(&rw, &l, &x, &why) == 0);
                 int r = vbd_ring_check_segments(seg, 2, l.size, &x, &why);
@@ -274,9 +267,9 @@ static void test_check(void)
         seg[1].last_sect = 3;
         rw.sector_number = 0;
         CHECK(vbd_ring_check_request(&rw, &l, &x, &why) == 0);
-        CHECK(vbd_ring_check_segments(seg, 2, l.size, &x, &why) == -EINVAL);
+        CHECK_ERR(vbd_ring_check_segments(seg, 2, l.size, &x, &why), -EINVAL);
         seg[1] = (struct vbd_ring_seg){2, 0, 8};
-        CHECK(vbd_ring_check_segments(seg, 2, l.size, &x, &why) == -EINVAL);
+        CHECK_ERR(vbd_ring_check_segments(seg, 2, l.size, &x, &why), -EINVAL);
 
         /* Indirect segment tables decode from the wire layout. */
         struct blkif_request_segment wire[3] = {{5, 1, 2}, {6, 0, 7}, {0xffffffff, 7, 7}};
@@ -295,7 +288,5 @@ int main(void)
         test_x86_32_layout();
         test_multipage_and_abi();
         test_segment_copy_bounded();
-        if (failures)
-                fprintf(stderr, "%d check(s) failed\n", failures);
-        return failures ? 1 : 0;
+        return check_result("test-ring");
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Tiny helpers shared by the storage unit tests (test-aio, test-image,
- * test-raw): checks that count failures instead of aborting, and a scratch
- * directory under $TMPDIR removed at exit.
+ * Helpers shared by the storage unit tests (test-aio, test-image, test-raw,
+ * test-nbd-export): a scratch directory under $TMPDIR removed at exit and
+ * files of deterministic content.  The checks are tests/lib/check.h's.
  */
 #pragma once
 
@@ -14,34 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int unit_failures;
-
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-                        unit_failures++;                                                           \
-                }                                                                                  \
-        } while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-        do {                                                                                       \
-                long long a_ = (long long)(a), b_ = (long long)(b);                                \
-                if (a_ != b_) {                                                                    \
-                        fprintf(stderr, "%s:%d: check failed: %s == %s (%lld != %lld)\n",          \
-                                __FILE__, __LINE__, #a, #b, a_, b_);                               \
-                        unit_failures++;                                                           \
-                }                                                                                  \
-        } while (0)
-
-#define REQUIRE(cond)                                                                              \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: fatal: %s (%s)\n", __FILE__, __LINE__, #cond,      \
-                                strerror(errno));                                                  \
-                        exit(1);                                                                   \
-                }                                                                                  \
-        } while (0)
+#include "check.h"
 
 static char unit_dir[512];
 
@@ -117,14 +90,4 @@ static inline void unit_make_file(const char *path, size_t len, unsigned seed)
         REQUIRE(fsync(fd) == 0);
         close(fd);
         free(buf);
-}
-
-static inline int unit_result(const char *name)
-{
-        if (unit_failures) {
-                fprintf(stderr, "%s: %d check(s) failed\n", name, unit_failures);
-                return 1;
-        }
-        printf("%s: all checks passed\n", name);
-        return 0;
 }

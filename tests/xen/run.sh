@@ -6,7 +6,8 @@
 # bookworm dom0 booted in qemu-system-x86_64 with TCG.
 #
 #   run.sh [PATH/TO/vbdd [PATH/TO/vbd-ctl]]   (or env VBD_VBDD, VBD_VBD_CTL;
-#                                     vbd-ctl defaults to the one beside vbdd)
+#                                     vbd-ctl defaults to the one beside vbdd,
+#                                     or to tools/vbd-ctl/vbd-ctl there)
 #
 # Environment:
 #   VBD_XEN_CACHE     image cache (default /var/cache/vbd-xen)
@@ -27,7 +28,11 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VBDD=${1:-${VBD_VBDD:-}}
 VBD_CTL=${2:-${VBD_VBD_CTL:-}}
-[ -n "$VBD_CTL" ] || [ -z "$VBDD" ] || VBD_CTL=$(dirname "$VBDD")/vbd-ctl
+# vbd-ctl beside vbdd (installed: sbindir), or where the build puts it
+if [ -z "$VBD_CTL" ] && [ -n "$VBDD" ]; then
+        VBD_CTL=$(dirname "$VBDD")/vbd-ctl
+        [ -x "$VBD_CTL" ] || VBD_CTL=$(dirname "$VBDD")/tools/vbd-ctl/vbd-ctl
+fi
 CACHE=${VBD_XEN_CACHE:-/var/cache/vbd-xen}
 WORK=${VBD_XEN_WORK:-$CACHE/run}
 TIMEOUT=${VBD_XEN_TIMEOUT:-2400}

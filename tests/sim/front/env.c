@@ -23,6 +23,7 @@
 #include "simfront-internal.h"
 #include "simxen.h"
 #include "simxs.h"
+#include "vbd/time.h"
 
 extern char **environ;
 
@@ -80,14 +81,6 @@ struct simxen *simfront_env_xen(struct simfront_env *env)
 struct xs_handle *simfront_env_xs(struct simfront_env *env)
 {
         return env->xsh;
-}
-
-uint64_t simfront_now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 void simfront_sleep_ms(int ms)
@@ -665,8 +658,7 @@ int simfront_vbd_running(struct simfront_vbd *vbd)
 
 int simfront_vbd_wait(struct simfront_vbd *vbd, int timeout_ms, int *ret_status)
 {
-        uint64_t deadline =
-            simfront_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000u;
+        uint64_t deadline = vbd_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000u;
         int r;
 
         for (;;) {
@@ -678,7 +670,7 @@ int simfront_vbd_wait(struct simfront_vbd *vbd, int timeout_ms, int *ret_status)
                                 *ret_status = vbd->status;
                         return 0;
                 }
-                if (timeout_ms >= 0 && simfront_now_ns() >= deadline)
+                if (timeout_ms >= 0 && vbd_now_ns() >= deadline)
                         return -ETIMEDOUT;
                 simfront_sleep_ms(5);
         }
@@ -714,7 +706,7 @@ int simfront_vbd_read_backend(struct simfront_vbd *vbd, const char *key, long lo
 
 int simfront_vbd_wait_state(struct simfront_vbd *vbd, int state, int timeout_ms)
 {
-        uint64_t deadline = simfront_now_ns() + (uint64_t)timeout_ms * 1000000u;
+        uint64_t deadline = vbd_now_ns() + (uint64_t)timeout_ms * 1000000u;
         long long s = -1;
 
         for (;;) {
@@ -725,7 +717,7 @@ int simfront_vbd_wait_state(struct simfront_vbd *vbd, int state, int timeout_ms)
                                                    "vbdd exited while waiting for backend "
                                                    "state %d (state %lld)",
                                                    state, s);
-                if (simfront_now_ns() >= deadline)
+                if (vbd_now_ns() >= deadline)
                         return simfront_env_seterr(vbd->env, -ETIMEDOUT,
                                                    "timeout waiting for backend state %d "
                                                    "(state %lld)",

@@ -19,6 +19,8 @@
 #include "simfront.h"
 #include "simfront-internal.h"
 #include "simxen.h"
+#include "vbd/macro.h"
+#include "vbd/time.h"
 
 /* Barriers for the ring macros (x86-TSO and others alike). */
 #undef xen_mb
@@ -321,7 +323,7 @@ static const char *state_name(int s)
 static int wait_be(struct simfront *fe, unsigned want, unsigned fail, int timeout_ms,
                    const char *what)
 {
-        uint64_t deadline = simfront_now_ns() + (uint64_t)timeout_ms * 1000000u;
+        uint64_t deadline = vbd_now_ns() + (uint64_t)timeout_ms * 1000000u;
         int s, r;
 
         r = ensure_watch(fe);
@@ -347,7 +349,7 @@ static int wait_be(struct simfront *fe, unsigned want, unsigned fail, int timeou
                                 return seterr(fe, r, "the backend went away while waiting for %s",
                                               what);
                 }
-                now = simfront_now_ns();
+                now = vbd_now_ns();
                 if (now >= deadline)
                         return seterr(fe, -ETIMEDOUT,
                                       "timeout (%d ms) waiting for %s; backend state %d (%s)",
@@ -446,7 +448,7 @@ static int end_grant(struct simfront *fe, uint32_t gref, uint64_t deadline)
 
         for (;;) {
                 r = simxen_grant_end(fe->sx, fe->o.domid, gref);
-                if (r != -EBUSY || simfront_now_ns() >= deadline)
+                if (r != -EBUSY || vbd_now_ns() >= deadline)
                         return r;
                 simfront_sleep_ms(1);
         }
@@ -456,7 +458,7 @@ static int end_grant(struct simfront *fe, uint32_t gref, uint64_t deadline)
  * are leaked (and so are their pages), never freed under its feet. */
 static int teardown(struct simfront *fe)
 {
-        uint64_t deadline = simfront_now_ns() + 2000000000ull;
+        uint64_t deadline = vbd_now_ns() + 2000000000ull;
         unsigned leaked = 0, i, n = fe->nr_slots * fe->segs;
         int r;
 
@@ -602,7 +604,7 @@ static int read_disk_info(struct simfront *fe)
                                            "discard-granularity",
                                            "discard-alignment",
                                            "discard-secure"};
-        enum { NKEYS = sizeof(keys) / sizeof(keys[0]) };
+        enum { NKEYS = VBD_ARRAY_SIZE(keys) };
         uint64_t val[NKEYS];
         bool have[NKEYS];
         char *v;
@@ -847,7 +849,7 @@ int simfront_prepare(struct simfront *fe)
                                 fe->grants_ro = i + 1;
                 }
                 if (r == -ENOSPC) {
-                        uint64_t dl = simfront_now_ns();
+                        uint64_t dl = vbd_now_ns();
 
                         for (unsigned k = 0; k < fe->grants_rw; k++)
                                 (void)end_grant(fe, fe->gref_rw[k], dl);
@@ -1214,7 +1216,7 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
                                                     fe->pfns[base + i], ro, &fe->gref_rw[base + i]);
 
                         if (r < 0) {
-                                uint64_t dl = simfront_now_ns();
+                                uint64_t dl = vbd_now_ns();
 
                                 while (i--)
                                         (void)end_grant(fe, fe->gref_rw[base + i], dl);
@@ -1393,12 +1395,12 @@ int simfront_poll(struct simfront *fe, int timeout_ms)
         if (n != 0 || timeout_ms == 0)
                 return n;
         if (timeout_ms > 0)
-                deadline = simfront_now_ns() + (uint64_t)timeout_ms * 1000000u;
+                deadline = vbd_now_ns() + (uint64_t)timeout_ms * 1000000u;
         for (;;) {
                 int ms = 1000;
 
                 if (timeout_ms > 0) {
-                        uint64_t now = simfront_now_ns();
+                        uint64_t now = vbd_now_ns();
 
                         if (now >= deadline)
                                 return 0;
@@ -1891,8 +1893,7 @@ int simfront_raw_notify(struct simfront *fe)
 
 int simfront_raw_get_response(struct simfront *fe, blkif_response_t *ret, int timeout_ms)
 {
-        uint64_t deadline =
-            simfront_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+        uint64_t deadline = vbd_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
 
         if (!fe->prepared)
                 return seterr(fe, -ENOTCONN, "not prepared");
@@ -1912,7 +1913,7 @@ int simfront_raw_get_response(struct simfront *fe, blkif_response_t *ret, int ti
                 xen_mb();
                 if (fe->sring->rsp_prod != fe->ring.rsp_cons)
                         continue;
-                now = simfront_now_ns();
+                now = vbd_now_ns();
                 if (timeout_ms >= 0 && now >= deadline)
                         return 0;
                 ms = timeout_ms < 0 ? 1000 : (int)((deadline - now) / 1000000u) + 1;

@@ -7,5 +7,4 @@ struct simfront_env;
 
 int simfront_env_seterr(struct simfront_env *env, int r, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-uint64_t simfront_now_ns(void);
 void simfront_sleep_ms(int ms);

@@ -24,7 +24,9 @@
 #include <unistd.h>
 #include <xenstore.h>
 
+#include "check.h"
 #include "simfront.h"
+#include "vbd/macro.h"
 
 #define DOMID    3
 #define DEVID    51712
@@ -34,39 +36,18 @@ static const char *cur_test = "";
 static const char *protocol; /* --protocol: NULL (native x86_64) or "x86_32-abi" ... */
 static struct simfront_vbd *cur_vbd;
 
-static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5), noreturn));
-static void fail(const char *file, int line, const char *cond, const char *fmt, ...)
+/* After a failed check (check.h; they are fatal here): which test, and the
+ * daemon's log. */
+static void check_context_vbd(int err)
 {
-        va_list ap;
-
-        fprintf(stderr, "FAIL %s (%s:%d): %s%s%s", cur_test, file, line, cond ? "check '" : "",
-                cond ? cond : "", cond ? "' failed: " : "");
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
+        fprintf(stderr, "FAIL %s\n", cur_test);
         if (cur_vbd) {
                 char *log = simfront_vbd_read_log(cur_vbd);
 
                 fprintf(stderr, "--- vbdd log ---\n%s--- end ---\n", log ? log : "(none)");
                 free(log);
         }
-        exit(1);
 }
-
-#define CHECK(cond, ...)                                                                           \
-        do {                                                                                       \
-                if (!(cond))                                                                       \
-                        fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                              \
-        } while (0)
-#define CHECK_R(expr, obj_msg)                                                                     \
-        do {                                                                                       \
-                int r_ = (expr);                                                                   \
-                if (r_ < 0)                                                                        \
-                        fail(__FILE__, __LINE__, NULL, "%s = %d (%s): %s", #expr, r_,              \
-                             strerror(-r_), obj_msg);                                              \
-        } while (0)
 
 struct t {
         struct simfront_env *env;
@@ -85,11 +66,12 @@ static void make_image(const char *path, uint64_t size, unsigned seed)
         int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
         char buf[65536];
 
-        CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+        CHECK_MSG(fd >= 0, "open %s: %s", path, strerror(errno));
         for (uint64_t off = 0; off < size; off += sizeof(buf)) {
                 for (size_t i = 0; i < sizeof(buf); i++)
                         buf[i] = (char)((off + i) * 7 + seed + (off + i) / 4093);
-                CHECK(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf), "pwrite");
+                CHECK_MSG(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf),
+                          "pwrite");
         }
         close(fd);
 }
@@ -98,8 +80,8 @@ static void file_read(const char *path, uint64_t off, void *buf, size_t len)
 {
         int fd = open(path, O_RDONLY);
 
-        CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
-        CHECK(pread(fd, buf, len, (off_t)off) == (ssize_t)len, "pread %s", path);
+        CHECK_MSG(fd >= 0, "open %s: %s", path, strerror(errno));
+        CHECK_MSG(pread(fd, buf, len, (off_t)off) == (ssize_t)len, "pread %s", path);
         close(fd);
 }
 
@@ -114,7 +96,7 @@ static void setup(struct t *t, const char *mode, unsigned ring_order, bool conne
 
         memset(t, 0, sizeof(*t));
         t->env = simfront_env_new(NULL);
-        CHECK(t->env, "simfront_env_new: %s", strerror(errno));
+        CHECK_MSG(t->env, "simfront_env_new: %s", strerror(errno));
         CHECK_R(simfront_env_domain_create(t->env, DOMID), simfront_env_errmsg(t->env));
         snprintf(t->img, sizeof(t->img), "%s/disk.img", simfront_env_dir(t->env));
         make_image(t->img, IMG_SIZE, 1);
@@ -123,7 +105,7 @@ static void setup(struct t *t, const char *mode, unsigned ring_order, bool conne
         CHECK_R(simfront_vbd_add(t->env, &vo, &t->vbd), simfront_env_errmsg(t->env));
         cur_vbd = t->vbd;
         t->fe = simfront_new(t->env, &fo);
-        CHECK(t->fe, "simfront_new: %s", strerror(errno));
+        CHECK_MSG(t->fe, "simfront_new: %s", strerror(errno));
         simfront_set_check(t->fe, alive, t->vbd);
         if (connect)
                 CHECK_R(simfront_connect(t->fe), simfront_errmsg(t->fe));
@@ -134,7 +116,7 @@ static void expect_exit0(struct t *t, int timeout_ms)
         int st = -1;
 
         CHECK_R(simfront_vbd_wait(t->vbd, timeout_ms, &st), "vbdd did not exit");
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vbdd exit status %#x", st);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vbdd exit status %#x", st);
 }
 
 static void teardown(struct t *t)
@@ -154,9 +136,9 @@ static void check_rw(struct t *t, uint64_t off, size_t len, unsigned seed)
                 w[i] = (char)(i * 31 + seed + (i >> 9));
         CHECK_R(simfront_write(t->fe, off, w, len), simfront_errmsg(t->fe));
         CHECK_R(simfront_read(t->fe, off, r, len), simfront_errmsg(t->fe));
-        CHECK(!memcmp(w, r, len), "read-back differs at off %" PRIu64 " len %zu", off, len);
+        CHECK_MSG(!memcmp(w, r, len), "read-back differs at off %" PRIu64 " len %zu", off, len);
         file_read(t->img, off, f, len);
-        CHECK(!memcmp(w, f, len), "image file differs at off %" PRIu64 " len %zu", off, len);
+        CHECK_MSG(!memcmp(w, f, len), "image file differs at off %" PRIu64 " len %zu", off, len);
         free(w);
         free(r);
         free(f);
@@ -172,34 +154,34 @@ static void test_basic(void)
         cur_test = "basic";
         setup(&t, "w", 0, true, NULL);
         d = simfront_disk(t.fe);
-        CHECK(d->sectors == IMG_SIZE / 512, "sectors %" PRIu64, d->sectors);
-        CHECK(d->sector_size == 512, "sector-size %u", d->sector_size);
-        CHECK(!(d->info & VDISK_READONLY), "info %#x", d->info);
-        CHECK(d->flush && d->barrier, "features flush %d barrier %d", d->flush, d->barrier);
-        CHECK(d->max_ring_page_order == 4, "max-ring-page-order %d", d->max_ring_page_order);
-        CHECK(!strcmp(d->mode, "w"), "mode '%s'", d->mode);
+        CHECK_MSG(d->sectors == IMG_SIZE / 512, "sectors %" PRIu64, d->sectors);
+        CHECK_MSG(d->sector_size == 512, "sector-size %u", d->sector_size);
+        CHECK_MSG(!(d->info & VDISK_READONLY), "info %#x", d->info);
+        CHECK_MSG(d->flush && d->barrier, "features flush %d barrier %d", d->flush, d->barrier);
+        CHECK_MSG(d->max_ring_page_order == 4, "max-ring-page-order %d", d->max_ring_page_order);
+        CHECK_MSG(!strcmp(d->mode, "w"), "mode '%s'", d->mode);
         v = simfront_xs_read_backend(t.fe, "physical-sector-size");
-        CHECK(v && atoi(v) >= 512, "physical-sector-size '%s'", v ? v : "(none)");
+        CHECK_MSG(v && atoi(v) >= 512, "physical-sector-size '%s'", v ? v : "(none)");
         free(v);
-        CHECK(simfront_pregranted(t.fe), "1-page ring should fit pre-granted pages");
+        CHECK_MSG(simfront_pregranted(t.fe), "1-page ring should fit pre-granted pages");
         v = simfront_xs_read_backend(t.fe, "hotplug-status");
-        CHECK(v && !strcmp(v, "connected"), "hotplug-status '%s'", v ? v : "(none)");
+        CHECK_MSG(v && !strcmp(v, "connected"), "hotplug-status '%s'", v ? v : "(none)");
         free(v);
         CHECK_R(simfront_vbd_read_backend(t.vbd, "state", &st), "backend state");
-        CHECK(st == 4, "backend state %lld", st);
-        CHECK(simfront_ring_size(t.fe) == 32, "ring size %u", simfront_ring_size(t.fe));
-        CHECK(simfront_abi(t.fe) == (protocol && !strcmp(protocol, "x86_32-abi")
-                                         ? SIMFRONT_ABI_X86_32
-                                         : SIMFRONT_ABI_X86_64),
-              "abi %d", simfront_abi(t.fe));
-        CHECK(simfront_raw_slot_size(t.fe) ==
-                  (simfront_abi(t.fe) == SIMFRONT_ABI_X86_32 ? 108u : 112u),
-              "slot size %zu", simfront_raw_slot_size(t.fe));
+        CHECK_MSG(st == 4, "backend state %lld", st);
+        CHECK_MSG(simfront_ring_size(t.fe) == 32, "ring size %u", simfront_ring_size(t.fe));
+        CHECK_MSG(simfront_abi(t.fe) == (protocol && !strcmp(protocol, "x86_32-abi")
+                                             ? SIMFRONT_ABI_X86_32
+                                             : SIMFRONT_ABI_X86_64),
+                  "abi %d", simfront_abi(t.fe));
+        CHECK_MSG(simfront_raw_slot_size(t.fe) ==
+                      (simfront_abi(t.fe) == SIMFRONT_ABI_X86_32 ? 108u : 112u),
+                  "slot size %zu", simfront_raw_slot_size(t.fe));
 
         /* Initial content is what the image file holds. */
         CHECK_R(simfront_read(t.fe, 12345, buf, sizeof(buf)), simfront_errmsg(t.fe));
         file_read(t.img, 12345, fbuf, sizeof(fbuf));
-        CHECK(!memcmp(buf, fbuf, sizeof(buf)), "initial content differs");
+        CHECK_MSG(!memcmp(buf, fbuf, sizeof(buf)), "initial content differs");
 
         check_rw(&t, 0, 512, 1);
         check_rw(&t, 4096, 4096, 2);
@@ -213,19 +195,19 @@ static void test_basic(void)
         CHECK_R(simfront_barrier(t.fe), simfront_errmsg(t.fe));
 
         /* Past the end: error, not a crash; the VBD keeps working. */
-        CHECK(simfront_read(t.fe, IMG_SIZE - 512, buf, 1024) == -EIO, "read past end");
-        CHECK(simfront_write(t.fe, IMG_SIZE, buf, 512) == -EIO, "write past end");
+        CHECK_MSG(simfront_read(t.fe, IMG_SIZE - 512, buf, 1024) == -EIO, "read past end");
+        CHECK_MSG(simfront_write(t.fe, IMG_SIZE, buf, 512) == -EIO, "write past end");
         check_rw(&t, 8192, 512, 9);
 
         /* Guest reboot: close, then Initialising again, same data. */
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_vbd_read_backend(t.vbd, "state", &st), "backend state");
-        CHECK(st == 6, "backend state after frontend close %lld", st);
-        CHECK(simfront_vbd_running(t.vbd) == 1, "vbdd exited on frontend close with online=1");
+        CHECK_MSG(st == 6, "backend state after frontend close %lld", st);
+        CHECK_MSG(simfront_vbd_running(t.vbd) == 1, "vbdd exited on frontend close with online=1");
         CHECK_R(simfront_connect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_read(t.fe, 4096, buf, 4096), simfront_errmsg(t.fe));
         file_read(t.img, 4096, fbuf, 4096);
-        CHECK(!memcmp(buf, fbuf, 4096), "content after reconnect");
+        CHECK_MSG(!memcmp(buf, fbuf, 4096), "content after reconnect");
         check_rw(&t, 77777, 9999, 10);
         /* And a second reboot, with a multi-page ring this time. */
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
@@ -235,12 +217,13 @@ static void test_basic(void)
                     .domid = DOMID, .devid = DEVID, .ring_order = 3, .protocol = protocol};
 
                 t.fe = simfront_new(t.env, &fo);
-                CHECK(t.fe, "simfront_new: %s", strerror(errno));
+                CHECK_MSG(t.fe, "simfront_new: %s", strerror(errno));
                 simfront_set_check(t.fe, alive, t.vbd);
                 CHECK_R(simfront_connect(t.fe), simfront_errmsg(t.fe));
-                CHECK(simfront_ring_size(t.fe) == 256, "ring size %u", simfront_ring_size(t.fe));
+                CHECK_MSG(simfront_ring_size(t.fe) == 256, "ring size %u",
+                          simfront_ring_size(t.fe));
                 /* 256 slots x 11 pages x 2 grants do not fit: per-request grants. */
-                CHECK(!simfront_pregranted(t.fe), "order 3 pre-granted");
+                CHECK_MSG(!simfront_pregranted(t.fe), "order 3 pre-granted");
                 check_rw(&t, 3 << 20, 4 << 20, 11);
         }
 
@@ -277,7 +260,7 @@ static void test_ring_order2(void)
 
         cur_test = "ring-order-2";
         setup(&t, "w", 2, true, NULL);
-        CHECK(simfront_ring_size(t.fe) == 128, "ring size %u", simfront_ring_size(t.fe));
+        CHECK_MSG(simfront_ring_size(t.fe) == 128, "ring size %u", simfront_ring_size(t.fe));
         disk = malloc(IMG_SIZE);
         file_read(t.img, 0, disk, IMG_SIZE);
         m.model = disk;
@@ -290,7 +273,7 @@ static void test_ring_order2(void)
                         uint64_t region = IMG_SIZE / 128;
                         uint32_t len;
 
-                        CHECK(io, "no free io with %u in flight", simfront_inflight(t.fe));
+                        CHECK_MSG(io, "no free io with %u in flight", simfront_inflight(t.fe));
                         rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
                         len = (uint32_t)(1 + rng % 88) * 512;
                         io->op = BLKIF_OP_WRITE;
@@ -309,15 +292,15 @@ static void test_ring_order2(void)
                 }
                 CHECK_R(simfront_drain(t.fe, 10000), simfront_errmsg(t.fe));
         }
-        CHECK(m.completed == submitted && !m.errors, "completed %u of %u, %u errors", m.completed,
-              submitted, m.errors);
+        CHECK_MSG(m.completed == submitted && !m.errors, "completed %u of %u, %u errors",
+                  m.completed, submitted, m.errors);
         {
                 uint8_t *img = malloc(IMG_SIZE), *rd = malloc(IMG_SIZE);
 
                 file_read(t.img, 0, img, IMG_SIZE);
-                CHECK(!memcmp(img, disk, IMG_SIZE), "image differs from the model");
+                CHECK_MSG(!memcmp(img, disk, IMG_SIZE), "image differs from the model");
                 CHECK_R(simfront_read(t.fe, 0, rd, IMG_SIZE), simfront_errmsg(t.fe));
-                CHECK(!memcmp(rd, disk, IMG_SIZE), "read-back differs from the model");
+                CHECK_MSG(!memcmp(rd, disk, IMG_SIZE), "read-back differs from the model");
                 free(img);
                 free(rd);
         }
@@ -338,15 +321,15 @@ static void test_grant_per_request(void)
         cur_test = "grant-per-request";
         setup(&t, "w", 0, false, NULL);
         t.fe = (simfront_free(t.fe), simfront_new(t.env, &fo));
-        CHECK(t.fe, "simfront_new: %s", strerror(errno));
+        CHECK_MSG(t.fe, "simfront_new: %s", strerror(errno));
         simfront_set_check(t.fe, alive, t.vbd);
         CHECK_R(simfront_connect(t.fe), simfront_errmsg(t.fe));
-        CHECK(!simfront_pregranted(t.fe), "pre-granted");
+        CHECK_MSG(!simfront_pregranted(t.fe), "pre-granted");
         check_rw(&t, 0, 4096, 1);
         check_rw(&t, 1000, 100000, 2);
         check_rw(&t, 5 << 20, 2 << 20, 3);
         simfront_get_stats(t.fe, &st);
-        CHECK(st.grants >= (2u << 20) / 4096, "%" PRIu64 " grant operations", st.grants);
+        CHECK_MSG(st.grants >= (2u << 20) / 4096, "%" PRIu64 " grant operations", st.grants);
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
         expect_exit0(&t, 10000);
@@ -364,9 +347,10 @@ static int16_t raw_status(struct t *t, const blkif_request_t *req)
         CHECK_R(simfront_raw_put_req(t->fe, &u), simfront_errmsg(t->fe));
         simfront_raw_push(t->fe);
         CHECK_R(simfront_raw_notify(t->fe), simfront_errmsg(t->fe));
-        CHECK(simfront_raw_get_response(t->fe, &rsp, 5000) == 1, "no response to id %" PRIu64,
-              req->id);
-        CHECK(rsp.id == req->id, "response id %" PRIu64 " for request %" PRIu64, rsp.id, req->id);
+        CHECK_MSG(simfront_raw_get_response(t->fe, &rsp, 5000) == 1, "no response to id %" PRIu64,
+                  req->id);
+        CHECK_MSG(rsp.id == req->id, "response id %" PRIu64 " for request %" PRIu64, rsp.id,
+                  req->id);
         return rsp.status;
 }
 
@@ -395,54 +379,54 @@ static void test_raw(void)
         req.seg[0].gref = gref_ok;
         req.seg[0].last_sect = 7;
         st = raw_status(&t, &req);
-        CHECK(st == BLKIF_RSP_OKAY, "good raw read: %d", st);
+        CHECK_MSG(st == BLKIF_RSP_OKAY, "good raw read: %d", st);
         {
                 char f[4096];
 
                 file_read(t.img, 4096, f, sizeof(f));
-                CHECK(!memcmp(page, f, sizeof(f)), "raw read data");
+                CHECK_MSG(!memcmp(page, f, sizeof(f)), "raw read data");
         }
         req.id++;
         req.seg[0].gref = gref_ro; /* the backend would have to write a read-only page */
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "read into a read-only grant: %d",
-              st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "read into a read-only grant: %d",
+                  st);
         req.id++;
         req.seg[0].gref = gref_ended;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "ended grant: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "ended grant: %d", st);
         req.id++;
         req.seg[0].gref = gref_other;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "grant to dom7: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "grant to dom7: %d", st);
         req.id++;
         req.seg[0].gref = gref_ok;
         req.nr_segments = 12;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "12 segments: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "12 segments: %d", st);
         req.id++;
         req.nr_segments = 0;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "0 segments: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "0 segments: %d", st);
         req.id++;
         req.nr_segments = 1;
         req.seg[0].first_sect = 5;
         req.seg[0].last_sect = 4;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "first_sect > last_sect: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "first_sect > last_sect: %d", st);
         req.id++;
         req.seg[0].first_sect = 0;
         req.seg[0].last_sect = 8;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "last_sect 8: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "last_sect 8: %d", st);
         req.id++;
         req.seg[0].last_sect = 7;
         req.sector_number = IMG_SIZE / 512 - 4;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "past the end: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "past the end: %d", st);
         req.id++;
         req.sector_number = UINT64_MAX - 2;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "sector overflow: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_ERROR, "sector overflow: %d", st);
         req.id++;
         req.operation = 99;
         req.sector_number = 0;
-        CHECK((st = raw_status(&t, &req)) == BLKIF_RSP_EOPNOTSUPP, "unknown op: %d", st);
+        CHECK_MSG((st = raw_status(&t, &req)) == BLKIF_RSP_EOPNOTSUPP, "unknown op: %d", st);
         /* Still serving. */
         check_rw(&t, 0, 8192, 1);
-        CHECK(simfront_backend_state(t.fe) == SIMFRONT_XB_CONNECTED, "backend state %d",
-              simfront_backend_state(t.fe));
+        CHECK_MSG(simfront_backend_state(t.fe) == SIMFRONT_XB_CONNECTED, "backend state %d",
+                  simfront_backend_state(t.fe));
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
         expect_exit0(&t, 10000);
@@ -457,12 +441,13 @@ static void test_readonly(void)
 
         cur_test = "mode-r";
         setup(&t, "r", 0, true, NULL);
-        CHECK(simfront_disk(t.fe)->info & VDISK_READONLY, "info %#x", simfront_disk(t.fe)->info);
-        CHECK(!strcmp(simfront_disk(t.fe)->mode, "r"), "mode '%s'", simfront_disk(t.fe)->mode);
+        CHECK_MSG(simfront_disk(t.fe)->info & VDISK_READONLY, "info %#x",
+                  simfront_disk(t.fe)->info);
+        CHECK_MSG(!strcmp(simfront_disk(t.fe)->mode, "r"), "mode '%s'", simfront_disk(t.fe)->mode);
         CHECK_R(simfront_read(t.fe, 0, buf, sizeof(buf)), simfront_errmsg(t.fe));
         file_read(t.img, 0, fbuf, sizeof(fbuf));
-        CHECK(!memcmp(buf, fbuf, sizeof(buf)), "read");
-        CHECK(simfront_write(t.fe, 0, zero, sizeof(zero)) == -EIO, "write to mode r accepted");
+        CHECK_MSG(!memcmp(buf, fbuf, sizeof(buf)), "read");
+        CHECK_MSG(simfront_write(t.fe, 0, zero, sizeof(zero)) == -EIO, "write to mode r accepted");
         /* The raw status: BLKIF_RSP_ERROR, echoing id and op. */
         io = simfront_io_get(t.fe);
         io->op = BLKIF_OP_WRITE;
@@ -472,9 +457,9 @@ static void test_readonly(void)
         CHECK_R(simfront_io_queue(t.fe, io), simfront_errmsg(t.fe));
         CHECK_R(simfront_push(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_drain(t.fe, 5000), simfront_errmsg(t.fe));
-        CHECK(io->status == BLKIF_RSP_ERROR, "status %d", io->status);
+        CHECK_MSG(io->status == BLKIF_RSP_ERROR, "status %d", io->status);
         file_read(t.img, 0, fbuf, sizeof(fbuf));
-        CHECK(!memcmp(buf, fbuf, sizeof(buf)), "image changed by a write to mode r");
+        CHECK_MSG(!memcmp(buf, fbuf, sizeof(buf)), "image changed by a write to mode r");
         CHECK_R(simfront_read(t.fe, 0, buf, sizeof(buf)), simfront_errmsg(t.fe));
         /* Detach with online=0: the backend closes, the frontend follows. */
         CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
@@ -508,8 +493,8 @@ static void test_detach_idle(void)
         {
                 int r = simfront_wait_backend_state(t.fe, SIMFRONT_XB_CLOSING, 5000);
 
-                CHECK(r == 0 || simfront_backend_state(t.fe) == SIMFRONT_XB_CLOSED,
-                      "backend state %d after online=0", simfront_backend_state(t.fe));
+                CHECK_MSG(r == 0 || simfront_backend_state(t.fe) == SIMFRONT_XB_CLOSED,
+                          "backend state %d after online=0", simfront_backend_state(t.fe));
         }
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         expect_exit0(&t, 10000);
@@ -530,8 +515,8 @@ static void test_domain_destroy(void)
                 /* The toolstack (libxl) runs its remove script on Closed. */
                 char *st = simfront_xs_read_backend(t.fe, "state");
 
-                CHECK(st && strcmp(st, "6") == 0, "backend state '%s' after the domain died",
-                      st ? st : "(none)");
+                CHECK_MSG(st && strcmp(st, "6") == 0, "backend state '%s' after the domain died",
+                          st ? st : "(none)");
                 free(st);
         }
         teardown(&t);
@@ -554,10 +539,10 @@ static void test_startup_error(void)
         cur_test = "startup-error";
         setup(&t, "w", 0, false, "raw:/nonexistent/vbd-sim-test.img");
         CHECK_R(simfront_vbd_wait(t.vbd, 10000, &st), "vbdd did not exit");
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %#x, want exit 1", st);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %#x, want exit 1", st);
         log = simfront_vbd_read_log(t.vbd);
-        CHECK(log && strstr(log, "/nonexistent/vbd-sim-test.img"),
-              "log does not name the image: '%s'", log ? log : "");
+        CHECK_MSG(log && strstr(log, "/nonexistent/vbd-sim-test.img"),
+                  "log does not name the image: '%s'", log ? log : "");
         free(log);
         teardown(&t);
 }
@@ -574,7 +559,7 @@ static void reconnect(struct t *t, struct simfront_opts *fo)
         fo->devid = DEVID;
         fo->protocol = protocol;
         t->fe = simfront_new(t->env, fo);
-        CHECK(t->fe, "simfront_new: %s", strerror(errno));
+        CHECK_MSG(t->fe, "simfront_new: %s", strerror(errno));
         simfront_set_check(t->fe, alive, t->vbd);
         CHECK_R(simfront_connect(t->fe), simfront_errmsg(t->fe));
 }
@@ -590,13 +575,13 @@ static void model_rounds(struct t *t, uint8_t *disk, uint32_t bs, unsigned qd, i
         uint64_t rng = seed | 1, region = IMG_SIZE / qd;
         unsigned submitted = 0;
 
-        CHECK(region >= bs, "region %" PRIu64 " < bs %u", region, bs);
+        CHECK_MSG(region >= bs, "region %" PRIu64 " < bs %u", region, bs);
         for (int round = 0; round < rounds; round++) {
                 for (unsigned n = 0; n < qd; n++) {
                         struct simfront_io *io = simfront_io_get(t->fe);
                         uint32_t len = bs;
 
-                        CHECK(io, "no free io with %u in flight", simfront_inflight(t->fe));
+                        CHECK_MSG(io, "no free io with %u in flight", simfront_inflight(t->fe));
                         rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
                         if (rng % 4 == 0)
                                 len = bs - (uint32_t)(1 + (rng >> 8) % 7) * 512;
@@ -620,16 +605,17 @@ static void model_rounds(struct t *t, uint8_t *disk, uint32_t bs, unsigned qd, i
                 CHECK_R(simfront_push(t->fe), simfront_errmsg(t->fe));
                 CHECK_R(simfront_drain(t->fe, 20000), simfront_errmsg(t->fe));
         }
-        CHECK(m.completed == submitted && !m.errors, "completed %u of %u, %u errors", m.completed,
-              submitted, m.errors);
+        CHECK_MSG(m.completed == submitted && !m.errors, "completed %u of %u, %u errors",
+                  m.completed, submitted, m.errors);
         {
                 uint8_t *img = malloc(IMG_SIZE), *rd = malloc(IMG_SIZE);
 
                 file_read(t->img, 0, img, IMG_SIZE);
-                CHECK(!memcmp(img, disk, IMG_SIZE), "image differs from the model (bs %u)", bs);
+                CHECK_MSG(!memcmp(img, disk, IMG_SIZE), "image differs from the model (bs %u)", bs);
                 memset(rd, 0xa5, IMG_SIZE);
                 CHECK_R(simfront_read(t->fe, 0, rd, IMG_SIZE), simfront_errmsg(t->fe));
-                CHECK(!memcmp(rd, disk, IMG_SIZE), "read-back differs from the model (bs %u)", bs);
+                CHECK_MSG(!memcmp(rd, disk, IMG_SIZE), "read-back differs from the model (bs %u)",
+                          bs);
                 free(img);
                 free(rd);
         }
@@ -659,50 +645,50 @@ static void test_indirect(void)
                 teardown(&t);
                 return;
         }
-        CHECK(!simfront_indirect(t.fe) && simfront_max_segments(t.fe) == 11,
-              "default: indirect %d, %u segments", simfront_indirect(t.fe),
-              simfront_max_segments(t.fe));
+        CHECK_MSG(!simfront_indirect(t.fe) && simfront_max_segments(t.fe) == 11,
+                  "default: indirect %d, %u segments", simfront_indirect(t.fe),
+                  simfront_max_segments(t.fe));
         disk = malloc(IMG_SIZE);
         file_read(t.img, 0, disk, IMG_SIZE);
 
         /* 64 KiB (16 segments) at QD32 on a one-page ring: pre-granted. */
         fo.max_segments = 16;
         reconnect(&t, &fo);
-        CHECK(simfront_indirect(t.fe) && simfront_max_segments(t.fe) == 16, "16: indirect %d, %u",
-              simfront_indirect(t.fe), simfront_max_segments(t.fe));
-        CHECK(simfront_queue_depth(t.fe) == 32, "queue depth %u", simfront_queue_depth(t.fe));
-        CHECK(simfront_pregranted(t.fe), "16 segments x 32 should be pre-granted");
-        CHECK(!*simfront_notice(t.fe), "notice '%s'", simfront_notice(t.fe));
+        CHECK_MSG(simfront_indirect(t.fe) && simfront_max_segments(t.fe) == 16,
+                  "16: indirect %d, %u", simfront_indirect(t.fe), simfront_max_segments(t.fe));
+        CHECK_MSG(simfront_queue_depth(t.fe) == 32, "queue depth %u", simfront_queue_depth(t.fe));
+        CHECK_MSG(simfront_pregranted(t.fe), "16 segments x 32 should be pre-granted");
+        CHECK_MSG(!*simfront_notice(t.fe), "notice '%s'", simfront_notice(t.fe));
         model_rounds(&t, disk, 65536, 32, 8, 11);
         simfront_get_stats(t.fe, &st);
-        CHECK(st.indirect >= 8 * 32, "%" PRIu64 " indirect requests", st.indirect);
-        CHECK(st.indirect_rsp_op_indirect == 0,
-              "%" PRIu64 " responses to indirect requests carried BLKIF_OP_INDIRECT instead of "
-              "the inner operation",
-              st.indirect_rsp_op_indirect);
+        CHECK_MSG(st.indirect >= 8 * 32, "%" PRIu64 " indirect requests", st.indirect);
+        CHECK_MSG(st.indirect_rsp_op_indirect == 0,
+                  "%" PRIu64 " responses to indirect requests carried BLKIF_OP_INDIRECT instead of "
+                  "the inner operation",
+                  st.indirect_rsp_op_indirect);
         check_rw(&t, 1000, 300000, 21); /* RMW ends, 64 KiB requests */
 
         /* 1 MiB (256 segments) at QD8: per-request grants. */
         fo.max_segments = 256;
         reconnect(&t, &fo);
-        CHECK(simfront_max_segments(t.fe) == 256, "%u segments", simfront_max_segments(t.fe));
-        CHECK(simfront_queue_depth(t.fe) >= 8, "queue depth %u", simfront_queue_depth(t.fe));
-        CHECK(!simfront_pregranted(t.fe), "256 x 32 pages cannot be pre-granted");
+        CHECK_MSG(simfront_max_segments(t.fe) == 256, "%u segments", simfront_max_segments(t.fe));
+        CHECK_MSG(simfront_queue_depth(t.fe) >= 8, "queue depth %u", simfront_queue_depth(t.fe));
+        CHECK_MSG(!simfront_pregranted(t.fe), "256 x 32 pages cannot be pre-granted");
         model_rounds(&t, disk, 1u << 20, 8, 6, 22);
         check_rw(&t, 777, (3u << 20) + 5000, 23);
         simfront_get_stats(t.fe, &st);
-        CHECK(st.indirect >= 6 * 8 && st.grants >= 6 * 8 * 200,
-              "%" PRIu64 " indirect, %" PRIu64 " grants", st.indirect, st.grants);
+        CHECK_MSG(st.indirect >= 6 * 8 && st.grants >= 6 * 8 * 200,
+                  "%" PRIu64 " indirect, %" PRIu64 " grants", st.indirect, st.grants);
         file_read(t.img, 0, disk, IMG_SIZE);
 
         /* 1 MiB on a 16-page ring: fewer ios than slots, still QD8+. */
         fo.ring_order = 4;
         reconnect(&t, &fo);
-        CHECK(simfront_ring_size(t.fe) == 512 && simfront_queue_depth(t.fe) >= 8 &&
-                  simfront_queue_depth(t.fe) < 512,
-              "ring %u, queue depth %u", simfront_ring_size(t.fe), simfront_queue_depth(t.fe));
-        CHECK(strstr(simfront_notice(t.fe), "max_data_pages"), "notice '%s'",
-              simfront_notice(t.fe));
+        CHECK_MSG(simfront_ring_size(t.fe) == 512 && simfront_queue_depth(t.fe) >= 8 &&
+                      simfront_queue_depth(t.fe) < 512,
+                  "ring %u, queue depth %u", simfront_ring_size(t.fe), simfront_queue_depth(t.fe));
+        CHECK_MSG(strstr(simfront_notice(t.fe), "max_data_pages"), "notice '%s'",
+                  simfront_notice(t.fe));
         model_rounds(&t, disk, 1u << 20, 8, 2, 24);
 
         /* Every request indirect, even 4 KiB ones. */
@@ -712,8 +698,8 @@ static void test_indirect(void)
         reconnect(&t, &fo);
         model_rounds(&t, disk, 4096, 32, 4, 25);
         simfront_get_stats(t.fe, &st);
-        CHECK(st.indirect >= st.requests - 4, "%" PRIu64 " of %" PRIu64 " requests indirect",
-              st.indirect, st.requests);
+        CHECK_MSG(st.indirect >= st.requests - 4, "%" PRIu64 " of %" PRIu64 " requests indirect",
+                  st.indirect, st.requests);
         free(disk);
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
@@ -735,26 +721,28 @@ static void test_indirect_fallback(void)
                 simfront_env_errmsg(t.env));
         snprintf(path, sizeof(path), "%s/feature-max-indirect-segments",
                  simfront_vbd_backend_path(t.vbd));
-        CHECK(xs_rm(simfront_env_xs(t.env), XBT_NULL, path) || errno == ENOENT, "rm %s: %s", path,
-              strerror(errno));
+        CHECK_MSG(xs_rm(simfront_env_xs(t.env), XBT_NULL, path) || errno == ENOENT, "rm %s: %s",
+                  path, strerror(errno));
         simfront_free(t.fe);
         t.fe = NULL;
         reconnect(&t, &fo);
-        CHECK(simfront_max_segments(t.fe) == 11 && !simfront_indirect(t.fe),
-              "no feature: %u segments, indirect %d", simfront_max_segments(t.fe),
-              simfront_indirect(t.fe));
-        CHECK(strstr(simfront_notice(t.fe), "clamped to 11"), "notice '%s'", simfront_notice(t.fe));
+        CHECK_MSG(simfront_max_segments(t.fe) == 11 && !simfront_indirect(t.fe),
+                  "no feature: %u segments, indirect %d", simfront_max_segments(t.fe),
+                  simfront_indirect(t.fe));
+        CHECK_MSG(strstr(simfront_notice(t.fe), "clamped to 11"), "notice '%s'",
+                  simfront_notice(t.fe));
         check_rw(&t, 4096, 1 << 20, 31);
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
 
         /* The backend offers 32: 64 is clamped to 32, indirect used. */
-        CHECK(xs_write(simfront_env_xs(t.env), XBT_NULL, path, "32", 2), "write %s: %s", path,
-              strerror(errno));
+        CHECK_MSG(xs_write(simfront_env_xs(t.env), XBT_NULL, path, "32", 2), "write %s: %s", path,
+                  strerror(errno));
         reconnect(&t, &fo);
-        CHECK(simfront_max_segments(t.fe) == 32 && simfront_indirect(t.fe),
-              "offer 32: %u segments, indirect %d", simfront_max_segments(t.fe),
-              simfront_indirect(t.fe));
-        CHECK(strstr(simfront_notice(t.fe), "clamped to 32"), "notice '%s'", simfront_notice(t.fe));
+        CHECK_MSG(simfront_max_segments(t.fe) == 32 && simfront_indirect(t.fe),
+                  "offer 32: %u segments, indirect %d", simfront_max_segments(t.fe),
+                  simfront_indirect(t.fe));
+        CHECK_MSG(strstr(simfront_notice(t.fe), "clamped to 32"), "notice '%s'",
+                  simfront_notice(t.fe));
         check_rw(&t, 4096, 1 << 20, 32);
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
@@ -766,7 +754,7 @@ static uint64_t file_blocks(const char *path)
 {
         struct stat st;
 
-        CHECK(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
+        CHECK_MSG(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
         return (uint64_t)st.st_blocks;
 }
 
@@ -783,44 +771,45 @@ static void test_discard(void)
         d = simfront_disk(t.fe);
         if (!d->discard) {
                 printf("SKIP %s: the backend offers no feature-discard\n", cur_test);
-                CHECK(simfront_discard(t.fe, 0, 4096) == -EOPNOTSUPP, "discard without feature");
+                CHECK_MSG(simfront_discard(t.fe, 0, 4096) == -EOPNOTSUPP,
+                          "discard without feature");
                 teardown(&t);
                 free(buf);
                 free(zero);
                 return;
         }
-        CHECK(d->discard_granularity >= 512 && !(d->discard_granularity & 511),
-              "discard-granularity %u", d->discard_granularity);
-        CHECK(d->discard_alignment == 0, "discard-alignment %u", d->discard_alignment);
-        CHECK(!d->discard_secure, "discard-secure");
+        CHECK_MSG(d->discard_granularity >= 512 && !(d->discard_granularity & 511),
+                  "discard-granularity %u", d->discard_granularity);
+        CHECK_MSG(d->discard_alignment == 0, "discard-alignment %u", d->discard_alignment);
+        CHECK_MSG(!d->discard_secure, "discard-secure");
         before = file_blocks(t.img);
         CHECK_R(simfront_discard(t.fe, 1u << 20, 2u << 20), simfront_errmsg(t.fe));
         after = file_blocks(t.img);
-        CHECK(after + (1u << 20) / 512 <= before,
-              "st_blocks %" PRIu64 " -> %" PRIu64 " after discarding 2 MiB", before, after);
+        CHECK_MSG(after + (1u << 20) / 512 <= before,
+                  "st_blocks %" PRIu64 " -> %" PRIu64 " after discarding 2 MiB", before, after);
         CHECK_R(simfront_read(t.fe, 1u << 20, buf, 2u << 20), simfront_errmsg(t.fe));
-        CHECK(!memcmp(buf, zero, 2u << 20), "discarded range does not read back as zeros");
+        CHECK_MSG(!memcmp(buf, zero, 2u << 20), "discarded range does not read back as zeros");
         file_read(t.img, 1u << 20, buf, 2u << 20);
-        CHECK(!memcmp(buf, zero, 2u << 20), "discarded range in the image is not zeros");
+        CHECK_MSG(!memcmp(buf, zero, 2u << 20), "discarded range in the image is not zeros");
         /* The neighbours are untouched. */
         {
                 char a[4096], b[4096];
 
                 CHECK_R(simfront_read(t.fe, (1u << 20) - 4096, a, 4096), simfront_errmsg(t.fe));
                 file_read(t.img, (1u << 20) - 4096, b, 4096);
-                CHECK(!memcmp(a, b, 4096) && memcmp(a, zero, 4096), "before the discard");
+                CHECK_MSG(!memcmp(a, b, 4096) && memcmp(a, zero, 4096), "before the discard");
                 CHECK_R(simfront_read(t.fe, 3u << 20, a, 4096), simfront_errmsg(t.fe));
                 file_read(t.img, 3u << 20, b, 4096);
-                CHECK(!memcmp(a, b, 4096) && memcmp(a, zero, 4096), "after the discard");
+                CHECK_MSG(!memcmp(a, b, 4096) && memcmp(a, zero, 4096), "after the discard");
         }
         /* Sector-sized discard inside a block, then written again. */
         CHECK_R(simfront_discard(t.fe, 5u << 20, 512), simfront_errmsg(t.fe));
         CHECK_R(simfront_read(t.fe, 5u << 20, buf, 512), simfront_errmsg(t.fe));
-        CHECK(!memcmp(buf, zero, 512), "discarded sector");
+        CHECK_MSG(!memcmp(buf, zero, 512), "discarded sector");
         check_rw(&t, 1u << 20, 8192, 41);
         /* Errors. */
-        CHECK(simfront_discard(t.fe, 100, 512) == -EINVAL, "unaligned discard");
-        CHECK(simfront_discard(t.fe, IMG_SIZE - 512, 1024) == -EIO, "discard past the end");
+        CHECK_MSG(simfront_discard(t.fe, 100, 512) == -EINVAL, "unaligned discard");
+        CHECK_MSG(simfront_discard(t.fe, IMG_SIZE - 512, 1024) == -EIO, "discard past the end");
         io = simfront_io_get(t.fe);
         io->op = BLKIF_OP_DISCARD;
         io->flags = SIMFRONT_IO_DISCARD_SECURE;
@@ -829,16 +818,16 @@ static void test_discard(void)
         CHECK_R(simfront_io_queue(t.fe, io), simfront_errmsg(t.fe));
         CHECK_R(simfront_push(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_drain(t.fe, 5000), simfront_errmsg(t.fe));
-        CHECK(io->status == BLKIF_RSP_EOPNOTSUPP, "secure discard with discard-secure=0: %d",
-              io->status);
+        CHECK_MSG(io->status == BLKIF_RSP_EOPNOTSUPP, "secure discard with discard-secure=0: %d",
+                  io->status);
         file_read(t.img, 0, buf, 4096);
-        CHECK(memcmp(buf, zero, 4096), "a refused secure discard zeroed the data");
+        CHECK_MSG(memcmp(buf, zero, 4096), "a refused secure discard zeroed the data");
         /* Whole disk in one go. */
         CHECK_R(simfront_discard(t.fe, 0, IMG_SIZE), simfront_errmsg(t.fe));
-        CHECK(file_blocks(t.img) < 1024, "st_blocks %" PRIu64 " after discarding all",
-              file_blocks(t.img));
+        CHECK_MSG(file_blocks(t.img) < 1024, "st_blocks %" PRIu64 " after discarding all",
+                  file_blocks(t.img));
         CHECK_R(simfront_read(t.fe, 0, buf, 2u << 20), simfront_errmsg(t.fe));
-        CHECK(!memcmp(buf, zero, 2u << 20), "whole-disk discard");
+        CHECK_MSG(!memcmp(buf, zero, 2u << 20), "whole-disk discard");
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         CHECK_R(simfront_vbd_detach(t.vbd, SIMFRONT_DETACH_OFFLINE), simfront_env_errmsg(t.env));
         expect_exit0(&t, 10000);
@@ -847,8 +836,8 @@ static void test_discard(void)
         /* Read-only: no feature-discard, nothing sent. */
         cur_test = "discard-mode-r";
         setup(&t, "r", 0, true, NULL);
-        CHECK(!simfront_disk(t.fe)->discard, "feature-discard on a read-only VBD");
-        CHECK(simfront_discard(t.fe, 0, 4096) == -EOPNOTSUPP, "discard on mode r");
+        CHECK_MSG(!simfront_disk(t.fe)->discard, "feature-discard on a read-only VBD");
+        CHECK_MSG(simfront_discard(t.fe, 0, 4096) == -EOPNOTSUPP, "discard on mode r");
         CHECK_R(simfront_disconnect(t.fe), simfront_errmsg(t.fe));
         teardown(&t);
         free(buf);
@@ -889,14 +878,15 @@ static void test_abi(void)
                 memcpy(&id, slot + (i386 ? 4 : 8), 8);
                 memcpy(&sector, slot + (i386 ? 12 : 16), 8);
                 memcpy(&g, slot + (i386 ? 20 : 24), 4);
-                CHECK(id == u.rw.id && sector == 8 && g == gref,
-                      "layout: id %#" PRIx64 " sector %" PRIu64 " gref %u", id, sector, g);
+                CHECK_MSG(id == u.rw.id && sector == 8 && g == gref,
+                          "layout: id %#" PRIx64 " sector %" PRIu64 " gref %u", id, sector, g);
         }
         simfront_raw_push(t.fe);
         CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
-        CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no response");
-        CHECK(rsp.id == u.rw.id && rsp.status == BLKIF_RSP_OKAY && rsp.operation == BLKIF_OP_READ,
-              "response id %#" PRIx64 " status %d op %u", rsp.id, rsp.status, rsp.operation);
+        CHECK_MSG(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no response");
+        CHECK_MSG(rsp.id == u.rw.id && rsp.status == BLKIF_RSP_OKAY &&
+                      rsp.operation == BLKIF_OP_READ,
+                  "response id %#" PRIx64 " status %d op %u", rsp.id, rsp.status, rsp.operation);
 
         /* The other ABI's layout. */
         u.rw.id = 1000;
@@ -904,24 +894,24 @@ static void test_abi(void)
                 simfront_errmsg(t.fe));
         simfront_raw_push(t.fe);
         CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
-        CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1,
-              "no response to a mismatched request");
+        CHECK_MSG(simfront_raw_get_response(t.fe, &rsp, 5000) == 1,
+                  "no response to a mismatched request");
         /* i386 ring, x86_64 bytes: id = pad + low half of id -> id << 32.
          * x86_64 ring, i386 bytes: id = high half of id + low half of sector. */
         want_id = i386 ? (uint64_t)1000 << 32 : (uint64_t)8 << 32;
-        CHECK(rsp.id == want_id && rsp.status == BLKIF_RSP_ERROR,
-              "mismatched: response id %#" PRIx64 " (want %#" PRIx64 ") status %d", rsp.id, want_id,
-              rsp.status);
+        CHECK_MSG(rsp.id == want_id && rsp.status == BLKIF_RSP_ERROR,
+                  "mismatched: response id %#" PRIx64 " (want %#" PRIx64 ") status %d", rsp.id,
+                  want_id, rsp.status);
         /* Raw discard and indirect through the encoders, if offered. */
         if (simfront_disk(t.fe)->discard) {
                 CHECK_R(simfront_raw_put_discard(t.fe, 77, 16, 8, 0), simfront_errmsg(t.fe));
                 simfront_raw_push(t.fe);
                 CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
-                CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no discard response");
-                CHECK(rsp.id == 77 && rsp.status == BLKIF_RSP_OKAY &&
-                          rsp.operation == BLKIF_OP_DISCARD,
-                      "raw discard: id %" PRIu64 " status %d op %u", rsp.id, rsp.status,
-                      rsp.operation);
+                CHECK_MSG(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no discard response");
+                CHECK_MSG(rsp.id == 77 && rsp.status == BLKIF_RSP_OKAY &&
+                              rsp.operation == BLKIF_OP_DISCARD,
+                          "raw discard: id %" PRIu64 " status %d op %u", rsp.id, rsp.status,
+                          rsp.operation);
         }
         if (simfront_disk(t.fe)->max_indirect_segments >= 20) {
                 struct simfront_raw_indirect ri;
@@ -934,11 +924,11 @@ static void test_abi(void)
                 CHECK_R(simfront_raw_put_req(t.fe, &ri.req), simfront_errmsg(t.fe));
                 simfront_raw_push(t.fe);
                 CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
-                CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no indirect response");
-                CHECK(rsp.id == 4242 && rsp.status == BLKIF_RSP_OKAY, "raw indirect: status %d",
-                      rsp.status);
+                CHECK_MSG(simfront_raw_get_response(t.fe, &rsp, 5000) == 1, "no indirect response");
+                CHECK_MSG(rsp.id == 4242 && rsp.status == BLKIF_RSP_OKAY, "raw indirect: status %d",
+                          rsp.status);
                 file_read(t.img, 64 * 512 + 19 * 4096, f, sizeof(f));
-                CHECK(!memcmp(ri.data[19], f, sizeof(f)), "raw indirect read data");
+                CHECK_MSG(!memcmp(ri.data[19], f, sizeof(f)), "raw indirect read data");
                 /* Refused: 257 segments (more than offered), and 0. */
                 for (unsigned k = 0; k < 2; k++) {
                         CHECK_R(simfront_raw_indirect(t.fe, BLKIF_OP_READ, k ? 0 : 257, 1, 1, &ri),
@@ -947,13 +937,13 @@ static void test_abi(void)
                         CHECK_R(simfront_raw_put_req(t.fe, &ri.req), simfront_errmsg(t.fe));
                         simfront_raw_push(t.fe);
                         CHECK_R(simfront_raw_notify(t.fe), simfront_errmsg(t.fe));
-                        CHECK(simfront_raw_get_response(t.fe, &rsp, 5000) == 1,
-                              "no response to a bad indirect request");
-                        CHECK(rsp.id == 4243 + k && rsp.status == BLKIF_RSP_ERROR &&
-                                  (rsp.operation == BLKIF_OP_READ ||
-                                   rsp.operation == BLKIF_OP_INDIRECT),
-                              "bad indirect: id %" PRIu64 " status %d op %u", rsp.id, rsp.status,
-                              rsp.operation);
+                        CHECK_MSG(simfront_raw_get_response(t.fe, &rsp, 5000) == 1,
+                                  "no response to a bad indirect request");
+                        CHECK_MSG(rsp.id == 4243 + k && rsp.status == BLKIF_RSP_ERROR &&
+                                      (rsp.operation == BLKIF_OP_READ ||
+                                       rsp.operation == BLKIF_OP_INDIRECT),
+                                  "bad indirect: id %" PRIu64 " status %d op %u", rsp.id,
+                                  rsp.status, rsp.operation);
                         printf("# indirect with %u segments refused, response operation %u\n",
                                k ? 0 : 257, rsp.operation);
                 }
@@ -984,6 +974,8 @@ int main(int argc, char **argv)
             {"discard", test_discard},
         };
 
+        check_fatal = true;
+        check_context = check_context_vbd;
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "--protocol") && i + 1 < argc)
                         protocol = argv[++i];
@@ -1007,7 +999,7 @@ int main(int argc, char **argv)
                 free(p);
         }
         signal(SIGPIPE, SIG_IGN);
-        for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+        for (size_t i = 0; i < VBD_ARRAY_SIZE(tests); i++) {
                 if (only && strcmp(only, tests[i].name))
                         continue;
                 printf("# %s\n", tests[i].name);

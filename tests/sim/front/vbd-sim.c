@@ -28,6 +28,7 @@
 
 #include "simfront.h"
 #include "util/parse.h"
+#include "vbd/time.h"
 
 #define DOMID 1
 #define DEVID 51712
@@ -125,14 +126,6 @@ static void info(const char *fmt, ...)
         vfprintf(stderr, fmt, ap);
         va_end(ap);
         fputc('\n', stderr);
-}
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t opt_size(const char *name, const char *v)
@@ -776,7 +769,7 @@ static void bench_done(struct simfront *fe, struct simfront_io *io)
         bool write = io->op == BLKIF_OP_WRITE;
 
         if (!b->now)
-                b->now = now_ns();
+                b->now = vbd_now_ns();
         if (b->counting) {
                 hist_add(&b->hist, b->now - pd->t0);
                 if (write)
@@ -851,7 +844,7 @@ static bool bench_pick(struct bench *b, int rw, bool *ret_write, uint64_t *ret_b
 static int bench_run(struct bench *b, int rw, uint64_t runtime_ns, uint64_t max_ios)
 {
         struct simfront *fe = b->fe;
-        uint64_t start = now_ns(), t = start, submitted = 0;
+        uint64_t start = vbd_now_ns(), t = start, submitted = 0;
         int r;
 
         for (;;) {
@@ -914,7 +907,7 @@ static int bench_run(struct bench *b, int rw, uint64_t runtime_ns, uint64_t max_
                 if (!simfront_inflight(fe)) {
                         if (!more || (max_ios && submitted >= max_ios))
                                 break;
-                        t = now_ns();
+                        t = vbd_now_ns();
                         continue;
                 }
                 b->now = 0;
@@ -927,7 +920,7 @@ static int bench_run(struct bench *b, int rw, uint64_t runtime_ns, uint64_t max_
                         err("bench: %u requests unanswered for 10 s", simfront_inflight(fe));
                         return -ETIMEDOUT;
                 }
-                t = b->now ? b->now : now_ns();
+                t = b->now ? b->now : vbd_now_ns();
         }
         return 0;
 }
@@ -1105,11 +1098,11 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
         b.counting = true;
         b.seq_next = 0;
         be_ok = simfront_vbd_cpu_ns(s.vbd, &be0) == 0;
-        t0 = now_ns();
+        t0 = vbd_now_ns();
         getrusage(RUSAGE_SELF, &ru0);
         r = bench_run(&b, o->rw, (uint64_t)(o->runtime * 1e9), 0);
         getrusage(RUSAGE_SELF, &ru1);
-        elapsed = now_ns() - t0;
+        elapsed = vbd_now_ns() - t0;
         be_ok = be_ok && simfront_vbd_cpu_ns(s.vbd, &be1) == 0;
         if (r < 0) {
                 ret = r;

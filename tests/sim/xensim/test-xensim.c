@@ -17,22 +17,20 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <xenctrl.h>
 #include <xenevtchn.h>
 #include <xengnttab.h>
 
+#include "check.h"
 #include "simxen.h"
+#include "vbd/time.h"
 
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d [%ld]: check failed: %s (errno %d %s)\n", __FILE__, \
-                                __LINE__, (long)getpid(), #cond, errno, strerror(errno));          \
-                        exit(1);                                                                   \
-                }                                                                                  \
-        } while (0)
+/* Every failure ends the process (a child's ends with it); say which one. */
+static void check_where(int err)
+{
+        fprintf(stderr, "  in pid %ld, errno %d (%s)\n", (long)getpid(), err, strerror(err));
+}
 
 #define GUEST 1u
 #define OTHER 2u
@@ -272,7 +270,7 @@ static void test_copy(void)
         a.ended = grant(GUEST, 0, pfn_other, false);
         CHECK(a.rw >= 8 && a.ro >= 8); /* 0..7 reserved */
         CHECK(simxen_grant_end(sx, GUEST, a.ended) == 0);
-        CHECK(simxen_grant_end(sx, GUEST, a.ended) == -EINVAL);
+        CHECK_ERR(simxen_grant_end(sx, GUEST, a.ended), -EINVAL);
         simxen_get_stats(sx, &st0);
 
         peer_start(&p, copy_backend, &a);
@@ -401,8 +399,8 @@ static void test_map(void)
         fill(simxen_page(sx, pfns[2]), SIMXEN_PAGE_SIZE, 30);
         msg_send(p.to_child, 2);
         CHECK(msg_recv(p.from_child) == 3);
-        CHECK(simxen_grant_end(sx, GUEST, a.refs[1]) == -EBUSY);
-        CHECK(simxen_page_free(sx, GUEST, pfns[1]) == -EBUSY);
+        CHECK_ERR(simxen_grant_end(sx, GUEST, a.refs[1]), -EBUSY);
+        CHECK_ERR(simxen_page_free(sx, GUEST, pfns[1]), -EBUSY);
         CHECK(simxen_grant_end(sx, GUEST, a.single) == 0); /* unmapped already */
         msg_send(p.to_child, 4);
         peer_wait(&p);
@@ -647,11 +645,11 @@ static void test_domain(void)
         int port;
 
         CHECK(simxen_domain_create(sx, domid) == 0);
-        CHECK(simxen_domain_create(sx, domid) == -EEXIST);
-        CHECK(simxen_domain_create(sx, 0) == -EEXIST);
-        CHECK(simxen_domain_create(sx, 0x7ff0) == -EINVAL);
-        CHECK(simxen_domain_destroy(sx, 0) == -EPERM);
-        CHECK(simxen_domain_destroy(sx, 555) == -ESRCH);
+        CHECK_ERR(simxen_domain_create(sx, domid), -EEXIST);
+        CHECK_ERR(simxen_domain_create(sx, 0), -EEXIST);
+        CHECK_ERR(simxen_domain_create(sx, 0x7ff0), -EINVAL);
+        CHECK_ERR(simxen_domain_destroy(sx, 0), -EPERM);
+        CHECK_ERR(simxen_domain_destroy(sx, 555), -ESRCH);
         pfn = new_page(domid, 40);
         pfn2 = new_page(domid, 41);
         a.gref = grant(domid, 0, pfn, false);
@@ -666,14 +664,14 @@ static void test_domain(void)
         CHECK(simxen_domain_destroy(sx, domid) == 0);
         /* Its channels are closed, its pages and grants unusable. */
         CHECK(xenevtchn_notify(xe, port) == -1);
-        CHECK(simxen_grant_access(sx, domid, 0, pfn, false, &a.gref) == -ESRCH);
-        CHECK(simxen_domain_create(sx, domid) == -EEXIST); /* zombie */
+        CHECK_ERR(simxen_grant_access(sx, domid, 0, pfn, false, &a.gref), -ESRCH);
+        CHECK_ERR(simxen_domain_create(sx, domid), -EEXIST); /* zombie */
         msg_send(p.to_child, 2);
         CHECK(msg_recv(p.from_child) == 3);
         peer_wait(&p);
         CHECK(xenevtchn_close(xe) == 0);
-        CHECK(simxen_domain_destroy(sx, domid) == -ESRCH);
-        CHECK(simxen_page_free(sx, domid, pfn) == -ESRCH);
+        CHECK_ERR(simxen_domain_destroy(sx, domid), -ESRCH);
+        CHECK_ERR(simxen_page_free(sx, domid, pfn), -ESRCH);
         /* The id can be reused; its pages went back to the pool. */
         CHECK(simxen_domain_create(sx, domid) == 0);
         CHECK(simxen_domain_destroy(sx, domid) == 0);
@@ -721,15 +719,15 @@ static void test_args(void)
         CHECK(!simxen_open("/nonexistent/simxen"));
         CHECK(simxen_page(sx, 1u << 30) == NULL);
         CHECK(simxen_page(NULL, 0) == NULL);
-        CHECK(simxen_page_alloc(sx, 99, &pfn) == -ESRCH);
-        CHECK(simxen_page_free(sx, GUEST, 1u << 30) == -EINVAL);
+        CHECK_ERR(simxen_page_alloc(sx, 99, &pfn), -ESRCH);
+        CHECK_ERR(simxen_page_free(sx, GUEST, 1u << 30), -EINVAL);
         pfn = new_page(OTHER, 50);
-        CHECK(simxen_page_free(sx, GUEST, pfn) == -EINVAL); /* not its page */
-        CHECK(simxen_grant_access(sx, GUEST, 0, pfn, false, &gref) == -EPERM);
-        CHECK(simxen_grant_access(sx, OTHER, 0, 1u << 30, false, &gref) == -EPERM);
-        CHECK(simxen_grant_access(sx, OTHER, 0x7ff0, pfn, false, &gref) == -EINVAL);
-        CHECK(simxen_grant_access(sx, 99, 0, pfn, false, &gref) == -ESRCH);
-        CHECK(simxen_grant_end(sx, OTHER, 1u << 30) == -EINVAL);
+        CHECK_ERR(simxen_page_free(sx, GUEST, pfn), -EINVAL); /* not its page */
+        CHECK_ERR(simxen_grant_access(sx, GUEST, 0, pfn, false, &gref), -EPERM);
+        CHECK_ERR(simxen_grant_access(sx, OTHER, 0, 1u << 30, false, &gref), -EPERM);
+        CHECK_ERR(simxen_grant_access(sx, OTHER, 0x7ff0, pfn, false, &gref), -EINVAL);
+        CHECK_ERR(simxen_grant_access(sx, 99, 0, pfn, false, &gref), -ESRCH);
+        CHECK_ERR(simxen_grant_end(sx, OTHER, 1u << 30), -EINVAL);
         gref = grant(OTHER, GUEST, pfn, false);
         CHECK(simxen_grant_end(sx, OTHER, gref) == 0);
 
@@ -743,7 +741,7 @@ static void test_args(void)
                 n++;
         CHECK(r == -ENOSPC);
         CHECK(n == 4096 - 8 - 1);
-        CHECK(simxen_page_free(sx, OTHER, pfn) == -EBUSY);
+        CHECK_ERR(simxen_page_free(sx, OTHER, pfn), -EBUSY);
         CHECK(simxen_domain_destroy(sx, OTHER) == 0);
         CHECK(simxen_domain_create(sx, OTHER) == 0);
         /* Page pool exhaustion is clean, and destroy gives pages back. */
@@ -760,14 +758,6 @@ static void test_args(void)
 }
 
 /* --- benchmark (printed, not asserted) ------------------------------------ */
-
-static double now(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 struct bench_args {
         uint32_t grefs[11];
@@ -788,35 +778,35 @@ static void bench_backend(struct peer *p, void *arg)
         CHECK(xgt && xce);
         for (int i = 0; i < 11; i++)
                 s[i] = seg_from(GUEST, a->grefs[i], 0, buf[i], 512);
-        t = now();
+        t = vbd_now_ns() / 1e9;
         for (int i = 0; i < iters; i++)
                 CHECK(xengnttab_grant_copy(xgt, 1, s) == 0);
-        t = now() - t;
+        t = vbd_now_ns() / 1e9 - t;
         printf("bench: grant_copy 1 x 512 B:    %.0f calls/s\n", iters / t);
         for (int i = 0; i < 11; i++)
                 s[i] = seg_from(GUEST, a->grefs[i], 0, buf[i], SIMXEN_PAGE_SIZE);
-        t = now();
+        t = vbd_now_ns() / 1e9;
         for (int i = 0; i < iters / 10; i++)
                 CHECK(xengnttab_grant_copy(xgt, 11, s) == 0);
-        t = now() - t;
+        t = vbd_now_ns() / 1e9 - t;
         printf("bench: grant_copy 11 x 4 KiB:   %.0f calls/s, %.2f GB/s\n", iters / 10 / t,
                iters / 10 * 11 * 4096.0 / t / 1e9);
         lport = xenevtchn_bind_interdomain(xce, GUEST, a->port);
         CHECK(lport > 0);
         CHECK(xenevtchn_pending(xce) == lport);
-        t = now();
+        t = vbd_now_ns() / 1e9;
         for (int i = 0; i < iters; i++)
                 CHECK(xenevtchn_notify(xce, lport) == 0);
-        t = now() - t;
+        t = vbd_now_ns() / 1e9 - t;
         printf("bench: notify (coalesced):      %.0f calls/s\n", iters / t);
         msg_send(p->to_parent, 1);
-        t = now();
+        t = vbd_now_ns() / 1e9;
         for (int i = 0; i < 20000; i++) {
                 CHECK(readable(xenevtchn_fd(xce), 5000));
                 CHECK(xenevtchn_pending(xce) == lport);
                 CHECK(xenevtchn_notify(xce, lport) == 0);
         }
-        t = now() - t;
+        t = vbd_now_ns() / 1e9 - t;
         printf("bench: evtchn ping-pong:        %.1f us round trip\n", t / 20000 * 1e6);
         xenevtchn_close(xce);
         xengnttab_close(xgt);
@@ -853,6 +843,8 @@ int main(int argc, char **argv)
 
         setvbuf(stdout, NULL, _IOLBF, 0);
         signal(SIGPIPE, SIG_IGN);
+        check_fatal = true;
+        check_context = check_where;
         snprintf(sim_dir, sizeof(sim_dir), "%s/xensim-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
         CHECK(mkdtemp(sim_dir));
         sx = simxen_create(sim_dir, 256);

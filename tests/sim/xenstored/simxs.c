@@ -30,6 +30,7 @@
 
 #include "simxs.h"
 #include "simxs-store.h"
+#include "vbd/macro.h"
 
 #define HDR_SIZE           sizeof(struct xsd_sockmsg)
 #define IN_CAP             (2 * (HDR_SIZE + XENSTORE_PAYLOAD_MAX))
@@ -145,14 +146,14 @@ static const char *const type_names[] = {
 
 static const char *type_name(uint32_t type)
 {
-        if (type < sizeof(type_names) / sizeof(type_names[0]) && type_names[type])
+        if (type < VBD_ARRAY_SIZE(type_names) && type_names[type])
                 return type_names[type];
         return "?";
 }
 
 static const char *errno_name(int err)
 {
-        for (size_t i = 0; i < sizeof(xsd_errors) / sizeof(xsd_errors[0]); i++)
+        for (size_t i = 0; i < VBD_ARRAY_SIZE(xsd_errors); i++)
                 if (xsd_errors[i].errnum == err)
                         return xsd_errors[i].errstring;
         return "EINVAL";
@@ -790,7 +791,7 @@ static int do_set_perms(struct req *r)
         if ((rc = canon(r, r->body, path)) < 0)
                 return rc;
         for (off = strlen(r->body) + 1; off < r->hdr.len; off += strlen(r->body + off) + 1) {
-                if (nr >= sizeof(perms) / sizeof(perms[0]))
+                if (nr >= VBD_ARRAY_SIZE(perms))
                         return -E2BIG;
                 if ((rc = simxs_perm_parse(r->body + off, &perms[nr])) < 0)
                         return rc;
@@ -1089,7 +1090,7 @@ static int do_control(struct req *r)
 
         r->body[r->hdr.len] = '\0';
         while (off < r->hdr.len) {
-                if (argc == sizeof(argv) / sizeof(argv[0]))
+                if (argc == VBD_ARRAY_SIZE(argv))
                         return -EINVAL;
                 argv[argc++] = r->body + off;
                 off += strlen(r->body + off) + 1;

@@ -16,31 +16,14 @@
 #include <xenstore.h>
 #include <xen/io/xs_wire.h>
 
+#include "check.h"
 #include "simxs.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "%s:%d: CHECK failed: %s (errno %d %s)\n", __FILE__,       \
-                                __LINE__, #cond, errno, strerror(errno));                          \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
-
-#define CHECK_ERR(call, err)                                                                       \
-        do {                                                                                       \
-                errno = 0;                                                                         \
-                bool ok_ = (call);                                                                 \
-                int e_ = errno;                                                                    \
-                if (ok_ || e_ != (err)) {                                                          \
-                        fprintf(stderr, "%s:%d: %s: expected failure %s, got %s errno %d (%s)\n",  \
-                                __FILE__, __LINE__, #call, #err, ok_ ? "success" : "failure", e_,  \
-                                strerror(e_));                                                     \
-                        failures++;                                                                \
-                }                                                                                  \
-        } while (0)
+/* The calls set errno; a failed check shows it. */
+static void check_errno(int err)
+{
+        fprintf(stderr, "  errno %d (%s)\n", err, strerror(err));
+}
 
 static char sock_path[108];
 
@@ -195,30 +178,30 @@ static void test_basic(void)
         dir = xs_directory(h, XBT_NULL, "/a/b/c", &num);
         CHECK(dir && num == 0);
         free(dir);
-        CHECK_ERR(xs_directory(h, XBT_NULL, "/nope", &num) != NULL, ENOENT);
+        CHECK_ERRNO(xs_directory(h, XBT_NULL, "/nope", &num) != NULL, ENOENT);
 
         CHECK(xs_rm(h, XBT_NULL, "/a/b"));
-        CHECK_ERR(rd(h, XBT_NULL, "/a/b/c") != NULL, ENOENT);
-        CHECK_ERR(rd(h, XBT_NULL, "/a/b") != NULL, ENOENT);
+        CHECK_ERRNO(rd(h, XBT_NULL, "/a/b/c") != NULL, ENOENT);
+        CHECK_ERRNO(rd(h, XBT_NULL, "/a/b") != NULL, ENOENT);
         CHECK(rd_is(h, XBT_NULL, "/a/d/k", "v"));
-        CHECK(xs_rm(h, XBT_NULL, "/a/zzz"));              /* parent exists: fine */
-        CHECK_ERR(xs_rm(h, XBT_NULL, "/nope/x"), ENOENT); /* parent missing */
-        CHECK_ERR(xs_rm(h, XBT_NULL, "/"), EINVAL);
+        CHECK(xs_rm(h, XBT_NULL, "/a/zzz"));                /* parent exists: fine */
+        CHECK_ERRNO(xs_rm(h, XBT_NULL, "/nope/x"), ENOENT); /* parent missing */
+        CHECK_ERRNO(xs_rm(h, XBT_NULL, "/"), EINVAL);
 
         /* Path syntax. */
-        CHECK_ERR(wr(h, XBT_NULL, "/a//b", "x"), EINVAL);
-        CHECK_ERR(wr(h, XBT_NULL, "/a/", "x"), EINVAL);
-        CHECK_ERR(wr(h, XBT_NULL, "/a b", "x"), EINVAL);
-        CHECK_ERR(wr(h, XBT_NULL, "/a.b", "x"), EINVAL);
-        CHECK_ERR(wr(h, XBT_NULL, "@releaseDomain", "x"), EINVAL);
-        CHECK_ERR(rd(h, XBT_NULL, "") != NULL, EINVAL);
+        CHECK_ERRNO(wr(h, XBT_NULL, "/a//b", "x"), EINVAL);
+        CHECK_ERRNO(wr(h, XBT_NULL, "/a/", "x"), EINVAL);
+        CHECK_ERRNO(wr(h, XBT_NULL, "/a b", "x"), EINVAL);
+        CHECK_ERRNO(wr(h, XBT_NULL, "/a.b", "x"), EINVAL);
+        CHECK_ERRNO(wr(h, XBT_NULL, "@releaseDomain", "x"), EINVAL);
+        CHECK_ERRNO(rd(h, XBT_NULL, "") != NULL, EINVAL);
         {
                 char longp[XENSTORE_ABS_PATH_MAX + 2];
 
                 memset(longp, 'x', sizeof(longp));
                 longp[0] = '/';
                 longp[sizeof(longp) - 1] = '\0';
-                CHECK_ERR(wr(h, XBT_NULL, longp, "x"), EINVAL);
+                CHECK_ERRNO(wr(h, XBT_NULL, longp, "x"), EINVAL);
                 longp[XENSTORE_ABS_PATH_MAX] = '\0'; /* exactly at the limit */
                 CHECK(wr(h, XBT_NULL, longp, "x"));
                 CHECK(xs_rm(h, XBT_NULL, longp));
@@ -249,7 +232,7 @@ static void test_basic(void)
         CHECK(xs_rm(h, XBT_NULL, "/big"));
 
         /* Unknown control command. */
-        CHECK_ERR(xs_control_command(h, "no-such-command", "", 0) != NULL, EINVAL);
+        CHECK_ERRNO(xs_control_command(h, "no-such-command", "", 0) != NULL, EINVAL);
         xs_close(h);
 }
 
@@ -263,27 +246,27 @@ static void test_perms(void)
         int i;
 
         CHECK(wr(h0, XBT_NULL, "/p/secret", "s")); /* inherits the root's "n0" */
-        CHECK_ERR(read_fails(h5, "/p/secret") == false, EACCES);
-        CHECK_ERR(read_fails(h5, "/p/nothing") == false, EACCES); /* parent unreadable */
-        CHECK_ERR(wr(h5, XBT_NULL, "/p/secret", "x"), EACCES);
-        CHECK_ERR(wr(h5, XBT_NULL, "/p/new", "x"), EACCES); /* parent not writable */
-        CHECK_ERR(xs_rm(h5, XBT_NULL, "/p/secret"), EACCES);
-        CHECK_ERR(xs_get_permissions(h5, XBT_NULL, "/p/secret", &num) != NULL, EACCES);
+        CHECK_ERRNO(read_fails(h5, "/p/secret") == false, EACCES);
+        CHECK_ERRNO(read_fails(h5, "/p/nothing") == false, EACCES); /* parent unreadable */
+        CHECK_ERRNO(wr(h5, XBT_NULL, "/p/secret", "x"), EACCES);
+        CHECK_ERRNO(wr(h5, XBT_NULL, "/p/new", "x"), EACCES); /* parent not writable */
+        CHECK_ERRNO(xs_rm(h5, XBT_NULL, "/p/secret"), EACCES);
+        CHECK_ERRNO(xs_get_permissions(h5, XBT_NULL, "/p/secret", &num) != NULL, EACCES);
 
         CHECK(set_perms(h0, "/p/secret", "n0 r5"));
         CHECK(rd_is(h5, XBT_NULL, "/p/secret", "s"));
-        CHECK_ERR(wr(h5, XBT_NULL, "/p/secret", "x"), EACCES);
+        CHECK_ERRNO(wr(h5, XBT_NULL, "/p/secret", "x"), EACCES);
         CHECK(read_fails(h5, "/p/secret/sub") && errno == ENOENT); /* readable parent */
         p = xs_get_permissions(h5, XBT_NULL, "/p/secret", &num);
         CHECK(p && num == 2 && p[0].id == 0 && p[0].perms == XS_PERM_NONE && p[1].id == 5 &&
               p[1].perms == XS_PERM_READ);
         free(p);
         /* Not the owner: no set_perms. */
-        CHECK_ERR(set_perms(h5, "/p/secret", "n0 b5"), EACCES);
+        CHECK_ERRNO(set_perms(h5, "/p/secret", "n0 b5"), EACCES);
         /* Write access is not ownership. */
         CHECK(set_perms(h0, "/p/secret", "n0 b5"));
         CHECK(wr(h5, XBT_NULL, "/p/secret", "s"));
-        CHECK_ERR(set_perms(h5, "/p/secret", "n0 b5 r6"), EACCES);
+        CHECK_ERRNO(set_perms(h5, "/p/secret", "n0 b5 r6"), EACCES);
         CHECK(set_perms(h0, "/p/secret", "r0")); /* default read for everyone */
         CHECK(rd_is(h5, XBT_NULL, "/p/secret", "s"));
 
@@ -297,7 +280,7 @@ static void test_perms(void)
         CHECK(p && num == 1 && p[0].id == 5 && p[0].perms == XS_PERM_NONE);
         free(p);
         CHECK(set_perms(h5, "/p/home/x", "n5 r7"));
-        CHECK_ERR(set_perms(h5, "/p/home/x", "n0"), EPERM); /* no giving away */
+        CHECK_ERRNO(set_perms(h5, "/p/home/x", "n0"), EPERM); /* no giving away */
         /* Created by a guest under dom0's node with write access: owner is the guest. */
         CHECK(xs_mkdir(h0, XBT_NULL, "/p/shared"));
         CHECK(set_perms(h0, "/p/shared", "n0 w5"));
@@ -305,7 +288,7 @@ static void test_perms(void)
         p = xs_get_permissions(h0, XBT_NULL, "/p/shared/g", &num);
         CHECK(p && num == 2 && p[0].id == 5 && p[1].id == 5 && p[1].perms == XS_PERM_WRITE);
         free(p);
-        CHECK_ERR(read_fails(h5, "/p/shared") == false, EACCES);
+        CHECK_ERRNO(read_fails(h5, "/p/shared") == false, EACCES);
 
         /* Relative paths of a guest are under its home. */
         CHECK(xs_mkdir(h0, XBT_NULL, "/local/domain/5"));
@@ -316,7 +299,7 @@ static void test_perms(void)
 
         /* Quotas. */
         memset(big, 'v', sizeof(big));
-        CHECK_ERR(xs_write(h5, XBT_NULL, "data/big", big, sizeof(big)), ENOSPC);
+        CHECK_ERRNO(xs_write(h5, XBT_NULL, "data/big", big, sizeof(big)), ENOSPC);
         CHECK(xs_write(h5, XBT_NULL, "data/big", big, sizeof(big) - 1));
         for (i = 0; i < SIMXS_NODES_PER_DOMAIN + 10; i++) {
                 char path[64];
@@ -335,7 +318,7 @@ static void test_perms(void)
         CHECK(r == NULL && errno == EACCES);
         r = xs_control_command(h5, "sim-release-domain", "6", 2);
         CHECK(r == NULL && errno == EACCES);
-        CHECK_ERR(xs_release_domain(h5, 6), EACCES);
+        CHECK_ERRNO(xs_release_domain(h5, 6), EACCES);
         r = xs_control_command(h0, "sim-domid", "0", 2);
         CHECK(r == NULL && errno == EINVAL);
 
@@ -355,7 +338,7 @@ static void test_watches(void)
         CHECK(next_event(w, "/w/x/y", "tok", 2000));
         CHECK(xs_watch(w, "/w/x/y", "deep"));
         CHECK(next_event(w, "/w/x/y", "deep", 2000));
-        CHECK_ERR(xs_watch(w, "/w/x/y", "deep"), EEXIST);
+        CHECK_ERRNO(xs_watch(w, "/w/x/y", "deep"), EEXIST);
         CHECK(xs_mkdir(h, XBT_NULL, "/w/m"));
         CHECK(next_event(w, "/w/m", "tok", 2000));
         CHECK(xs_mkdir(h, XBT_NULL, "/w/m")); /* no change: no event */
@@ -385,7 +368,7 @@ static void test_watches(void)
         }
         CHECK(no_event(w, 200));
         CHECK(xs_unwatch(w, "/w", "tok"));
-        CHECK_ERR(xs_unwatch(w, "/w", "tok"), ENOENT);
+        CHECK_ERRNO(xs_unwatch(w, "/w", "tok"), ENOENT);
         CHECK(wr(h, XBT_NULL, "/w/after", "1"));
         CHECK(no_event(w, 300));
         CHECK(xs_unwatch(w, "/w/x/y", "deep"));
@@ -442,7 +425,7 @@ static void test_watches(void)
         CHECK(!xs_is_domain_introduced(h, 9));
         CHECK(xs_release_domain(h, 9)); /* XS_RELEASE from dom0 fires it too */
         CHECK(next_event(w, "@releaseDomain", "rel", 2000));
-        CHECK_ERR(xs_watch(w, "@bogus", "x"), EINVAL);
+        CHECK_ERRNO(xs_watch(w, "@bogus", "x"), EINVAL);
 
         CHECK(xs_rm(h, XBT_NULL, "/w"));
         CHECK(xs_rm(h, XBT_NULL, "/local/domain/9"));
@@ -479,7 +462,7 @@ static void test_transactions(void)
         CHECK(xs_transaction_end(h, t, true));
         CHECK(read_fails(h, "/tx/aborted"));
         CHECK(rd_is(h, XBT_NULL, "/tx/a", "1"));
-        CHECK_ERR(wr(h, t, "/tx/late", "x"), ENOENT); /* ended */
+        CHECK_ERRNO(wr(h, t, "/tx/late", "x"), ENOENT); /* ended */
         CHECK(no_event(w, 200));
 
         /* Conflict: a node the transaction read changed meanwhile. */
@@ -488,7 +471,7 @@ static void test_transactions(void)
         CHECK(wr(o, XBT_NULL, "/tx/a", "2"));
         CHECK(wr(h, t, "/tx/b", "from-tx"));
         CHECK(next_event(w, "/tx/a", "t", 2000));
-        CHECK_ERR(xs_transaction_end(h, t, false), EAGAIN);
+        CHECK_ERRNO(xs_transaction_end(h, t, false), EAGAIN);
         CHECK(read_fails(h, "/tx/b"));
         CHECK(rd_is(h, XBT_NULL, "/tx/a", "2"));
         CHECK(no_event(w, 200));
@@ -498,7 +481,7 @@ static void test_transactions(void)
         CHECK(wr(h, t, "/tx/c", "tx"));
         CHECK(wr(o, XBT_NULL, "/tx/c", "other"));
         CHECK(next_event(w, "/tx/c", "t", 2000));
-        CHECK_ERR(xs_transaction_end(h, t, false), EAGAIN);
+        CHECK_ERRNO(xs_transaction_end(h, t, false), EAGAIN);
         CHECK(rd_is(h, XBT_NULL, "/tx/c", "other"));
 
         /* Conflict: a node the transaction found missing was created meanwhile. */
@@ -508,7 +491,7 @@ static void test_transactions(void)
         CHECK(wr(o, XBT_NULL, "/tx/absent", "now"));
         CHECK(next_event(w, "/tx/absent", "t", 2000));
         CHECK(wr(h, t, "/txo/d", "x"));
-        CHECK_ERR(xs_transaction_end(h, t, false), EAGAIN);
+        CHECK_ERRNO(xs_transaction_end(h, t, false), EAGAIN);
         CHECK(read_fails(h, "/txo/d"));
         CHECK(xs_rm(h, XBT_NULL, "/txo"));
 
@@ -539,7 +522,7 @@ static void test_transactions(void)
                 t = xs_transaction_start(g);
                 CHECK(t != XBT_NULL);
                 /* Another connection cannot use this connection's transaction. */
-                CHECK_ERR(wr(h, t, "/tx/steal", "x"), ENOENT);
+                CHECK_ERRNO(wr(h, t, "/tx/steal", "x"), ENOENT);
                 xs_close(g);
         }
 
@@ -757,6 +740,7 @@ int main(void)
         char dir[] = "/tmp/test-simxs-XXXXXX";
         struct simxs *s;
 
+        check_context = check_errno;
         if (!mkdtemp(dir)) {
                 perror("mkdtemp");
                 return 1;
@@ -779,10 +763,5 @@ int main(void)
         CHECK(access(sock_path, F_OK) != 0); /* socket removed */
         simxs_stop(NULL);
         rmdir(dir);
-        if (failures) {
-                fprintf(stderr, "%d check(s) failed\n", failures);
-                return 1;
-        }
-        printf("all simxs checks passed\n");
-        return 0;
+        return check_result("test-simxs");
 }

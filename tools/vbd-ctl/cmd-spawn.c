@@ -17,6 +17,7 @@
 
 #include "util/parse.h"
 #include "vbd-ctl.h"
+#include "vbd/time.h"
 
 static void print_log_tail(const char *log)
 {
@@ -140,7 +141,7 @@ int vbdctl_spawn_vbdd(struct vbdctl *o, const struct vbdctl_spawn *sp, pid_t *re
                 return 0;
 
         /* Ready when it answers on its socket. */
-        deadline = vbdctl_now_ms() + (uint64_t)sp->timeout_ms;
+        deadline = vbd_now_ms() + (uint64_t)sp->timeout_ms;
         for (;;) {
                 struct vbd_err err = {0};
                 json_t *res = NULL;
@@ -169,7 +170,7 @@ int vbdctl_spawn_vbdd(struct vbdctl *o, const struct vbdctl_spawn *sp, pid_t *re
                 if (r == 1 && err.code != -EAGAIN)
                         return vbdctl_fail(o, err.code, true, "%s: %s",
                                            vbdctl_name(sp->domid, sp->devid), err.msg);
-                if (vbdctl_now_ms() >= deadline) {
+                if (vbd_now_ms() >= deadline) {
                         r = vbdctl_fail(o, -ETIMEDOUT, false, "vbdd for %s not ready after %d s",
                                         vbdctl_name(sp->domid, sp->devid), sp->timeout_ms / 1000);
                         if (pid)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "vbd-ctl.h"
+#include "vbd/macro.h"
 
 static const char *const ops[] = {"read", "write", "flush", "discard", "other"};
 
@@ -23,7 +24,7 @@ static void print_human(json_t *s)
                vbdctl_jint(s, "inflight"), vbdctl_jint(s, "uptime_s"));
         printf("  %-8s %12s %16s %8s %8s %8s %8s %8s %9s\n", "op", "requests", "bytes", "errors",
                "avg_us", "p50_us", "p90_us", "p99_us", "p99.9_us");
-        for (unsigned i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(ops); i++) {
                 json_t *o = json_object_get(opsj, ops[i]);
 
                 printf("  %-8s %12lld %16lld %8lld %8lld %8lld %8lld %8lld %9lld\n", ops[i],
@@ -77,7 +78,7 @@ static void print_prometheus(json_t *all)
                         printf("vbd_paused{domid=\"%lld\",devid=\"%lld\"} %d\n", LABELS(s),
                                strncmp(vbdctl_jstr(s, "state"), "paus", 4) == 0);
         }
-        for (size_t g = 0; g < sizeof(globals) / sizeof(globals[0]); g++) {
+        for (size_t g = 0; g < VBD_ARRAY_SIZE(globals); g++) {
                 prom_header(globals[g].metric, globals[g].type, globals[g].help);
                 json_array_foreach(all, i, s)
                 {
@@ -87,11 +88,11 @@ static void print_prometheus(json_t *all)
                                        vbdctl_jint(s, globals[g].key));
                 }
         }
-        for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); c++) {
+        for (size_t c = 0; c < VBD_ARRAY_SIZE(counters); c++) {
                 prom_header(counters[c].metric, "counter", counters[c].help);
                 json_array_foreach(all, i, s)
                 {
-                        for (unsigned k = 0; k < sizeof(ops) / sizeof(ops[0]); k++) {
+                        for (unsigned k = 0; k < VBD_ARRAY_SIZE(ops); k++) {
                                 json_t *o = json_object_get(json_object_get(s, "ops"), ops[k]);
 
                                 if (o)
@@ -106,7 +107,7 @@ static void print_prometheus(json_t *all)
                     "Request latency, by operation (log2 buckets).");
         json_array_foreach(all, i, s)
         {
-                for (unsigned k = 0; k < sizeof(ops) / sizeof(ops[0]); k++) {
+                for (unsigned k = 0; k < VBD_ARRAY_SIZE(ops); k++) {
                         json_t *o = json_object_get(json_object_get(s, "ops"), ops[k]);
                         json_t *hist = json_object_get(o, "lat_hist_log2_us");
                         unsigned long long cum = 0;

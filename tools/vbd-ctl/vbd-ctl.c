@@ -10,6 +10,7 @@
 
 #include "util/parse.h"
 #include "vbd-ctl.h"
+#include "vbd/macro.h"
 
 /* clang-format off */
 static const struct vbdctl_verb *const verbs[] = {
@@ -164,7 +165,7 @@ int vbdctl_parse(struct vbdctl *o, int argc, char **argv, const struct option *e
         int c;
 
         memcpy(all, common, sizeof(common));
-        n = sizeof(common) / sizeof(common[0]);
+        n = VBD_ARRAY_SIZE(common);
         for (const struct option *e = extra; e && e->name && n < 63; e++)
                 all[n++] = *e;
         memset(&all[n], 0, sizeof(all[n]));

@@ -8,20 +8,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "libvbdctl.h"
+#include "vbd/time.h"
 
 #define PROTOCOL 1
-
-uint64_t vbdctl_now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 int vbdctl_socket_path(const char *dir, uint32_t domid, uint32_t devid, char *buf, size_t size)
 {
@@ -63,7 +55,7 @@ static int wait_fd(int fd, short events, uint64_t deadline)
         int t = -1, r;
 
         if (deadline) {
-                uint64_t now = vbdctl_now_ms();
+                uint64_t now = vbd_now_ms();
 
                 t = now >= deadline ? 0 : (int)(deadline - now);
         }
@@ -78,7 +70,7 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 int vbdctl_call_fd(int fd, const char *cmd, json_t *args, int timeout_ms, json_t **ret_result,
                    struct vbd_err *err)
 {
-        uint64_t deadline = timeout_ms < 0 ? 0 : vbdctl_now_ms() + (uint64_t)timeout_ms;
+        uint64_t deadline = timeout_ms < 0 ? 0 : vbd_now_ms() + (uint64_t)timeout_ms;
         json_t *req = json_pack("{s:i,s:s}", "v", PROTOCOL, "cmd", cmd), *reply, *ok;
         char *line, *buf = NULL;
         size_t len = 0, size = 0, off = 0;
@@ -194,7 +186,7 @@ int vbdctl_call(const char *path, const char *cmd, json_t *args, int timeout_ms,
 
 int vbdctl_wait_eof(int fd, int timeout_ms)
 {
-        uint64_t deadline = timeout_ms < 0 ? 0 : vbdctl_now_ms() + (uint64_t)timeout_ms;
+        uint64_t deadline = timeout_ms < 0 ? 0 : vbd_now_ms() + (uint64_t)timeout_ms;
         char buf[4096];
 
         for (;;) {

@@ -58,5 +58,3 @@ int vbdctl_scan(const char *dir, struct vbdctl_entry **ret, size_t *ret_n);
 
 /* The exit code for a -errno (transport or daemon error). */
 int vbdctl_exit_code(int err);
-
-uint64_t vbdctl_now_ms(void);

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* vbd-ctl migrate cutover: pause the VBD, copy what is left and flush both
+ * sides (migrate-cutover): the partner has the disk. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd-migrate.h"
+
+static int run_cutover(struct mig *m, int argc, char **argv)
+{
+        static const struct option extra[] = {
+            {"wait-ready", no_argument, NULL, MIG_OPT_WAIT_READY},
+            {"interval", required_argument, NULL, MIG_OPT_INTERVAL},
+            {},
+        };
+        struct vbdctl *o = m->o;
+        json_t *st;
+        int r;
+
+        if ((r = mig_parse(m, &mig_sub_cutover, argc, argv, extra)))
+                return r;
+        if (m->have_interval && !m->follow)
+                return vbdctl_usage_error(o, "--interval goes with --wait-ready");
+        if (m->follow) {
+                json_t *last;
+
+                if ((r = mig_call(m, "migrate-status", NULL, vbdctl_timeout(o, MIG_POLL_WAIT_MS),
+                                  &st)) ||
+                    (r = mig_follow(m, st, &last)))
+                        return r;
+                if (strcmp(vbdctl_jstr(last, "state"), "cutover") == 0) {
+                        /* Someone else cut over meanwhile: done all the same. */
+                        mig_print_reached(m, last);
+                        json_decref(last);
+                        return 0;
+                }
+                json_decref(last);
+        }
+        if ((r = mig_call(m, "migrate-cutover", NULL, vbdctl_timeout(o, 120000), &st)))
+                return r;
+        if ((r = mig_check_state(m, st))) {
+                json_decref(st);
+                return r;
+        }
+        if (m->stream)
+                mig_print_line_json(st);
+        else if (o->json)
+                vbdctl_print_json(json_incref(st));
+        else
+                printf("%s: cut over to %s in %lld ms of downtime: the partner has the whole "
+                       "disk; the VBD stays paused (detach it, or 'vbd-ctl migrate abort' to "
+                       "resume it here)\n",
+                       vbdctl_name(o->domid, o->devid), vbdctl_jstr(st, "to"),
+                       vbdctl_jint(st, "downtime_ms"));
+        r = strcmp(vbdctl_jstr(st, "state"), "cutover") == 0 ? 0 : mig_report_lost(m, st);
+        json_decref(st);
+        return r;
+}
+
+const struct mig_sub mig_sub_cutover = {
+    .name = "cutover",
+    .verb = "migrate cutover",
+    .run = run_cutover,
+    .help = "Usage: vbd-ctl migrate cutover -d D -n N [--wait-ready [--interval S]] [--json]\n"
+            "Finish a migration that is ready: the daemon pauses the VBD (drains it), copies\n"
+            "what is left (precopy), flushes both sides and answers: the partner's image is\n"
+            "then complete and consistent, and the VBD stays paused for the toolstack to\n"
+            "detach it ('vbd-ctl migrate abort' resumes it here instead).  Exit 0 in state\n"
+            "cutover; 1 if the migration is not ready (EAGAIN) or the final flush failed (the\n"
+            "state is then failed and the VBD resumed).\n"
+            "\n"
+            "  --wait-ready   first show the progress until the state is ready (exit 1 if it\n"
+            "                 fails or is aborted instead), then cut over\n"
+            "  --interval S   seconds between polls (default 1, from 0.1)\n"
+            "  -t, --timeout S  seconds to wait for the cutover's answer (default 120)\n"
+            "  -j, --json     the status object; with --wait-ready one compact object per\n"
+            "                 line: each poll, then the cutover's answer\n"
+            "Common options: -d D -n N, --ctl-dir DIR (see vbd-ctl --help).\n",
+};

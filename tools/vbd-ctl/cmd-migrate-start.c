@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* vbd-ctl migrate start: stack the mirror over the image and start copying
+ * (migrate-start); --wait follows it until ready. */
+#include <stdio.h>
+
+#include "cmd-migrate.h"
+
+static int run_start(struct mig *m, int argc, char **argv)
+{
+        static const struct option extra[] = {
+            {"to", required_argument, NULL, MIG_OPT_TO},
+            {"mode", required_argument, NULL, MIG_OPT_MODE},
+            {"share", required_argument, NULL, MIG_OPT_SHARE},
+            {"rate", required_argument, NULL, MIG_OPT_RATE},
+            {"region", required_argument, NULL, MIG_OPT_REGION},
+            {"zeroed", no_argument, NULL, MIG_OPT_ZEROED},
+            {"depth", required_argument, NULL, MIG_OPT_DEPTH},
+            {"wait", no_argument, NULL, MIG_OPT_WAIT},
+            {"interval", required_argument, NULL, MIG_OPT_INTERVAL},
+            {},
+        };
+        struct vbdctl *o = m->o;
+        json_t *args, *st;
+        char a[32], b[32];
+        int r, timeout_s = -1;
+
+        if ((r = mig_parse(m, &mig_sub_start, argc, argv, extra)))
+                return r;
+        if (!m->to[0])
+                return vbdctl_usage_error(o, "--to URI is required");
+        /* The common --timeout is the partner's timeout here. */
+        if (o->timeout_ms >= 0) {
+                timeout_s = o->timeout_ms / 1000;
+                if (timeout_s < 1 || timeout_s > 3600)
+                        return vbdctl_usage_error(o, "--timeout: 1..3600 seconds");
+                o->timeout_ms = -1;
+        }
+        if (m->have_interval && !m->follow)
+                return vbdctl_usage_error(o, "--interval goes with --wait");
+        args = json_pack("{s:s}", "to", m->to);
+        if (m->mode)
+                json_object_set_new(args, "mode", json_string(m->mode));
+        if (m->have_share)
+                json_object_set_new(args, "share", json_integer(m->share));
+        if (m->have_rate)
+                json_object_set_new(args, "rate", json_integer((json_int_t)m->rate));
+        if (m->have_region)
+                json_object_set_new(args, "region", json_integer((json_int_t)m->region));
+        if (timeout_s > 0)
+                json_object_set_new(args, "timeout", json_integer(timeout_s));
+        if (m->zeroed)
+                json_object_set_new(args, "zeroed", json_true());
+        if (m->have_depth)
+                json_object_set_new(args, "depth", json_integer(m->depth));
+        if ((r = mig_call(m, "migrate-start", args, MIG_START_WAIT_MS, &st)))
+                return r;
+        if ((r = mig_check_state(m, st))) {
+                json_decref(st);
+                return r;
+        }
+        if (!m->follow) {
+                if (o->json) {
+                        vbdctl_print_json(st);
+                        return 0;
+                }
+                printf("%s: migration to %s started (%s, %s in regions of %s): %s\n",
+                       vbdctl_name(o->domid, o->devid), vbdctl_jstr(st, "to"),
+                       vbdctl_jstr(st, "mode"), mig_fmt_bytes(a, sizeof(a), mig_jnum(st, "size")),
+                       mig_fmt_bytes(b, sizeof(b), mig_jnum(st, "region_size")),
+                       vbdctl_jstr(st, "state"));
+                json_decref(st);
+                return 0;
+        }
+        if (!m->stream)
+                printf("%s: migrating to %s (%s)\n", vbdctl_name(o->domid, o->devid),
+                       vbdctl_jstr(st, "to"), vbdctl_jstr(st, "mode"));
+        return mig_follow_report(m, st);
+}
+
+const struct mig_sub mig_sub_start = {
+    .name = "start",
+    .verb = "migrate start",
+    .run = run_start,
+    .help = "Usage: vbd-ctl migrate start -d D -n N --to URI [--mode pasm|precopy]\n"
+            "         [--share PCT] [--rate BYTES/S] [--region SIZE] [--timeout S] [--zeroed]\n"
+            "         [--depth N] [--wait [--interval S]] [--json]\n"
+            "Start copying the VBD's disk to an NBD server while the guest runs.  The\n"
+            "daemon pauses the VBD, stacks its mirror over the image and resumes; it\n"
+            "answers with the status object before the partner is connected.\n"
+            "\n"
+            "  --to URI       the partner, writable and at least as large as the disk:\n"
+            "                 nbd://HOST[:PORT][/NAME], nbd+unix:///NAME?socket=PATH, or\n"
+            "                 unix:PATH and tcp:HOST:PORT (vbdd --nbd's forms), turned into\n"
+            "                 those URIs (a relative PATH is taken from this directory)\n"
+            "  --mode M       pasm (default): guest writes to copied regions are forwarded\n"
+            "                 to the partner; precopy: they are copied again, in passes, and\n"
+            "                 what is left at cutover (the guest is paused meanwhile)\n"
+            "  --share PCT    while the guest does I/O, copy at most PCT% of the time,\n"
+            "                 1..100 (default 50)\n"
+            "  --rate BYTES/S cap the copy at BYTES per second (K, M, G suffixes, '/s'\n"
+            "                 optional: 50M, 1G/s); 0: no cap (default)\n"
+            "  --region SIZE  the copy and tracking unit, a power of two, 64K..64M\n"
+            "                 (default 1M)\n"
+            "  --timeout S    a partner request pending S seconds fails the migration,\n"
+            "                 1..3600 (default 30).  Not the reply wait, here: vbd-ctl\n"
+            "                 waits up to 60 s for the daemon's answer, 10 s for each poll.\n"
+            "  --zeroed       the partner reads zeros already: holes are not sent at all\n"
+            "                 (otherwise they go as NBD WRITE_ZEROES)\n"
+            "  --depth N      regions copied at once while the guest is idle, 1..64\n"
+            "                 (default 4)\n"
+            "  --wait         then show the progress until the state is ready (exit 0),\n"
+            "                 failed or aborted (exit 1); Ctrl-C stops vbd-ctl, not the copy\n"
+            "  --interval S   seconds between polls with --wait (default 1, from 0.1)\n"
+            "  -j, --json     print the status object; with --wait one compact object per\n"
+            "                 line: the reply, then each poll\n"
+            "Options not given take the daemon's defaults (above).  Refused (exit 1): a\n"
+            "migration already running or an NBD export on the daemon (EBUSY), a read-only\n"
+            "VBD (EROFS), a daemon built without libnbd (EOPNOTSUPP).\n"
+            "Common options: -d D -n N, --ctl-dir DIR (see vbd-ctl --help).\n",
+};
