@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "unit-test.h"
+#include "check.h"
 #include "vbd/driver.h"
 #include "vbd/macro.h"
 #include "vbd/opts.h"
@@ -105,7 +105,7 @@ static void test_errors(void)
                 if (r != bad[i].code || !strstr(err.msg, bad[i].says) || err.code != r) {
                         fprintf(stderr, "case %zu %s=%s: %d \"%s\"\n", i, bad[i].key,
                                 bad[i].text ? bad[i].text : "(null)", r, err.msg);
-                        unit_failures++;
+                        check_failures++;
                 }
         }
 }
@@ -140,5 +140,5 @@ int main(void)
         test_errors();
         test_twice();
         test_bad_default();
-        return unit_failures ? 1 : 0;
+        return check_result("opts");
 }
