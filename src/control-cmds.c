@@ -378,6 +378,8 @@ static int cmd_job_complete(struct ctl_client *cl, const struct ctl_cmd *cmd, js
 
         if (!t || no_args(args, err) < 0)
                 return err->code;
+        if (!vbd_job_get(cl->ctl->dev, t))
+                return vbd_err_set(err, -ENOENT, "no %s (see %s-start)", cmd->noun, t->name);
         return vbd_job_complete(cl->ctl->dev, t, ret, err, job_reply, cl);
 }
 
@@ -388,6 +390,8 @@ static int cmd_job_cancel(struct ctl_client *cl, const struct ctl_cmd *cmd, json
 
         if (!t || no_args(args, err) < 0)
                 return err->code;
+        if (!vbd_job_get(cl->ctl->dev, t))
+                return vbd_err_set(err, -ENOENT, "no %s to abort", cmd->noun);
         return vbd_job_cancel(cl->ctl->dev, t, ret, err, job_reply, cl);
 }
 
@@ -410,9 +414,9 @@ const struct ctl_cmd vbd_ctl_cmds[] = {
     {"reopen", cmd_reopen, G | D | NX},
     {"detach", cmd_detach, CTL_DETACH},
     {"log-level", cmd_log_level, 0},
-    {"migrate-start", cmd_job_start, G | D | NX, "migrate"},
-    {"migrate-status", cmd_job_status, G, "migrate"},
-    {"migrate-cutover", cmd_job_complete, G | D, "migrate"},
-    {"migrate-abort", cmd_job_cancel, G, "migrate"},
+    {"migrate-start", cmd_job_start, G | D | NX, "migrate", "migration"},
+    {"migrate-status", cmd_job_status, G, "migrate", "migration"},
+    {"migrate-cutover", cmd_job_complete, G | D, "migrate", "migration"},
+    {"migrate-abort", cmd_job_cancel, G, "migrate", "migration"},
 };
 const unsigned vbd_ctl_ncmds = VBD_ARRAY_SIZE(vbd_ctl_cmds);

@@ -71,8 +71,9 @@ enum ctl_cmd_flag {
 struct ctl_cmd {
         const char *name;
         ctl_cmd_fn fn;
-        unsigned flags;  /* enum ctl_cmd_flag */
-        const char *job; /* the job type the command routes to (job handlers) */
+        unsigned flags;   /* enum ctl_cmd_flag */
+        const char *job;  /* the job type the command routes to (job handlers) */
+        const char *noun; /* ... and what its jobs are called in messages */
 };
 
 extern const struct ctl_cmd vbd_ctl_cmds[];
