@@ -386,6 +386,8 @@ static void client_close(struct ctl_client *cl)
         free(cl);
 }
 
+/* ---- the listener: peer credentials, client limits ---- */
+
 /* Say why and hang up, for connections we do not serve. */
 static void refuse(int fd, int code, const char *msg)
 {
@@ -459,8 +461,6 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
 }
 
-/* ---- setup ---- */
-
 static int make_dir(const char *dir)
 {
         struct stat st;
@@ -474,11 +474,59 @@ static int make_dir(const char *dir)
         return 0;
 }
 
-struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *cfg)
+/*
+ * Bind and listen on c->path (mode 0600, in a 0700 dir), replacing a stale
+ * socket, refusing a live one (-EADDRINUSE).  With accept_cb() above, this
+ * is the listener that src/util/listener.c will replace.
+ */
+static int listen_unix(struct vbd_ctl *c)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        struct vbd_ctl *c = calloc(1, sizeof(*c));
         mode_t old_mask;
+        int r;
+
+        r = make_dir(c->dir);
+        if (r < 0) {
+                vbd_log_errno(r, "runtime dir %s: %m", c->dir);
+                return r;
+        }
+        r = vbd_unix_socket_alive(c->path);
+        if (r > 0) {
+                r = vbd_log_errno(EADDRINUSE, "%s: another vbdd serves this VBD: %m", c->path);
+                return r;
+        }
+        if (r < 0) {
+                vbd_log_errno(r, "%s: %m (not replacing it)", c->path);
+                return r;
+        }
+        (void)unlink(c->path);
+
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->fd < 0) {
+                r = vbd_log_errno(errno, "socket: %m");
+                return r;
+        }
+        memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
+        old_mask = umask(0077);
+        r = bind(c->fd, (struct sockaddr *)&sa, sizeof(sa));
+        umask(old_mask);
+        if (r < 0) {
+                r = vbd_log_errno(errno, "bind %s: %m", c->path);
+                return r;
+        }
+        if (chmod(c->path, 0600) < 0 || listen(c->fd, 16) < 0) {
+                r = vbd_log_errno(errno, "%s: %m", c->path);
+                (void)unlink(c->path);
+                return r;
+        }
+        return 0;
+}
+
+/* ---- setup ---- */
+
+struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *cfg)
+{
+        struct vbd_ctl *c = calloc(1, sizeof(*c));
         int n, r;
 
         if (!c)
@@ -501,40 +549,9 @@ struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *c
                 r = vbd_log_errno(ENAMETOOLONG, "control socket path in '%s': %m", c->dir);
                 goto fail;
         }
-        r = make_dir(c->dir);
-        if (r < 0) {
-                vbd_log_errno(r, "runtime dir %s: %m", c->dir);
+        r = listen_unix(c);
+        if (r < 0)
                 goto fail;
-        }
-        r = vbd_unix_socket_alive(c->path);
-        if (r > 0) {
-                r = vbd_log_errno(EADDRINUSE, "%s: another vbdd serves this VBD: %m", c->path);
-                goto fail;
-        }
-        if (r < 0) {
-                vbd_log_errno(r, "%s: %m (not replacing it)", c->path);
-                goto fail;
-        }
-        (void)unlink(c->path);
-
-        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (c->fd < 0) {
-                r = vbd_log_errno(errno, "socket: %m");
-                goto fail;
-        }
-        memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-        old_mask = umask(0077);
-        r = bind(c->fd, (struct sockaddr *)&sa, sizeof(sa));
-        umask(old_mask);
-        if (r < 0) {
-                r = vbd_log_errno(errno, "bind %s: %m", c->path);
-                goto fail;
-        }
-        if (chmod(c->path, 0600) < 0 || listen(c->fd, 16) < 0) {
-                r = vbd_log_errno(errno, "%s: %m", c->path);
-                (void)unlink(c->path);
-                goto fail;
-        }
         ev_io_init(&c->lio, accept_cb, c->fd, EV_READ);
         c->lio.data = c;
         vbd_debug("control socket %s", c->path);
