@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "control-impl.h"
+#include "device.h"
 #include "nbd-export.h"
 #include "util/socket.h"
 #include "vbd/log.h"
@@ -598,6 +599,8 @@ void vbd_ctl_free(struct vbd_ctl *c)
                 client_flush(cl);
                 client_close(cl);
         }
+        if (c->dev)
+                vbd_device_forget(c->dev, c); /* a pause's done must not find us gone */
         if (ev_is_active(&c->lio)) {
                 ev_ref(c->loop);
                 ev_io_stop(c->loop, &c->lio);

@@ -209,6 +209,18 @@ void vbd_device_pause(struct vbd_device *dev, void (*done)(void *opaque), void *
         drain_check(dev);
 }
 
+void vbd_device_forget(struct vbd_device *dev, void *opaque)
+{
+        unsigned n = 0;
+
+        if (!dev)
+                return;
+        for (unsigned i = 0; i < dev->nwaiters; i++)
+                if (dev->waiters[i].opaque != opaque)
+                        dev->waiters[n++] = dev->waiters[i];
+        dev->nwaiters = n;
+}
+
 void vbd_device_resume(struct vbd_device *dev)
 {
         if (!dev->holds) {

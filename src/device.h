@@ -53,6 +53,10 @@ int vbd_device_add_user(struct vbd_device *dev, const char *name,
                         const struct vbd_device_user_ops *ops, void *user);
 void vbd_device_remove_user(struct vbd_device *dev, void *user); /* NULL dev: nothing */
 
+/* opaque is going away: its pause done callbacks must not run (its holds
+ * stay: the owner resumes them, or the device is being torn down). */
+void vbd_device_forget(struct vbd_device *dev, void *opaque);
+
 /* Paused (held) and every user has nothing in flight. */
 bool vbd_device_drained(const struct vbd_device *dev);
 

@@ -125,6 +125,9 @@ static void job_free(struct vbd_job *job)
 {
         if (job->type->free)
                 job->type->free(job);
+        /* A pause the job waits for (its state as the opaque) must not call back. */
+        vbd_device_forget(job->dev, job->priv);
+        vbd_device_forget(job->dev, job);
         free(job->priv);
         free(job);
 }

@@ -131,6 +131,18 @@ static void test_holds(struct ev_loop *loop)
         CHECK_EQ(d1, 0);
         CHECK(!vbd_device_paused(dev));
 
+        /* A waiter that goes away is forgotten; the others still hear. */
+        d1 = d2 = 0;
+        vbd_device_pause(dev, counted, &d1);
+        vbd_device_pause(dev, counted, &d2);
+        vbd_device_forget(dev, &d1);
+        fu_drain(&a);
+        fu_drain(&b);
+        CHECK_EQ(d1, 0);
+        CHECK_EQ(d2, 1);
+        vbd_device_resume(dev);
+        vbd_device_resume(dev);
+
         CHECK(vbd_device_find_layer(dev, "null") == vbd_device_image(dev));
         CHECK(vbd_device_find_layer(dev, "mirror") == NULL);
         vbd_device_remove_user(dev, &a);
