@@ -15,6 +15,7 @@
 #include "util/parse.h"
 #include "config.h"
 #include "vbd/log.h"
+#include "vbd/macro.h"
 
 static const char *const level_names[] = {
     [VBD_LOG_ERR] = "err",
@@ -25,7 +26,7 @@ static const char *const level_names[] = {
 
 int vbd_config_parse_log_level(const char *s)
 {
-        for (unsigned i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++)
+        for (unsigned i = 0; i < VBD_ARRAY_SIZE(level_names); i++)
                 if (level_names[i] && strcmp(s, level_names[i]) == 0)
                         return (int)i;
         if (strcmp(s, "error") == 0)
@@ -37,8 +38,7 @@ int vbd_config_parse_log_level(const char *s)
 
 const char *vbd_config_log_level_name(int level)
 {
-        if (level < 0 || (size_t)level >= sizeof(level_names) / sizeof(level_names[0]) ||
-            !level_names[level])
+        if (level < 0 || (size_t)level >= VBD_ARRAY_SIZE(level_names) || !level_names[level])
                 return "unknown";
         return level_names[level];
 }

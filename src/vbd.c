@@ -13,6 +13,7 @@
 #include "image.h"
 #include "vbd.h"
 #include "vbd/log.h"
+#include "vbd/time.h"
 #include "xen.h"
 
 #define REQ_MAX_BYTES (VBD_RING_MAX_SEGMENTS * VBD_PAGE_SIZE)
@@ -367,14 +368,6 @@ uint64_t vbd_stats_percentile(const struct vbd_op_stats *s, double p)
         return 2ull << (VBD_LAT_BUCKETS - 1);
 }
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void account_latency(struct vbd_op_stats *s, uint64_t ns)
 {
         uint64_t us = ns / 1000;
@@ -671,7 +664,7 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
         rq->segs = rq->seg;
         rq->bounce = rq->small_bounce;
         rq->big = NULL;
-        rq->start_ns = now_ns();
+        rq->start_ns = vbd_now_ns();
 
         /* Responses to indirect requests carry the inner operation (blkfront
          * compares it with what it sent), even when refusing them. */
@@ -872,7 +865,7 @@ static void respond_all(struct vbd *v)
         v->done_tail = &v->done_head;
         if (!head)
                 return;
-        t = now_ns();
+        t = vbd_now_ns();
 
         if (v->respond) {
                 for (rq = head; rq; rq = rq->next)

@@ -9,10 +9,12 @@
 #include <xen/io/blkif.h>
 #include <xen/io/xenbus.h>
 
+#include "device.h"
 #include "image.h"
 #include "util/parse.h"
 #include "vbd.h"
 #include "vbd/log.h"
+#include "vbd/macro.h"
 #include "xen.h"
 #include "xenbus.h"
 
@@ -21,7 +23,7 @@
 struct vbd_xenbus {
         struct ev_loop *loop;
         struct vbd_xen *xen;
-        struct vbd_image *img;
+        struct vbd_device *dev; /* serves its image; we are one of its users */
         struct vbd *vbd;
         struct vbd_xenbus_config cfg;
         char be[PATH_LEN], fe[PATH_LEN], fe_state_path[PATH_LEN + 8];
@@ -42,7 +44,7 @@ static const char *state_name(enum xenbus_state s)
         static const char *const names[] = {"Unknown",     "Initialising",  "InitWait",
                                             "Initialised", "Connected",     "Closing",
                                             "Closed",      "Reconfiguring", "Reconfigured"};
-        return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "invalid";
+        return (unsigned)s < VBD_ARRAY_SIZE(names) ? names[s] : "invalid";
 }
 
 static int switch_state(struct vbd_xenbus *xb, enum xenbus_state s)
@@ -77,9 +79,9 @@ static void finish(struct vbd_xenbus *xb, int code, const char *why)
         ev_break(xb->loop, EVBREAK_ALL);
 }
 
-static int publish_size(struct vbd_xenbus *xb)
+static int publish_size(struct vbd_xenbus *xb, struct vbd_image *img)
 {
-        const struct vbd_info *info = vbd_image_info(xb->img);
+        const struct vbd_info *info = vbd_image_info(img);
         char sectors[24], psize[12];
         const char *kv[] = {"sectors", sectors, "physical-sector-size", psize, NULL};
 
@@ -91,7 +93,7 @@ static int publish_size(struct vbd_xenbus *xb)
 
 static int publish(struct vbd_xenbus *xb)
 {
-        const struct vbd_info *info = vbd_image_info(xb->img);
+        const struct vbd_info *info = vbd_image_info(vbd_device_image(xb->dev));
         char vinfo[12], order[4], indirect[8], gran[12], align[12];
         bool flush = !xb->cfg.readonly && (info->caps & VBD_CAP_FLUSH);
         bool discard = !xb->cfg.readonly && (info->caps & VBD_CAP_DISCARD);
@@ -128,7 +130,7 @@ static int publish(struct vbd_xenbus *xb)
         snprintf(gran, sizeof(gran), "%" PRIu32,
                  info->discard_granularity ? info->discard_granularity : VBD_SECTOR_SIZE);
         snprintf(align, sizeof(align), "%" PRIu32, info->discard_alignment);
-        r = publish_size(xb);
+        r = publish_size(xb, vbd_device_image(xb->dev));
         return r < 0 ? r : vbd_xs_write_all(xb->xen, xb->be, kv);
 }
 
@@ -380,7 +382,45 @@ static void xs_cb(struct ev_loop *loop, ev_io *w, int revents)
                 xenbus_evaluate(xb);
 }
 
-struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
+/* ---- the device's user: pause, resume and swap the ring's image ---- */
+
+static void user_pause(void *user, void (*done)(void *opaque), void *opaque)
+{
+        struct vbd_xenbus *xb = user;
+
+        vbd_pause(xb->vbd, done, opaque);
+}
+
+static void user_resume(void *user)
+{
+        struct vbd_xenbus *xb = user;
+
+        vbd_resume(xb->vbd);
+}
+
+/* Serve from img from now on (paused and drained); republish the size. */
+static int user_set_image(void *user, struct vbd_image *img)
+{
+        struct vbd_xenbus *xb = user;
+        int r = vbd_set_image(xb->vbd, img);
+
+        if (r < 0)
+                return r;
+        r = publish_size(xb, img);
+        if (r < 0)
+                return vbd_log_errno(r, "cannot publish the new size: %m");
+        vbd_info("now serving %s (%" PRIu64 " bytes)", vbd_image_name(img),
+                 vbd_image_info(img)->size);
+        return 0;
+}
+
+static const struct vbd_device_user_ops user_ops = {
+    .pause = user_pause,
+    .resume = user_resume,
+    .set_image = user_set_image,
+};
+
+struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_device *dev,
                                   const struct vbd_xenbus_config *cfg)
 {
         struct vbd_xenbus *xb = calloc(1, sizeof(*xb));
@@ -392,7 +432,7 @@ struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struc
                 return NULL;
         xb->loop = loop;
         xb->xen = x;
-        xb->img = img;
+        xb->dev = dev;
         xb->cfg = *cfg;
         xb->state = XenbusStateUnknown;
         xb->rl = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 5);
@@ -426,11 +466,15 @@ struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struc
         free(fe);
         fe = NULL;
 
-        xb->vbd = vbd_new(loop, x, img, cfg->domid, cfg->readonly, ring_fatal, xb);
+        xb->vbd =
+            vbd_new(loop, x, vbd_device_image(dev), cfg->domid, cfg->readonly, ring_fatal, xb);
         if (!xb->vbd) {
                 r = -ENOMEM;
                 goto fail;
         }
+        r = vbd_device_add_user(dev, "the blkif ring", &user_ops, xb);
+        if (r < 0)
+                goto fail;
         r = publish(xb);
         if (r < 0) {
                 vbd_log_errno(r, "cannot publish the disk in %s: %m", xb->be);
@@ -492,13 +536,9 @@ void vbd_xenbus_free(struct vbd_xenbus *xb)
                 return;
         if (ev_is_active(&xb->xs_watcher))
                 ev_io_stop(xb->loop, &xb->xs_watcher);
+        vbd_device_remove_user(xb->dev, xb);
         vbd_free(xb->vbd);
         free(xb);
-}
-
-struct vbd *vbd_xenbus_vbd(struct vbd_xenbus *xb)
-{
-        return xb->vbd;
 }
 
 const struct vbd_xenbus_config *vbd_xenbus_config(const struct vbd_xenbus *xb)
@@ -521,17 +561,17 @@ int vbd_xenbus_frontend_state(struct vbd_xenbus *xb)
         return (int)frontend_state(xb);
 }
 
-int vbd_xenbus_swap_image(struct vbd_xenbus *xb, struct vbd_image *img)
+bool vbd_xenbus_connected(const struct vbd_xenbus *xb)
 {
-        int r = vbd_set_image(xb->vbd, img);
+        return vbd_is_connected(xb->vbd);
+}
 
-        if (r < 0)
-                return r;
-        xb->img = img;
-        r = publish_size(xb);
-        if (r < 0)
-                return vbd_log_errno(r, "cannot publish the new size: %m");
-        vbd_info("now serving %s (%" PRIu64 " bytes)", vbd_image_name(img),
-                 vbd_image_info(img)->size);
-        return 0;
+unsigned vbd_xenbus_inflight(const struct vbd_xenbus *xb)
+{
+        return vbd_inflight(xb->vbd);
+}
+
+void vbd_xenbus_get_stats(const struct vbd_xenbus *xb, struct vbd_stats *ret)
+{
+        vbd_get_stats(xb->vbd, ret);
 }

@@ -16,7 +16,8 @@
 
 struct ev_loop;
 struct vbd_xen;
-struct vbd_image;
+struct vbd_device;
+struct vbd_stats;
 struct vbd_xenbus;
 
 /* What a frontend published for its ring, parsed and checked. */
@@ -45,8 +46,12 @@ struct vbd_xenbus_config {
         bool readonly;
 };
 
-/* Publishes the disk and enters InitWait.  NULL + errno, logged. */
-struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *img,
+/*
+ * Publishes the disk of dev and enters InitWait.  The ring serves dev's
+ * image and registers with dev as one of its users: the device pauses,
+ * resumes and swaps the image (republishing the size).  NULL + errno, logged.
+ */
+struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_device *dev,
                                   const struct vbd_xenbus_config *cfg);
 void vbd_xenbus_free(struct vbd_xenbus *xb);
 
@@ -54,14 +59,13 @@ void vbd_xenbus_free(struct vbd_xenbus *xb);
 void vbd_xenbus_shutdown(struct vbd_xenbus *xb);
 
 /* For the control socket. */
-struct vbd *vbd_xenbus_vbd(struct vbd_xenbus *xb);
 const struct vbd_xenbus_config *vbd_xenbus_config(const struct vbd_xenbus *xb);
 const char *vbd_xenbus_backend_path(const struct vbd_xenbus *xb);
 int vbd_xenbus_state(const struct vbd_xenbus *xb);    /* ours, XenbusState */
 int vbd_xenbus_frontend_state(struct vbd_xenbus *xb); /* as xenstore says now */
-/* Serve from img from now on (the VBD must be paused and drained, -EBUSY);
- * republishes sectors and physical-sector-size.  The caller owns both images. */
-int vbd_xenbus_swap_image(struct vbd_xenbus *xb, struct vbd_image *img);
+bool vbd_xenbus_connected(const struct vbd_xenbus *xb);
+unsigned vbd_xenbus_inflight(const struct vbd_xenbus *xb); /* taken from the ring, unanswered */
+void vbd_xenbus_get_stats(const struct vbd_xenbus *xb, struct vbd_stats *ret);
 
 /* Set once the VBD's job is over and the loop should end. */
 bool vbd_xenbus_finished(const struct vbd_xenbus *xb);

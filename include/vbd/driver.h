@@ -57,6 +57,7 @@ int vbd_err_set(struct vbd_err *err, int code, const char *fmt, ...)
 
 struct vbd_image;
 struct vbd_aio;
+struct vbd_job_type;
 
 /* One extent of a block status answer (block_status, vbd_image_block_status). */
 enum vbd_extent_flag {
@@ -116,6 +117,7 @@ struct vbd_driver {
         /* Option keys accepted after the arg (NULL-terminated, NULL = none).
          * The core rejects any other key and duplicates before open(). */
         const char *const *keys;
+        const struct vbd_job_type *const *jobs; /* NULL-terminated, NULL = none (job.h) */
 };
 
 /* Services the core gives drivers. */

@@ -11,8 +11,9 @@
  *              "error": {"errno": 16, "code": "EBUSY", "message": "..."}}
  * One reply per request, in order.  Commands: version, info, stats, pause,
  * resume, reopen, detach, log-level, migrate-start, migrate-status,
- * migrate-cutover, migrate-abort; see vbd-ctl(8) for their fields.  pause,
- * migrate-start and migrate-cutover may answer later (after a drain).
+ * migrate-cutover, migrate-abort (the table in control-cmds.c); see
+ * vbd-ctl(8) for their fields.  pause, reopen, migrate-start and
+ * migrate-cutover may answer later (after a drain).
  *
  * Peers are checked with SO_PEERCRED: uid 0, or the daemon's own uid (so
  * that an unprivileged test or developer can run vbdd and drive it), else
@@ -34,8 +35,7 @@
 #define VBD_CTL_IDLE_S   300
 
 struct ev_loop;
-struct vbd_aio;
-struct vbd_image;
+struct vbd_device;
 struct vbd_xenbus;
 struct vbd_ctl;
 
@@ -54,19 +54,18 @@ struct vbd_ctl_config {
 struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *cfg);
 
 /*
- * Start serving commands for this VBD.  *img is the image being served; an
- * image swap (reopen) closes the old one and stores the new one in *img, so
- * the caller's pointer stays the one to close at exit.  aio is handed to
- * vbd_image_open() for the new image.
+ * Start serving commands for this device.  Everything that pauses, swaps or
+ * resumes the image goes through dev (device.h); xb is for the xenbus
+ * figures of info and stats.
  */
-void vbd_ctl_start(struct vbd_ctl *c, struct vbd_xenbus *xb, struct vbd_image **img,
-                   struct vbd_aio *aio);
+void vbd_ctl_start(struct vbd_ctl *c, struct vbd_device *dev, struct vbd_xenbus *xb);
 
 const char *vbd_ctl_socket_path(const struct vbd_ctl *c);
 
 /*
- * The daemon's NBD export (NULL: none): "info" reports it, and "reopen" is
- * refused while it exists (its clients hold the image).  xb may be NULL in
+ * The daemon's NBD export (NULL: none): "info" reports it, and "reopen" and
+ * "migrate-start" are refused while it exists (the export cannot change
+ * images yet: see control-cmds.c).  xb may be NULL in
  * vbd_ctl_start() for an export-only daemon: then only version, info,
  * log-level and detach are served, and detach calls stop(opaque).
  */

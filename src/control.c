@@ -1,0 +1,613 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The control socket's transport (see control.h for the protocol and the
+ * limits): accept, per-client line buffers, JSON framing, replies queued and
+ * written as the socket allows, deferred replies.  The commands are one
+ * table in control-cmds.c.  Everything runs in the VBD's loop.  A deferred
+ * request (pause, reopen, migrate-start, migrate-cutover) stops the
+ * client's reads until it is answered: one request at a time.
+ */
+#define VBD_LOG_TOPIC "ctl"
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "control-impl.h"
+#include "device.h"
+#include "nbd-export.h"
+#include "util/socket.h"
+#include "vbd/log.h"
+#include "vbd/time.h"
+#include "xenbus.h"
+
+static const char *errno_name(int e)
+{
+        const char *n = strerrorname_np(e);
+
+        return n ? n : "EIO";
+}
+
+/* ---- output ---- */
+
+static void client_close(struct ctl_client *cl);
+
+static void client_flush(struct ctl_client *cl)
+{
+        size_t off = 0;
+
+        while (off < cl->out_len) {
+                ssize_t n = write(cl->fd, cl->out + off, cl->out_len - off);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN)
+                        break;
+                if (n <= 0) {
+                        cl->out_len = off = 0;
+                        cl->eof = true; /* peer gone: nothing more to say */
+                        break;
+                }
+                off += (size_t)n;
+        }
+        memmove(cl->out, cl->out + off, cl->out_len - off);
+        cl->out_len -= off;
+        if (cl->out_len && !ev_is_active(&cl->wio))
+                ev_io_start(cl->ctl->loop, &cl->wio);
+        else if (!cl->out_len && ev_is_active(&cl->wio))
+                ev_io_stop(cl->ctl->loop, &cl->wio);
+}
+
+/* Queue one JSON line; false if the client must be dropped (too much unread). */
+static bool client_send(struct ctl_client *cl, json_t *msg)
+{
+        char *s = json_dumps(msg, JSON_COMPACT);
+        size_t len;
+
+        json_decref(msg);
+        if (!s)
+                return false;
+        len = strlen(s);
+        if (cl->out_len + len + 1 > VBD_CTL_OUT_MAX) {
+                vbd_warn("client does not read its replies: dropping it");
+                free(s);
+                return false;
+        }
+        if (cl->out_len + len + 1 > cl->out_size) {
+                size_t size = cl->out_size ? cl->out_size : 4096;
+                char *p;
+
+                while (size < cl->out_len + len + 1)
+                        size *= 2;
+                p = realloc(cl->out, size);
+                if (!p) {
+                        free(s);
+                        return false;
+                }
+                cl->out = p;
+                cl->out_size = size;
+        }
+        memcpy(cl->out + cl->out_len, s, len);
+        cl->out[cl->out_len + len] = '\n';
+        cl->out_len += len + 1;
+        free(s);
+        client_flush(cl);
+        return true;
+}
+
+static json_t *reply_base(json_t *id)
+{
+        json_t *r = json_pack("{s:i}", "v", VBD_CTL_PROTOCOL);
+
+        if (id)
+                json_object_set(r, "id", id);
+        return r;
+}
+
+bool ctl_reply_ok(struct ctl_client *cl, json_t *id, json_t *result)
+{
+        json_t *r = reply_base(id);
+
+        json_object_set_new(r, "ok", json_true());
+        json_object_set_new(r, "result", result ? result : json_object());
+        return client_send(cl, r);
+}
+
+bool ctl_reply_err(struct ctl_client *cl, json_t *id, int code, const char *fmt, ...)
+{
+        json_t *r = reply_base(id);
+        char msg[512];
+        va_list ap;
+
+        code = code < 0 ? -code : code;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        json_object_set_new(r, "ok", json_false());
+        json_object_set_new(
+            r, "error",
+            json_pack("{s:i,s:s,s:s}", "errno", code, "code", errno_name(code), "message", msg));
+        return client_send(cl, r);
+}
+
+void ctl_deferred_reply(struct ctl_client *cl, int status, const char *msg, json_t *result)
+{
+        if (status < 0) {
+                json_decref(result);
+                (void)ctl_reply_err(cl, cl->pending_id, status, "%s",
+                                    msg && *msg ? msg : strerror(-status));
+        } else {
+                (void)ctl_reply_ok(cl, cl->pending_id, result);
+        }
+        json_decref(cl->pending_id);
+        cl->pending_id = NULL;
+        cl->busy = false;
+        ctl_client_resume_input(cl);
+}
+
+/* ---- requests ---- */
+
+/* Handle one line; false if the client must be dropped. */
+static bool dispatch(struct ctl_client *cl, char *line, size_t len)
+{
+        struct vbd_ctl *c = cl->ctl;
+        json_error_t jerr;
+        json_t *req, *id, *jcmd, *v, *args, *result = NULL;
+        const struct ctl_cmd *cmd;
+        struct vbd_err err = {0};
+        const char *name;
+        bool ok;
+        int r = -EOPNOTSUPP;
+        unsigned i;
+
+        while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
+                len--;
+        if (!len)
+                return true;
+        req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!req)
+                return ctl_reply_err(cl, NULL, -EINVAL, "malformed JSON at column %d: %s",
+                                     jerr.column, jerr.text);
+        if (!json_is_object(req)) {
+                json_decref(req);
+                return ctl_reply_err(cl, NULL, -EINVAL, "a request is a JSON object");
+        }
+        id = json_object_get(req, "id");
+        v = json_object_get(req, "v");
+        jcmd = json_object_get(req, "cmd");
+        args = json_object_get(req, "args");
+        if (v && (!json_is_integer(v) || json_integer_value(v) != VBD_CTL_PROTOCOL)) {
+                ok = ctl_reply_err(cl, id, -EPROTONOSUPPORT, "protocol version %d only",
+                                   VBD_CTL_PROTOCOL);
+                goto out;
+        }
+        if (!jcmd || !json_is_string(jcmd)) {
+                ok = ctl_reply_err(cl, id, -EINVAL, "\"cmd\" (a string) is missing");
+                goto out;
+        }
+        if (args && !json_is_object(args) && !json_is_null(args)) {
+                ok = ctl_reply_err(cl, id, -EINVAL, "\"args\" must be an object");
+                goto out;
+        }
+        if (json_is_null(args))
+                args = NULL;
+        name = json_string_value(jcmd);
+        for (i = 0; i < vbd_ctl_ncmds; i++)
+                if (strcmp(name, vbd_ctl_cmds[i].name) == 0)
+                        break;
+        if (i == vbd_ctl_ncmds) {
+                ok = ctl_reply_err(cl, id, -EOPNOTSUPP, "unknown command (try \"version\")");
+                goto out;
+        }
+        if (!c->started) {
+                ok = ctl_reply_err(cl, id, -EAGAIN, "the VBD is not set up yet");
+                goto out;
+        }
+        cmd = &vbd_ctl_cmds[i];
+        if (!c->xb && (cmd->flags & CTL_GUEST)) {
+                ok = ctl_reply_err(cl, id, -EOPNOTSUPP,
+                                   "not available: this vbdd only exports an "
+                                   "image over NBD (no guest)");
+                goto out;
+        }
+        /* TRANSITIONAL (issue 13): until the NBD export is a device user that
+         * can pause and change images, what swaps the image is refused beside it. */
+        if (c->nbd && (cmd->flags & CTL_NOT_BESIDE_NBD)) {
+                ok = ctl_reply_err(cl, id, -EBUSY, "the image is exported over NBD (%s)",
+                                   vbd_nbd_endpoint(c->nbd));
+                goto out;
+        }
+        vbd_debug("command %s", cmd->name);
+        if (cmd->flags & CTL_DEFERRED) {
+                cl->pending_id = id ? json_incref(id) : NULL;
+                cl->busy = true;
+                r = cmd->fn(cl, cmd, args, &result, &err);
+                if (r <= 0) {
+                        json_decref(cl->pending_id);
+                        cl->pending_id = NULL;
+                        cl->busy = cl->waiting_pause = false;
+                }
+        } else {
+                r = cmd->fn(cl, cmd, args, &result, &err);
+        }
+        if (r < 0) {
+                json_decref(result);
+                ok = ctl_reply_err(cl, id, err.code ? err.code : r, "%s",
+                                   err.msg[0] ? err.msg : strerror(-r));
+        } else if (r == 0) {
+                ok = ctl_reply_ok(cl, id, result);
+                if (cmd->flags & CTL_DETACH) {
+                        vbd_info("detach requested on the control socket");
+                        if (c->xb)
+                                vbd_xenbus_shutdown(c->xb);
+                        else if (c->stop)
+                                c->stop(c->stop_opaque);
+                }
+        } else {
+                ok = true; /* replied, or will */
+        }
+out:
+        json_decref(req);
+        return ok;
+}
+
+/* Process complete lines in the input buffer while no request is pending. */
+static bool process_input(struct ctl_client *cl)
+{
+        size_t start = 0;
+
+        while (!cl->busy && start < cl->in_len) {
+                char *nl = memchr(cl->in + start, '\n', cl->in_len - start);
+                size_t n;
+
+                if (!nl)
+                        break;
+                n = (size_t)(nl - (cl->in + start));
+                if (cl->discarding) {
+                        cl->discarding = false;
+                } else if (!dispatch(cl, cl->in + start, n)) {
+                        return false;
+                }
+                start += n + 1;
+        }
+        memmove(cl->in, cl->in + start, cl->in_len - start);
+        cl->in_len -= start;
+        if (!cl->busy && cl->in_len == VBD_CTL_LINE_MAX) {
+                /* A full buffer and no newline: refuse the line, skip to its end. */
+                cl->in_len = 0;
+                if (!cl->discarding) {
+                        cl->discarding = true;
+                        vbd_warn("request longer than %d bytes refused", VBD_CTL_LINE_MAX);
+                        if (!ctl_reply_err(cl, NULL, -E2BIG, "request longer than %d bytes",
+                                           VBD_CTL_LINE_MAX))
+                                return false;
+                }
+        }
+        return true;
+}
+
+static void client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct ctl_client *cl = w->data;
+
+        ev_timer_again(loop, &cl->idle);
+        while (!cl->eof && cl->in_len < VBD_CTL_LINE_MAX) {
+                ssize_t n = read(cl->fd, cl->in + cl->in_len, VBD_CTL_LINE_MAX - cl->in_len);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN)
+                        break;
+                if (n <= 0) {
+                        cl->eof = true;
+                        break;
+                }
+                cl->in_len += (size_t)n;
+                if (!process_input(cl)) {
+                        client_close(cl);
+                        return;
+                }
+                if (cl->busy)
+                        break;
+        }
+        if (!process_input(cl)) {
+                client_close(cl);
+                return;
+        }
+        if (cl->busy) {
+                ev_io_stop(loop, &cl->rio); /* one request at a time */
+                return;
+        }
+        if (cl->eof) {
+                /* Nothing more will come: close once the replies are out. */
+                ev_io_stop(loop, &cl->rio);
+                if (!cl->out_len)
+                        client_close(cl);
+        }
+}
+
+void ctl_client_resume_input(struct ctl_client *cl)
+{
+        if (!ev_is_active(&cl->rio) && !cl->eof)
+                ev_io_start(cl->ctl->loop, &cl->rio);
+        /* Look at what is already buffered from the loop, not from here. */
+        ev_feed_event(cl->ctl->loop, &cl->rio, EV_READ);
+}
+
+static void client_write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct ctl_client *cl = w->data;
+
+        client_flush(cl);
+        if (cl->eof && !cl->out_len && !cl->busy)
+                client_close(cl);
+}
+
+static void client_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct ctl_client *cl = w->data;
+
+        if (cl->busy)
+                return; /* waiting for a pause: not idle */
+        vbd_debug("closing an idle control connection");
+        client_close(cl);
+}
+
+static void client_close(struct ctl_client *cl)
+{
+        struct vbd_ctl *c = cl->ctl;
+        struct ctl_client **pp;
+
+        for (pp = &c->clients; *pp; pp = &(*pp)->next) {
+                if (*pp == cl) {
+                        *pp = cl->next;
+                        break;
+                }
+        }
+        c->nr_clients--;
+        ctl_cmds_client_gone(cl); /* what it waits for goes on; nobody gets the reply */
+        ev_io_stop(c->loop, &cl->rio);
+        ev_io_stop(c->loop, &cl->wio);
+        ev_timer_stop(c->loop, &cl->idle);
+        ev_clear_pending(c->loop, &cl->rio);
+        close(cl->fd);
+        json_decref(cl->pending_id);
+        free(cl->in);
+        free(cl->out);
+        free(cl);
+}
+
+/* ---- the listener: peer credentials, client limits ---- */
+
+/* Say why and hang up, for connections we do not serve. */
+static void refuse(int fd, int code, const char *msg)
+{
+        char line[512];
+        int n = snprintf(line, sizeof(line),
+                         "{\"v\":%d,\"ok\":false,\"error\":{\"errno\":%d,\"code\":\"%s\","
+                         "\"message\":\"%s\"}}\n",
+                         VBD_CTL_PROTOCOL, code, errno_name(code), msg);
+
+        /* msg is ours and has no characters to escape. */
+        (void)!write(fd, line, (size_t)n);
+        close(fd);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct vbd_ctl *c = w->data;
+
+        for (;;) {
+                struct ucred cred;
+                socklen_t len = sizeof(cred);
+                struct ctl_client *cl;
+                char msg[128];
+                int fd = accept4(c->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+                if (fd < 0) {
+                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                vbd_log_errno(errno, "accept on %s: %m", c->path);
+                        return;
+                }
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+                        refuse(fd, EPERM, "cannot identify the peer");
+                        continue;
+                }
+                if (cred.uid != 0 && cred.uid != geteuid()) {
+                        vbd_warn("control connection from uid %u (pid %d) refused",
+                                 (unsigned)cred.uid, (int)cred.pid);
+                        snprintf(msg, sizeof(msg), "permission denied: uid %u is not root",
+                                 (unsigned)cred.uid);
+                        refuse(fd, EPERM, msg);
+                        continue;
+                }
+                if (c->nr_clients >= c->cfg.max_clients) {
+                        vbd_warn("too many control connections (%u): refusing one", c->nr_clients);
+                        refuse(fd, EMFILE, "too many control connections");
+                        continue;
+                }
+                cl = calloc(1, sizeof(*cl));
+                if (cl)
+                        cl->in = malloc(VBD_CTL_LINE_MAX + 1);
+                if (!cl || !cl->in) {
+                        if (cl)
+                                free(cl);
+                        refuse(fd, ENOMEM, "out of memory");
+                        continue;
+                }
+                cl->ctl = c;
+                cl->fd = fd;
+                ev_io_init(&cl->rio, client_read_cb, fd, EV_READ);
+                cl->rio.data = cl;
+                ev_io_init(&cl->wio, client_write_cb, fd, EV_WRITE);
+                cl->wio.data = cl;
+                ev_init(&cl->idle, client_idle_cb);
+                cl->idle.repeat = VBD_CTL_IDLE_S;
+                cl->idle.data = cl;
+                ev_timer_again(loop, &cl->idle);
+                ev_io_start(loop, &cl->rio);
+                cl->next = c->clients;
+                c->clients = cl;
+                c->nr_clients++;
+        }
+}
+
+static int make_dir(const char *dir)
+{
+        struct stat st;
+
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        if (stat(dir, &st) < 0)
+                return -errno;
+        if (!S_ISDIR(st.st_mode))
+                return -ENOTDIR;
+        return 0;
+}
+
+/*
+ * Bind and listen on c->path (mode 0600, in a 0700 dir), replacing a stale
+ * socket, refusing a live one (-EADDRINUSE).  With accept_cb() above, this
+ * is the listener that src/util/listener.c will replace.
+ */
+static int listen_unix(struct vbd_ctl *c)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        mode_t old_mask;
+        int r;
+
+        r = make_dir(c->dir);
+        if (r < 0) {
+                vbd_log_errno(r, "runtime dir %s: %m", c->dir);
+                return r;
+        }
+        r = vbd_unix_socket_alive(c->path);
+        if (r > 0) {
+                r = vbd_log_errno(EADDRINUSE, "%s: another vbdd serves this VBD: %m", c->path);
+                return r;
+        }
+        if (r < 0) {
+                vbd_log_errno(r, "%s: %m (not replacing it)", c->path);
+                return r;
+        }
+        (void)unlink(c->path);
+
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->fd < 0) {
+                r = vbd_log_errno(errno, "socket: %m");
+                return r;
+        }
+        memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
+        old_mask = umask(0077);
+        r = bind(c->fd, (struct sockaddr *)&sa, sizeof(sa));
+        umask(old_mask);
+        if (r < 0) {
+                r = vbd_log_errno(errno, "bind %s: %m", c->path);
+                return r;
+        }
+        if (chmod(c->path, 0600) < 0 || listen(c->fd, 16) < 0) {
+                r = vbd_log_errno(errno, "%s: %m", c->path);
+                (void)unlink(c->path);
+                return r;
+        }
+        return 0;
+}
+
+/* ---- setup ---- */
+
+struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *cfg)
+{
+        struct vbd_ctl *c = calloc(1, sizeof(*c));
+        int n, r;
+
+        if (!c)
+                return NULL;
+        c->loop = loop;
+        c->cfg = *cfg;
+        c->fd = -1;
+        c->log_level = cfg->log_level;
+        c->start_ms = vbd_now_ms();
+        if (!c->cfg.max_clients)
+                c->cfg.max_clients = 16;
+        if (snprintf(c->dir, sizeof(c->dir), "%s", cfg->dir) >= (int)sizeof(c->dir)) {
+                r = vbd_log_errno(ENAMETOOLONG, "runtime dir '%s': %m", cfg->dir);
+                goto fail;
+        }
+        c->cfg.dir = c->dir;
+        n = snprintf(c->path, sizeof(c->path), "%s/vbdd-%" PRIu32 "-%" PRIu32 ".sock", c->dir,
+                     cfg->domid, cfg->devid);
+        if (n < 0 || (size_t)n >= sizeof(c->path)) {
+                r = vbd_log_errno(ENAMETOOLONG, "control socket path in '%s': %m", c->dir);
+                goto fail;
+        }
+        r = listen_unix(c);
+        if (r < 0)
+                goto fail;
+        ev_io_init(&c->lio, accept_cb, c->fd, EV_READ);
+        c->lio.data = c;
+        vbd_debug("control socket %s", c->path);
+        return c;
+fail:
+        if (c->fd >= 0)
+                close(c->fd);
+        free(c);
+        errno = r < 0 ? -r : EIO;
+        return NULL;
+}
+
+void vbd_ctl_start(struct vbd_ctl *c, struct vbd_device *dev, struct vbd_xenbus *xb)
+{
+        c->dev = dev;
+        c->xb = xb;
+        c->started = true;
+        ev_io_start(c->loop, &c->lio);
+        ev_unref(c->loop); /* the listening socket alone does not keep the loop alive */
+}
+
+void vbd_ctl_set_nbd(struct vbd_ctl *c, struct vbd_nbd *nbd, void (*stop)(void *opaque),
+                     void *opaque)
+{
+        c->nbd = nbd;
+        c->stop = stop;
+        c->stop_opaque = opaque;
+}
+
+const char *vbd_ctl_socket_path(const struct vbd_ctl *c)
+{
+        return c->path;
+}
+
+void vbd_ctl_free(struct vbd_ctl *c)
+{
+        if (!c)
+                return;
+        while (c->clients) {
+                struct ctl_client *cl = c->clients;
+
+                if (cl->waiting_pause)
+                        (void)ctl_reply_err(cl, cl->pending_id, -ESHUTDOWN, "vbdd is exiting");
+                client_flush(cl);
+                client_close(cl);
+        }
+        if (c->dev)
+                vbd_device_forget(c->dev, c); /* a pause's done must not find us gone */
+        if (ev_is_active(&c->lio)) {
+                ev_ref(c->loop);
+                ev_io_stop(c->loop, &c->lio);
+        }
+        if (c->fd >= 0) {
+                close(c->fd);
+                (void)unlink(c->path);
+        }
+        free(c);
+}
