@@ -481,5 +481,5 @@ int main(void)
         test_reopen(loop);
         test_job_args(loop);
         test_job_lifecycle(loop);
-        return unit_failures ? 1 : 0;
+        return check_result("job");
 }

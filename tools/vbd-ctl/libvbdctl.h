@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * libvbdctl: the client side of the vbdd control socket (see src/ctl.h for
+ * libvbdctl: the client side of the vbdd control socket (see src/control.h for
  * the protocol), shared by the vbd-ctl verbs.  One connection per call.
  */
 #pragma once
