@@ -15,7 +15,7 @@
  * address, or an IPv6 address in brackets: tcp:[::1]:10809).  There is no
  * TLS and no authentication: TCP is for trusted networks only.
  *
- * Everything a client sends is checked (see nbd-export.c for the limits):
+ * Everything a client sends is checked (see nbd-internal.h for the limits):
  * a request the spec lets us refuse gets an NBD error reply; a protocol
  * violation (bad magic, unknown client flags, an option or request we
  * cannot even skip) disconnects that client with one log line.  Memory per
