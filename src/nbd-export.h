@@ -76,7 +76,8 @@ void vbd_nbd_resume(struct vbd_nbd *n);
  * caller's).  Only while paused and drained (pause's done called), else
  * -EBUSY.  Clients negotiated the size and block sizes: img must have the
  * same size and logical block, and take requests as large (max_io), else
- * -EINVAL.  -ENOMEM.
+ * -EINVAL.  The flags advertised stay: a request the new image cannot
+ * take (say, a TRIM) fails with an NBD error.  -ENOMEM.
  */
 int vbd_nbd_set_image(struct vbd_nbd *n, struct vbd_image *img);
 
