@@ -15,7 +15,7 @@
  * address, or an IPv6 address in brackets: tcp:[::1]:10809).  There is no
  * TLS and no authentication: TCP is for trusted networks only.
  *
- * Everything a client sends is checked (see nbd-export.c for the limits):
+ * Everything a client sends is checked (see nbd-internal.h for the limits):
  * a request the spec lets us refuse gets an NBD error reply; a protocol
  * violation (bad magic, unknown client flags, an option or request we
  * cannot even skip) disconnects that client with one log line.  Memory per
@@ -60,6 +60,27 @@ struct vbd_nbd *vbd_nbd_new(struct ev_loop *loop, struct vbd_image *img,
  */
 void vbd_nbd_shutdown(struct vbd_nbd *n, void (*done)(void *opaque), void *opaque);
 
+/*
+ * Pause: stop reading new requests from every client (they wait in the
+ * sockets; clients stay connected, handshakes go on) and call done(opaque)
+ * once no request of the export is in the image: inline if none is, else
+ * from the loop.  Not while paused already (logged, ignored).
+ */
+void vbd_nbd_pause(struct vbd_nbd *n, void (*done)(void *opaque), void *opaque);
+
+/* Read requests again.  A pause whose done was not called yet is called off. */
+void vbd_nbd_resume(struct vbd_nbd *n);
+
+/*
+ * Serve img from now on (it must outlive the export; the old one is the
+ * caller's).  Only while paused and drained (pause's done called), else
+ * -EBUSY.  Clients negotiated the size and block sizes: img must have the
+ * same size and logical block, and take requests as large (max_io), else
+ * -EINVAL.  The flags advertised stay: a request the new image cannot
+ * take (say, a TRIM) fails with an NBD error.  -ENOMEM.
+ */
+int vbd_nbd_set_image(struct vbd_nbd *n, struct vbd_image *img);
+
 /* Close everything now.  Only with no I/O in flight (after shutdown's done). NULL-safe. */
 void vbd_nbd_free(struct vbd_nbd *n);
 
@@ -87,7 +108,7 @@ struct vbd_nbd_limits {
         uint32_t max_block; /* READ/WRITE length limit */
         uint16_t eflags;    /* the transmission flags sent to the client */
         bool structured;    /* structured replies negotiated */
-        bool meta_alloc;    /* base:allocation selected */
+        bool meta_alloc;    /* a meta context (base:allocation) selected */
 };
 
 /* The NBD error (0 if the request may proceed) for a request header.

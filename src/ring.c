@@ -7,6 +7,7 @@
 #include <xen/io/blkif.h>
 
 #include "ring.h"
+#include "vbd/endian.h"
 #include "vbd/log.h"
 
 /*
@@ -123,34 +124,10 @@ struct layout {
 static const struct layout layout64 = {8, 16, 24, 8, 16, 24, 28, 8, 16, 24};
 static const struct layout layout32 = {4, 12, 20, 4, 12, 20, 24, 4, 12, 20};
 
-static uint64_t get64(const uint8_t *b, unsigned off)
-{
-        uint64_t v;
-
-        memcpy(&v, b + off, sizeof(v));
-        return v;
-}
-
-static uint32_t get32(const uint8_t *b, unsigned off)
-{
-        uint32_t v;
-
-        memcpy(&v, b + off, sizeof(v));
-        return v;
-}
-
-static uint16_t get16(const uint8_t *b, unsigned off)
-{
-        uint16_t v;
-
-        memcpy(&v, b + off, sizeof(v));
-        return v;
-}
-
 static void decode_segs(const uint8_t *b, unsigned n, struct vbd_ring_seg *out)
 {
         for (unsigned i = 0; i < n; i++) {
-                out[i].gref = get32(b, i * 8);
+                out[i].gref = vbd_get_le32(b + i * 8);
                 out[i].first_sect = b[i * 8 + 4];
                 out[i].last_sect = b[i * 8 + 5];
         }
@@ -169,25 +146,25 @@ static void decode(const uint8_t *b, const struct layout *l, struct vbd_ring_req
         switch (req->operation) {
         case BLKIF_OP_INDIRECT:
                 req->indirect_op = b[1];
-                req->nr_segments = get16(b, 2);
-                req->id = get64(b, l->ind_id);
-                req->sector_number = get64(b, l->ind_sector);
-                req->handle = get16(b, l->ind_handle);
+                req->nr_segments = vbd_get_le16(b + 2);
+                req->id = vbd_get_le64(b + l->ind_id);
+                req->sector_number = vbd_get_le64(b + l->ind_sector);
+                req->handle = vbd_get_le16(b + l->ind_handle);
                 for (unsigned i = 0; i < VBD_RING_MAX_INDIRECT_PAGES; i++)
-                        req->indirect_grefs[i] = get32(b, l->ind_grefs + 4 * i);
+                        req->indirect_grefs[i] = vbd_get_le32(b + l->ind_grefs + 4 * i);
                 break;
         case BLKIF_OP_DISCARD:
                 req->flag = b[1];
-                req->handle = get16(b, 2);
-                req->id = get64(b, l->dis_id);
-                req->sector_number = get64(b, l->dis_sector);
-                req->nr_sectors = get64(b, l->dis_nr_sectors);
+                req->handle = vbd_get_le16(b + 2);
+                req->id = vbd_get_le64(b + l->dis_id);
+                req->sector_number = vbd_get_le64(b + l->dis_sector);
+                req->nr_sectors = vbd_get_le64(b + l->dis_nr_sectors);
                 break;
         default:
                 req->nr_segments = b[1];
-                req->handle = get16(b, 2);
-                req->id = get64(b, l->id);
-                req->sector_number = get64(b, l->sector);
+                req->handle = vbd_get_le16(b + 2);
+                req->id = vbd_get_le64(b + l->id);
+                req->sector_number = vbd_get_le64(b + l->sector);
                 /* Only what fits; nr_segments itself is checked later. */
                 decode_segs(b + l->seg,
                             req->nr_segments < VBD_RING_MAX_SEGMENTS ? req->nr_segments

@@ -3,10 +3,18 @@
  * nbd-export.c's pure parts: endpoint parsing, the request checker (every
  * command, flag, range and alignment rule, read-only and not), the errno
  * mapping; and vbd_image_block_status through the null driver, the raw
- * driver on a sparse file, and a mock driver that answers badly.
+ * driver on a sparse file, and a mock driver that answers badly.  And the
+ * export itself, over a unix socket with a client written here: pause
+ * waits for the request in the image, a request sent while paused is
+ * answered only after resume, from the image set meanwhile.
  */
 #include <ev.h>
+#include <poll.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "vbd/endian.h"
 
 #include "aio.h"
 #include "image.h"
@@ -296,10 +304,295 @@ static void test_block_status(void)
         vbd_aio_free(aio);
 }
 
+/* ---- pause, set_image, resume ---- */
+
+/* Two images told apart by what they read; A can hold its requests. */
+static struct vbd_io *held;
+static bool hold;
+static unsigned submits_a, submits_b;
+
+static int pause_get_info(struct vbd_image *img, struct vbd_info *ret)
+{
+        *ret = (struct vbd_info){.size = 1 << 20, .logical_block = 512, .caps = VBD_CAP_FLUSH};
+        return 0;
+}
+
+static int small_get_info(struct vbd_image *img, struct vbd_info *ret)
+{
+        *ret = (struct vbd_info){.size = 1 << 19, .logical_block = 512};
+        return 0;
+}
+
+static int big_block_get_info(struct vbd_image *img, struct vbd_info *ret)
+{
+        *ret = (struct vbd_info){.size = 1 << 20, .logical_block = 4096};
+        return 0;
+}
+
+static void fill_read(struct vbd_io *io, int byte)
+{
+        for (unsigned i = 0; i < io->iovcnt; i++)
+                memset(io->iov[i].iov_base, byte, io->iov[i].iov_len);
+}
+
+static void submit_a(struct vbd_image *img, struct vbd_io *io)
+{
+        submits_a++;
+        if (io->op == VBD_OP_READ)
+                fill_read(io, 0xaa);
+        if (hold) {
+                held = io;
+                return;
+        }
+        vbd_io_complete(io, 0);
+}
+
+static void submit_b(struct vbd_image *img, struct vbd_io *io)
+{
+        submits_b++;
+        memset(io->scratch, 0x5a, 64); /* B needs scratch, A none: set_image gave it */
+        if (io->op == VBD_OP_READ)
+                fill_read(io, 0xbb);
+        vbd_io_complete(io, 0);
+}
+
+static const struct vbd_driver drv_a = {.abi = VBD_DRIVER_ABI,
+                                        .name = "mock",
+                                        .description = "A",
+                                        .open = mock_open,
+                                        .get_info = pause_get_info,
+                                        .submit = submit_a,
+                                        .close = mock_close};
+static const struct vbd_driver drv_b = {.abi = VBD_DRIVER_ABI,
+                                        .name = "mock",
+                                        .description = "B",
+                                        .io_scratch_size = 64,
+                                        .open = mock_open,
+                                        .get_info = pause_get_info,
+                                        .submit = submit_b,
+                                        .close = mock_close};
+static const struct vbd_driver drv_small = {.abi = VBD_DRIVER_ABI,
+                                            .name = "mock",
+                                            .description = "small",
+                                            .open = mock_open,
+                                            .get_info = small_get_info,
+                                            .submit = submit_b,
+                                            .close = mock_close};
+static const struct vbd_driver drv_big_block = {.abi = VBD_DRIVER_ABI,
+                                                .name = "mock",
+                                                .description = "4K",
+                                                .open = mock_open,
+                                                .get_info = big_block_get_info,
+                                                .submit = submit_b,
+                                                .close = mock_close};
+
+static void pump(struct ev_loop *loop)
+{
+        for (int i = 0; i < 20; i++) {
+                ev_run(loop, EVRUN_NOWAIT);
+                usleep(500);
+        }
+}
+
+/* Read exactly n bytes, running the export's loop meanwhile. */
+static void client_recv(struct ev_loop *loop, int fd, void *buf, size_t n)
+{
+        size_t got = 0;
+
+        for (int tries = 0; got < n && tries < 2000; tries++) {
+                ssize_t r;
+
+                ev_run(loop, EVRUN_NOWAIT);
+                r = recv(fd, (char *)buf + got, n - got, MSG_DONTWAIT);
+                if (r > 0)
+                        got += (size_t)r;
+                else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                        break;
+                else
+                        usleep(1000);
+        }
+        REQUIRE(got == n);
+}
+
+static bool client_nothing_to_read(struct ev_loop *loop, int fd)
+{
+        char b;
+
+        pump(loop);
+        return recv(fd, &b, 1, MSG_DONTWAIT | MSG_PEEK) < 0 && errno == EAGAIN;
+}
+
+static void client_send(int fd, const void *buf, size_t n)
+{
+        REQUIRE(send(fd, buf, n, MSG_NOSIGNAL) == (ssize_t)n);
+}
+
+static void client_read_req(int fd, uint64_t cookie, uint64_t offset, uint32_t len)
+{
+        uint8_t h[28];
+
+        vbd_put_be32(h, 0x25609513);
+        vbd_put_be16(h + 4, 0);
+        vbd_put_be16(h + 6, READ);
+        vbd_put_be64(h + 8, cookie);
+        vbd_put_be64(h + 16, offset);
+        vbd_put_be32(h + 24, len);
+        client_send(fd, h, sizeof(h));
+}
+
+/* A simple reply to a READ of len bytes: cookie, error 0, every byte == byte. */
+static void client_check_read(struct ev_loop *loop, int fd, uint64_t cookie, uint32_t len, int byte)
+{
+        uint8_t h[16], data[4096];
+        bool same = true;
+
+        REQUIRE(len <= sizeof(data));
+        client_recv(loop, fd, h, sizeof(h));
+        CHECK_EQ(vbd_get_be32(h), 0x67446698);
+        CHECK_EQ(vbd_get_be32(h + 4), 0);
+        CHECK_EQ(vbd_get_be64(h + 8), cookie);
+        client_recv(loop, fd, data, len);
+        for (uint32_t i = 0; i < len; i++)
+                same &= data[i] == byte;
+        CHECK(same);
+}
+
+static int client_connect(struct ev_loop *loop, const char *path)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        uint8_t g[18], f[4], o[16], e[10];
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        REQUIRE(fd >= 0 && strlen(path) < sizeof(sa.sun_path));
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        REQUIRE(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+        client_recv(loop, fd, g, sizeof(g));
+        CHECK_EQ(vbd_get_be64(g), 0x4e42444d41474943ULL);
+        vbd_put_be32(f, 3); /* FIXED_NEWSTYLE | NO_ZEROES */
+        client_send(fd, f, sizeof(f));
+        vbd_put_be64(o, 0x49484156454f5054ULL);
+        vbd_put_be32(o + 8, 1); /* EXPORT_NAME "" */
+        vbd_put_be32(o + 12, 0);
+        client_send(fd, o, sizeof(o));
+        client_recv(loop, fd, e, sizeof(e));
+        CHECK_EQ(vbd_get_be64(e), 1 << 20);
+        return fd;
+}
+
+static unsigned pause_calls;
+
+static void paused_cb(void *opaque)
+{
+        pause_calls++;
+        CHECK(opaque == &pause_calls);
+}
+
+static void test_pause(void)
+{
+        struct ev_loop *loop = ev_default_loop(0);
+        struct vbd_err err;
+        struct vbd_image *a, *b, *small, *big_block;
+        char path[600], ep[700];
+        struct vbd_nbd *n;
+        int fd;
+
+        a = vbd_image_open_driver(&drv_a, "mock:a", true, NULL, &err);
+        b = vbd_image_open_driver(&drv_b, "mock:b", true, NULL, &err);
+        small = vbd_image_open_driver(&drv_small, "mock:small", true, NULL, &err);
+        big_block = vbd_image_open_driver(&drv_big_block, "mock:4k", true, NULL, &err);
+        REQUIRE(a && b && small && big_block);
+        unit_path(path, sizeof(path), "nbd.sock");
+        snprintf(ep, sizeof(ep), "unix:%s", path);
+        n = vbd_nbd_new(loop, a, &(struct vbd_nbd_config){.endpoint = ep});
+        REQUIRE(n);
+        fd = client_connect(loop, path);
+        CHECK_EQ(vbd_nbd_clients(n), 1);
+
+        /* Not paused: set_image refuses. */
+        CHECK_EQ(vbd_nbd_set_image(n, b), -EBUSY);
+
+        /* A request in the image: pause waits for it. */
+        hold = true;
+        client_read_req(fd, 1, 0, 4096);
+        pump(loop);
+        REQUIRE(held);
+        CHECK_EQ(vbd_nbd_inflight(n), 1);
+        vbd_nbd_pause(n, paused_cb, &pause_calls);
+        pump(loop);
+        CHECK_EQ(pause_calls, 0);
+        CHECK_EQ(vbd_nbd_set_image(n, b), -EBUSY);
+        vbd_nbd_pause(n, paused_cb, &pause_calls); /* twice: ignored */
+        hold = false;
+        vbd_io_complete(held, 0);
+        held = NULL;
+        pump(loop);
+        CHECK_EQ(pause_calls, 1);
+        client_check_read(loop, fd, 1, 4096, 0xaa); /* replies go out while paused */
+
+        /* Requests sent while paused wait in the socket. */
+        client_read_req(fd, 2, 4096, 4096);
+        client_read_req(fd, 3, 8192, 512);
+        CHECK(client_nothing_to_read(loop, fd));
+        CHECK_EQ(submits_a, 1);
+        CHECK_EQ(vbd_nbd_inflight(n), 0);
+
+        /* The new image must have the geometry the client negotiated. */
+        CHECK_EQ(vbd_nbd_set_image(n, small), -EINVAL);
+        CHECK_EQ(vbd_nbd_set_image(n, big_block), -EINVAL);
+        CHECK_EQ(vbd_nbd_set_image(n, b), 0);
+        CHECK(client_nothing_to_read(loop, fd));
+        CHECK_EQ(submits_b, 0);
+
+        /* Resume: answered, from the new image. */
+        vbd_nbd_resume(n);
+        client_check_read(loop, fd, 2, 4096, 0xbb);
+        client_check_read(loop, fd, 3, 512, 0xbb);
+        CHECK_EQ(submits_a, 1);
+        CHECK_EQ(submits_b, 2);
+
+        /* An idle export pauses at once (inline), and a new client reads B. */
+        vbd_nbd_pause(n, paused_cb, &pause_calls);
+        CHECK_EQ(pause_calls, 2);
+        {
+                int fd2 = client_connect(loop, path); /* the handshake goes on while paused */
+
+                client_read_req(fd2, 4, 0, 512);
+                CHECK(client_nothing_to_read(loop, fd2));
+                CHECK_EQ(vbd_nbd_set_image(n, a), 0);
+                vbd_nbd_resume(n);
+                client_check_read(loop, fd2, 4, 512, 0xaa);
+                close(fd2);
+        }
+
+        /* A pause called off by resume before it drained: done never comes. */
+        hold = true;
+        client_read_req(fd, 5, 0, 512);
+        pump(loop);
+        REQUIRE(held);
+        vbd_nbd_pause(n, paused_cb, &pause_calls);
+        vbd_nbd_resume(n);
+        hold = false;
+        vbd_io_complete(held, 0);
+        held = NULL;
+        client_check_read(loop, fd, 5, 512, 0xaa);
+        pump(loop);
+        CHECK_EQ(pause_calls, 2);
+
+        close(fd);
+        pump(loop);
+        CHECK_EQ(vbd_nbd_clients(n), 0);
+        vbd_nbd_free(n);
+        vbd_image_close(a);
+        vbd_image_close(b);
+        vbd_image_close(small);
+        vbd_image_close(big_block);
+}
+
 int main(void)
 {
         test_endpoints();
         test_check();
         test_block_status();
+        test_pause();
         return check_result("test-nbd-export");
 }

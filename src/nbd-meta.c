@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Meta contexts of the NBD export (doc/proto.md, "Metadata querying"): the
+ * table of contexts we offer, their negotiation (NBD_OPT_LIST_META_CONTEXT,
+ * NBD_OPT_SET_META_CONTEXT) and their part of NBD_CMD_BLOCK_STATUS.
+ *
+ * Today the table has one entry, base:allocation.  Another context (say
+ * qemu:allocation-depth, or qemu:dirty-bitmap:NAME from a change tracker)
+ * is one more entry: a name, whether this export offers it, and a function
+ * that writes its descriptors for a range.  Negotiation, ids, and the reply
+ * (one chunk per selected context, the last flagged DONE) are common.
+ */
+#define VBD_LOG_TOPIC "nbd"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "nbd-internal.h"
+
+/* ---- base:allocation ---- */
+
+static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
+{
+        struct nbd_client *cl = r->cl;
+        unsigned n = 0, cnt = 0;
+        int rc;
+
+        if (max > NBD_EXTENTS_MAX)
+                max = NBD_EXTENTS_MAX;
+        rc = vbd_image_block_status(nbd_image(cl->srv), r->offset, r->len, cl->ext, max, &n);
+        if (rc < 0)
+                return rc;
+        for (unsigned i = 0; i < n; i++) {
+                uint32_t f = 0;
+
+                if (cl->ext[i].flags & VBD_EXTENT_HOLE)
+                        f |= NBD_STATE_HOLE;
+                if (cl->ext[i].flags & VBD_EXTENT_ZERO)
+                        f |= NBD_STATE_ZERO;
+                /* Extents lie inside the request: each fits in 32 bits. */
+                if (cnt && vbd_get_be32(out + 8 * (cnt - 1) + 4) == f) {
+                        uint8_t *l = out + 8 * (cnt - 1);
+
+                        vbd_put_be32(l, vbd_get_be32(l) + (uint32_t)cl->ext[i].len);
+                        continue;
+                }
+                vbd_put_be32(out + 8 * cnt, (uint32_t)cl->ext[i].len);
+                vbd_put_be32(out + 8 * cnt + 4, f);
+                cnt++;
+        }
+        return (int)cnt;
+}
+
+/* ---- the table ---- */
+
+const struct nbd_meta_context nbd_meta_contexts[] = {
+    {.name = "base:allocation", .block_status = base_allocation},
+};
+const unsigned nbd_meta_count = VBD_ARRAY_SIZE(nbd_meta_contexts);
+
+_Static_assert(VBD_ARRAY_SIZE(nbd_meta_contexts) <= NBD_META_MAX, "raise NBD_META_MAX");
+
+static bool ctx_available(struct vbd_nbd *s, unsigned i)
+{
+        return !nbd_meta_contexts[i].available || nbd_meta_contexts[i].available(s);
+}
+
+/* Does query q (ql bytes) select context i?  LIST also takes a namespace ("base:"). */
+static bool query_selects(unsigned i, const char *q, uint32_t ql, bool list)
+{
+        const char *name = nbd_meta_contexts[i].name;
+        const char *colon = strchr(name, ':');
+        size_t ns = colon ? (size_t)(colon - name) + 1 : 0;
+
+        if (ql == strlen(name) && memcmp(q, name, ql) == 0)
+                return true;
+        return list && ns && ql == ns && memcmp(q, name, ns) == 0;
+}
+
+/* ---- negotiation ---- */
+
+void nbd_meta_option(struct nbd_client *cl)
+{
+        struct vbd_nbd *s = cl->srv;
+        const uint8_t *d = cl->opt;
+        uint32_t len = cl->opt_len, nlen, nq, pos, found = 0;
+        bool set = cl->opt_code == NBD_OPT_SET_META_CONTEXT;
+
+        if (set)
+                cl->meta = 0; /* replaced even when this fails */
+        if (!cl->structured) {
+                nbd_opt_error(cl, NBD_REP_ERR_INVALID, "negotiate structured replies first");
+                return;
+        }
+        if (len < 8 || (nlen = vbd_get_be32(d)) > len - 8 || nlen > VBD_NBD_NAME_MAX) {
+                nbd_opt_error(cl, NBD_REP_ERR_INVALID, "malformed option");
+                return;
+        }
+        nq = vbd_get_be32(d + 4 + nlen);
+        pos = 8 + nlen;
+        /* Check the whole option before answering anything. */
+        for (uint32_t i = 0; i < nq; i++) {
+                uint32_t ql;
+
+                if (len - pos < 4 || (ql = vbd_get_be32(d + pos)) > len - pos - 4 ||
+                    ql > VBD_NBD_NAME_MAX) {
+                        nbd_opt_error(cl, NBD_REP_ERR_INVALID, "malformed query");
+                        return;
+                }
+                pos += 4 + ql;
+        }
+        if (pos != len) {
+                nbd_opt_error(cl, NBD_REP_ERR_INVALID, "malformed option: trailing data");
+                return;
+        }
+        if (!nbd_name_is_ours(s, d + 4, nlen)) {
+                nbd_opt_error(cl, NBD_REP_ERR_UNKNOWN, "no such export");
+                return;
+        }
+        pos = 8 + nlen;
+        for (uint32_t i = 0; i < nq; i++) {
+                uint32_t ql = vbd_get_be32(d + pos);
+                const char *q = (const char *)d + pos + 4;
+
+                pos += 4 + ql;
+                for (unsigned c = 0; c < nbd_meta_count; c++)
+                        if (ctx_available(s, c) && query_selects(c, q, ql, !set))
+                                found |= 1u << c;
+        }
+        if (!set && nq == 0) /* LIST without queries: everything */
+                for (unsigned c = 0; c < nbd_meta_count; c++)
+                        if (ctx_available(s, c))
+                                found |= 1u << c;
+        for (unsigned c = 0; c < nbd_meta_count; c++) {
+                const char *name = nbd_meta_contexts[c].name;
+                uint8_t rep[4 + VBD_NBD_NAME_MAX];
+                size_t l = strlen(name);
+
+                if (!(found & (1u << c)))
+                        continue;
+                vbd_put_be32(rep, set ? c + 1 : 0);
+                memcpy(rep + 4, name, l);
+                nbd_opt_reply(cl, NBD_REP_META_CONTEXT, rep, (uint32_t)(4 + l));
+        }
+        if (set)
+                cl->meta = found;
+        nbd_opt_reply(cl, NBD_REP_ACK, NULL, 0);
+}
+
+void nbd_meta_describe(const struct nbd_client *cl, char *buf, size_t size)
+{
+        size_t off = 0;
+
+        buf[0] = '\0';
+        for (unsigned c = 0; c < nbd_meta_count && off < size; c++)
+                if (cl->meta & (1u << c))
+                        off += (size_t)snprintf(buf + off, size - off, ", %s",
+                                                nbd_meta_contexts[c].name);
+}
+
+/* ---- BLOCK_STATUS ---- */
+
+int nbd_meta_block_status(struct nbd_req *r, uint8_t *out, size_t size)
+{
+        struct nbd_client *cl = r->cl;
+        unsigned max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_EXTENTS_MAX, last = 0;
+        size_t off = 0;
+
+        for (unsigned c = 0; c < nbd_meta_count; c++)
+                if (cl->meta & (1u << c))
+                        last = c;
+        for (unsigned c = 0; c < nbd_meta_count; c++) {
+                uint8_t *h = out + off;
+                int n;
+
+                if (!(cl->meta & (1u << c)))
+                        continue;
+                if (size - off < NBD_BS_CHUNK_MAX)
+                        return -ENOBUFS; /* the buffer is sized for the table */
+                n = nbd_meta_contexts[c].block_status(r, h + 24, max);
+                if (n < 0)
+                        return n;
+                vbd_put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
+                vbd_put_be16(h + 4, c == last ? NBD_REPLY_FLAG_DONE : 0);
+                vbd_put_be16(h + 6, NBD_REPLY_TYPE_BLOCK_STATUS);
+                vbd_put_be64(h + 8, r->cookie);
+                vbd_put_be32(h + 16, 4 + 8 * (uint32_t)n);
+                vbd_put_be32(h + 20, c + 1);
+                off += 24 + 8 * (size_t)n;
+        }
+        return (int)off;
+}
