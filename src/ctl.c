@@ -474,17 +474,17 @@ static int cmd_reopen(struct ctl_client *cl, json_t *args, json_t **ret, struct 
                                        vbd_mirror_state_name(st));
         }
 #endif
-        img = vbd_image_open(spec, xc->readonly, c->aio, &oerr);
+        img = vbd_image_open(spec, xc->readonly, c->aio, c->loop, &oerr);
         if (!img)
                 return set_err(err, oerr.code ? oerr.code : -EIO, "cannot open '%s': %s", spec,
                                oerr.msg);
         r = vbd_xenbus_swap_image(c->xb, img);
         if (r < 0) {
-                vbd_image_close(img);
+                vbd_image_drain_close(img);
                 return set_err(err, r, "cannot serve '%s': %s", spec, strerror(-r));
         }
         *c->img = img;
-        vbd_image_close(old);
+        vbd_image_drain_close(old);
         *ret = json_pack("{s:s,s:I}", "image", vbd_image_name(img), "size",
                          (json_int_t)vbd_image_info(img)->size);
         return 0;

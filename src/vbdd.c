@@ -103,6 +103,11 @@ static void export_stop(void *opaque)
         vbd_nbd_shutdown(the_nbd, nbd_stopped_cb, opaque);
 }
 
+static void image_drained(void *opaque)
+{
+        *(bool *)opaque = true;
+}
+
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
         vbd_info("signal %d: stopping", w->signum);
@@ -403,7 +408,7 @@ int main(int argc, char **argv)
                         goto out;
                 spec = spec_buf;
         }
-        img = vbd_image_open(spec, cfg.readonly, aio, &err);
+        img = vbd_image_open(spec, cfg.readonly, aio, loop, &err);
         if (!img) {
                 vbd_err("cannot open image '%s': %s", spec, err.msg);
                 goto out;
@@ -449,13 +454,20 @@ out:
         vbd_nbd_free(the_nbd);
         vbd_xenbus_free(the_xenbus);
         vbd_xen_close(xen);
+        if (img) { /* let the stack's background work (a mirror's) finish first */
+                bool drained = false;
+
+                vbd_image_drain(img, image_drained, &drained);
+                while (!drained)
+                        ev_run(loop, EVRUN_ONCE);
+        }
         vbd_image_close(img);
         vbd_aio_free(aio);
         return ret;
 
 export_only:
         /* No xenstore, no grant tables: nothing of Xen is opened. */
-        img = vbd_image_open(spec, cfg.readonly, aio, &err);
+        img = vbd_image_open(spec, cfg.readonly, aio, loop, &err);
         if (!img) {
                 vbd_err("cannot open image '%s': %s", spec, err.msg);
                 goto out;

@@ -28,7 +28,7 @@
 #include <sys/uio.h>
 #include <zlib.h>
 
-#include "aio.h"
+#include "vbd/aio.h"
 #include "vbd/driver.h"
 #include "vbd/log.h"
 
@@ -141,6 +141,7 @@ struct qcow2_child;
 struct vbd_image;
 
 struct qcow2_state {
+        struct vbd_image *img;
         /* File. */
         char *path;
         int mfd; /* buffered: metadata, COW and unaligned I/O */
@@ -216,7 +217,8 @@ struct qcow2_state {
         size_t nl1_todo, l1_todo_cap;
         struct vbd_aio_op flush_op;
         bool flush_busy;
-        bool cor; /* copy-on-read */
+        bool draining; /* drain() called: report once no flush round runs */
+        bool cor;      /* copy-on-read */
 };
 
 /* qcow2-format.c: pure functions on buffers. */

@@ -142,7 +142,7 @@ static struct vbd_image *open_image(const char *fmt, const char *path, bool read
         char spec[700];
 
         snprintf(spec, sizeof(spec), fmt, path);
-        img = vbd_image_open(spec, readonly, aio, &err);
+        img = vbd_image_open(spec, readonly, aio, loop, &err);
         if (!img)
                 fprintf(stderr, "open '%s': %s\n", spec, err.msg);
         return img;
@@ -440,17 +440,17 @@ static void test_sizes_and_errors(void)
 
         unit_path(path, sizeof(path), "does-not-exist");
         snprintf(spec, sizeof(spec), "raw:%s", path);
-        CHECK(vbd_image_open(spec, false, aio, &err) == NULL);
+        CHECK(vbd_image_open(spec, false, aio, loop, &err) == NULL);
         CHECK_EQ(err.code, -ENOENT);
         CHECK(strstr(err.msg, "cannot open") && strstr(err.msg, "No such file"));
 
         snprintf(spec, sizeof(spec), "raw:%s", unit_tmpdir());
-        CHECK(vbd_image_open(spec, true, aio, &err) == NULL); /* a directory */
+        CHECK(vbd_image_open(spec, true, aio, loop, &err) == NULL); /* a directory */
         CHECK_EQ(err.code, -EINVAL);
         CHECK(strstr(err.msg, "not a regular file or block device") != NULL);
-        CHECK(vbd_image_open("raw:/dev/null", false, aio, &err) == NULL);
+        CHECK(vbd_image_open("raw:/dev/null", false, aio, loop, &err) == NULL);
         CHECK(strstr(err.msg, "not a regular file or block device") != NULL);
-        CHECK(vbd_image_open("raw:/dev/null,direct=bogus", false, aio, &err) == NULL);
+        CHECK(vbd_image_open("raw:/dev/null,direct=bogus", false, aio, loop, &err) == NULL);
         CHECK(strstr(err.msg, "direct=bogus") != NULL);
         CHECK_EQ(fds_of("/dev/null").n, devnull_fds); /* nothing leaked */
 }
