@@ -74,7 +74,6 @@ static void pace_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct mirror *m = w->data;
 
-        (void)revents;
         m->pace_on = false;
         ev_ref(loop);
         mirror_progress(m);
@@ -468,11 +467,20 @@ void mirror_progress(struct mirror *m)
         } while (m->again);
         mirror_nbd_watch(m);
         m->in_progress = false;
-        /* Last: the core may close the image from vbd_image_drained(). */
+        /* drain() reports itself; a completion must not: the core may close
+         * the stack from vbd_image_drained(), under the child's feet. */
         if (m->draining && !m->drained && !m->slots_busy && !m->cut_local && !m->nnops) {
                 m->drained = true;
-                vbd_image_drained(m->self);
+                if (!m->in_drain) /* from a completion: report from the loop */
+                        ev_timer_start(m->loop, &m->drain_w);
         }
+}
+
+static void drained_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct mirror *m = w->data;
+
+        vbd_image_drained(m->self);
 }
 
 /* ---- control ---- */
@@ -495,6 +503,8 @@ void mirror_copy_init(struct mirror *m)
 {
         ev_init(&m->pace_w, pace_cb);
         m->pace_w.data = m;
+        ev_timer_init(&m->drain_w, drained_cb, 0., 0.);
+        m->drain_w.data = m;
 }
 
 int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, struct vbd_err *err)

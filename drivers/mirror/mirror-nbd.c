@@ -265,7 +265,6 @@ static void nbd_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         struct mirror *m = w->data;
         int r = 0;
 
-        (void)loop;
         if (!m->nbd)
                 return;
         if (revents & EV_READ)
@@ -290,7 +289,6 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
         struct mirror *m = w->data;
         uint64_t t = vbd_now_ns(), limit = (uint64_t)m->p.timeout * 1000000000u;
 
-        (void)revents;
         m->tick_on = false;
         ev_ref(loop);
         if (m->state == VBD_MIRROR_CONNECTING && t - m->start_ns > limit)

@@ -417,7 +417,6 @@ static int mirror_open(struct vbd_image *img, const struct vbd_opts *o, struct v
         struct mirror *m = vbd_image_state(img);
         struct vbd_image *child = vbd_image_child(img);
 
-        (void)o;
         if (!child)
                 return vbd_err_set(err, -EINVAL, "mirror: a filter, over an image: mirror:SPEC");
         m->self = img;
@@ -449,8 +448,8 @@ static int mirror_block_status(struct vbd_image *img, uint64_t offset, uint64_t 
         return vbd_image_block_status(vbd_image_child(img), offset, len, ret, max, ret_n);
 }
 
-/* No guest I/O is in flight: end the migration, drop the partner, and let
- * mirror_progress() report drained once the copier's reads have landed. */
+/* No guest I/O is in flight: end the migration, drop the partner, and report
+ * drained now, or from the loop once the copier's reads have landed. */
 static void mirror_drain(struct vbd_image *img)
 {
         struct mirror *m = vbd_image_state(img);
@@ -464,7 +463,11 @@ static void mirror_drain(struct vbd_image *img)
         mirror_timer_stop(m, &m->pace_w, &m->pace_on);
         mirror_nbd_drop(m);
         mirror_guest_partner_gone(m);
-        mirror_progress(m); /* may call vbd_image_drained() */
+        m->in_drain = true;
+        mirror_progress(m);
+        m->in_drain = false;
+        if (m->drained)
+                vbd_image_drained(img); /* the last use of m: the core may close it */
 }
 
 /* Drained: nothing of ours is in flight. */
@@ -474,6 +477,8 @@ static void mirror_close(struct vbd_image *img)
 
         mirror_timer_stop(m, &m->tick_w, &m->tick_on);
         mirror_timer_stop(m, &m->pace_w, &m->pace_on);
+        if (m->loop)
+                ev_timer_stop(m->loop, &m->drain_w);
         mirror_nbd_drop(m);
         mirror_copy_reset(m);
         free(m->cut_scratch);

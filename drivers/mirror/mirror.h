@@ -269,8 +269,11 @@ struct mirror {
         char fail_msg[256];
 
         bool in_progress, again;
-        /* drain(): called; vbd_image_drained() called. */
-        bool draining, drained;
+        /* drain() called; running; nothing in flight any more (reported by
+         * drain() itself, or from the loop with drain_w: never from a
+         * child's completion, since the core may close the stack then). */
+        bool draining, in_drain, drained;
+        ev_timer drain_w;
 
         /* Figures. */
         uint64_t start_ns, end_ns, bytes_copied, bytes_zeroed, bytes_forwarded;
