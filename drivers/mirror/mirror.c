@@ -454,8 +454,11 @@ static void mirror_drain(struct vbd_image *img)
 {
         struct mirror *m = vbd_image_state(img);
 
-        if (m->draining)
+        if (m->draining) { /* again: the migration is over already */
+                if (m->drained && !ev_is_active(&m->drain_w))
+                        vbd_image_drained(img);
                 return;
+        }
         m->draining = true;
         if (mirror_running(m))
                 mirror_finish(m, VBD_MIRROR_ABORTED, ECANCELED, "closed");
