@@ -143,9 +143,11 @@ struct vbd_image *vbd_image_child(struct vbd_image *img); /* NULL for a driver *
 void *vbd_image_child_scratch(struct vbd_image *img, void *scratch);
 /*
  * A backing image a driver opens for itself (qcow2's backing file): opened
- * read-only by the core from spec, with the same AIO engine and loop, closed
- * by the core after the driver's close().  At most one per image.  NULL +
- * err on failure.
+ * read-only by the core from spec, with the same AIO engine and loop,
+ * drained after the driver and closed by the core after the driver's
+ * close(), or right after a failed open() (the driver does not close it).
+ * Call it from open() only.  At most one per image (-EEXIST).  NULL + err
+ * on failure.
  */
 struct vbd_image *vbd_image_open_backing(struct vbd_image *img, const char *spec,
                                          struct vbd_err *err);
