@@ -173,6 +173,11 @@ struct mio {
         struct vbd_io cio; /* to the child */
 };
 
+/* A migration pushes the mirror over a connected VBD, whose pools keep only
+ * a little room per io for a pushed filter (512 bytes today, the core's
+ * VBD_IMAGE_STACK_SCRATCH, not part of the ABI): stay well inside it. */
+_Static_assert(sizeof(struct mio) <= 256, "struct mio must stay small: see above");
+
 /* A forwarded guest write: its own copy of the data. */
 struct fwd {
         struct mirror *m;
