@@ -786,8 +786,9 @@ bad:
 void vbd_image_list_drivers(FILE *f)
 {
         for (const struct vbd_driver *const *d = vbd_drivers; *d; d++) {
-                fprintf(f, "  %-8s %s\n", (*d)->name, (*d)->description);
+                fprintf(f, "  %-12s %s%s\n", (*d)->name,
+                        (*d)->flags & VBD_DRIVER_FILTER ? "filter: " : "", (*d)->description);
                 if ((*d)->usage)
-                        fprintf(f, "           usage: %s\n", (*d)->usage);
+                        fprintf(f, "               usage: %s\n", (*d)->usage);
         }
 }

@@ -124,7 +124,7 @@ const struct vbd_driver vbd_driver_passthrough = {
     .abi = VBD_DRIVER_ABI,
     .flags = VBD_DRIVER_FILTER,
     .name = "passthrough",
-    .description = "a filter passing everything to its child (the example to copy)",
+    .description = "passes everything to its child (the example to copy)",
     .usage = "passthrough:CHILDSPEC[,passthrough.trace=on|off]",
     .opts = pt_opts,
     .nopts = VBD_ARRAY_SIZE(pt_opts),

@@ -1299,7 +1299,7 @@ static int open_backing(struct vbd_image *self_img, struct qcow2_state *s, struc
                                 memset(magic, 0, 4);
                         close(fd);
                 }
-                fmt = qcow2_be32(magic) == QCOW2_MAGIC ? "qcow2" : "raw";
+                fmt = vbd_get_be32(magic) == QCOW2_MAGIC ? "qcow2" : "raw";
                 vbd_warn("'%s': backing file '%s' has no recorded format, probed %s", s->path, path,
                          fmt);
         } else if (strcmp(fmt, "raw") != 0 && strcmp(fmt, "qcow2") != 0) {

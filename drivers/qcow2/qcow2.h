@@ -30,6 +30,7 @@
 
 #include "vbd/aio.h"
 #include "vbd/driver.h"
+#include "vbd/endian.h"
 #include "vbd/log.h"
 
 #define QCOW2_MAGIC             0x514649fbu /* "QFI\xfb" */
@@ -222,9 +223,6 @@ struct qcow2_state {
 };
 
 /* qcow2-format.c: pure functions on buffers. */
-uint64_t qcow2_be64(const void *p);
-uint32_t qcow2_be32(const void *p);
-void qcow2_put_be64(void *p, uint64_t v);
 /* Parse and check the header in buf (the first cluster, or the whole file when
  * shorter).  file_size bounds the tables.  0 or -errno with err set. */
 int qcow2_header_parse(const uint8_t *buf, size_t len, uint64_t file_size, struct qcow2_header *h,

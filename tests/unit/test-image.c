@@ -570,7 +570,8 @@ static void mockf_submit(struct vbd_image *img, struct vbd_io *io)
 
 static void mockf_drain(struct vbd_image *img)
 {
-        ev_add('F');
+        /* 'F' for a filter over a filter, 'f' for one over a driver */
+        ev_add(vbd_image_child(vbd_image_child(img)) ? 'F' : 'f');
         if (mf.defer_drain)
                 mf.pending = img;
         else
@@ -714,7 +715,7 @@ static void test_filters(void)
         CHECK_EQ(mf.closes, 1);
         CHECK_EQ(mock.closes, 1); /* the core closed the child, after the filter */
         CHECK(mf.child_at_close == child);
-        CHECK(strcmp(events, "oFDc") == 0);
+        CHECK(strcmp(events, "ofDc") == 0);
 
         /* Default options; a filter over a filter gets the key in both layers. */
         memset(&mf, 0, sizeof(mf));
@@ -733,7 +734,7 @@ static void test_filters(void)
         events[0] = '\0';
         done = 0;
         vbd_image_drain(img, drained_cb, &done);
-        CHECK(strcmp(events, "FFD") == 0);
+        CHECK(strcmp(events, "FfD") == 0); /* top first, then the one below */
         vbd_image_close(img);
         CHECK_EQ(mf.closes, 2);
 
@@ -798,6 +799,25 @@ static void test_backing(void)
         vbd_image_close(img); /* closes the backing image too (ASan: no leak) */
         CHECK(mb.backing_open_at_close);
         CHECK(strcmp(events, "bBDx") == 0);
+
+        /* A filter over a driver with a backing image: the filter drains
+         * first, then the driver, then (null: no drain) its backing image. */
+        memset(&mb, 0, sizeof(mb));
+        memset(&mf, 0, sizeof(mf));
+        img = vbd_image_open_drivers(test_drivers, "mockf:mockb:null:1M", false, NULL, NULL, &err);
+        REQUIRE(img);
+        CHECK(vbd_image_backing(vbd_image_child(img)) == mb.backing);
+        CHECK(vbd_image_backing(img) == NULL);
+        events[0] = '\0';
+        done = 0;
+        mf.defer_drain = true;
+        vbd_image_drain(img, drained_cb, &done);
+        CHECK(strcmp(events, "f") == 0); /* nothing below drains before the top reported */
+        vbd_image_drained(mf.pending);
+        CHECK_EQ(done, 1);
+        vbd_image_close(img);
+        CHECK(mb.backing_open_at_close);
+        CHECK(strcmp(events, "fBDcx") == 0); /* drain top down; close the filter, then mockb */
 
         /* The backing image's errors come back; an open failing after it got one
          * leaves nothing open. */
