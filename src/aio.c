@@ -2,7 +2,8 @@
 /*
  * The AIO engine (see aio.h).
  *
- * An op goes through these lists, all intrusive (op->next), so that nothing
+ * An op goes through these lists, all intrusive (the next field of its
+ * private part), so that nothing
  * is allocated per operation:
  *
  *   queue     accepted, waiting for io_submit (flushed from ev_prepare)
@@ -19,6 +20,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <ev.h>
+#include <libaio.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -31,6 +33,25 @@
 
 #include "aio.h"
 #include "vbd/log.h"
+#include "vbd/macro.h"
+
+/* What the engine keeps in each op's priv (vbd/aio.h keeps libaio out of drivers).
+ * iocb comes first: an io_event's obj points at it, and so at priv. */
+struct aio_priv {
+        struct iocb iocb;
+        struct vbd_aio_op *next;
+        struct iovec *iov;
+        int iovcnt;
+        int fd;
+        uint64_t offset, len, transferred;
+        struct iovec rest[2]; /* for resubmitting a short transfer */
+        ssize_t result;       /* status of a completion waiting to be delivered */
+};
+static_assert(sizeof(struct aio_priv) <= sizeof(((struct vbd_aio_op *)0)->priv),
+              "struct vbd_aio_op.priv is too small for the engine's state");
+static_assert(offsetof(struct aio_priv, iocb) == 0, "iocb must come first");
+
+#define P(op) ((struct aio_priv *)(void *)(op)->priv.bytes)
 
 #define AIO_RETRY_DELAY 0.001 /* seconds, after io_submit said EAGAIN with nothing in flight */
 
@@ -69,9 +90,9 @@ struct vbd_aio {
 
 static void list_push(struct op_list *l, struct vbd_aio_op *op)
 {
-        op->next = NULL;
+        P(op)->next = NULL;
         if (l->tail)
-                l->tail->next = op;
+                P(l->tail)->next = op;
         else
                 l->head = op;
         l->tail = op;
@@ -82,10 +103,10 @@ static struct vbd_aio_op *list_pop(struct op_list *l)
         struct vbd_aio_op *op = l->head;
 
         if (op) {
-                l->head = op->next;
+                l->head = P(op)->next;
                 if (!l->head)
                         l->tail = NULL;
-                op->next = NULL;
+                P(op)->next = NULL;
         }
         return op;
 }
@@ -134,7 +155,7 @@ static void aio_kick(struct vbd_aio *aio)
 
 static void op_defer(struct vbd_aio *aio, struct vbd_aio_op *op, ssize_t res)
 {
-        op->result = res;
+        P(op)->result = res;
         list_push(&aio->deferred, op);
         aio_kick(aio);
 }
@@ -154,10 +175,10 @@ static void *aio_worker(void *arg)
                         break; /* stop requested and nothing left */
                 pthread_mutex_unlock(&aio->lock);
 
-                r = fdatasync(op->fd) < 0 ? -errno : 0;
+                r = fdatasync(P(op)->fd) < 0 ? -errno : 0;
 
                 pthread_mutex_lock(&aio->lock);
-                op->result = r;
+                P(op)->result = r;
                 list_push(&aio->results, op);
                 ev_async_send(aio->loop, &aio->async_w);
         }
@@ -215,20 +236,20 @@ static void aio_async_cb(struct ev_loop *loop, ev_async *w, int revents)
         pthread_mutex_unlock(&aio->lock);
 
         while ((op = list_pop(&done)))
-                op_finish(aio, op, op->result);
+                op_finish(aio, op, P(op)->result);
 }
 
 static bool op_is_fdsync(const struct vbd_aio_op *op)
 {
-        return op->iocb.aio_lio_opcode == IO_CMD_FDSYNC;
+        return P(op)->iocb.aio_lio_opcode == IO_CMD_FDSYNC;
 }
 
 /* (Re)prepare the iocb for what is left of a read or write. */
 static void op_prep_rw(struct vbd_aio *aio, struct vbd_aio_op *op, bool write)
 {
-        const struct iovec *iov = op->iov;
-        int iovcnt = op->iovcnt;
-        uint64_t skip = op->transferred;
+        const struct iovec *iov = P(op)->iov;
+        int iovcnt = P(op)->iovcnt;
+        uint64_t skip = P(op)->transferred;
 
         /* Skip whole segments already done; split the first partial one. */
         while (iovcnt > 0 && skip >= iov->iov_len) {
@@ -237,18 +258,18 @@ static void op_prep_rw(struct vbd_aio *aio, struct vbd_aio_op *op, bool write)
                 iovcnt--;
         }
         if (skip) {
-                op->rest[0].iov_base = (char *)iov->iov_base + skip;
-                op->rest[0].iov_len = iov->iov_len - skip;
-                iov = op->rest;
+                P(op)->rest[0].iov_base = (char *)iov->iov_base + skip;
+                P(op)->rest[0].iov_len = iov->iov_len - skip;
+                iov = P(op)->rest;
                 iovcnt = 1; /* the following segments go in the next round */
         }
         if (write)
-                io_prep_pwritev(&op->iocb, op->fd, iov, iovcnt,
-                                (long long)(op->offset + op->transferred));
+                io_prep_pwritev(&P(op)->iocb, P(op)->fd, iov, iovcnt,
+                                (long long)(P(op)->offset + P(op)->transferred));
         else
-                io_prep_preadv(&op->iocb, op->fd, iov, iovcnt,
-                               (long long)(op->offset + op->transferred));
-        io_set_eventfd(&op->iocb, aio->efd);
+                io_prep_preadv(&P(op)->iocb, P(op)->fd, iov, iovcnt,
+                               (long long)(P(op)->offset + P(op)->transferred));
+        io_set_eventfd(&P(op)->iocb, aio->efd);
 }
 
 /* Send queued ops to the kernel; normally a single io_submit. */
@@ -259,8 +280,8 @@ static void aio_flush(struct vbd_aio *aio)
                 struct vbd_aio_op *op;
                 int r;
 
-                for (op = aio->queue.head; op && n < room; op = op->next)
-                        aio->iocbs[n++] = &op->iocb;
+                for (op = aio->queue.head; op && n < room; op = P(op)->next)
+                        aio->iocbs[n++] = &P(op)->iocb;
 
                 r = io_submit(aio->ctx, (long)n, aio->iocbs);
                 if (r == -EINTR)
@@ -301,7 +322,7 @@ static void aio_process(struct vbd_aio *aio)
         do {
                 done = list_take(&aio->deferred);
                 while ((op = list_pop(&done)))
-                        op_finish(aio, op, op->result);
+                        op_finish(aio, op, P(op)->result);
                 aio_flush(aio);
         } while (aio->deferred.head);
         aio->in_process = false;
@@ -345,21 +366,21 @@ static void aio_complete(struct vbd_aio *aio, struct vbd_aio_op *op, long res)
                 op_finish(aio, op, res);
                 return;
         }
-        if (res == 0 || (uint64_t)res > op->len - op->transferred) {
+        if (res == 0 || (uint64_t)res > P(op)->len - P(op)->transferred) {
                 /* No progress (end of file) or nonsense from the kernel. */
                 op_finish(aio, op, -EIO);
                 return;
         }
-        op->transferred += (uint64_t)res;
-        if (op->transferred == op->len) {
-                op_finish(aio, op, (ssize_t)op->len);
+        P(op)->transferred += (uint64_t)res;
+        if (P(op)->transferred == P(op)->len) {
+                op_finish(aio, op, (ssize_t)P(op)->len);
                 return;
         }
         /* Short transfer: resubmit the remainder. */
-        write = op->iocb.aio_lio_opcode == IO_CMD_PWRITEV;
+        write = P(op)->iocb.aio_lio_opcode == IO_CMD_PWRITEV;
         vbd_debug("short %s fd %d at %llu: %ld of %llu, resubmitting", write ? "write" : "read",
-                  op->fd, (unsigned long long)op->offset, res,
-                  (unsigned long long)(op->len - op->transferred + (uint64_t)res));
+                  P(op)->fd, (unsigned long long)P(op)->offset, res,
+                  (unsigned long long)(P(op)->len - P(op)->transferred + (uint64_t)res));
         op_prep_rw(aio, op, write);
         list_push(&aio->queue, op);
         aio_kick(aio);
@@ -382,9 +403,8 @@ static void aio_io_cb(struct ev_loop *loop, ev_io *w, int revents)
                         return;
                 }
                 for (int i = 0; i < n; i++) {
-                        struct vbd_aio_op *op =
-                            (struct vbd_aio_op *)((char *)aio->events[i].obj -
-                                                  offsetof(struct vbd_aio_op, iocb));
+                        struct vbd_aio_op *op = vbd_container_of(
+                            (struct aio_priv *)(void *)aio->events[i].obj, struct vbd_aio_op, priv);
 
                         assert(aio->in_kernel > 0);
                         aio->in_kernel--;
@@ -503,12 +523,12 @@ static void aio_rw(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct io
 
         assert(op && op->done);
         inflight_get(aio);
-        op->fd = fd;
-        op->iov = iov;
-        op->iovcnt = iovcnt;
-        op->offset = offset;
-        op->transferred = 0;
-        memset(&op->iocb, 0, sizeof(op->iocb));
+        P(op)->fd = fd;
+        P(op)->iov = iov;
+        P(op)->iovcnt = iovcnt;
+        P(op)->offset = offset;
+        P(op)->transferred = 0;
+        memset(&P(op)->iocb, 0, sizeof(P(op)->iocb));
 
         if (iovcnt < 0 || iovcnt > IOV_MAX || (iovcnt > 0 && !iov)) {
                 op_defer(aio, op, -EINVAL);
@@ -521,7 +541,7 @@ static void aio_rw(struct vbd_aio *aio, struct vbd_aio_op *op, int fd, struct io
                 }
                 len += iov[i].iov_len;
         }
-        op->len = len;
+        P(op)->len = len;
         if (offset > INT64_MAX - len) {
                 op_defer(aio, op, -EINVAL);
                 return;
@@ -551,12 +571,12 @@ void vbd_aio_fdatasync(struct vbd_aio *aio, struct vbd_aio_op *op, int fd)
 {
         assert(op && op->done);
         inflight_get(aio);
-        op->fd = fd;
-        op->iov = NULL;
-        op->iovcnt = 0;
-        op->offset = op->len = op->transferred = 0;
-        io_prep_fdsync(&op->iocb, fd);
-        io_set_eventfd(&op->iocb, aio->efd);
+        P(op)->fd = fd;
+        P(op)->iov = NULL;
+        P(op)->iovcnt = 0;
+        P(op)->offset = P(op)->len = P(op)->transferred = 0;
+        io_prep_fdsync(&P(op)->iocb, fd);
+        io_set_eventfd(&P(op)->iocb, aio->efd);
         if (aio->fdsync_threaded) {
                 op_to_worker(aio, op);
                 return;

@@ -403,7 +403,7 @@ void ctl_cmds_client_gone(struct ctl_client *cl)
 
 #define G  CTL_GUEST
 #define D  CTL_DEFERRED
-#define NX CTL_NOT_BESIDE_NBD /* TRANSITIONAL: until the export can change images */
+#define NX CTL_NOT_BESIDE_NBD
 
 const struct ctl_cmd vbd_ctl_cmds[] = {
     {"version", cmd_version, 0},
@@ -411,7 +411,7 @@ const struct ctl_cmd vbd_ctl_cmds[] = {
     {"stats", cmd_stats, G},
     {"pause", cmd_pause, G | D},
     {"resume", cmd_resume, G},
-    {"reopen", cmd_reopen, G | D | NX},
+    {"reopen", cmd_reopen, G | D},
     {"detach", cmd_detach, CTL_DETACH},
     {"log-level", cmd_log_level, 0},
     {"migrate-start", cmd_job_start, G | D | NX, "migrate", "migration"},

@@ -90,6 +90,42 @@ static void nbd_stopped_cb(void *opaque)
 }
 
 /* Export-only: drain the NBD clients, then leave the loop (also vbd-ctl detach). */
+/* The NBD export as a user of the device: pausing, swapping and resuming
+ * the image reach its clients too. */
+static void export_pause(void *user, void (*done)(void *opaque), void *opaque)
+{
+        vbd_nbd_pause(user, done, opaque);
+}
+
+static void export_resume(void *user)
+{
+        vbd_nbd_resume(user);
+}
+
+static int export_set_image(void *user, struct vbd_image *img)
+{
+        return vbd_nbd_set_image(user, img);
+}
+
+static const struct vbd_device_user_ops export_user_ops = {
+    .pause = export_pause,
+    .resume = export_resume,
+    .set_image = export_set_image,
+};
+
+static int open_export(struct vbd_daemon *d)
+{
+        int r;
+
+        d->nbd = vbd_nbd_new(d->loop, vbd_device_image(d->dev), &d->args->nbd);
+        if (!d->nbd)
+                return -errno;
+        r = vbd_device_add_user(d->dev, "the NBD export", &export_user_ops, d->nbd);
+        if (r < 0)
+                return vbd_log_errno(r, "cannot register the NBD export: %m");
+        return 0;
+}
+
 static void export_stop(void *opaque)
 {
         struct vbd_daemon *d = opaque;
@@ -181,7 +217,7 @@ int vbd_daemon_setup(struct vbd_daemon *d, struct vbd_daemon_args *a)
 static int open_device(struct vbd_daemon *d, const char *spec)
 {
         struct vbd_err err = {0};
-        struct vbd_image *img = vbd_image_open(spec, d->args->cfg.readonly, d->aio, &err);
+        struct vbd_image *img = vbd_image_open(spec, d->args->cfg.readonly, d->aio, d->loop, &err);
 
         if (!img) {
                 vbd_err("cannot open image '%s': %s", spec, err.msg);
@@ -189,7 +225,7 @@ static int open_device(struct vbd_daemon *d, const char *spec)
         }
         d->dev = vbd_device_new(d->loop, img, d->args->cfg.readonly, d->aio);
         if (!d->dev) {
-                vbd_image_close(img);
+                vbd_image_drain_close(img);
                 return vbd_log_errno(ENOMEM, "cannot create the device: %m");
         }
         return 0;
@@ -218,13 +254,8 @@ int vbd_daemon_open_guest(struct vbd_daemon *d)
         d->xb = vbd_xenbus_new(d->loop, d->xen, d->dev, &a->cfg);
         if (!d->xb)
                 return -errno;
-        if (a->nbd.endpoint) {
-                /* TRANSITIONAL (issue 13): register the export with the device
-                 * (pause, resume, set_image) once it offers them. */
-                d->nbd = vbd_nbd_new(d->loop, vbd_device_image(d->dev), &a->nbd);
-                if (!d->nbd)
-                        return -errno;
-        }
+        if (a->nbd.endpoint && (r = open_export(d)) < 0)
+                return r;
         if (d->ctl) {
                 vbd_ctl_start(d->ctl, d->dev, d->xb);
                 vbd_ctl_set_nbd(d->ctl, d->nbd, NULL, NULL);
@@ -241,10 +272,9 @@ int vbd_daemon_open_export(struct vbd_daemon *d)
         if (r < 0)
                 return r;
         d->args->nbd.keep_loop_alive = true;
-        /* TRANSITIONAL (issue 13): the export becomes a device user here too. */
-        d->nbd = vbd_nbd_new(d->loop, vbd_device_image(d->dev), &d->args->nbd);
-        if (!d->nbd)
-                return -errno;
+        r = open_export(d);
+        if (r < 0)
+                return r;
         if (d->ctl) {
                 vbd_ctl_start(d->ctl, d->dev, NULL);
                 vbd_ctl_set_nbd(d->ctl, d->nbd, export_stop, d);
@@ -285,11 +315,25 @@ int vbd_daemon_run(struct vbd_daemon *d)
         return ret;
 }
 
+static void device_drained(void *opaque)
+{
+        *(bool *)opaque = true;
+}
+
 void vbd_daemon_cleanup(struct vbd_daemon *d)
 {
         vbd_ctl_free(d->ctl);
+        if (d->nbd)
+                vbd_device_remove_user(d->dev, d->nbd);
         vbd_nbd_free(d->nbd);
         vbd_xenbus_free(d->xb);
+        if (d->dev) { /* the stack's background work (a mirror's) ends first */
+                bool drained = false;
+
+                vbd_device_drain(d->dev, device_drained, &drained);
+                while (!drained)
+                        ev_run(d->loop, EVRUN_ONCE);
+        }
         vbd_device_free(d->dev);
         vbd_xen_close(d->xen);
         vbd_aio_free(d->aio);

@@ -12,9 +12,6 @@
 #include "image.h"
 #include "job.h"
 #include "vbd/log.h"
-#ifdef HAVE_MIRROR
-#include "mirror.h" /* TRANSITIONAL: see push_filter() */
-#endif
 
 struct device_user {
         struct device_user *next;
@@ -56,6 +53,11 @@ struct vbd_device *vbd_device_new(struct ev_loop *loop, struct vbd_image *img, b
         dev->readonly = readonly;
         dev->aio = aio;
         return dev;
+}
+
+void vbd_device_drain(struct vbd_device *dev, void (*done)(void *opaque), void *opaque)
+{
+        vbd_image_drain(dev->img, done, opaque);
 }
 
 void vbd_device_free(struct vbd_device *dev)
@@ -278,34 +280,28 @@ static int swap_image(struct vbd_device *dev, struct vbd_image *img, struct vbd_
         return 0;
 }
 
+/* A pushed filter that could not be swapped in: drain its own layer, drop it. */
+static void filter_drained(void *opaque)
+{
+        (void)vbd_image_unwrap(opaque); /* the child is still dev->img */
+}
+
 int vbd_device_push_filter(struct vbd_device *dev, const char *name, struct vbd_err *err)
 {
-        const struct vbd_driver *drv = vbd_image_find_driver(name);
-        struct vbd_image *top = NULL;
+        struct vbd_image *top;
         int r = check_swappable(dev, err);
 
         if (r < 0)
                 return r;
-        if (drv) {
-                top = vbd_image_wrap(drv, dev->img, err);
-        } else {
-#ifdef HAVE_MIRROR
-                /* TRANSITIONAL (issue 13): the mirror is not a registered filter
-                 * yet; the lead replaces this with the filter open at merge. */
-                if (strcmp(name, "mirror") == 0)
-                        top = vbd_mirror_wrap(dev->loop, dev->img, err);
-                else
-#endif
-                        return vbd_err_set(err, -ENOENT, "no filter \"%s\"", name);
-        }
+        top = vbd_image_open_filter(name, dev->img, err);
         if (!top)
                 return err && err->code ? err->code : -ENOMEM;
         r = swap_image(dev, top, err);
         if (r < 0) {
-                (void)vbd_image_unwrap(top);
+                vbd_image_drain_top(top, filter_drained, top);
                 return r;
         }
-        vbd_info("%s stacked over %s", name, vbd_image_name(top));
+        vbd_info("%s stacked over %s", name, vbd_image_name(dev->img));
         return 0;
 }
 
@@ -337,16 +333,16 @@ static void reopen_paused(void *opaque)
         if (r >= 0)
                 r = vbd_jobs_check_idle(dev, &err);
         if (r >= 0) {
-                img = vbd_image_open(ro->spec, dev->readonly, dev->aio, &oerr);
+                img = vbd_image_open(ro->spec, dev->readonly, dev->aio, dev->loop, &oerr);
                 if (!img)
                         r = vbd_err_set(&err, oerr.code ? oerr.code : -EIO, "cannot open '%s': %s",
                                         ro->spec, oerr.msg);
                 else if ((r = swap_image(dev, img, &err)) < 0)
-                        vbd_image_close(img);
+                        vbd_image_drain_close(img);
         }
         if (r >= 0) {
                 vbd_jobs_free(dev); /* over, and about the old stack */
-                vbd_image_close(old);
+                vbd_image_drain_close(old);
         }
         vbd_device_resume(dev);
         ro->done(ro->opaque, r, &err);

@@ -44,7 +44,11 @@ struct vbd_device_user_ops {
  * vbd_image_open() for a reopen.  NULL + errno. */
 struct vbd_device *vbd_device_new(struct ev_loop *loop, struct vbd_image *img, bool readonly,
                                   struct vbd_aio *aio);
-/* Free the jobs, then close the image stack; the users are gone.  NULL-safe. */
+/* Before vbd_device_free, with the users disconnected: stop the stack's
+ * background work (a migration's copier and partner); done(opaque) once
+ * nothing of it is in flight, maybe inline.  Runs no loop itself. */
+void vbd_device_drain(struct vbd_device *dev, void (*done)(void *opaque), void *opaque);
+/* Free the jobs, then close the image stack (drained); the users are gone.  NULL-safe. */
 void vbd_device_free(struct vbd_device *dev);
 
 /* Register a user serving vbd_device_image() (name: for messages, static).

@@ -32,21 +32,7 @@ struct vbd_job {
         void *priv; /* type->state_size bytes */
 };
 
-/*
- * TRANSITIONAL (issue 13): the mirror is not a registered filter yet, so its
- * job type is not in a driver's jobs list; at merge the mirror's struct
- * vbd_driver lists it (.jobs) and this goes.
- */
-#ifdef HAVE_MIRROR
-extern const struct vbd_job_type vbd_job_migrate;
-#endif
-static const struct vbd_job_type *const unlisted_jobs[] = {
-#ifdef HAVE_MIRROR
-    &vbd_job_migrate,
-#endif
-    NULL,
-};
-
+/* Job types are offered by the drivers and filters compiled in (their .jobs). */
 const struct vbd_job_type *vbd_job_type_find(const char *name)
 {
         for (unsigned i = 0; vbd_drivers[i]; i++) {
@@ -56,9 +42,6 @@ const struct vbd_job_type *vbd_job_type_find(const char *name)
                         if (strcmp((*j)->name, name) == 0)
                                 return *j;
         }
-        for (unsigned i = 0; unlisted_jobs[i]; i++)
-                if (strcmp(unlisted_jobs[i]->name, name) == 0)
-                        return unlisted_jobs[i];
         return NULL;
 }
 

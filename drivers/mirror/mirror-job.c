@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "image.h" /* vbd_image_info: TRANSITIONAL, until the ABI offers it */
 #include "mirror.h"
 #include "vbd/job.h"
 #include "vbd/log.h"

@@ -104,6 +104,5 @@ const struct vbd_driver vbd_driver_null = {
     .get_info = null_get_info,
     .submit = null_submit,
     .close = null_close,
-    .keys = NULL,
     .block_status = null_block_status,
 };

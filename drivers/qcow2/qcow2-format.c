@@ -11,33 +11,6 @@
 
 #include "qcow2.h"
 
-uint64_t qcow2_be64(const void *p)
-{
-        const uint8_t *b = p;
-        uint64_t v = 0;
-
-        for (int i = 0; i < 8; i++)
-                v = v << 8 | b[i];
-        return v;
-}
-
-uint32_t qcow2_be32(const void *p)
-{
-        const uint8_t *b = p;
-
-        return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-void qcow2_put_be64(void *p, uint64_t v)
-{
-        uint8_t *b = p;
-
-        for (int i = 7; i >= 0; i--) {
-                b[i] = (uint8_t)v;
-                v >>= 8;
-        }
-}
-
 static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 {
         return alen && blen && a < b + blen && b < a + alen;
@@ -77,7 +50,7 @@ static int parse_extensions(const uint8_t *buf, size_t end, struct qcow2_header 
         bool seen_fmt = false, seen_ftab = false, seen_bitmaps = false;
 
         while (off + 8 <= end) {
-                uint32_t type = qcow2_be32(buf + off), len = qcow2_be32(buf + off + 4);
+                uint32_t type = vbd_get_be32(buf + off), len = vbd_get_be32(buf + off + 4);
                 const uint8_t *data = buf + off + 8;
 
                 if (type == QCOW2_EXT_END)
@@ -110,8 +83,8 @@ static int parse_extensions(const uint8_t *buf, size_t end, struct qcow2_header 
                         if (seen_bitmaps || len < 24)
                                 return vbd_err_set(err, -EINVAL, "qcow2: bad bitmaps extension");
                         h->has_bitmaps = true;
-                        h->bitmap_dir_size = qcow2_be64(data + 8);
-                        h->bitmap_dir_offset = qcow2_be64(data + 16);
+                        h->bitmap_dir_size = vbd_get_be64(data + 8);
+                        h->bitmap_dir_offset = vbd_get_be64(data + 16);
                         seen_bitmaps = true;
                         break;
                 default:
@@ -135,23 +108,23 @@ int qcow2_header_parse(const uint8_t *buf, size_t len, uint64_t file_size, struc
         memset(h, 0, sizeof(*h));
         if (len < QCOW2_V2_HEADER_LEN)
                 return vbd_err_set(err, -EINVAL, "qcow2: file too small for a qcow2 header");
-        if (qcow2_be32(buf) != QCOW2_MAGIC)
+        if (vbd_get_be32(buf) != QCOW2_MAGIC)
                 return vbd_err_set(err, -EINVAL, "qcow2: not a qcow2 image (bad magic)");
-        h->version = qcow2_be32(buf + 4);
+        h->version = vbd_get_be32(buf + 4);
         if (h->version != 2 && h->version != 3)
                 return vbd_err_set(err, -ENOTSUP, "qcow2: version %u not supported (2 or 3)",
                                    h->version);
-        h->backing_offset = qcow2_be64(buf + 8);
-        h->backing_size = qcow2_be32(buf + 16);
-        h->cluster_bits = qcow2_be32(buf + 20);
-        h->size = qcow2_be64(buf + 24);
-        h->crypt_method = qcow2_be32(buf + 32);
-        h->l1_size = qcow2_be32(buf + 36);
-        h->l1_offset = qcow2_be64(buf + 40);
-        h->rt_offset = qcow2_be64(buf + 48);
-        h->rt_clusters = qcow2_be32(buf + 56);
-        h->nb_snapshots = qcow2_be32(buf + 60);
-        h->snapshots_offset = qcow2_be64(buf + 64);
+        h->backing_offset = vbd_get_be64(buf + 8);
+        h->backing_size = vbd_get_be32(buf + 16);
+        h->cluster_bits = vbd_get_be32(buf + 20);
+        h->size = vbd_get_be64(buf + 24);
+        h->crypt_method = vbd_get_be32(buf + 32);
+        h->l1_size = vbd_get_be32(buf + 36);
+        h->l1_offset = vbd_get_be64(buf + 40);
+        h->rt_offset = vbd_get_be64(buf + 48);
+        h->rt_clusters = vbd_get_be32(buf + 56);
+        h->nb_snapshots = vbd_get_be32(buf + 60);
+        h->snapshots_offset = vbd_get_be64(buf + 64);
         h->refcount_order = 4;
         h->header_length = QCOW2_V2_HEADER_LEN;
 
@@ -166,11 +139,11 @@ int qcow2_header_parse(const uint8_t *buf, size_t len, uint64_t file_size, struc
         if (h->version == 3) {
                 if (len < QCOW2_V3_HEADER_LEN)
                         return vbd_err_set(err, -EINVAL, "qcow2: v3 header truncated");
-                h->incompat = qcow2_be64(buf + 72);
-                h->compat = qcow2_be64(buf + 80);
-                h->autoclear = qcow2_be64(buf + 88);
-                h->refcount_order = qcow2_be32(buf + 96);
-                h->header_length = qcow2_be32(buf + 100);
+                h->incompat = vbd_get_be64(buf + 72);
+                h->compat = vbd_get_be64(buf + 80);
+                h->autoclear = vbd_get_be64(buf + 88);
+                h->refcount_order = vbd_get_be32(buf + 96);
+                h->header_length = vbd_get_be32(buf + 100);
                 if (h->header_length < QCOW2_V3_HEADER_LEN || h->header_length % 8 ||
                     h->header_length > len)
                         return vbd_err_set(err, -EINVAL, "qcow2: bad header_length %u",
@@ -350,9 +323,9 @@ uint64_t qcow2_rc_get_entry(const void *block, unsigned order, uint64_t idx)
         case 4:
                 return (uint64_t)b[idx * 2] << 8 | b[idx * 2 + 1];
         case 5:
-                return qcow2_be32(b + idx * 4);
+                return vbd_get_be32(b + idx * 4);
         case 6:
-                return qcow2_be64(b + idx * 8);
+                return vbd_get_be64(b + idx * 8);
         default: { /* 1, 2 or 4 bits, bit 0 the least significant */
                 uint64_t bit = idx * w;
 
@@ -379,7 +352,7 @@ void qcow2_rc_set_entry(void *block, unsigned order, uint64_t idx, uint64_t v)
                         b[idx * 4 + (unsigned)i] = (uint8_t)v;
                 return;
         case 6:
-                qcow2_put_be64(b + idx * 8, v);
+                vbd_put_be64(b + idx * 8, v);
                 return;
         default: {
                 uint64_t bit = idx * w;

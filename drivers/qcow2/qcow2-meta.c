@@ -401,7 +401,7 @@ int qcow2_mark_dirty(struct qcow2_state *s)
 
         if (!s->lazy || s->dirty_set)
                 return 0;
-        qcow2_put_be64(b, s->h.incompat | QCOW2_INCOMPAT_DIRTY);
+        vbd_put_be64(b, s->h.incompat | QCOW2_INCOMPAT_DIRTY);
         r = pwrite_full(s, b, 8, QCOW2_HDR_INCOMPAT);
         if (r == 0)
                 r = qcow2_sync(s);
@@ -463,7 +463,7 @@ static int new_rb(struct qcow2_state *s, uint64_t ri, uint64_t c)
         if (r == 0)
                 r = qcow2_sync(s);
         if (r == 0) {
-                qcow2_put_be64(b, off);
+                vbd_put_be64(b, off);
                 r = pwrite_full(s, b, 8, s->h.rt_offset + ri * 8);
         }
         if (r == 0)
@@ -562,7 +562,7 @@ static int grow_rt(struct qcow2_state *s, uint64_t need)
         /* The new table, one cluster at a time, in on-disk byte order. */
         for (uint64_t i = 0; i < new_entries; i += per) {
                 for (uint64_t j = 0; j < per; j++)
-                        qcow2_put_be64(s->cbuf + j * 8, newt[i + j]);
+                        vbd_put_be64(s->cbuf + j * 8, newt[i + j]);
                 r = pwrite_full(s, s->cbuf, s->cs, (F << s->cluster_bits) + i * 8);
                 if (r < 0)
                         goto out;
@@ -572,7 +572,7 @@ static int grow_rt(struct qcow2_state *s, uint64_t need)
                 r = qcow2_sync(s);
         if (r < 0)
                 goto out;
-        qcow2_put_be64(hdr, F << s->cluster_bits);
+        vbd_put_be64(hdr, F << s->cluster_bits);
         hdr[8] = (uint8_t)(m >> 24);
         hdr[9] = (uint8_t)(m >> 16);
         hdr[10] = (uint8_t)(m >> 8);
@@ -778,7 +778,7 @@ int qcow2_l2_get(struct qcow2_state *s, uint64_t gc, uint64_t *ret)
         r = table_load(s, &s->l2c, off, &t);
         if (r < 0)
                 return r;
-        *ret = qcow2_be64(&t->data[gc & ((1ull << s->l2_bits) - 1)]);
+        *ret = vbd_get_be64(&t->data[gc & ((1ull << s->l2_bits) - 1)]);
         return 0;
 }
 
@@ -853,7 +853,7 @@ int qcow2_status_run(struct qcow2_state *s, uint64_t gc, uint64_t max, unsigned 
                         (*loads)--;
                 }
                 for (uint64_t k = 0; k < span; k++) {
-                        uint64_t e = qcow2_be64(&t->data[idx + k]);
+                        uint64_t e = vbd_get_be64(&t->data[idx + k]);
                         struct qcow2_map m;
                         enum qcow2_status cur;
                         const char *why;
@@ -929,7 +929,7 @@ int qcow2_l2_set(struct qcow2_state *s, uint64_t gc, uint64_t entry)
                 if (r < 0)
                         return r;
         }
-        qcow2_put_be64(&t->data[gc & ((1ull << s->l2_bits) - 1)], entry);
+        vbd_put_be64(&t->data[gc & ((1ull << s->l2_bits) - 1)], entry);
         t->dirty = true;
         if (t->rc_dep < s->rc_gen)
                 t->rc_dep = s->rc_gen;
@@ -978,7 +978,7 @@ static int l1_write_entry(struct qcow2_state *s, uint32_t idx)
 {
         uint8_t b[8];
 
-        qcow2_put_be64(b, s->l1[idx]);
+        vbd_put_be64(b, s->l1[idx]);
         return pwrite_full(s, b, 8, s->h.l1_offset + (uint64_t)idx * 8);
 }
 
@@ -1095,7 +1095,7 @@ int qcow2_meta_shutdown(struct qcow2_state *s)
         if (r < 0)
                 return r;
         if (s->dirty_set) {
-                qcow2_put_be64(b, s->h.incompat & ~QCOW2_INCOMPAT_DIRTY);
+                vbd_put_be64(b, s->h.incompat & ~QCOW2_INCOMPAT_DIRTY);
                 r = pwrite_full(s, b, 8, QCOW2_HDR_INCOMPAT);
                 if (r == 0)
                         r = qcow2_sync(s);
@@ -1186,9 +1186,9 @@ static int load_snapshots(struct qcow2_state *s, struct vbd_err *err)
                 if (r < 0)
                         return vbd_err_set(err, r, "qcow2: cannot read the snapshot table: %s",
                                            strerror(-r));
-                l1off = qcow2_be64(e);
-                l1bytes = (uint64_t)qcow2_be32(e + 8) * 8;
-                extra = qcow2_be32(e + 36);
+                l1off = vbd_get_be64(e);
+                l1bytes = (uint64_t)vbd_get_be32(e + 8) * 8;
+                extra = vbd_get_be32(e + 36);
                 if (extra > 1024)
                         return vbd_err_set(err, -EINVAL,
                                            "qcow2: snapshot %u: extra data of %u "
@@ -1234,7 +1234,7 @@ static int load_l1(struct qcow2_state *s, struct vbd_err *err)
                 return vbd_err_set(err, r, "qcow2: cannot read the L1 table: %s", strerror(-r));
         }
         for (uint32_t i = 0; i < s->l1_size; i++) {
-                uint64_t e = qcow2_be64(buf + (uint64_t)i * 8), off = e & QCOW2_OFFSET_MASK;
+                uint64_t e = vbd_get_be64(buf + (uint64_t)i * 8), off = e & QCOW2_OFFSET_MASK;
 
                 s->l1[i] = e;
                 if (!off && !(e & ~QCOW2_OFLAG_COPIED))
@@ -1280,7 +1280,7 @@ static int load_rt(struct qcow2_state *s, struct vbd_err *err)
                 goto out;
         }
         for (uint64_t i = 0; i < s->rt_entries; i++) {
-                uint64_t off = qcow2_be64(buf + i * 8);
+                uint64_t off = vbd_get_be64(buf + i * 8);
 
                 if (!off)
                         continue;
@@ -1360,13 +1360,13 @@ int qcow2_meta_open(struct qcow2_state *s, int fd, bool readonly, const struct q
 
                 r = pread_full(fd, hbuf, first, 0);
                 if (r == 0) {
-                        uint32_t cb = qcow2_be32(hbuf + 20);
+                        uint32_t cb = vbd_get_be32(hbuf + 20);
 
                         /* Read the first cluster when the header names a valid size. */
-                        if (qcow2_be32(hbuf) == QCOW2_MAGIC && cb >= QCOW2_MIN_CLUSTER_BITS &&
+                        if (vbd_get_be32(hbuf) == QCOW2_MAGIC && cb >= QCOW2_MIN_CLUSTER_BITS &&
                             cb <= QCOW2_MAX_CLUSTER_BITS && ((size_t)1 << cb) < hlen)
                                 hlen = (size_t)1 << cb;
-                        else if (qcow2_be32(hbuf) != QCOW2_MAGIC || cb > QCOW2_MAX_CLUSTER_BITS)
+                        else if (vbd_get_be32(hbuf) != QCOW2_MAGIC || cb > QCOW2_MAX_CLUSTER_BITS)
                                 hlen = first;
                         if (hlen > first)
                                 r = pread_full(fd, hbuf + first, hlen - first, first);

@@ -47,9 +47,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "image.h"
 #include "qcow2.h"
 #include "vbd/log.h"
+#include "vbd/macro.h"
 
 #define QCOW2_IOV_MAX   64   /* iovec entries per chunk */
 #define QCOW2_RUN_MAX   256  /* clusters per chunk */
@@ -116,8 +116,15 @@ struct qcow2_io {
         struct qcow2_cowbuf *cor; /* copy-on-read: the whole cluster */
 };
 
-static const char *const qcow2_keys[] = {"l2-cache", "refcount-cache", "direct", "copy-on-read",
-                                         NULL};
+enum { OPT_L2_CACHE, OPT_RB_CACHE, OPT_DIRECT, OPT_COR };
+static const struct vbd_opt_desc qcow2_opts[] = {
+    [OPT_L2_CACHE] =
+        VBD_OPT_SIZE_DEF("l2-cache", 0, 0, NULL, "L2 table cache (default: automatic)"),
+    [OPT_RB_CACHE] =
+        VBD_OPT_SIZE_DEF("refcount-cache", 0, 0, NULL, "refcount block cache (default: automatic)"),
+    [OPT_DIRECT] = VBD_OPT_TRISTATE_DEF("direct", "auto", "O_DIRECT for guest data"),
+    [OPT_COR] = VBD_OPT_BOOL_DEF("copy-on-read", "off", "copy clusters read from the backing file"),
+};
 
 /* Backing chain being opened on this thread: loop detection. */
 static __thread struct {
@@ -1082,6 +1089,23 @@ static void cor_done(struct qcow2_io *q)
 
 /* ---- flush rounds ---- */
 
+/* After drain(): drained once no flush round runs (it writes metadata). */
+static void drain_check(struct qcow2_state *s)
+{
+        if (s->flush_busy || s->flush_next)
+                return;
+        s->draining = false;
+        vbd_image_drained(s->img);
+}
+
+static void qcow2_drain(struct vbd_image *img)
+{
+        struct qcow2_state *s = vbd_image_state(img);
+
+        s->draining = true;
+        drain_check(s);
+}
+
 /* Start the flush of the queued flush requests (none is running). */
 static void flush_begin(struct qcow2_state *s)
 {
@@ -1115,6 +1139,8 @@ static void flush_finish(struct qcow2_state *s, int status)
         }
         if (s->flush_next && !s->flush_busy)
                 flush_begin(s);
+        else if (s->draining && !s->flush_busy)
+                drain_check(s);
 }
 
 static void flush_sync_done(struct vbd_aio_op *op, ssize_t res)
@@ -1229,7 +1255,7 @@ static void child_done(struct vbd_io *cio, int status)
 
 /* ---- driver entry points ---- */
 
-static int open_backing(struct qcow2_state *s, struct vbd_err *err)
+static int open_backing(struct vbd_image *self_img, struct qcow2_state *s, struct vbd_err *err)
 {
         const char *name = s->h.backing_file, *fmt = s->h.backing_fmt;
         char path[4096 + 1100], spec[sizeof(path) + 16], dir[4096];
@@ -1273,7 +1299,7 @@ static int open_backing(struct qcow2_state *s, struct vbd_err *err)
                                 memset(magic, 0, 4);
                         close(fd);
                 }
-                fmt = qcow2_be32(magic) == QCOW2_MAGIC ? "qcow2" : "raw";
+                fmt = vbd_get_be32(magic) == QCOW2_MAGIC ? "qcow2" : "raw";
                 vbd_warn("'%s': backing file '%s' has no recorded format, probed %s", s->path, path,
                          fmt);
         } else if (strcmp(fmt, "raw") != 0 && strcmp(fmt, "qcow2") != 0) {
@@ -1283,7 +1309,7 @@ static int open_backing(struct qcow2_state *s, struct vbd_err *err)
         }
         snprintf(spec, sizeof(spec), "%s:%s", fmt, path);
         chain[chain_len++] = (typeof(chain[0])){st.st_dev, st.st_ino};
-        img = vbd_image_open(spec, true, s->aio, &berr);
+        img = vbd_image_open_backing(self_img, spec, &berr); /* the core's: it closes it */
         chain_len--;
         if (chain_len == 1)
                 chain_len = 0;
@@ -1294,19 +1320,6 @@ static int open_backing(struct qcow2_state *s, struct vbd_err *err)
         s->backing_size = vbd_image_info(img)->size;
         s->backing_scratch = vbd_image_io_scratch_size(img);
         return 0;
-}
-
-static int parse_onoff(const char *v, int dflt)
-{
-        if (!v)
-                return dflt;
-        if (!strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "1"))
-                return 1;
-        if (!strcmp(v, "off") || !strcmp(v, "false") || !strcmp(v, "0"))
-                return 0;
-        if (!strcmp(v, "auto"))
-                return 2;
-        return -1;
 }
 
 static void dio_align(struct qcow2_state *s)
@@ -1352,24 +1365,17 @@ static int qcow2_open(struct vbd_image *img, const struct vbd_opts *o, struct vb
 {
         struct qcow2_state *s = vbd_image_state(img);
         struct qcow2_meta_opts mo = {0};
-        const char *path = o->arg, *v;
-        int fd, direct, cor, r;
+        const char *path = o->arg;
+        /* direct: 0 off, 1 on, 2 auto */
+        int direct = o->values[OPT_DIRECT].t == VBD_AUTO ? 2 : o->values[OPT_DIRECT].t == VBD_ON,
+            cor = o->values[OPT_COR].b, fd, r;
 
         s->mfd = s->dfd = -1;
         if (!path || !*path)
                 return vbd_err_set(err, -EINVAL, "qcow2: missing path (qcow2:PATH)");
-        if ((v = vbd_opts_get(o, "l2-cache")) && vbd_parse_size(v, &mo.l2_cache) < 0)
-                return vbd_err_set(err, -EINVAL, "qcow2: l2-cache=%.32s: not a size", v);
-        if ((v = vbd_opts_get(o, "refcount-cache")) && vbd_parse_size(v, &mo.rb_cache) < 0)
-                return vbd_err_set(err, -EINVAL, "qcow2: refcount-cache=%.32s: not a size", v);
-        direct = parse_onoff(vbd_opts_get(o, "direct"), 2);
-        if (direct < 0)
-                return vbd_err_set(err, -EINVAL, "qcow2: direct=%.32s: expected on, off or auto",
-                                   vbd_opts_get(o, "direct"));
-        cor = parse_onoff(vbd_opts_get(o, "copy-on-read"), 0);
-        if (cor < 0 || cor == 2)
-                return vbd_err_set(err, -EINVAL, "qcow2: copy-on-read=%.32s: expected on or off",
-                                   vbd_opts_get(o, "copy-on-read"));
+        mo.l2_cache = o->values[OPT_L2_CACHE].set ? o->values[OPT_L2_CACHE].u : 0;
+        mo.rb_cache = o->values[OPT_RB_CACHE].set ? o->values[OPT_RB_CACHE].u : 0;
+        s->img = img;
         s->aio = vbd_image_aio(img);
         if (!s->aio)
                 return vbd_err_set(err, -EINVAL, "qcow2: no AIO engine given");
@@ -1425,7 +1431,7 @@ static int qcow2_open(struct vbd_image *img, const struct vbd_opts *o, struct vb
                 }
         }
         if (s->h.backing_file[0]) {
-                r = open_backing(s, err);
+                r = open_backing(img, s, err);
                 if (r < 0)
                         goto fail;
         }
@@ -1442,8 +1448,7 @@ fail:
                 close(s->dfd);
         s->dfd = -1;
         qcow2_meta_close(s); /* closes fd */
-        vbd_image_close(s->backing);
-        s->backing = NULL;
+        s->backing = NULL;   /* the core closes it */
         free(s->path);
         s->path = NULL;
         return r;
@@ -1645,8 +1650,7 @@ static void qcow2_close(struct vbd_image *img)
                 free(b->data);
                 free(b);
         }
-        vbd_image_close(s->backing);
-        s->backing = NULL;
+        s->backing = NULL; /* the core closes it after this */
         if (s->dfd >= 0 && s->dfd != s->mfd)
                 close(s->dfd);
         s->dfd = -1;
@@ -1667,6 +1671,8 @@ const struct vbd_driver vbd_driver_qcow2 = {
     .get_info = qcow2_get_info,
     .submit = qcow2_submit,
     .close = qcow2_close,
-    .keys = qcow2_keys,
+    .opts = qcow2_opts,
+    .nopts = VBD_ARRAY_SIZE(qcow2_opts),
+    .drain = qcow2_drain,
     .block_status = qcow2_block_status,
 };

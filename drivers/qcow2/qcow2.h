@@ -28,8 +28,9 @@
 #include <sys/uio.h>
 #include <zlib.h>
 
-#include "aio.h"
+#include "vbd/aio.h"
 #include "vbd/driver.h"
+#include "vbd/endian.h"
 #include "vbd/log.h"
 
 #define QCOW2_MAGIC             0x514649fbu /* "QFI\xfb" */
@@ -141,6 +142,7 @@ struct qcow2_child;
 struct vbd_image;
 
 struct qcow2_state {
+        struct vbd_image *img;
         /* File. */
         char *path;
         int mfd; /* buffered: metadata, COW and unaligned I/O */
@@ -216,13 +218,11 @@ struct qcow2_state {
         size_t nl1_todo, l1_todo_cap;
         struct vbd_aio_op flush_op;
         bool flush_busy;
-        bool cor; /* copy-on-read */
+        bool draining; /* drain() called: report once no flush round runs */
+        bool cor;      /* copy-on-read */
 };
 
 /* qcow2-format.c: pure functions on buffers. */
-uint64_t qcow2_be64(const void *p);
-uint32_t qcow2_be32(const void *p);
-void qcow2_put_be64(void *p, uint64_t v);
 /* Parse and check the header in buf (the first cluster, or the whole file when
  * shorter).  file_size bounds the tables.  0 or -errno with err set. */
 int qcow2_header_parse(const uint8_t *buf, size_t len, uint64_t file_size, struct qcow2_header *h,

@@ -32,19 +32,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "aio.h"
+#include "vbd/aio.h"
 #include "vbd/driver.h"
 #include "vbd/log.h"
+#include "vbd/macro.h"
 
 #define RAW_DEFAULT_DIO_OFFSET_ALIGN 512
 #define RAW_DEFAULT_DIO_MEM_ALIGN    4096
 #define RAW_ZERO_CHUNK               65536
-
-enum raw_direct {
-        RAW_DIRECT_AUTO,
-        RAW_DIRECT_ON,
-        RAW_DIRECT_OFF,
-};
 
 struct raw_state {
         int fd;  /* O_DIRECT when direct, else buffered */
@@ -66,25 +61,11 @@ struct raw_io {
 /* Source of zeroes for WRITE_ZEROES when the file system cannot zero a range. */
 static char raw_zeroes[RAW_ZERO_CHUNK] __attribute__((aligned(4096)));
 
-static const char *const raw_keys[] = {"direct", NULL};
-
-static bool is_pow2(uint32_t v)
-{
-        return v && !(v & (v - 1));
-}
-
-static int raw_parse_direct(const char *v, enum raw_direct *ret)
-{
-        if (!v || strcmp(v, "auto") == 0)
-                *ret = RAW_DIRECT_AUTO;
-        else if (strcmp(v, "on") == 0)
-                *ret = RAW_DIRECT_ON;
-        else if (strcmp(v, "off") == 0)
-                *ret = RAW_DIRECT_OFF;
-        else
-                return -EINVAL;
-        return 0;
-}
+enum { OPT_DIRECT };
+static const struct vbd_opt_desc raw_opts[] = {
+    [OPT_DIRECT] = VBD_OPT_TRISTATE_DEF("direct", "auto",
+                                        "O_DIRECT: on requires it, auto falls back to buffered"),
+};
 
 /* Alignment O_DIRECT needs on fd. */
 static void raw_dio_align(struct raw_state *s)
@@ -97,8 +78,8 @@ static void raw_dio_align(struct raw_state *s)
         struct statx stx;
 
         if (statx(s->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-            (stx.stx_mask & STATX_DIOALIGN) && is_pow2(stx.stx_dio_offset_align) &&
-            is_pow2(stx.stx_dio_mem_align)) {
+            (stx.stx_mask & STATX_DIOALIGN) && vbd_is_pow2(stx.stx_dio_offset_align) &&
+            vbd_is_pow2(stx.stx_dio_mem_align)) {
                 s->dio_offset_align = stx.stx_dio_offset_align;
                 s->dio_mem_align = stx.stx_dio_mem_align;
         }
@@ -117,10 +98,10 @@ static int raw_blockdev_geometry(struct raw_state *s, const char *path, struct v
         if (ioctl(s->bfd, BLKSSZGET, &lbs) < 0)
                 return vbd_err_set(err, -errno, "raw: BLKSSZGET on '%s': %s", path,
                                    strerror(errno));
-        if (lbs < 512 || !is_pow2((uint32_t)lbs))
+        if (lbs < 512 || !vbd_is_pow2((uint32_t)lbs))
                 return vbd_err_set(err, -EINVAL, "raw: '%s' has logical block size %d", path, lbs);
         s->logical_block = (uint32_t)lbs;
-        if (ioctl(s->bfd, BLKPBSZGET, &pbs) < 0 || !is_pow2(pbs) || pbs < (unsigned)lbs)
+        if (ioctl(s->bfd, BLKPBSZGET, &pbs) < 0 || !vbd_is_pow2(pbs) || pbs < (unsigned)lbs)
                 pbs = (unsigned)lbs;
         s->physical_block = pbs;
         s->discard_granularity = pbs;
@@ -132,16 +113,13 @@ static int raw_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_
 {
         struct raw_state *s = vbd_image_state(img);
         const char *path = o->arg;
-        enum raw_direct direct;
+        enum vbd_tristate direct = o->values[OPT_DIRECT].t;
         struct stat st, dst;
         int flags, r;
 
         s->fd = s->bfd = -1;
         if (!path || !*path)
                 return vbd_err_set(err, -EINVAL, "raw: missing path (raw:PATH)");
-        if (raw_parse_direct(vbd_opts_get(o, "direct"), &direct) < 0)
-                return vbd_err_set(err, -EINVAL, "raw: direct=%.32s: expected on, off or auto",
-                                   vbd_opts_get(o, "direct"));
         s->aio = vbd_image_aio(img);
         if (!s->aio)
                 return vbd_err_set(err, -EINVAL, "raw: no AIO engine given");
@@ -164,7 +142,7 @@ static int raw_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_
         } else if (S_ISREG(st.st_mode)) {
                 s->logical_block = 512;
                 s->physical_block = 4096;
-                if (is_pow2((uint32_t)st.st_blksize) && st.st_blksize >= 512 &&
+                if (vbd_is_pow2((uint32_t)st.st_blksize) && st.st_blksize >= 512 &&
                     st.st_blksize <= 65536)
                         s->physical_block = (uint32_t)st.st_blksize;
                 s->discard_granularity = s->physical_block;
@@ -182,10 +160,10 @@ static int raw_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_
         }
 
         s->fd = s->bfd;
-        if (direct != RAW_DIRECT_OFF) {
+        if (direct != VBD_OFF) {
                 int dfd = open(path, flags | O_DIRECT);
 
-                if (dfd < 0 && (errno != EINVAL || direct == RAW_DIRECT_ON)) {
+                if (dfd < 0 && (errno != EINVAL || direct == VBD_ON)) {
                         r = vbd_err_set(err, -errno, "raw: cannot open '%s' with O_DIRECT: %s",
                                         path, strerror(errno));
                         goto fail;
@@ -451,6 +429,7 @@ const struct vbd_driver vbd_driver_raw = {
     .get_info = raw_get_info,
     .submit = raw_submit,
     .close = raw_close,
-    .keys = raw_keys,
+    .opts = raw_opts,
+    .nopts = VBD_ARRAY_SIZE(raw_opts),
     .block_status = raw_block_status,
 };

@@ -1,22 +1,30 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The image driver interface.
+ * The image driver interface, ABI 2: everything a driver or filter may use
+ * is in include/vbd/ (this file, io.h, aio.h, opts.h, err.h, log.h, job.h,
+ * macro.h, time.h, endian.h); drivers are built without src/ on their
+ * include path.
+ *
+ * Specs: DRIVER ':' ARG { ',' KEY '=' VALUE }.  A filter (flags has
+ * VBD_DRIVER_FILTER) takes the spec of the image below it as its ARG, so
+ * filters stack over drivers: "mirror:qcow2:/srv/a.qcow2",
+ * "passthrough:raw:/srv/b.img,direct=off".  The core opens the child first
+ * (vbd_image_child()); keys spelled FILTER.KEY go to the filter named
+ * FILTER, the others to the driver at the bottom.
  *
  * Lifecycle: the core allocates state_size zeroed bytes (vbd_image_state()),
- * calls open(), then get_info() once; submit() any number of times; close()
- * only when no I/O is in flight.  Every callback runs on the VBD's loop
- * thread.  A driver that needs a worker thread hands results back with
- * ev_async.
+ * parses the options with the driver's table (opts.h), calls open(), then
+ * get_info() once; submit() any number of times; before close() it calls
+ * drain() (when set) and waits for vbd_image_drained(); close() runs only
+ * with nothing in flight and never runs the loop.  Every callback runs on
+ * the VBD's loop thread; a driver that needs a worker thread hands results
+ * back with ev_async on vbd_image_loop().
  *
  * Completion: every io passed to submit() completes exactly once, through
  * vbd_io_complete(io, status), never by calling io->done directly.  Inline
  * completion from inside submit() is allowed.
  *
- * Errors: int functions return >= 0 or -errno.  open() also fills err with a
- * human-readable message via vbd_err_set().
- *
- * Data I/O goes through the daemon's AIO engine (vbd_aio_* in aio.h); drivers
- * never call io_submit themselves.
+ * Errors: int functions return >= 0 or -errno; open() also fills err.
  */
 #pragma once
 
@@ -24,9 +32,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vbd/aio.h"
+#include "vbd/err.h"
 #include "vbd/io.h"
+#include "vbd/opts.h"
 
-#define VBD_DRIVER_ABI 1
+#define VBD_DRIVER_ABI 2
+
+struct ev_loop;
+struct vbd_image;
+struct vbd_job_type;
 
 enum vbd_cap {
         VBD_CAP_WRITE = 1 << 0,
@@ -46,19 +61,6 @@ struct vbd_info {
         uint32_t discard_granularity, discard_alignment;
 };
 
-/* An error with a message, for control paths (open, config, ctl). */
-struct vbd_err {
-        int code; /* -errno */
-        char msg[256];
-};
-
-int vbd_err_set(struct vbd_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-struct vbd_image;
-struct vbd_aio;
-struct vbd_job_type;
-
 /* One extent of a block status answer (block_status, vbd_image_block_status). */
 enum vbd_extent_flag {
         VBD_EXTENT_HOLE = 1 << 0, /* not allocated: writing there may fail with ENOSPC */
@@ -70,64 +72,91 @@ struct vbd_extent {
         uint32_t flags; /* enum vbd_extent_flag */
 };
 
-/* Parsed image options: "driver:arg[,key=value...]" (see image.c). */
+/* What open() gets: valid only during the call. */
 struct vbd_opts {
-        const char *arg; /* the part after "driver:" up to the first ',' */
-        bool readonly;   /* the VBD is read-only: open for reading only */
-        unsigned nkeys;
-        const char *const *keys, *const *values;
+        const char *arg; /* DRIVER's ARG (up to the first ','); for a filter, "" */
+        bool readonly;   /* open for reading only */
+        const struct vbd_opt_value *values; /* one per entry of the driver's opts table */
+};
+
+enum vbd_driver_flag {
+        VBD_DRIVER_FILTER = 1 << 0, /* stacks over a child opened by the core */
 };
 
 struct vbd_driver {
-        unsigned abi; /* VBD_DRIVER_ABI */
+        unsigned abi;   /* VBD_DRIVER_ABI */
+        unsigned flags; /* enum vbd_driver_flag */
         /* name: the spec prefix ("raw").  description: one line for --help.
          * usage: the spec syntax, e.g. "raw:PATH[,direct=on|off|auto]". */
         const char *name, *description, *usage;
+        const struct vbd_opt_desc *opts; /* the options after ARG (opts.h) */
+        unsigned nopts;
         size_t state_size;      /* per image, zeroed, vbd_image_state() */
-        size_t io_scratch_size; /* per io, io->scratch */
+        size_t io_scratch_size; /* per io, io->scratch (a filter's child's part follows) */
 
-        /*
-         * open: set up the image from o (o->arg and the key=value options,
-         * already checked against keys).  Open read-only when o->readonly.
-         * Returns 0 or -errno with err set (vbd_err_set).  o and its strings
-         * are valid only during the call.  On failure close() is not called,
-         * so open() undoes what it did.
-         */
+        /* open: set up from o.  0 or -errno with err set; on failure close()
+         * is not called, so open() undoes what it did. */
         int (*open)(struct vbd_image *img, const struct vbd_opts *o, struct vbd_err *err);
-        /* get_info: called once after open; fills every field. 0 or -errno. */
+        /* get_info: called once after open; fills every field. 0 or -errno.
+         * A filter usually starts from *vbd_image_info(vbd_image_child(img)). */
         int (*get_info)(struct vbd_image *img, struct vbd_info *ret_info);
-        /* submit: start io (already validated by vbd_image_submit); complete it
+        /* submit: start io (already validated by the core); complete it
          * exactly once with vbd_io_complete(), inline or later. */
         void (*submit)(struct vbd_image *img, struct vbd_io *io);
-        /* close: undo open; never called with I/O in flight. */
-        void (*close)(struct vbd_image *img);
-
         /*
          * block_status (optional): describe [offset, offset + len) as up to
          * max consecutive extents starting at offset, in *ret, their count in
          * *ret_n (>= 1).  They may cover less than len (the caller asks again
-         * for the rest) but not more.  Synchronous, on the loop thread: keep
-         * it cheap (SEEK_DATA, a metadata lookup).  The range is checked by
-         * the core (inside the image, len > 0, max >= 1).  0 or -errno.
-         * Without it the core reports one allocated extent (flags 0).
+         * for the rest) but not more.  Synchronous and cheap.  The range is
+         * checked by the core.  Without it the core reports one allocated
+         * extent (flags 0), or asks the child of a filter.
          */
         int (*block_status)(struct vbd_image *img, uint64_t offset, uint64_t len,
                             struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+        /* drain (optional): no guest I/O is in flight and none will come;
+         * stop background work (timers, copiers, connections) and call
+         * vbd_image_drained(img) once nothing of the driver's is in flight
+         * (maybe inline).  Without drain the image counts as drained at once. */
+        void (*drain)(struct vbd_image *img);
+        /* close: undo open; nothing in flight; never runs the loop.  The core
+         * closes the child (filters) and the backing image afterwards. */
+        void (*close)(struct vbd_image *img);
 
-        /* Option keys accepted after the arg (NULL-terminated, NULL = none).
-         * The core rejects any other key and duplicates before open(). */
-        const char *const *keys;
-        const struct vbd_job_type *const *jobs; /* NULL-terminated, NULL = none (job.h) */
+        /* Jobs this driver offers (job.h), NULL-terminated; NULL = none. */
+        const struct vbd_job_type *const *jobs;
 };
 
 /* Services the core gives drivers. */
 void *vbd_image_state(struct vbd_image *img);
-struct vbd_aio *vbd_image_aio(struct vbd_image *img); /* may be NULL (no AIO engine) */
-const char *vbd_image_name(struct vbd_image *img);    /* the spec, for messages */
-void vbd_io_complete(struct vbd_io *io, int status);  /* status 0 or -errno */
+struct vbd_aio *vbd_image_aio(struct vbd_image *img);    /* may be NULL (no AIO engine) */
+struct ev_loop *vbd_image_loop(struct vbd_image *img);   /* the VBD's loop, for timers */
+const char *vbd_image_name(const struct vbd_image *img); /* the spec, for messages */
+const struct vbd_driver *vbd_image_driver(const struct vbd_image *img);
+const struct vbd_info *vbd_image_info(const struct vbd_image *img);
+bool vbd_image_readonly(const struct vbd_image *img);
+void vbd_io_complete(struct vbd_io *io, int status); /* status 0 or -errno */
+void vbd_image_drained(struct vbd_image *img);       /* after drain() */
 
-/* Parse a size with optional K/M/G/T suffix (powers of 1024): 0, -EINVAL, -ERANGE. */
-int vbd_parse_size(const char *s, uint64_t *ret);
+/* Stacking.  A filter's child, opened by the core from the filter's ARG: */
+struct vbd_image *vbd_image_child(struct vbd_image *img); /* NULL for a driver */
+/* The child's part of an io's scratch (it follows the filter's io_scratch_size). */
+void *vbd_image_child_scratch(struct vbd_image *img, void *scratch);
+/*
+ * A backing image a driver opens for itself (qcow2's backing file): opened
+ * read-only by the core from spec, with the same AIO engine and loop,
+ * drained after the driver and closed by the core after the driver's
+ * close(), or right after a failed open() (the driver does not close it).
+ * Call it from open() only.  At most one per image (-EEXIST).  NULL + err
+ * on failure.
+ */
+struct vbd_image *vbd_image_open_backing(struct vbd_image *img, const char *spec,
+                                         struct vbd_err *err);
+struct vbd_image *vbd_image_backing(struct vbd_image *img); /* NULL when none */
+size_t vbd_image_io_scratch_size(const struct vbd_image *img);
 
-/* The value of option key in o, or NULL when it was not given. */
-const char *vbd_opts_get(const struct vbd_opts *o, const char *key);
+/* Submit io to another image (a child or backing image): the core's validating
+ * dispatcher; io->done and io->scratch (vbd_image_io_scratch_size bytes) set. */
+void vbd_image_submit(struct vbd_image *img, struct vbd_io *io);
+/* Block status of another image (see block_status above); checks the range. */
+int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                           struct vbd_extent *ret, unsigned max, unsigned *ret_n);

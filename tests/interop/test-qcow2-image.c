@@ -139,11 +139,30 @@ static int do_io(struct vbd_image *img, enum vbd_op op, uint64_t off, uint64_t l
 static struct vbd_image *img_open(const char *spec, bool ro)
 {
         struct vbd_err err = {0};
-        struct vbd_image *img = vbd_image_open(spec, ro, aio, &err);
+        struct vbd_image *img = vbd_image_open(spec, ro, aio, loop, &err);
 
         if (!img)
                 fprintf(stderr, "open %s: %s\n", spec, err.msg);
         return img;
+}
+
+static void img_drained(void *opaque)
+{
+        *(bool *)opaque = true;
+}
+
+/* Drain (qcow2 has a drain: a flush round may still be writing), then close. */
+static void img_close(struct vbd_image *img)
+{
+        bool drained = false;
+
+        if (!img)
+                return;
+        vbd_image_drain(img, img_drained, &drained);
+        while (!drained)
+                ev_run(loop, EVRUN_ONCE);
+        CHECK(vbd_image_is_drained(img));
+        vbd_image_close(img);
 }
 
 static void *abuf(size_t len)
@@ -281,7 +300,7 @@ static void test_random(const char *opts, uint64_t size, unsigned n, uint64_t ma
         random_writes(img, model, size, n, 16, maxlen);
         CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
         verify_read(img, model, size, what);
-        vbd_image_close(img);
+        img_close(img);
         verify_with_qemu(path, model, size, false, what);
         unlink(path);
         free(model);
@@ -340,7 +359,7 @@ static void test_small_cluster_buffered(void)
         img = img_open(spec, false);
         CHECK(!img);
         if (img)
-                vbd_image_close(img);
+                img_close(img);
         snprintf(spec, sizeof(spec), "qcow2:%s,l2-cache=2K", path);
         img = img_open(spec, false);
         CHECK(img);
@@ -381,7 +400,7 @@ static void test_small_cluster_buffered(void)
         }
         CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
         verify_read(img, model, size, "small clusters");
-        vbd_image_close(img);
+        img_close(img);
         verify_with_qemu(path, model, size, false, "small clusters");
         unlink(path);
         free(model);
@@ -420,7 +439,7 @@ static void test_same_cluster(void)
         memcpy(model + cs + cs / 2, b, cs / 2);
         memcpy(model + 3 * cs + 512, c, 4096);
         verify_read(img, model, size, "same cluster");
-        vbd_image_close(img);
+        img_close(img);
         verify_with_qemu(path, model, size, false, "same cluster");
         req_free(ra);
         req_free(rb);
@@ -486,7 +505,7 @@ static void test_zeroes(const char *compat, bool backing)
         memcpy(model + 20 * cs + 8192, buf, 4096);
         CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
         verify_read(img, model, size, what);
-        vbd_image_close(img);
+        img_close(img);
         verify_with_qemu(path, model, size, false, what);
         /* freed clusters are reused: writing the discarded range again must not grow the
          * file beyond what it was */
@@ -495,7 +514,7 @@ static void test_zeroes(const char *compat, bool backing)
                 fill(buf, 16 * cs, 7);
                 CHECK(do_io(img, VBD_OP_WRITE, 16 * cs, 16 * cs, buf, 0) == 0);
                 memcpy(model + 16 * cs, buf, 16 * cs);
-                vbd_image_close(img);
+                img_close(img);
                 verify_with_qemu(path, model, size, false, what);
         }
         (void)before;
@@ -552,7 +571,7 @@ static void test_chain(bool cor)
                 }
         }
         verify_read(img, model, size, what);
-        vbd_image_close(img);
+        img_close(img);
         verify_with_qemu(top, model, size, false, what);
         CHECK(sh("qemu-img check -q '%s' >/dev/null", mid) == 0);
         unlink(top);
@@ -596,7 +615,7 @@ static void test_compressed_snapshot(void)
                 memcpy(model + off, buf, len);
         }
         verify_read(img, model, size, "compressed+snapshot");
-        vbd_image_close(img);
+        img_close(img);
         verify_with_qemu(path, model, size, false, "compressed+snapshot");
         /* the snapshot still has the original content */
         CHECK(sh("qemu-img convert -q -l snap1 -O raw '%s' '%s.snap' && cmp -s '%s' '%s.snap'",

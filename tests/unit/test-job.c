@@ -78,7 +78,7 @@ static void counted(void *opaque)
 static struct vbd_device *new_dev(struct ev_loop *loop, bool ro)
 {
         struct vbd_err err = {0};
-        struct vbd_image *img = vbd_image_open("null:1M", ro, NULL, &err);
+        struct vbd_image *img = vbd_image_open("null:1M", ro, NULL, NULL, &err);
 
         REQUIRE(img);
         return vbd_device_new(loop, img, ro, NULL);

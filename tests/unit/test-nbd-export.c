@@ -238,7 +238,7 @@ static void test_block_status(void)
         int fd;
 
         /* null: one hole that reads as zeroes */
-        img = vbd_image_open("null:1M", true, NULL, &err);
+        img = vbd_image_open("null:1M", true, NULL, NULL, &err);
         REQUIRE(img);
         CHECK_EQ(vbd_image_block_status(img, 4096, 8192, e, 8, &n), 0);
         CHECK(n == 1 && e[0].len == 8192 && e[0].flags == (VBD_EXTENT_HOLE | VBD_EXTENT_ZERO));
@@ -264,7 +264,7 @@ static void test_block_status(void)
         REQUIRE(fsync(fd) == 0);
         close(fd);
         snprintf(spec, sizeof(spec), "raw:%s", path);
-        img = vbd_image_open(spec, true, aio, &err);
+        img = vbd_image_open(spec, true, aio, NULL, &err);
         REQUIRE(img);
         CHECK_EQ(vbd_image_block_status(img, 0, 1 << 20, e, 8, &n), 0);
         if (n == 1 && e[0].flags == 0) {
@@ -289,7 +289,7 @@ static void test_block_status(void)
 
         /* the core checks what a driver answers */
         for (bad_answer = 0; bad_answer <= 6; bad_answer++) {
-                img = vbd_image_open_driver(&mock_driver, "mock:x", true, NULL, &err);
+                img = vbd_image_open_driver(&mock_driver, "mock:x", true, NULL, NULL, &err);
                 REQUIRE(img);
                 int r = vbd_image_block_status(img, 0, 4096, e, 4, &n);
 
@@ -496,10 +496,10 @@ static void test_pause(void)
         struct vbd_nbd *n;
         int fd;
 
-        a = vbd_image_open_driver(&drv_a, "mock:a", true, NULL, &err);
-        b = vbd_image_open_driver(&drv_b, "mock:b", true, NULL, &err);
-        small = vbd_image_open_driver(&drv_small, "mock:small", true, NULL, &err);
-        big_block = vbd_image_open_driver(&drv_big_block, "mock:4k", true, NULL, &err);
+        a = vbd_image_open_driver(&drv_a, "mock:a", true, NULL, NULL, &err);
+        b = vbd_image_open_driver(&drv_b, "mock:b", true, NULL, NULL, &err);
+        small = vbd_image_open_driver(&drv_small, "mock:small", true, NULL, NULL, &err);
+        big_block = vbd_image_open_driver(&drv_big_block, "mock:4k", true, NULL, NULL, &err);
         REQUIRE(a && b && small && big_block);
         unit_path(path, sizeof(path), "nbd.sock");
         snprintf(ep, sizeof(ep), "unix:%s", path);

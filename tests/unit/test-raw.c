@@ -44,6 +44,22 @@ static void run_loop(void)
         ev_timer_stop(loop, &wd);
 }
 
+static void drained_cb(void *opaque)
+{
+        *(bool *)opaque = true;
+}
+
+/* vbd_image_drain, then close (filters have a drain). */
+static void drain_close(struct vbd_image *img)
+{
+        bool drained = false;
+
+        vbd_image_drain(img, drained_cb, &drained);
+        while (!drained)
+                ev_run(loop, EVRUN_ONCE);
+        vbd_image_close(img);
+}
+
 struct req {
         struct vbd_io io;
         int calls, status;
@@ -142,7 +158,7 @@ static struct vbd_image *open_image(const char *fmt, const char *path, bool read
         char spec[700];
 
         snprintf(spec, sizeof(spec), fmt, path);
-        img = vbd_image_open(spec, readonly, aio, &err);
+        img = vbd_image_open(spec, readonly, aio, loop, &err);
         if (!img)
                 fprintf(stderr, "open '%s': %s\n", spec, err.msg);
         return img;
@@ -187,6 +203,12 @@ static void test_modes(void)
             {"raw:%s,direct=auto", 2, 1},
             {"raw:%s,direct=on", 2, 1},
             {"raw:%s,direct=off", 1, 0},
+            /* the option table's other spellings, and the driver's name as a prefix */
+            {"raw:%s,direct=yes", 2, 1},
+            {"raw:%s,raw.direct=0", 1, 0},
+            /* filters over raw: the same data, the same descriptors */
+            {"passthrough:raw:%s", 2, 1},
+            {"passthrough:passthrough:raw:%s,direct=off,passthrough.trace=on", 1, 0},
         };
         char path[600];
         unsigned char *buf;
@@ -199,6 +221,9 @@ static void test_modes(void)
                 const struct vbd_info *info;
                 struct fds f;
 
+                if (!strncmp(modes[m].spec, "passthrough:", 12) &&
+                    !vbd_image_find_driver("passthrough"))
+                        continue;
                 unit_make_file(path, MB, 1);
                 img = open_image(modes[m].spec, path, false);
                 if (!have_direct && strstr(modes[m].spec, "direct=on")) {
@@ -263,7 +288,7 @@ static void test_modes(void)
                 CHECK_EQ(do_rw(img, VBD_OP_READ, 0, MB - 4096, buf, 4096), 0);
                 CHECK(unit_check_pattern(buf, 4096, 1, MB - 4096));
                 CHECK_EQ(do_rw(img, VBD_OP_READ, 0, MB, buf, 512), -EINVAL);
-                vbd_image_close(img);
+                drain_close(img);
                 CHECK_EQ(fds_of(path).n, 0); /* close closes both */
                 CHECK_EQ(vbd_aio_inflight(aio), 0);
         }
@@ -440,17 +465,17 @@ static void test_sizes_and_errors(void)
 
         unit_path(path, sizeof(path), "does-not-exist");
         snprintf(spec, sizeof(spec), "raw:%s", path);
-        CHECK(vbd_image_open(spec, false, aio, &err) == NULL);
+        CHECK(vbd_image_open(spec, false, aio, loop, &err) == NULL);
         CHECK_EQ(err.code, -ENOENT);
         CHECK(strstr(err.msg, "cannot open") && strstr(err.msg, "No such file"));
 
         snprintf(spec, sizeof(spec), "raw:%s", unit_tmpdir());
-        CHECK(vbd_image_open(spec, true, aio, &err) == NULL); /* a directory */
+        CHECK(vbd_image_open(spec, true, aio, loop, &err) == NULL); /* a directory */
         CHECK_EQ(err.code, -EINVAL);
         CHECK(strstr(err.msg, "not a regular file or block device") != NULL);
-        CHECK(vbd_image_open("raw:/dev/null", false, aio, &err) == NULL);
+        CHECK(vbd_image_open("raw:/dev/null", false, aio, loop, &err) == NULL);
         CHECK(strstr(err.msg, "not a regular file or block device") != NULL);
-        CHECK(vbd_image_open("raw:/dev/null,direct=bogus", false, aio, &err) == NULL);
+        CHECK(vbd_image_open("raw:/dev/null,direct=bogus", false, aio, loop, &err) == NULL);
         CHECK(strstr(err.msg, "direct=bogus") != NULL);
         CHECK_EQ(fds_of("/dev/null").n, devnull_fds); /* nothing leaked */
 }
