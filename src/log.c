@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "vbd/log.h"
+#include "vbd/time.h"
 
 static char log_id[64] = "vbd";
 static enum vbd_log_level log_level = VBD_LOG_INFO;
@@ -89,17 +90,9 @@ int vbd_log_internal(enum vbd_log_level level, int err, const char *topic, const
         return -err;
 }
 
-static unsigned long long now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (unsigned long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 bool vbd_ratelimit_ok(struct vbd_ratelimit *rl)
 {
-        unsigned long long t = now_ms();
+        unsigned long long t = vbd_now_ms();
 
         if (rl->begin_ms == 0 || t - rl->begin_ms >= rl->interval_ms) {
                 if (rl->suppressed)
