@@ -33,16 +33,16 @@ struct ctl_client {
         uint64_t pause_begin_ms;
 };
 
+struct vbd_listener;
+
 struct vbd_ctl {
         struct ev_loop *loop;
         struct vbd_ctl_config cfg;
         char dir[256];
         char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-        int fd;
-        ev_io lio;
+        struct vbd_listener *listener; /* src/util/listener.c */
         bool started;
         struct ctl_client *clients;
-        unsigned nr_clients;
         struct vbd_device *dev;
         struct vbd_xenbus *xb; /* NULL: export-only */
         bool held;             /* the control socket's pause hold on dev */

@@ -10,15 +10,12 @@
 #define VBD_LOG_TOPIC "ctl"
 #include <errno.h>
 #include <ev.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -26,7 +23,7 @@
 #include "control-impl.h"
 #include "device.h"
 #include "nbd-export.h"
-#include "util/socket.h"
+#include "util/listener.h"
 #include "vbd/log.h"
 #include "vbd/time.h"
 #include "xenbus.h"
@@ -374,7 +371,7 @@ static void client_close(struct ctl_client *cl)
                         break;
                 }
         }
-        c->nr_clients--;
+        vbd_listener_client_gone(c->listener);
         ctl_cmds_client_gone(cl); /* what it waits for goes on; nobody gets the reply */
         ev_io_stop(c->loop, &cl->rio);
         ev_io_stop(c->loop, &cl->wio);
@@ -387,9 +384,9 @@ static void client_close(struct ctl_client *cl)
         free(cl);
 }
 
-/* ---- the listener: peer credentials, client limits ---- */
+/* ---- the listener (src/util/listener.c): peer credentials, client limits ---- */
 
-/* Say why and hang up, for connections we do not serve. */
+/* Say why and hang up (the listener closes fd), for connections we do not serve. */
 static void refuse(int fd, int code, const char *msg)
 {
         char line[512];
@@ -400,127 +397,90 @@ static void refuse(int fd, int code, const char *msg)
 
         /* msg is ours and has no characters to escape. */
         (void)!write(fd, line, (size_t)n);
-        close(fd);
 }
 
-static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+static void refuse_cb(void *opaque, int fd, int reason, const struct vbd_listener_peer *peer)
 {
-        struct vbd_ctl *c = w->data;
+        struct vbd_ctl *c = opaque;
+        char msg[128];
 
-        for (;;) {
-                struct ucred cred;
-                socklen_t len = sizeof(cred);
-                struct ctl_client *cl;
-                char msg[128];
-                int fd = accept4(c->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-                if (fd < 0) {
-                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                                vbd_log_errno(errno, "accept on %s: %m", c->path);
-                        return;
-                }
-                if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-                        refuse(fd, EPERM, "cannot identify the peer");
-                        continue;
-                }
-                if (cred.uid != 0 && cred.uid != geteuid()) {
-                        vbd_warn("control connection from uid %u (pid %d) refused",
-                                 (unsigned)cred.uid, (int)cred.pid);
-                        snprintf(msg, sizeof(msg), "permission denied: uid %u is not root",
-                                 (unsigned)cred.uid);
-                        refuse(fd, EPERM, msg);
-                        continue;
-                }
-                if (c->nr_clients >= c->cfg.max_clients) {
-                        vbd_warn("too many control connections (%u): refusing one", c->nr_clients);
-                        refuse(fd, EMFILE, "too many control connections");
-                        continue;
-                }
-                cl = calloc(1, sizeof(*cl));
-                if (cl)
-                        cl->in = malloc(VBD_CTL_LINE_MAX + 1);
-                if (!cl || !cl->in) {
-                        if (cl)
-                                free(cl);
-                        refuse(fd, ENOMEM, "out of memory");
-                        continue;
-                }
-                cl->ctl = c;
-                cl->fd = fd;
-                ev_io_init(&cl->rio, client_read_cb, fd, EV_READ);
-                cl->rio.data = cl;
-                ev_io_init(&cl->wio, client_write_cb, fd, EV_WRITE);
-                cl->wio.data = cl;
-                ev_init(&cl->idle, client_idle_cb);
-                cl->idle.repeat = VBD_CTL_IDLE_S;
-                cl->idle.data = cl;
-                ev_timer_again(loop, &cl->idle);
-                ev_io_start(loop, &cl->rio);
-                cl->next = c->clients;
-                c->clients = cl;
-                c->nr_clients++;
+        if (reason == -EMFILE) {
+                vbd_warn("too many control connections (%u): refusing one",
+                         vbd_listener_clients(c->listener));
+                refuse(fd, EMFILE, "too many control connections");
+        } else if (!peer->has_cred) {
+                refuse(fd, EPERM, "cannot identify the peer");
+        } else {
+                vbd_warn("control connection from uid %u (pid %d) refused", (unsigned)peer->uid,
+                         (int)peer->pid);
+                snprintf(msg, sizeof(msg), "permission denied: uid %u is not root",
+                         (unsigned)peer->uid);
+                refuse(fd, EPERM, msg);
         }
 }
 
-static int make_dir(const char *dir)
+static void accept_error_cb(void *opaque, int err)
 {
-        struct stat st;
+        struct vbd_ctl *c = opaque;
 
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        if (stat(dir, &st) < 0)
-                return -errno;
-        if (!S_ISDIR(st.st_mode))
-                return -ENOTDIR;
+        vbd_log_errno(err, "accept on %s: %m", c->path);
+}
+
+static int accept_cb(void *opaque, int fd, const struct vbd_listener_peer *peer)
+{
+        struct vbd_ctl *c = opaque;
+        struct ctl_client *cl = calloc(1, sizeof(*cl));
+
+        if (cl)
+                cl->in = malloc(VBD_CTL_LINE_MAX + 1);
+        if (!cl || !cl->in) {
+                free(cl);
+                refuse(fd, ENOMEM, "out of memory");
+                return -ENOMEM; /* the listener closes fd */
+        }
+        cl->ctl = c;
+        cl->fd = fd;
+        ev_io_init(&cl->rio, client_read_cb, fd, EV_READ);
+        cl->rio.data = cl;
+        ev_io_init(&cl->wio, client_write_cb, fd, EV_WRITE);
+        cl->wio.data = cl;
+        ev_init(&cl->idle, client_idle_cb);
+        cl->idle.repeat = VBD_CTL_IDLE_S;
+        cl->idle.data = cl;
+        ev_timer_again(c->loop, &cl->idle);
+        ev_io_start(c->loop, &cl->rio);
+        cl->next = c->clients;
+        c->clients = cl;
         return 0;
 }
 
-/*
- * Bind and listen on c->path (mode 0600, in a 0700 dir), replacing a stale
- * socket, refusing a live one (-EADDRINUSE).  With accept_cb() above, this
- * is the listener that src/util/listener.c will replace.
- */
+/* Bind and listen on c->path (mode 0600, in a 0700 dir), replacing a stale
+ * socket, refusing a live one. */
 static int listen_unix(struct vbd_ctl *c)
 {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        mode_t old_mask;
+        struct vbd_listener_config lc = {
+            .path = c->path,
+            .mode = 0600,
+            .make_dir = true,
+            .owner_only = true,
+            .backlog = 16,
+            .max_clients = c->cfg.max_clients,
+            .accept = accept_cb,
+            .refuse = refuse_cb,
+            .error = accept_error_cb,
+            .opaque = c,
+        };
         int r;
 
-        r = make_dir(c->dir);
-        if (r < 0) {
-                vbd_log_errno(r, "runtime dir %s: %m", c->dir);
-                return r;
-        }
-        r = vbd_unix_socket_alive(c->path);
-        if (r > 0) {
-                r = vbd_log_errno(EADDRINUSE, "%s: another vbdd serves this VBD: %m", c->path);
-                return r;
-        }
-        if (r < 0) {
-                vbd_log_errno(r, "%s: %m (not replacing it)", c->path);
-                return r;
-        }
-        (void)unlink(c->path);
-
-        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (c->fd < 0) {
-                r = vbd_log_errno(errno, "socket: %m");
-                return r;
-        }
-        memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-        old_mask = umask(0077);
-        r = bind(c->fd, (struct sockaddr *)&sa, sizeof(sa));
-        umask(old_mask);
-        if (r < 0) {
-                r = vbd_log_errno(errno, "bind %s: %m", c->path);
-                return r;
-        }
-        if (chmod(c->path, 0600) < 0 || listen(c->fd, 16) < 0) {
-                r = vbd_log_errno(errno, "%s: %m", c->path);
-                (void)unlink(c->path);
-                return r;
-        }
-        return 0;
+        c->listener = vbd_listener_new(c->loop, &lc);
+        if (c->listener)
+                return 0;
+        r = -errno;
+        if (r == -EADDRINUSE)
+                return vbd_log_errno(r, "%s: another vbdd serves this VBD: %m", c->path);
+        if (r == -ENOTDIR)
+                return vbd_log_errno(r, "runtime dir %s: %m", c->dir);
+        return vbd_log_errno(r, "%s: %m", c->path);
 }
 
 /* ---- setup ---- */
@@ -534,7 +494,6 @@ struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *c
                 return NULL;
         c->loop = loop;
         c->cfg = *cfg;
-        c->fd = -1;
         c->log_level = cfg->log_level;
         c->start_ms = vbd_now_ms();
         if (!c->cfg.max_clients)
@@ -553,13 +512,9 @@ struct vbd_ctl *vbd_ctl_new(struct ev_loop *loop, const struct vbd_ctl_config *c
         r = listen_unix(c);
         if (r < 0)
                 goto fail;
-        ev_io_init(&c->lio, accept_cb, c->fd, EV_READ);
-        c->lio.data = c;
         vbd_debug("control socket %s", c->path);
         return c;
 fail:
-        if (c->fd >= 0)
-                close(c->fd);
         free(c);
         errno = r < 0 ? -r : EIO;
         return NULL;
@@ -570,8 +525,7 @@ void vbd_ctl_start(struct vbd_ctl *c, struct vbd_device *dev, struct vbd_xenbus 
         c->dev = dev;
         c->xb = xb;
         c->started = true;
-        ev_io_start(c->loop, &c->lio);
-        ev_unref(c->loop); /* the listening socket alone does not keep the loop alive */
+        vbd_listener_start(c->listener); /* it alone does not keep the loop alive */
 }
 
 void vbd_ctl_set_nbd(struct vbd_ctl *c, struct vbd_nbd *nbd, void (*stop)(void *opaque),
@@ -601,13 +555,6 @@ void vbd_ctl_free(struct vbd_ctl *c)
         }
         if (c->dev)
                 vbd_device_forget(c->dev, c); /* a pause's done must not find us gone */
-        if (ev_is_active(&c->lio)) {
-                ev_ref(c->loop);
-                ev_io_stop(c->loop, &c->lio);
-        }
-        if (c->fd >= 0) {
-                close(c->fd);
-                (void)unlink(c->path);
-        }
+        vbd_listener_free(c->listener);       /* removes the socket file */
         free(c);
 }
