@@ -7,6 +7,8 @@
  *   --xenstore as the toolstack; the control socket's hostile-input limits
  *   (malformed, oversized, nested JSON, too many clients); connections from
  *   a non-root user refused (file mode, then SO_PEERCRED).
+ * test-ctl reopen-nbd: reopen beside the daemon's own --nbd export (a libnbd
+ *   client across the reopen, new clients, the guest, writes, another size).
  *
  * Needs VBD_SIM_VBDD (vbdd-sim) and VBD_CTL (vbd-ctl); meson sets both.
  */
@@ -660,6 +662,493 @@ static void test_reopen(struct simfront_env *env, struct vbd *a)
         printf("ok reopen while paused\n");
 }
 
+/* ---- reopen beside the daemon's own NBD export (issue 13) ---- */
+
+/* A client of the export: libnbd's python, one connection, driven over a
+ * pipe one command a line, one reply a line ("ok ..." or "err ERRNO MSG").
+ *   size                  ok SIZE READONLY
+ *   read OFF LEN          ok HEX
+ *   write OFF HEX         ok (then flush)
+ *   aread OFF LEN         ok COOKIE: a read left in flight
+ *   wait COOKIE MS        ok HEX once answered, or "pending" after MS
+ *   quit                  ok (NBD_CMD_DISC) */
+static const char nbd_client_py[] =
+    "import sys, time, nbd\n"
+    "h = nbd.NBD()\n"
+    "h.connect_uri(sys.argv[1])\n"
+    "bufs = {}\n"
+    "def reply(s):\n"
+    "    sys.stdout.write(s + '\\n')\n"
+    "    sys.stdout.flush()\n"
+    "for line in sys.stdin:\n"
+    "    a = line.split()\n"
+    "    try:\n"
+    "        if a[0] == 'size':\n"
+    "            reply('ok %d %d' % (h.get_size(), h.is_read_only()))\n"
+    "        elif a[0] == 'read':\n"
+    "            reply('ok ' + h.pread(int(a[2]), int(a[1])).hex())\n"
+    "        elif a[0] == 'write':\n"
+    "            h.pwrite(bytes.fromhex(a[2]), int(a[1]))\n"
+    "            h.flush()\n"
+    "            reply('ok')\n"
+    "        elif a[0] == 'aread':\n"
+    "            b = nbd.Buffer(int(a[2]))\n"
+    "            c = h.aio_pread(b, int(a[1]))\n"
+    "            bufs[c] = b\n"
+    "            reply('ok %d' % c)\n"
+    "        elif a[0] == 'wait':\n"
+    "            c, end = int(a[1]), time.monotonic() + int(a[2]) / 1000\n"
+    "            while not h.aio_command_completed(c):\n"
+    "                left = end - time.monotonic()\n"
+    "                if left <= 0:\n"
+    "                    break\n"
+    "                h.poll(max(1, int(left * 1000)))\n"
+    "            else:\n"
+    "                reply('ok ' + bytes(bufs.pop(c).to_bytearray()).hex())\n"
+    "                continue\n"
+    "            reply('pending')\n"
+    "        elif a[0] == 'quit':\n"
+    "            h.shutdown()\n"
+    "            reply('ok')\n"
+    "            break\n"
+    "    except nbd.Error as e:\n"
+    "        reply('err %s %s' % (e.errnum, e.string))\n";
+
+struct nbdc {
+        pid_t pid;
+        int in, out; /* its stdin, its stdout */
+        char *line;
+        size_t cap;
+};
+
+/* A python3 that has libnbd's "nbd" module (it belongs to the distribution's
+ * python3, which may not be the first in PATH), or NULL. */
+static const char *python_nbd(void)
+{
+        static const char *const pys[] = {"python3", "/usr/bin/python3"};
+
+        for (size_t i = 0; i < sizeof(pys) / sizeof(pys[0]); i++) {
+                pid_t pid = fork();
+                int st;
+
+                CHECK_MSG(pid >= 0, "fork: %m");
+                if (pid == 0) {
+                        int null = open("/dev/null", O_RDWR);
+
+                        dup2(null, 1);
+                        dup2(null, 2);
+                        execlp(pys[i], pys[i], "-c", "import nbd", (char *)NULL);
+                        _exit(127);
+                }
+                if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+                        return pys[i];
+        }
+        return NULL;
+}
+
+static void nbdc_open(struct nbdc *c, const char *py, const char *uri)
+{
+        int i[2], o[2];
+
+        CHECK_MSG(pipe2(i, O_CLOEXEC) == 0 && pipe2(o, O_CLOEXEC) == 0, "pipe: %m");
+        c->pid = fork();
+        CHECK_MSG(c->pid >= 0, "fork: %m");
+        if (c->pid == 0) {
+                dup2(i[0], 0);
+                dup2(o[1], 1);
+                execlp(py, py, "-c", nbd_client_py, uri, (char *)NULL);
+                _exit(127);
+        }
+        close(i[0]);
+        close(o[1]);
+        c->in = i[1];
+        c->out = o[0];
+        c->cap = 1 << 16;
+        c->line = malloc(c->cap);
+        CHECK_MSG(c->line, "malloc");
+}
+
+/* Send one command, return its reply line (valid until the next command). */
+static const char *nbdc_cmd(struct nbdc *c, const char *fmt, ...)
+{
+        char cmd[2 * BLOCK + 64];
+        size_t n = 0;
+        va_list ap;
+        int len;
+
+        va_start(ap, fmt);
+        len = vsnprintf(cmd, sizeof(cmd) - 1, fmt, ap);
+        va_end(ap);
+        CHECK_MSG(len > 0 && (size_t)len < sizeof(cmd) - 1, "NBD client command too long");
+        cmd[len++] = '\n';
+        for (char *p = cmd; len > 0;) {
+                ssize_t k = write(c->in, p, (size_t)len);
+
+                CHECK_MSG(k > 0, "the NBD client's stdin: %m");
+                p += k;
+                len -= (int)k;
+        }
+        for (;;) {
+                struct pollfd p = {.fd = c->out, .events = POLLIN};
+                ssize_t k;
+
+                CHECK_MSG(poll(&p, 1, 30000) == 1, "the NBD client does not answer '%.40s'", cmd);
+                if (n + 4096 > c->cap) {
+                        c->cap *= 2;
+                        c->line = realloc(c->line, c->cap);
+                        CHECK_MSG(c->line, "realloc");
+                }
+                k = read(c->out, c->line + n, c->cap - n - 1);
+                CHECK_MSG(k > 0, "the NBD client died on '%.40s' (its stderr is above)", cmd);
+                n += (size_t)k;
+                if (c->line[n - 1] == '\n')
+                        break;
+        }
+        c->line[n - 1] = '\0';
+        return c->line;
+}
+
+static void nbdc_close(struct nbdc *c)
+{
+        const char *r = nbdc_cmd(c, "quit");
+        int st;
+
+        CHECK_MSG(strcmp(r, "ok") == 0, "NBD disconnect: %s", r);
+        close(c->in);
+        close(c->out);
+        CHECK_MSG(waitpid(c->pid, &st, 0) == c->pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "the NBD client exited with %d", st);
+        free(c->line);
+}
+
+/* The test's patterns: each 64-bit word holds a tag and its own offset, so
+ * images, and places in them, cannot be mistaken for one another. */
+#define TAG_A 0xa1u
+#define TAG_B 0xb2u
+#define TAG_C 0xc3u /* written through the export after the reopen */
+#define TAG_G 0xd4u /* written by the guest after the reopen */
+#define TAG_D 0xe5u /* the image of another size */
+
+static void pattern(void *buf, uint64_t off, size_t len, unsigned tag)
+{
+        uint64_t *p = buf;
+
+        for (size_t i = 0; i < len / 8; i++)
+                p[i] = (uint64_t)tag << 56 | (off + i * 8);
+}
+
+static void make_pattern_image(const char *path, uint64_t size, unsigned tag)
+{
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        static char buf[1 << 16];
+
+        CHECK_MSG(fd >= 0, "create %s: %m", path);
+        for (uint64_t off = 0; off < size; off += sizeof(buf)) {
+                pattern(buf, off, sizeof(buf), tag);
+                CHECK_MSG(pwrite(fd, buf, sizeof(buf), (off_t)off) == (ssize_t)sizeof(buf), "%m");
+        }
+        close(fd);
+}
+
+/* Which tag the block at off carries in buf: the tag, or -1 (a mix, or
+ * not a pattern at that offset). */
+static int tag_of(const void *buf, uint64_t off, size_t len)
+{
+        const uint64_t *p = buf;
+        unsigned tag = (unsigned)(p[0] >> 56);
+        char want[BLOCK];
+
+        CHECK_MSG(len == BLOCK, "tag_of: one block");
+        pattern(want, off, len, tag);
+        return memcmp(want, buf, len) == 0 ? (int)tag : -1;
+}
+
+static void hex_decode(const char *hex, void *buf, size_t len)
+{
+        uint8_t *b = buf;
+
+        CHECK_MSG(strlen(hex) == 2 * len, "NBD read: %zu hex digits, want %zu", strlen(hex),
+                  2 * len);
+        for (size_t i = 0; i < len; i++)
+                CHECK_MSG(sscanf(hex + 2 * i, "%2hhx", &b[i]) == 1, "NBD read: bad hex");
+}
+
+static void hex_encode(const void *buf, size_t len, char *hex)
+{
+        const uint8_t *b = buf;
+
+        for (size_t i = 0; i < len; i++)
+                sprintf(hex + 2 * i, "%02x", b[i]);
+}
+
+/* The tag of the block at off as the NBD connection reads it. */
+static int nbd_tag(struct nbdc *c, uint64_t off)
+{
+        char buf[BLOCK];
+        const char *r = nbdc_cmd(c, "read %" PRIu64 " %u", off, BLOCK);
+
+        CHECK_MSG(strncmp(r, "ok ", 3) == 0, "NBD read at %" PRIu64 ": %s", off, r);
+        hex_decode(r + 3, buf, BLOCK);
+        return tag_of(buf, off, BLOCK);
+}
+
+static void nbd_write_tag(struct nbdc *c, uint64_t off, unsigned tag)
+{
+        char buf[BLOCK], hex[2 * BLOCK + 1];
+        const char *r;
+
+        pattern(buf, off, BLOCK, tag);
+        hex_encode(buf, BLOCK, hex);
+        r = nbdc_cmd(c, "write %" PRIu64 " %s", off, hex);
+        CHECK_MSG(strcmp(r, "ok") == 0, "NBD write at %" PRIu64 ": %s", off, r);
+}
+
+/* ... as the guest reads it through the ring */
+static int guest_tag(struct simfront *fe, uint64_t off)
+{
+        char buf[BLOCK];
+
+        CHECK_R(simfront_read(fe, off, buf, BLOCK), simfront_errmsg(fe));
+        return tag_of(buf, off, BLOCK);
+}
+
+/* ... as it is in the file */
+static int file_tag(const char *path, uint64_t off)
+{
+        char buf[BLOCK];
+        int fd = open(path, O_RDONLY);
+
+        CHECK_MSG(fd >= 0, "open %s: %m", path);
+        CHECK_MSG(pread(fd, buf, BLOCK, (off_t)off) == BLOCK, "pread %s: %m", path);
+        close(fd);
+        return tag_of(buf, off, BLOCK);
+}
+
+/* Every block of the file carries tag, but those at except[] (-1 ends it). */
+static void check_file_all(const char *path, uint64_t size, unsigned tag, const int64_t *except)
+{
+        for (uint64_t off = 0; off < size; off += BLOCK) {
+                bool skip = false;
+
+                for (const int64_t *e = except; e && *e >= 0; e++)
+                        skip |= (uint64_t)*e == off;
+                if (!skip)
+                        CHECK_MSG(file_tag(path, off) == (int)tag,
+                                  "%s: block at %" PRIu64 " is not 0x%x's any more", path, off,
+                                  tag);
+        }
+}
+
+/* A new connection with nbdcopy (if installed): the whole export equals
+ * the file.  0, or 77 if there is no nbdcopy. */
+static int nbdcopy_equals(const char *uri, const char *dir, const char *file)
+{
+        char out[700];
+        pid_t pid;
+        int st;
+
+        snprintf(out, sizeof(out), "%s/nbdcopy.img", dir);
+        pid = fork();
+        CHECK_MSG(pid >= 0, "fork: %m");
+        if (pid == 0) {
+                execlp("nbdcopy", "nbdcopy", uri, out, (char *)NULL);
+                _exit(127);
+        }
+        CHECK_MSG(waitpid(pid, &st, 0) == pid, "waitpid: %m");
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
+                return 77;
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "nbdcopy %s: status %d", uri, st);
+        pid = fork();
+        CHECK_MSG(pid >= 0, "fork: %m");
+        if (pid == 0) {
+                execlp("cmp", "cmp", out, file, (char *)NULL);
+                _exit(127);
+        }
+        CHECK_MSG(waitpid(pid, &st, 0) == pid, "waitpid: %m");
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "nbdcopy over a new connection: the export differs from %s", file);
+        unlink(out);
+        return 0;
+}
+
+/*
+ * vbdd-sim serving a guest and its own --nbd export: a libnbd connection
+ * made before the reopen reads B afterwards (a read held while paused is
+ * answered from B), new connections and the guest read B, the export's
+ * writes land in B (A untouched); an image of another size is refused and
+ * both keep serving B.  77 without libnbd's python.
+ */
+static int test_reopen_nbd(struct simfront_env *env)
+{
+        static const char *extra[8];
+        static char ep[128], uri[160];
+        struct simfront_vbd_opts vo = {.domid = 3, .devid = DEVID, .extra_args = extra};
+        struct simfront_opts fo = {.domid = 3, .devid = DEVID, .timeout_ms = 5000};
+        const uint64_t offs[] = {0, 5 * BLOCK, IMG_SIZE / 2 + BLOCK, IMG_SIZE - BLOCK};
+        const uint64_t held = 3 * BLOCK, woff = 7 * BLOCK, goff = 9 * BLOCK;
+        const int64_t written[] = {(int64_t)woff, (int64_t)goff, -1};
+        char sockdir[] = "/tmp/vbd-rn.XXXXXX", imga[600], imgb[600], imgd[600], spec[700];
+        char sock[64], buf[BLOCK], want[64];
+        const char *py = python_nbd(), *r;
+        struct simfront_vbd *vbd;
+        struct simfront *fe;
+        struct nbdc c1, c2;
+        unsigned long long cookie;
+        struct out *o;
+        json_t *j;
+        int st, copy;
+
+        cur_test = "reopen beside an NBD export";
+        if (!py) {
+                printf("skip reopen beside an NBD export: no python3 with libnbd's nbd module\n");
+                return 77;
+        }
+        CHECK_MSG(mkdtemp(sockdir), "mkdtemp: %m"); /* sun_path is short */
+        snprintf(sock, sizeof(sock), "%s/e.sock", sockdir);
+        snprintf(ep, sizeof(ep), "unix:%s", sock);
+        snprintf(uri, sizeof(uri), "nbd+unix:///?socket=%s", sock);
+        extra[0] = "--ctl-dir";
+        extra[1] = ctl_dir;
+        extra[2] = "--nbd";
+        extra[3] = ep;
+        extra[4] = "--nbd-writable";
+        snprintf(imga, sizeof(imga), "%s/a.img", simfront_env_dir(env));
+        snprintf(imgb, sizeof(imgb), "%s/b.img", simfront_env_dir(env));
+        snprintf(imgd, sizeof(imgd), "%s/d.img", simfront_env_dir(env));
+        make_pattern_image(imga, IMG_SIZE, TAG_A);
+        make_pattern_image(imgb, IMG_SIZE, TAG_B);
+        make_pattern_image(imgd, 2 * IMG_SIZE, TAG_D);
+
+        snprintf(spec, sizeof(spec), "raw:%s", imga);
+        vo.image = spec;
+        CHECK_R(simfront_env_domain_create(env, 3), simfront_env_errmsg(env));
+        CHECK_R(simfront_vbd_add(env, &vo, &vbd), simfront_env_errmsg(env));
+        cur_vbd = vbd;
+        CHECK_R(simfront_vbd_wait_state(vbd, SIMFRONT_XB_INITWAIT, 10000), "no InitWait");
+        fe = simfront_new(env, &fo);
+        CHECK_MSG(fe, "simfront_new: %m");
+        simfront_set_check(fe, alive, vbd);
+        CHECK_R(simfront_connect(fe), simfront_errmsg(fe));
+        for (int i = 0; i < 200 && access(sock, F_OK) < 0; i++)
+                usleep(25000);
+
+        /* 1. A through the export and the ring */
+        nbdc_open(&c1, py, uri);
+        snprintf(want, sizeof(want), "ok %u 0", IMG_SIZE);
+        r = nbdc_cmd(&c1, "size");
+        CHECK_MSG(strcmp(r, want) == 0, "export size, read-only: '%s', want '%s'", r, want);
+        for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+                CHECK_MSG(nbd_tag(&c1, offs[i]) == TAG_A, "NBD does not read A at %" PRIu64,
+                          offs[i]);
+                CHECK_MSG(guest_tag(fe, offs[i]) == TAG_A, "the guest does not read A at %" PRIu64,
+                          offs[i]);
+        }
+
+        /* 2. pause, then a read sent meanwhile is held; reopen to B; resume */
+        json_decref(ctl_json(0, "pause", ctl("pause", "-d", "3", "-n", "51712", "--json")));
+        r = nbdc_cmd(&c1, "aread %" PRIu64 " %u", held, BLOCK);
+        CHECK_MSG(sscanf(r, "ok %llu", &cookie) == 1, "aread: %s", r);
+        r = nbdc_cmd(&c1, "wait %llu 300", cookie);
+        CHECK_MSG(strcmp(r, "pending") == 0, "an NBD read was answered while paused: %.60s", r);
+        snprintf(spec, sizeof(spec), "raw:%s", imgb);
+        o = ctl("reopen", "-d", "3", "-n", "51712", "--image", spec, "--json");
+        CHECK_MSG(o->status == 0, "reopen beside the export: exit %d: %s %s", o->status, o->err,
+                  o->out);
+        j = ctl_json(0, "reopen", o);
+        CHECK_MSG(jint(j, "size") == IMG_SIZE, "reopen: size %lld", jint(j, "size"));
+        json_decref(j);
+        r = nbdc_cmd(&c1, "wait %llu 200", cookie);
+        CHECK_MSG(strcmp(r, "pending") == 0, "the reopen let an NBD read through while paused");
+        json_decref(ctl_json(0, "resume", ctl("resume", "-d", "3", "-n", "51712", "--json")));
+
+        /* 3. B everywhere: the held read, the old connection, a new one, the guest */
+        r = nbdc_cmd(&c1, "wait %llu 10000", cookie);
+        CHECK_MSG(strncmp(r, "ok ", 3) == 0, "the read held over the reopen: %.60s", r);
+        hex_decode(r + 3, buf, BLOCK);
+        CHECK_MSG(tag_of(buf, held, BLOCK) == TAG_B, "the read held over the reopen got 0x%x",
+                  tag_of(buf, held, BLOCK));
+        nbdc_open(&c2, py, uri);
+        for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+                int t = nbd_tag(&c1, offs[i]);
+
+                CHECK_MSG(t == TAG_B, "the connection made before the reopen reads %s at %" PRIu64,
+                          t == TAG_A ? "A (the export was not swapped)" : "neither A nor B",
+                          offs[i]);
+                CHECK_MSG(nbd_tag(&c2, offs[i]) == TAG_B, "a new connection does not read B");
+                CHECK_MSG(guest_tag(fe, offs[i]) == TAG_B, "the guest does not read B at %" PRIu64,
+                          offs[i]);
+        }
+        copy = nbdcopy_equals(uri, sockdir, imgb);
+        j = ctl_json(0, "info", ctl("info", "-d", "3", "-n", "51712", "--json"));
+        CHECK_MSG(strstr(jstr(j, "image"), "b.img"), "info image %s", jstr(j, "image"));
+        CHECK_MSG(jint(j, "nbd.clients") == 2, "%lld NBD clients, want 2 (one from before)",
+                  jint(j, "nbd.clients"));
+        json_decref(j);
+
+        /* 4. writes after the reopen go to B, from the export and from the ring */
+        nbd_write_tag(&c1, woff, TAG_C);
+        CHECK_MSG(file_tag(imgb, woff) == TAG_C, "the NBD write is not in B");
+        CHECK_MSG(file_tag(imga, woff) == TAG_A, "the NBD write went to A");
+        CHECK_MSG(guest_tag(fe, woff) == TAG_C, "the guest does not see the NBD write");
+        pattern(buf, goff, BLOCK, TAG_G);
+        CHECK_R(simfront_write(fe, goff, buf, BLOCK), simfront_errmsg(fe));
+        CHECK_MSG(nbd_tag(&c2, goff) == TAG_G, "the export does not see the guest's write");
+        CHECK_MSG(file_tag(imgb, goff) == TAG_G, "the guest's write is not in B");
+        check_file_all(imga, IMG_SIZE, TAG_A, NULL);
+        check_file_all(imgb, IMG_SIZE, TAG_B, written);
+
+        /* 5. another size: refused, and B is still served by both */
+        json_decref(ctl_json(0, "pause", ctl("pause", "-d", "3", "-n", "51712", "--json")));
+        snprintf(spec, sizeof(spec), "raw:%s", imgd);
+        o = ctl("reopen", "-d", "3", "-n", "51712", "--image", spec);
+        CHECK_MSG(o->status == 1 && strstr(o->err, "NBD export"),
+                  "reopen to another size beside the export: exit %d: %s", o->status, o->err);
+        printf("# refused: %s", o->err);
+        json_decref(ctl_json(0, "resume", ctl("resume", "-d", "3", "-n", "51712", "--json")));
+        r = nbdc_cmd(&c1, "size");
+        CHECK_MSG(strcmp(r, want) == 0, "export size after the refusal: %s", r);
+        {
+                long long sectors = 0;
+
+                CHECK_R(simfront_vbd_read_backend(vbd, "sectors", &sectors), "sectors");
+                CHECK_MSG(sectors == IMG_SIZE / 512, "sectors %lld after the refusal", sectors);
+        }
+        j = ctl_json(0, "info", ctl("info", "-d", "3", "-n", "51712", "--json"));
+        CHECK_MSG(strstr(jstr(j, "image"), "b.img"), "info image %s after the refusal",
+                  jstr(j, "image"));
+        CHECK_MSG(jint(j, "size") == IMG_SIZE, "info size %lld after the refusal", jint(j, "size"));
+        json_decref(j);
+        for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+                CHECK_MSG(nbd_tag(&c1, offs[i]) == TAG_B, "NBD after the refusal: not B");
+                CHECK_MSG(guest_tag(fe, offs[i]) == TAG_B, "the guest after the refusal: not B");
+        }
+        CHECK_MSG(nbd_tag(&c2, woff) == TAG_C && guest_tag(fe, goff) == TAG_G,
+                  "the writes are gone after the refusal");
+        nbd_write_tag(&c2, goff, TAG_C);
+        CHECK_MSG(file_tag(imgb, goff) == TAG_C, "an NBD write after the refusal is not in B");
+        CHECK_MSG(guest_tag(fe, goff) == TAG_C, "the guest after the refusal: not the NBD write");
+        check_file_all(imgd, 2 * IMG_SIZE, TAG_D, NULL);
+        check_file_all(imga, IMG_SIZE, TAG_A, NULL);
+
+        /* the end: the clients leave, the guest detaches, the daemon exits 0 */
+        nbdc_close(&c1);
+        nbdc_close(&c2);
+        CHECK_R(simfront_disconnect(fe), simfront_errmsg(fe));
+        o = ctl("detach", "-d", "3", "-n", "51712");
+        CHECK_MSG(o->status == 0, "detach: %d %s", o->status, o->err);
+        CHECK_R(simfront_vbd_wait(vbd, 5000, &st), "vbdd still running after detach");
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vbdd exit status %d", st);
+        CHECK_MSG(access(sock, F_OK) < 0 && errno == ENOENT, "NBD socket left behind");
+        simfront_free(fe);
+        simfront_vbd_free(vbd);
+        cur_vbd = NULL;
+        rmdir(sockdir);
+        printf("ok reopen beside an NBD export: the old connection%s and the guest read B, "
+               "writes land in B, another size refused\n",
+               copy ? "" : ", nbdcopy");
+        return 0;
+}
+
 static void test_socket_limits(struct vbd *a)
 {
         static char big[VBD_BIG];
@@ -1095,7 +1584,7 @@ static void test_xl_flow(struct simfront_env *env)
         printf("ok xl flow: vbd-ctl watch + block-vbd3 add/remove, aio: params\n");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
         struct simfront_env *env;
         struct vbd a = {0}, b = {0};
@@ -1118,6 +1607,14 @@ int main(void)
         setenv("XENSTORED_PATH", simfront_env_xs_path(env), 1);
         setenv("VBD_SIM_DIR", simfront_env_dir(env), 1);
 
+        if (argc > 1 && strcmp(argv[1], "reopen-nbd") == 0) {
+                int rc = test_reopen_nbd(env);
+
+                simfront_env_free(env);
+                if (rc == 0)
+                        printf("all ctl reopen-nbd tests passed\n");
+                return rc;
+        }
         vbd_start(env, &a, 1, true);
         vbd_start(env, &b, 2, false);
         test_list(&a, &b);
