@@ -790,6 +790,57 @@ bad:
         return -EIO;
 }
 
+const char *vbd_image_bitmap_name(struct vbd_image *img, unsigned i)
+{
+        for (; img; img = img->child) {
+                const char *name;
+
+                if (!img->drv->bitmap_name)
+                        continue;
+                for (unsigned k = 0; (name = img->drv->bitmap_name(img, k)); k++)
+                        if (i-- == 0)
+                                return name;
+        }
+        return NULL;
+}
+
+int vbd_image_bitmap_status(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
+                            struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        uint64_t size = img->info.size;
+
+        if (!len || !max || len > size || offset > size - len)
+                return -EINVAL;
+        for (; img; img = img->child) {
+                uint64_t total = 0;
+                unsigned n = 0;
+                int r;
+
+                if (!img->drv->bitmap_status || img->info.size != size)
+                        continue;
+                r = img->drv->bitmap_status(img, name, offset, len, ret, max, &n);
+                if (r == -ENOENT)
+                        continue;
+                if (r < 0)
+                        return r;
+                if (n == 0 || n > max)
+                        goto bad;
+                for (unsigned i = 0; i < n; i++) {
+                        if (ret[i].len == 0 || ret[i].len > len - total ||
+                            (ret[i].flags & ~(uint32_t)VBD_EXTENT_DIRTY))
+                                goto bad;
+                        total += ret[i].len;
+                }
+                *ret_n = n;
+                return 0;
+        bad:
+                vbd_warn("%s: malformed bitmap status for offset %llu len %llu", img->spec,
+                         (unsigned long long)offset, (unsigned long long)len);
+                return -EIO;
+        }
+        return -ENOENT;
+}
+
 void vbd_image_list_drivers(FILE *f)
 {
         for (const struct vbd_driver *const *d = vbd_drivers; *d; d++) {

@@ -63,8 +63,9 @@ struct vbd_info {
 
 /* One extent of a block status answer (block_status, vbd_image_block_status). */
 enum vbd_extent_flag {
-        VBD_EXTENT_HOLE = 1 << 0, /* not allocated: writing there may fail with ENOSPC */
-        VBD_EXTENT_ZERO = 1 << 1, /* reads as zeroes */
+        VBD_EXTENT_HOLE = 1 << 0,  /* not allocated: writing there may fail with ENOSPC */
+        VBD_EXTENT_ZERO = 1 << 1,  /* reads as zeroes */
+        VBD_EXTENT_DIRTY = 1 << 2, /* bitmap_status: changed since the bitmap's checkpoint */
 };
 
 struct vbd_extent {
@@ -124,6 +125,18 @@ struct vbd_driver {
 
         /* Jobs this driver offers (job.h), NULL-terminated; NULL = none. */
         const struct vbd_job_type *const *jobs;
+
+        /*
+         * Dirty bitmaps (optional, a change tracker's): bitmap_name returns
+         * the name of bitmap i (0, 1, ...) or NULL past the last; names are
+         * [A-Za-z0-9._-]+, at most 63 bytes, and may come and go between
+         * calls.  bitmap_status answers like block_status, with extents
+         * flagged VBD_EXTENT_DIRTY where the image changed since the bitmap
+         * was made, 0 elsewhere; -ENOENT for a name it does not have.
+         */
+        const char *(*bitmap_name)(struct vbd_image *img, unsigned i);
+        int (*bitmap_status)(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
+                             struct vbd_extent *ret, unsigned max, unsigned *ret_n);
 };
 
 /* Services the core gives drivers. */
@@ -160,3 +173,9 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io);
 /* Block status of another image (see block_status above); checks the range. */
 int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
                            struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+/* The dirty bitmaps of the stack from img down through its filters' children:
+ * the name of bitmap i over all layers (NULL past the last), and its status
+ * (range checked; -ENOENT when no layer has the name). */
+const char *vbd_image_bitmap_name(struct vbd_image *img, unsigned i);
+int vbd_image_bitmap_status(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
+                            struct vbd_extent *ret, unsigned max, unsigned *ret_n);
