@@ -20,6 +20,22 @@
 
 #include "nbd-internal.h"
 
+/* Append descriptor (len, flags) at out[*cnt], merged into the previous one
+ * when the flags are the same.  Extents lie inside the request: each fits in
+ * 32 bits. */
+static void put_extent(uint8_t *out, unsigned *cnt, uint64_t len, uint32_t flags)
+{
+        if (*cnt && vbd_get_be32(out + 8 * (*cnt - 1) + 4) == flags) {
+                uint8_t *l = out + 8 * (*cnt - 1);
+
+                vbd_put_be32(l, vbd_get_be32(l) + (uint32_t)len);
+                return;
+        }
+        vbd_put_be32(out + 8 * *cnt, (uint32_t)len);
+        vbd_put_be32(out + 8 * *cnt + 4, flags);
+        (*cnt)++;
+}
+
 /* ---- base:allocation ---- */
 
 static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
@@ -40,16 +56,7 @@ static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
                         f |= NBD_STATE_HOLE;
                 if (cl->ext[i].flags & VBD_EXTENT_ZERO)
                         f |= NBD_STATE_ZERO;
-                /* Extents lie inside the request: each fits in 32 bits. */
-                if (cnt && vbd_get_be32(out + 8 * (cnt - 1) + 4) == f) {
-                        uint8_t *l = out + 8 * (cnt - 1);
-
-                        vbd_put_be32(l, vbd_get_be32(l) + (uint32_t)cl->ext[i].len);
-                        continue;
-                }
-                vbd_put_be32(out + 8 * cnt, (uint32_t)cl->ext[i].len);
-                vbd_put_be32(out + 8 * cnt + 4, f);
-                cnt++;
+                put_extent(out, &cnt, cl->ext[i].len, f);
         }
         return (int)cnt;
 }
@@ -71,17 +78,8 @@ static int dirty_bitmap(struct nbd_req *r, uint8_t *out, unsigned max)
         if (rc < 0)
                 return rc == -ENOENT ? -EINVAL : rc; /* the checkpoint went away */
         for (unsigned i = 0; i < n; i++) {
-                uint32_t f = (cl->ext[i].flags & VBD_EXTENT_DIRTY) ? NBD_STATE_DIRTY : 0;
-
-                if (cnt && vbd_get_be32(out + 8 * (cnt - 1) + 4) == f) {
-                        uint8_t *l = out + 8 * (cnt - 1);
-
-                        vbd_put_be32(l, vbd_get_be32(l) + (uint32_t)cl->ext[i].len);
-                        continue;
-                }
-                vbd_put_be32(out + 8 * cnt, (uint32_t)cl->ext[i].len);
-                vbd_put_be32(out + 8 * cnt + 4, f);
-                cnt++;
+                put_extent(out, &cnt, cl->ext[i].len,
+                           (cl->ext[i].flags & VBD_EXTENT_DIRTY) ? NBD_STATE_DIRTY : 0);
         }
         return (int)cnt;
 }
