@@ -841,6 +841,44 @@ int vbd_image_bitmap_status(struct vbd_image *img, const char *name, uint64_t of
         return -ENOENT;
 }
 
+int vbd_image_bitmap_add(struct vbd_image *img, const char *name, struct vbd_err *err)
+{
+        for (; img; img = img->child)
+                if (img->drv->bitmap_add)
+                        return img->drv->bitmap_add(img, name, err);
+        return vbd_err_set(err, -EOPNOTSUPP, "no change tracker in the image stack");
+}
+
+int vbd_image_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_err *err)
+{
+        for (; img; img = img->child) {
+                int r;
+
+                if (!img->drv->bitmap_remove)
+                        continue;
+                r = img->drv->bitmap_remove(img, name, err);
+                if (r != -ENOENT)
+                        return r;
+        }
+        return vbd_err_set(err, -ENOENT, "no checkpoint %s", name);
+}
+
+int vbd_image_create(const char *driver, const struct vbd_create *c, struct vbd_err *err)
+{
+        const struct vbd_driver *drv = vbd_image_find_driver(driver);
+
+        if (!drv)
+                return vbd_err_set(err, -ENOENT, "no driver %s", driver);
+        if (!drv->create)
+                return vbd_err_set(err, -EOPNOTSUPP, "%s cannot create images", driver);
+        if (!c->path || !c->path[0] || c->size == 0)
+                return vbd_err_set(err, -EINVAL, "create: a path and a size are needed");
+        if (c->cluster_size & (c->cluster_size - 1))
+                return vbd_err_set(err, -EINVAL, "create: cluster size %u is not a power of two",
+                                   c->cluster_size);
+        return drv->create(c, err);
+}
+
 void vbd_image_list_drivers(FILE *f)
 {
         for (const struct vbd_driver *const *d = vbd_drivers; *d; d++) {

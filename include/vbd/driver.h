@@ -42,6 +42,7 @@
 struct ev_loop;
 struct vbd_image;
 struct vbd_job_type;
+struct vbd_create;
 
 enum vbd_cap {
         VBD_CAP_WRITE = 1 << 0,
@@ -137,6 +138,33 @@ struct vbd_driver {
         const char *(*bitmap_name)(struct vbd_image *img, unsigned i);
         int (*bitmap_status)(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
                              struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+        /*
+         * Checkpoints (optional, with the bitmaps): bitmap_add makes bitmap
+         * name, empty from now on (a checkpoint); bitmap_remove drops one (its
+         * changes stay counted in the bitmaps made before it).  Synchronous,
+         * durable when they return 0, and called only with nothing in flight
+         * (the device paused and drained).  0 or -errno with err set; -ENOENT
+         * from bitmap_remove for a name it does not have.
+         */
+        int (*bitmap_add)(struct vbd_image *img, const char *name, struct vbd_err *err);
+        int (*bitmap_remove)(struct vbd_image *img, const char *name, struct vbd_err *err);
+
+        /*
+         * create (optional): make a new image file for this driver, c->size
+         * bytes reading as zeroes (or as c->backing where the format has
+         * backing files), refusing an existing path (-EEXIST).  Durable when
+         * it returns 0.  No image is open; 0 or -errno with err set.
+         */
+        int (*create)(const struct vbd_create *c, struct vbd_err *err);
+};
+
+/* What create() gets. */
+struct vbd_create {
+        const char *path;
+        uint64_t size;           /* bytes, > 0 */
+        const char *backing;     /* a backing file's path, or NULL (formats that have them) */
+        const char *backing_fmt; /* its driver name ("qcow2", "raw"), or NULL */
+        uint32_t cluster_size;   /* bytes, a power of two; 0: the format's default */
 };
 
 /* Services the core gives drivers. */
@@ -179,3 +207,11 @@ int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
 const char *vbd_image_bitmap_name(struct vbd_image *img, unsigned i);
 int vbd_image_bitmap_status(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
                             struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+/* Checkpoints on the stack from img down: bitmap_add on the topmost layer
+ * that has one (-EOPNOTSUPP when none has), bitmap_remove on the layer that
+ * holds name (-ENOENT when none does).  Only with nothing in flight. */
+int vbd_image_bitmap_add(struct vbd_image *img, const char *name, struct vbd_err *err);
+int vbd_image_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_err *err);
+/* Create an image file with the registered driver's create() (-EOPNOTSUPP
+ * when it has none, -ENOENT for an unknown driver). */
+int vbd_image_create(const char *driver, const struct vbd_create *c, struct vbd_err *err);
