@@ -506,6 +506,26 @@ static int cbt_bitmap_status(struct vbd_image *img, const char *name, uint64_t o
         return 0;
 }
 
+static int cbt_bitmap_add(struct vbd_image *img, const char *name, struct vbd_err *err)
+{
+        struct cbt_state *s = vbd_image_state(img);
+
+        if (!cbt_name_ok(name))
+                return vbd_err_set(err, -EINVAL, "bad checkpoint name \"%s\"", name);
+        if (cbt_find(s, name) >= 0)
+                return vbd_err_set(err, -EEXIST, "checkpoint %s exists", name);
+        return cbt_checkpoint_create(s, name, err);
+}
+
+static int cbt_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_err *err)
+{
+        struct cbt_state *s = vbd_image_state(img);
+
+        if (cbt_find(s, name) < 0)
+                return -ENOENT;
+        return cbt_checkpoint_remove(s, name, err);
+}
+
 static int cbt_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
                             struct vbd_extent *ret, unsigned max, unsigned *ret_n)
 {
@@ -546,4 +566,6 @@ const struct vbd_driver vbd_driver_cbt = {
     .jobs = cbt_jobs,
     .bitmap_name = cbt_bitmap_name,
     .bitmap_status = cbt_bitmap_status,
+    .bitmap_add = cbt_bitmap_add,
+    .bitmap_remove = cbt_bitmap_remove,
 };
