@@ -322,6 +322,18 @@ struct reopen {
         void *opaque;
 };
 
+struct vbd_image *vbd_device_open_image(struct vbd_device *dev, const char *spec, bool readonly,
+                                        struct vbd_err *err)
+{
+        return vbd_image_open(spec, readonly, dev->aio, dev->loop, err);
+}
+
+void vbd_device_close_image(struct vbd_device *dev, struct vbd_image *img)
+{
+        (void)dev;
+        vbd_image_drain_close(img);
+}
+
 static void reopen_paused(void *opaque)
 {
         struct reopen *ro = opaque;

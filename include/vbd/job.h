@@ -90,3 +90,10 @@ void vbd_device_resume(struct vbd_device *dev);
 int vbd_device_push_filter(struct vbd_device *dev, const char *name, struct vbd_err *err);
 /* The topmost layer opened by driver/filter name, or NULL. */
 struct vbd_image *vbd_device_find_layer(struct vbd_device *dev, const char *name);
+/* Another image for a job (a backup's target, a restore's source), opened from
+ * spec with the device's AIO engine and loop; NULL + err on failure.  Close
+ * it with vbd_device_close_image() once the job has nothing in flight on it:
+ * it is drained (its drivers' background work ends) and closed. */
+struct vbd_image *vbd_device_open_image(struct vbd_device *dev, const char *spec, bool readonly,
+                                        struct vbd_err *err);
+void vbd_device_close_image(struct vbd_device *dev, struct vbd_image *img);
