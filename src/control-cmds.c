@@ -421,5 +421,8 @@ const struct ctl_cmd vbd_ctl_cmds[] = {
     {"migrate-abort", cmd_job_cancel, G, "migrate", "migration"},
     {"checkpoint-start", cmd_job_start, D, "checkpoint", "change tracking"},
     {"checkpoint-status", cmd_job_status, 0, "checkpoint", "change tracking"},
+    {"backup-start", cmd_job_start, D, "backup", "backup"},
+    {"backup-status", cmd_job_status, 0, "backup", "backup"},
+    {"backup-cancel", cmd_job_cancel, D, "backup", "backup"},
 };
 const unsigned vbd_ctl_ncmds = VBD_ARRAY_SIZE(vbd_ctl_cmds);

@@ -23,6 +23,8 @@ static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_detach,
     &vbdctl_verb_migrate,
     &vbdctl_verb_checkpoint,
+    &vbdctl_verb_backup,
+    &vbdctl_verb_restore,
     &vbdctl_verb_log_level,
     &vbdctl_verb_spawn,
     &vbdctl_verb_attach,
