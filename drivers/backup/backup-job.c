@@ -245,6 +245,7 @@ static void start_paused(void *opaque)
                 return;
         }
         b->began = true;
+        vbd_job_set_state(b->job, VBD_JOB_RUNNING, NULL);
         bk_begin(layer);
         vbd_device_resume(dev);
         vbd_info("backup to %s%s%s%s%s: %llu bytes to copy", b->target,
@@ -328,7 +329,7 @@ static int bk_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
                 unlink(b->target);
                 return r;
         }
-        vbd_job_set_state(job, VBD_JOB_RUNNING, NULL);
+        /* "starting" until the pause: "running" means the point in time is fixed */
         vbd_device_pause(dev, start_paused, b); /* may call back inline */
         return 1;
 }

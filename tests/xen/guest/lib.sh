@@ -353,12 +353,13 @@ xs_remove_vbd3() {
         return 0
 }
 # vbdd_attach DOMID IMAGE MODE TAG: nodes, then start vbdd in the background
+# (VBDD_FILTERS: filters over the raw image, e.g. "cbt:")
 vbdd_attach() {
         local d=$1 img=$2 mode=$3 tag=$4
         xs_attach_vbd3 "$d" "$img" "$mode"
         VBDD_LOG=$OUT/$tag.vbdd.log
         # shellcheck disable=SC2086
-        "$VBDD" --domid "$d" --devid "$DEVID" --image "raw:$img" --mode "$mode" ${VBDD_ARGS:-} >"$VBDD_LOG" 2>&1 &
+        "$VBDD" --domid "$d" --devid "$DEVID" --image "${VBDD_FILTERS:-}raw:$img" --mode "$mode" ${VBDD_ARGS:-} >"$VBDD_LOG" 2>&1 &
         VBDD_PID=$!
         VBDD_RC=""
         log "vbdd pid $VBDD_PID serving domain $d ($img, mode $mode), log $VBDD_LOG"

@@ -9,14 +9,14 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw reboot rebind ro flush detach destroy xl
+#   VBD_TESTS     subset of: rw reboot rebind ro flush backup detach destroy xl
 #                 xldetach xldestroy xlcrash bench
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw reboot rebind ro flush detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw reboot rebind ro flush backup detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -218,6 +218,97 @@ t_flush() {
         check "dd conv=fsync writes are in the image" \
                 eq "$(img_md5 "$img" 18 2 1M)" "$(console_of "$name" | sed -n 's/^VBDT f3 md5=//p')"
         [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (4b) backups while the guest runs ------------------------------------
+# vbdd serves cbt:raw; a full backup while the guest is held, an incremental
+# started while it is held and run while the guest overwrites the changed
+# MiB (copy-before-write), vbdd killed -9, then on the stopped guest's disk
+# an export-only vbdd and one more incremental: the change map survived the
+# kill.  Every backup restored and compared with the image at its point in time.
+bk_json() { sed -n "s/^ *\"$2\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$OUT/$CUR_TEST.$1.json" | head -n 1; }
+t_backup() {
+        local b=$1 name=backup-$1 img=$IMGDIR/backup.img dir=$IMGDIR/backup.d ctl=/share/bin/vbd-ctl
+        local md5_1 md5_3 bmd5 bpid i r
+        if [ "$b" != vbdd ]; then
+                test_skip "backup-$b" "vbdd only"
+                return
+        fi
+        test_begin "backup-$b"
+        mkimg "$img" 64
+        rm -rf "$dir" "$img.cbt" "$IMGDIR"/restored-*.raw
+        mkdir -p "$dir"
+        domu_create "$name" backup "vbdt_timeout=400 vbdt_hold=180" || return
+        VBDD_FILTERS=cbt: attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        if hold_wait "$name" full 90; then
+                md5_1=$(md5sum <"$img" | cut -d' ' -f1) # held: the image cannot change
+                "$ctl" backup -d "$DOMID" -n "$DEVID" --to "$dir" --no-progress --json \
+                        >"$OUT/$CUR_TEST.b1.json" 2>"$OUT/$CUR_TEST.b1.err" ||
+                        fail "full backup: $(cat "$OUT/$CUR_TEST.b1.err")"
+                check "the first backup is full" eq "$(bk_json b1 kind)" full
+        fi
+        release "$name" full
+        if hold_wait "$name" inc 90; then
+                "$ctl" backup -d "$DOMID" -n "$DEVID" --to "$dir" --rate 64K --no-progress --json \
+                        >"$OUT/$CUR_TEST.b2.json" 2>"$OUT/$CUR_TEST.b2.err" &
+                bpid=$!
+                for i in $(seq 100); do
+                        "$ctl" backup -d "$DOMID" -n "$DEVID" --status 2>/dev/null | grep -q "backup running" && break
+                        sleep 0.1
+                done
+                log "incremental: $("$ctl" backup -d "$DOMID" -n "$DEVID" --status 2>&1)"
+        fi
+        release "$name" inc
+        if hold_wait "$name" stormed 120; then
+                r=0
+                wait "$bpid" || r=$?
+                check "the incremental during the guest's writes completes (rc $r)" eq "$r" 0
+                check "the second backup is incremental" eq "$(bk_json b2 kind)" incremental
+                check "guest writes were held for copy-before-write ($(bk_json b2 writes_held), max $(bk_json b2 held_max_us) us)" \
+                        test "$(bk_json b2 writes_held)" -gt 0
+                md5_3=$(md5sum <"$img" | cut -d' ' -f1)
+                log "kill -9 vbdd pid $VBDD_PID with the guest connected"
+                kill -KILL "$VBDD_PID"
+                wait "$VBDD_PID" 2>/dev/null
+        fi
+        xl destroy "$name" 2>/dev/null
+        wait_domu_gone "$name" 30 || fail "domU not destroyed"
+        xs_remove_vbd3 "$DOMID"
+        save_console "$name"
+        check "guest wrote without errors" eq "$(console_of "$name" | grep -c 'VBDT ERROR')" 0
+        check "the guest overwrote the MiB during the backup ($(vbdt_val "$name" passes) passes)" \
+                test "$(vbdt_val "$name" passes)" -gt 0
+        bmd5=$(console_of "$name" | sed -n 's/^VBDT b md5=//p')
+        # the stopped guest's disk: an export-only vbdd, one more incremental
+        "$VBDD" --export-only --image "cbt:raw:$img" --nbd "unix:/tmp/bk-$$.sock" --nbd-writable \
+                --domid "$DOMID" --devid "$DEVID" >"$OUT/$CUR_TEST.export.log" 2>&1 &
+        VBDD_PID=$!
+        for i in $(seq 50); do [ -S "/tmp/bk-$$.sock" ] && break; sleep 0.1; done
+        "$ctl" backup -d "$DOMID" -n "$DEVID" --to "$dir" --no-progress --json \
+                >"$OUT/$CUR_TEST.b3.json" 2>"$OUT/$CUR_TEST.b3.err" ||
+                fail "incremental after kill -9: $(cat "$OUT/$CUR_TEST.b3.err")"
+        check "after kill -9 the backup is incremental" eq "$(bk_json b3 kind)" incremental
+        check "it copies exactly the storm's MiB ($(bk_json b3 bytes_done) bytes)" eq "$(bk_json b3 bytes_done)" 1048576
+        kill -TERM "$VBDD_PID"
+        wait "$VBDD_PID" 2>/dev/null
+        for i in 1 2 3; do
+                VBD_VBDD=$VBDD "$ctl" restore "$dir" --index "$i" -o "$IMGDIR/restored-$i.raw" --no-progress \
+                        >>"$OUT/$CUR_TEST.restore.log" 2>&1 || fail "restore $i: $(tail -n 1 "$OUT/$CUR_TEST.restore.log")"
+        done
+        check "restore 1 is the image at the full backup" eq "$(md5sum <"$IMGDIR/restored-1.raw" | cut -d' ' -f1)" "$md5_1"
+        check "restore 2 holds the MiB as it was when the incremental started" \
+                eq "$(img_md5 "$IMGDIR/restored-2.raw" 20 1 1M)" "$bmd5"
+        check "restore 2 is the image elsewhere (below 20 MiB)" \
+                eq "$(img_md5 "$IMGDIR/restored-2.raw" 0 20 1M)" "$(img_md5 "$img" 0 20 1M)"
+        check "restore 2 is the image elsewhere (above 21 MiB)" \
+                eq "$(img_md5 "$IMGDIR/restored-2.raw" 21 43 1M)" "$(img_md5 "$img" 21 43 1M)"
+        check "restore 3 is the image after the guest's writes" \
+                eq "$(md5sum <"$IMGDIR/restored-3.raw" | cut -d' ' -f1)" "$md5_3"
+        check "the image still is what it was when vbdd was killed" eq "$(md5sum <"$img" | cut -d' ' -f1)" "$md5_3"
+        ls -l "$dir" | sed 's/^/    /'
+        show_vbdd_log
+        rm -f "$IMGDIR"/restored-*.raw
         test_end
 }
 
