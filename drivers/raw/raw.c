@@ -455,6 +455,11 @@ static int raw_create(const struct vbd_create *c, struct vbd_err *err)
         struct stat st;
         int fd, r;
 
+        if (strchr(c->path, ','))
+                return vbd_err_set(err, -EINVAL,
+                                   "raw: '%s' has a ',' in its name (not possible in an image "
+                                   "spec)",
+                                   c->path);
         if (c->backing || c->backing_fmt)
                 return vbd_err_set(err, -EINVAL, "raw: '%s': raw images have no backing file",
                                    c->path);

@@ -586,6 +586,12 @@ static void test_create(void)
         CHECK(strstr(err.msg, "cluster size") != NULL);
         c.cluster_size = 0;
         CHECK(!exists(path));
+        unit_path(other, sizeof(other), "a,b.img");
+        c.path = other;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        CHECK(strstr(err.msg, "','") != NULL);
+        CHECK(!exists(other));
+        c.path = path;
 
         /* A failure after the file was made (larger than the file system allows):
          * the file is removed again. */
