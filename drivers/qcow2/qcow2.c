@@ -1675,4 +1675,5 @@ const struct vbd_driver vbd_driver_qcow2 = {
     .nopts = VBD_ARRAY_SIZE(qcow2_opts),
     .drain = qcow2_drain,
     .block_status = qcow2_block_status,
+    .create = qcow2_create,
 };

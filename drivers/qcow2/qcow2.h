@@ -3,7 +3,8 @@
  * qcow2 driver internals, shared by qcow2.c (the driver: requests, flush
  * rounds, backing files), qcow2-meta.c (metadata: header, L1/L2, refcounts,
  * caches, allocation; synchronous pread/pwrite on the loop thread) and
- * qcow2-format.c (pure parsing and validation of on-disk structures).
+ * qcow2-format.c (pure parsing and validation of on-disk structures) and
+ * qcow2-create.c (new images).
  *
  * Written from the qcow2 specification (QEMU docs/interop/qcow2.txt).
  * Everything read from an image is hostile input: it is validated before it
@@ -288,6 +289,9 @@ int qcow2_sync(struct qcow2_state *s);              /* fdatasync(2) */
 int qcow2_flush_sync(struct qcow2_state *s);
 /* Clean close: flush, clear the dirty bit, trim the file. */
 int qcow2_meta_shutdown(struct qcow2_state *s);
+
+/* qcow2-create.c: the driver's create() (see there for the layout). */
+int qcow2_create(const struct vbd_create *c, struct vbd_err *err);
 
 void qcow2_log_corrupt(struct qcow2_state *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

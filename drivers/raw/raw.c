@@ -19,14 +19,19 @@
  * Block status: SEEK_DATA/SEEK_HOLE on files (holes read as zeroes: HOLE |
  * ZERO; data: 0); a block device, or a file system without SEEK_DATA, is
  * one allocated extent.
+ *
+ * create: a new sparse file of the size (mode 0644 less the umask, as
+ * qemu-img's), synced with its directory; never an existing path.
  */
 #define VBD_LOG_TOPIC "drv.raw"
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -418,6 +423,91 @@ static void raw_close(struct vbd_image *img)
         s->fd = s->bfd = -1;
 }
 
+/* fsync(2) the directory that holds path: 0 or -errno. */
+static int raw_sync_dir(const char *path)
+{
+        char buf[4096];
+        int fd, r = 0;
+
+        if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+                return -ENAMETOOLONG;
+        fd = open(dirname(buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fsync(fd) < 0)
+                r = -errno;
+        close(fd);
+        return r;
+}
+
+/* Remove the file we created at path (dev and ino in *ours), unless
+ * something else is there now. */
+static void raw_unlink_ours(const char *path, const struct stat *ours)
+{
+        struct stat st;
+
+        if (stat(path, &st) == 0 && st.st_dev == ours->st_dev && st.st_ino == ours->st_ino)
+                (void)unlink(path);
+}
+
+static int raw_create(const struct vbd_create *c, struct vbd_err *err)
+{
+        struct stat st;
+        int fd, r;
+
+        if (strchr(c->path, ','))
+                return vbd_err_set(err, -EINVAL,
+                                   "raw: '%s' has a ',' in its name (not possible in an image "
+                                   "spec)",
+                                   c->path);
+        if (c->backing || c->backing_fmt)
+                return vbd_err_set(err, -EINVAL, "raw: '%s': raw images have no backing file",
+                                   c->path);
+        if (c->cluster_size)
+                return vbd_err_set(err, -EINVAL, "raw: '%s': raw images have no cluster size",
+                                   c->path);
+        if (c->size == 0 || c->size % 512)
+                return vbd_err_set(err, -EINVAL,
+                                   "raw: '%s': size %llu is not a positive multiple of 512 bytes",
+                                   c->path, (unsigned long long)c->size);
+        if (c->size > (uint64_t)INT64_MAX)
+                return vbd_err_set(err, -EFBIG, "raw: '%s': size %llu too large", c->path,
+                                   (unsigned long long)c->size);
+        fd = open(c->path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOCTTY, 0644);
+        if (fd < 0 && errno == EEXIST)
+                return vbd_err_set(err, -EEXIST, "raw: '%s' exists; not overwriting it", c->path);
+        if (fd < 0)
+                return vbd_err_set(err, -errno, "raw: cannot create '%s': %s", c->path,
+                                   strerror(errno));
+        if (fstat(fd, &st) < 0) {
+                /* Cannot tell our file from another: leave it. */
+                r = vbd_err_set(err, -errno, "raw: fstat '%s': %s", c->path, strerror(errno));
+                close(fd);
+                return r;
+        }
+        if (ftruncate(fd, (off_t)c->size) < 0)
+                r = vbd_err_set(err, -errno, "raw: cannot make '%s' %llu bytes long: %s", c->path,
+                                (unsigned long long)c->size, strerror(errno));
+        else if (fsync(fd) < 0)
+                r = vbd_err_set(err, -errno, "raw: fsync '%s': %s", c->path, strerror(errno));
+        else
+                r = 0;
+        if (close(fd) < 0 && r == 0)
+                r = vbd_err_set(err, -errno, "raw: close '%s': %s", c->path, strerror(errno));
+        if (r == 0) {
+                r = raw_sync_dir(c->path);
+                if (r < 0)
+                        vbd_err_set(err, r, "raw: fsync the directory of '%s': %s", c->path,
+                                    strerror(-r));
+        }
+        if (r < 0) {
+                raw_unlink_ours(c->path, &st);
+                return r;
+        }
+        vbd_debug("'%s': created, %llu bytes", c->path, (unsigned long long)c->size);
+        return 0;
+}
+
 const struct vbd_driver vbd_driver_raw = {
     .abi = VBD_DRIVER_ABI,
     .name = "raw",
@@ -432,4 +522,5 @@ const struct vbd_driver vbd_driver_raw = {
     .opts = raw_opts,
     .nopts = VBD_ARRAY_SIZE(raw_opts),
     .block_status = raw_block_status,
+    .create = raw_create,
 };

@@ -4,7 +4,9 @@
  * in a scratch directory: O_DIRECT and buffered paths (checked in
  * /proc/self/fdinfo), unaligned requests routed to the buffered descriptor,
  * read-only images, discard (st_blocks shrinks), write-zeroes, FUA, flush,
- * odd sizes and bad paths.  When the test may create loop devices (root,
+ * odd sizes and bad paths; create (a sparse file of the size, mode 0644
+ * less the umask, an existing path refused and left alone, bad arguments
+ * and failures leaving nothing behind).  When the test may create loop devices (root,
  * /dev/loop-control), the block device path too, with 4096-byte sectors.
  */
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include "aio.h"
 #include "image.h"
 #include "unit-test.h"
+#include "vbd/macro.h"
 
 #define KB 1024ULL
 #define MB (1024ULL * 1024)
@@ -480,6 +483,131 @@ static void test_sizes_and_errors(void)
         CHECK_EQ(fds_of("/dev/null").n, devnull_fds); /* nothing leaked */
 }
 
+static bool exists(const char *path)
+{
+        struct stat st;
+
+        return lstat(path, &st) == 0;
+}
+
+/* create: vbd_image_create("raw", ...). */
+static void test_create(void)
+{
+        struct vbd_err err = {0};
+        char path[600], other[600], spec[700];
+        struct vbd_create c = {.path = path};
+        struct vbd_image *img;
+        unsigned char *buf;
+        struct stat st, before;
+        mode_t mask = umask(022);
+
+        umask(mask);
+        REQUIRE(posix_memalign((void **)&buf, 4096, 64 * KB) == 0);
+
+        /* Sizes: the file is exactly that long, sparse, 0644 less the umask. */
+        static const uint64_t sizes[] = {512, MB, 3 * MB + 512, 64ULL << 30, 3ULL << 40};
+        for (size_t i = 0; i < VBD_ARRAY_SIZE(sizes); i++) {
+                unit_path(path, sizeof(path), "new.img");
+                c.size = sizes[i];
+                CHECK_R(vbd_image_create("raw", &c, &err), err.msg);
+                REQUIRE(stat(path, &st) == 0);
+                CHECK_EQ(st.st_size, sizes[i]);
+                CHECK_EQ(st.st_blocks, 0);
+                CHECK(S_ISREG(st.st_mode));
+                CHECK_EQ(st.st_mode & 07777, 0644 & ~mask);
+                img = open_image("raw:%s", path, false);
+                CHECK(img != NULL);
+                if (img) {
+                        CHECK_EQ(vbd_image_info(img)->size, sizes[i]);
+                        /* reads as zeroes; writes land (at the end too) */
+                        memset(buf, 0xaa, 4096);
+                        CHECK_EQ(do_rw(img, VBD_OP_READ, 0, sizes[i] - 512, buf, 512), 0);
+                        CHECK(buf[0] == 0 && buf[511] == 0);
+                        unit_fill(buf, 512, 21, sizes[i] - 512);
+                        CHECK_EQ(do_rw(img, VBD_OP_WRITE, 0, sizes[i] - 512, buf, 512), 0);
+                        vbd_image_close(img);
+                        CHECK(pread_check(path, sizes[i] - 512, 512, 21));
+                }
+                REQUIRE(unlink(path) == 0);
+        }
+
+        /* An existing path: -EEXIST, the file untouched (content, size, inode, times). */
+        unit_path(path, sizeof(path), "exists.img");
+        unit_make_file(path, 64 * KB, 22);
+        REQUIRE(stat(path, &before) == 0);
+        c.size = MB;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EEXIST);
+        CHECK(strstr(err.msg, "exists") && strstr(err.msg, path));
+        REQUIRE(stat(path, &st) == 0);
+        CHECK_EQ(st.st_size, 64 * KB);
+        CHECK_EQ(st.st_ino, before.st_ino);
+        CHECK(st.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+              st.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
+        CHECK(pread_check(path, 0, 64 * KB, 22));
+        /* ... also through a symbolic link, dangling or not (O_EXCL does not follow it) */
+        unit_path(other, sizeof(other), "link.img");
+        REQUIRE(symlink(path, other) == 0);
+        c.path = other;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EEXIST);
+        REQUIRE(unlink(other) == 0);
+        unit_path(spec, sizeof(spec), "nowhere.img");
+        REQUIRE(symlink(spec, other) == 0);
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EEXIST);
+        CHECK(!exists(spec));
+        REQUIRE(unlink(other) == 0);
+        c.path = path;
+
+        /* A missing directory: -ENOENT naming the path, nothing made. */
+        unit_path(path, sizeof(path), "no-such-dir/new.img");
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -ENOENT);
+        CHECK(strstr(err.msg, path) && strstr(err.msg, "No such file or directory"));
+        unit_path(other, sizeof(other), "no-such-dir");
+        CHECK(!exists(other));
+
+        /* Bad arguments: refused before anything is made. */
+        unit_path(path, sizeof(path), "bad.img");
+        c.size = 1000;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        CHECK(strstr(err.msg, "multiple of 512") != NULL);
+        c.size = 0;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        c.size = 1ULL << 63;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EFBIG);
+        c.size = MB;
+        c.backing = "base.img";
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        CHECK(strstr(err.msg, "no backing file") != NULL);
+        c.backing = NULL;
+        c.backing_fmt = "raw";
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        c.backing_fmt = NULL;
+        c.cluster_size = 65536;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        CHECK(strstr(err.msg, "cluster size") != NULL);
+        c.cluster_size = 0;
+        CHECK(!exists(path));
+        unit_path(other, sizeof(other), "a,b.img");
+        c.path = other;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EINVAL);
+        CHECK(strstr(err.msg, "','") != NULL);
+        CHECK(!exists(other));
+        c.path = path;
+
+        /* A failure after the file was made (larger than the file system allows):
+         * the file is removed again. */
+        c.size = 1ULL << 62;
+        CHECK_ERR(vbd_image_create("raw", &c, &err), -EFBIG);
+        CHECK(strstr(err.msg, "cannot make") != NULL);
+        CHECK(!exists(path));
+
+        /* Drivers without create, and unknown ones. */
+        c.size = MB;
+        CHECK_ERR(vbd_image_create("null", &c, &err), -EOPNOTSUPP);
+        CHECK_ERR(vbd_image_create("nosuch", &c, &err), -ENOENT);
+        CHECK(!exists(path));
+        free(buf);
+}
+
 /*
  * A loop device over a scratch file, with 4096-byte logical blocks.  It is
  * set to clear itself when its last descriptor closes, so a crash leaks
@@ -618,6 +746,7 @@ int main(void)
         test_readonly();
         test_discard_zeroes();
         test_sizes_and_errors();
+        test_create();
         test_blockdev();
 
         vbd_aio_free(aio);
