@@ -399,11 +399,13 @@ static void free_engine(struct bk_state *s)
                 free(s->slot[i].dst_scratch);
         }
         memset(s->slot, 0, sizeof(s->slot));
-        vbd_freep(&s->todo);
-        vbd_freep(&s->read);
-        vbd_freep(&s->busy);
-        vbd_freep(&s->urgent);
-        vbd_freep(&s->flush_scratch);
+        free(s->todo);
+        free(s->read);
+        free(s->busy);
+        free(s->urgent);
+        free(s->flush_scratch);
+        s->todo = s->read = s->busy = s->urgent = NULL;
+        s->flush_scratch = NULL;
         s->nurgent = s->urgent_cap = 0;
 }
 

@@ -12,6 +12,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../interop/nbd-lib.sh"
 : "${VBD_CTL:?}"
+export VBD_VBDD=$VBDD # the vbdd vbd-ctl restore starts
 requires qemu-img --version
 [ -n "$PY_NBD" ] || { echo "SKIP: no python3 with libnbd's nbd module"; exit 77; }
 
@@ -75,7 +76,7 @@ vctl backup -d 9 -n 1 --to "$dir" --json >"$tmp/b2.json" 2>"$tmp/b2.err" ||
         fail "incremental read $(jget "$tmp/b2.json" bytes_done) bytes, want $((4 * G))"
 qcheck "$dir/0002-inc.qcow2"
 qemu-img info --output=json "$dir/0002-inc.qcow2" >"$tmp/info.json"
-grep -q "\"backing-filename\": \"$dir/0001-full.qcow2\"" "$tmp/info.json" ||
+grep -q '"backing-filename": "0001-full.qcow2"' "$tmp/info.json" ||
         fail "0002-inc.qcow2's backing: $(cat "$tmp/info.json")"
 grep -q '"cluster-size": 65536' "$tmp/info.json" || fail "cluster size is not the granularity"
 restore_cmp "$dir" --index 1 "$tmp/snap1"
@@ -85,6 +86,11 @@ qemu-img convert -O raw "$dir/0002-inc.qcow2" "$tmp/q2.raw" && cmp -s "$tmp/q2.r
 qemu-img compare -q -f qcow2 -F raw "$dir/0002-inc.qcow2" "$tmp/snap2" ||
         fail "qemu-img compare: the chain is not the image"
 rm -f "$tmp/q2.raw"
+# the chain names its backing files relatively: it can move
+mv "$dir" "$dir.moved"
+qemu-img compare -q -f qcow2 -F raw "$dir.moved/0002-inc.qcow2" "$tmp/snap2" ||
+        fail "a moved chain is not the image"
+mv "$dir.moved" "$dir"
 
 # 3. Point in time: writes while a rate-capped backup runs do not reach it,
 # are held only until their blocks are read, and the next incremental has them.
@@ -94,7 +100,8 @@ vctl backup -d 9 -n 1 --to "$dir" --full --rate 8M --no-progress --json >"$tmp/b
 bpid=$!
 wait_running
 : >"$tmp/acked"
-client storm "$U" 7 "$tmp/acked" &
+# the python process itself, so that kill stops it (not a subshell around it)
+"$PY_NBD" "$(dirname "$0")/../cbt/cbt-client.py" storm "$U" 7 "$tmp/acked" 2>"$tmp/storm.err" &
 spid=$!
 sleep 1.5
 kill "$spid"

@@ -326,11 +326,19 @@ static int backup_dir(struct vbdctl *o, struct args *a, json_t *job)
         snprintf(part, sizeof(part), "%s.part", target);
         if (unlink(part) == 0) /* an earlier attempt that died */
                 fprintf(stderr, "vbd-ctl: removed %s, left by an interrupted backup\n", part);
+        /* Checkpoints of this chain that no complete backup stands for (a
+         * backup whose daemon died): removing them merges their changes back. */
+        if (!a->keep_checkpoints)
+                prune_checkpoints(o, prefix, last ? vbdctl_jstr(last, "checkpoint") : "");
         json_object_set_new(job, "target", json_string(part));
         json_object_set_new(job, "checkpoint", json_string(name));
         if (incremental) {
-                if (path_join(backing, sizeof(backing), dir, vbdctl_jstr(last, "file")) < 0)
-                        return vbdctl_fail(o, VBDCTL_EXIT_USAGE, false, "%s: path too long", dir);
+                /* by its name: the chain's directory can move */
+                snprintf(backing, sizeof(backing), "%s", vbdctl_jstr(last, "file"));
+                if (!*backing || strchr(backing, '/'))
+                        return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false,
+                                           "%s/%s: bad file name \"%s\" in the manifest", dir,
+                                           MANIFEST, backing);
                 json_object_set_new(job, "since", json_string(vbdctl_jstr(last, "checkpoint")));
                 json_object_set_new(job, "backing", json_string(backing));
                 if (json_integer_value(json_object_get(m, "granularity")))
@@ -596,13 +604,23 @@ static int run_restore(struct vbdctl *o, int argc, char **argv)
         pid_t pid;
         int r, status;
 
+        const char *from = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+
+        /* the source first: vbd-ctl restore DIR|FILE -o OUTPUT ... */
+        if (from) {
+                argv++;
+                argc--;
+        }
+        for (int i = 1; i < argc; i++)
+                if (!strcmp(argv[i], "-o"))
+                        argv[i] = (char *)"--output";
         if ((r = vbdctl_parse(o, argc, argv, extra, opt, &a)))
                 return r;
-        if (optind + 1 != argc || !a.output)
+        if (!from || !a.output)
                 return vbdctl_usage_error(o, "restore DIR|FILE -o OUTPUT");
         if (a.format && strcmp(a.format, "raw") && strcmp(a.format, "qcow2"))
                 return vbdctl_usage_error(o, "--format raw or qcow2");
-        if ((r = restore_source(o, &a, argv[optind], src, sizeof(src))))
+        if ((r = restore_source(o, &a, from, src, sizeof(src))))
                 return r;
         if (access(a.output, F_OK) == 0)
                 return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s exists: not overwriting it",
