@@ -330,6 +330,9 @@ static bool pick(struct bk_state *s, uint64_t *ret_first, uint64_t *ret_n)
         }
         if (!rate_ok(s))
                 return false;
+        /* under a cap, runs of a tenth of a second's worth (one block at least) */
+        if (s->p.rate && (s->p.rate / 10) >> s->shift < max)
+                max = (s->p.rate / 10) >> s->shift ? (s->p.rate / 10) >> s->shift : 1;
         while (s->cursor < s->nblocks) {
                 uint64_t w = s->cursor >> 6;
                 uint64_t bits = s->todo[w] & ~s->read[w] & ~s->busy[w];
