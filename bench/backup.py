@@ -11,7 +11,7 @@ cache dropped before each:
   vbdd     vbd-ctl backup --to DIR of an export-only vbdd on cbt:raw (the
            writes came through its NBD export): a qcow2 overlay of the
            changed blocks
-  rsync    rsync --inplace --no-whole-file of the image onto the copy made
+  rsync    rsync --inplace --no-whole-file --ignore-times of the image onto the copy made
            at the full backup (what crosses the pipe between rsync's sides
            is what would cross the network)
   qemu     qemu-storage-daemon on a qcow2 copy with a persistent dirty
@@ -289,7 +289,7 @@ def main():
         # rsync
         drop_caches()
         t = time.time()
-        p = subprocess.Popen(["rsync", "--inplace", "--no-whole-file", "--stats", img, rdst],
+        p = subprocess.Popen(["rsync", "--inplace", "--no-whole-file", "--ignore-times", "--stats", img, rdst],
                              stdout=subprocess.PIPE, text=True)
         dr = DiskReads(p.pid)
         out = p.communicate()[0]

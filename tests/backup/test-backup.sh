@@ -180,6 +180,19 @@ vctl backup -d 9 -n 1 --to "$dir" --incremental --json >"$tmp/b9.json" 2>"$tmp/b
         fail "incremental after the new full: $(cat "$tmp/b9.err")"
 [ "$(jget "$tmp/b9.json" bytes_done)" = 0 ] || fail "nothing changed, yet $(jget "$tmp/b9.json" bytes_done) bytes"
 
+# 7b. --method rsync, the baseline: a point-in-time copy, then rsync onto a
+# destination that holds an older copy (only what differs is sent).
+if command -v rsync >/dev/null; then
+        cp --sparse=always "$tmp/snap1" "$tmp/rsync-dest.img"
+        vctl backup -d 9 -n 1 --method rsync --to "$tmp/rsync-dest.img" --snapshot "$tmp/rsync-snap.raw" \
+                --no-progress >"$tmp/b12.log" 2>&1 || fail "--method rsync: $(cat "$tmp/b12.log")"
+        cmp -s "$tmp/rsync-dest.img" "$img" || fail "--method rsync: the destination is not the image"
+        [ -e "$tmp/rsync-snap.raw" ] && fail "--method rsync left its snapshot"
+        grep -q "Total bytes sent" "$tmp/b12.log" || fail "--method rsync: no rsync stats: $(cat "$tmp/b12.log")"
+else
+        echo "--method rsync: skipped (no rsync)"
+fi
+
 # 8. No tracker, read-only (a stopped guest's disk): a full backup to a file.
 stop_export
 start_export "$sock" --domid 9 --devid 1 --ctl-dir "$sockdir" --image "raw:$img"

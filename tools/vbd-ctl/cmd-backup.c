@@ -38,7 +38,7 @@
 
 struct args {
         const char *to, *checkpoint, *format, *granularity, *since, *backing, *rate, *depth;
-        const char *output, *from_cp;
+        const char *output, *from_cp, *method, *snapshot;
         long index;
         bool full, incremental, no_progress, keep_checkpoints, status, cancel;
 };
@@ -86,6 +86,12 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                 break;
         case 'S':
                 a->status = true;
+                break;
+        case 'M':
+                a->method = arg;
+                break;
+        case 'N':
+                a->snapshot = arg;
                 break;
         case 'X':
                 a->cancel = true;
@@ -443,8 +449,71 @@ static const struct option backup_opts[] = {
     {"keep-checkpoints", no_argument, NULL, 'K'},
     {"status", no_argument, NULL, 'S'},
     {"cancel", no_argument, NULL, 'X'},
+    {"method", required_argument, NULL, 'M'},
+    {"snapshot", required_argument, NULL, 'N'},
     {},
 };
+
+/*
+ * --method rsync: the baseline vbd replaces.  A point-in-time raw copy of
+ * the image (the same job, full, to SNAPSHOT), then rsync --inplace
+ * --no-whole-file of it onto the destination (a file, or rsync's
+ * [USER@]HOST:PATH), so that only the blocks rsync finds different cross
+ * the network; but both sides read their whole file, every time.
+ */
+static int backup_rsync(struct vbdctl *o, struct args *a, json_t *job)
+{
+        char snap[PATH_MAX], sock[PATH_MAX];
+        json_t *res, *st = NULL;
+        pid_t pid;
+        int r, status;
+
+        if (a->snapshot)
+                snprintf(snap, sizeof(snap), "%s", a->snapshot);
+        else if (snprintf(snap, sizeof(snap), "%s/vbd-rsync-%u.raw",
+                          getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp",
+                          (unsigned)getpid()) >= (int)sizeof(snap))
+                return vbdctl_usage_error(o, "TMPDIR too long");
+        if (snap[0] != '/')
+                return vbdctl_usage_error(o, "--snapshot: an absolute path");
+        json_object_set_new(job, "target", json_string(snap));
+        json_object_set_new(job, "format", json_string("raw"));
+        if ((r = vbdctl_call_vbd(o, "backup-start", job, vbdctl_timeout(o, 60000), &res)))
+                return r;
+        json_decref(res);
+        vbdctl_socket_path(o->dir, o->domid, o->devid, sock, sizeof(sock));
+        r = wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st);
+        json_decref(st);
+        if (r) {
+                unlink(snap);
+                return r;
+        }
+        pid = fork();
+        if (pid < 0) {
+                unlink(snap);
+                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "fork: %s", strerror(errno));
+        }
+        if (pid == 0) {
+                if (o->json)
+                        dup2(2, 1); /* stdout stays JSON */
+                execlp("rsync", "rsync", "--inplace", "--no-whole-file", "--sparse",
+                       "--ignore-times", "--stats", snap, a->to, (char *)NULL);
+                fprintf(stderr, "vbd-ctl: cannot run rsync: %s\n", strerror(errno));
+                _exit(127);
+        }
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        unlink(snap);
+        if (!WIFEXITED(status) || WEXITSTATUS(status))
+                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "rsync to %s failed (%s %d)",
+                                   a->to, WIFEXITED(status) ? "exit" : "signal",
+                                   WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        if (o->json)
+                vbdctl_print_json(json_pack("{s:s,s:s}", "method", "rsync", "to", a->to));
+        else
+                printf("%s: rsync backup to %s done\n", vbdctl_name(o->domid, o->devid), a->to);
+        return 0;
+}
 
 /* --status, --cancel: the running (or last) backup of the VBD. */
 static int status_or_cancel(struct vbdctl *o, bool cancel)
@@ -520,6 +589,15 @@ static int run_backup(struct vbdctl *o, int argc, char **argv)
                         return vbdctl_usage_error(o, "--depth: 1 to 8: %s", a.depth);
                 json_object_set_new(job, "depth", json_integer((json_int_t)v));
         }
+        if (a.method && strcmp(a.method, "rsync") && strcmp(a.method, "cbt"))
+                return vbdctl_usage_error(o, "--method cbt (the default) or rsync");
+        if (a.method && !strcmp(a.method, "rsync")) {
+                if (a.incremental || a.since || a.backing || a.checkpoint || a.format)
+                        return vbdctl_usage_error(o, "--method rsync: always the whole image");
+                return backup_rsync(o, &a, job);
+        }
+        if (a.snapshot)
+                return vbdctl_usage_error(o, "--snapshot is for --method rsync");
         if (is_dir(a.to)) {
                 if (a.format && strcmp(a.format, "qcow2"))
                         return vbdctl_usage_error(o, "a backup directory holds qcow2 files");
@@ -537,7 +615,7 @@ const struct vbdctl_verb vbdctl_verb_backup = {
     .name = "backup",
     .run = run_backup,
     .args = "-d D -n N --to DIR|FILE [--full|--incremental] [--rate BPS] [--json] ... | "
-            "--status | --cancel",
+            "--method rsync --to DEST [--snapshot FILE] | --status | --cancel",
     .summary = "point-in-time backup of a running VBD: a chain of full + incrementals",
 };
 
