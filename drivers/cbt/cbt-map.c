@@ -26,6 +26,7 @@
 
 #include "cbt.h"
 #include "vbd/endian.h"
+#include "vbd/file.h"
 #include "vbd/log.h"
 #include "vbd/macro.h"
 
@@ -90,45 +91,6 @@ int cbt_find(const struct cbt_state *s, const char *name)
         return -1;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-        const uint8_t *p = buf;
-
-        while (len) {
-                ssize_t n = pwrite(fd, p, len, (off_t)off);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                p += n;
-                len -= (size_t)n;
-                off += (uint64_t)n;
-        }
-        return 0;
-}
-
-/* 0, -errno, or -ENODATA when the file ends first. */
-static int pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-        uint8_t *p = buf;
-
-        while (len) {
-                ssize_t n = pread(fd, p, len, (off_t)off);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -ENODATA;
-                p += n;
-                len -= (size_t)n;
-                off += (uint64_t)n;
-        }
-        return 0;
-}
-
 static int sync_fd(int fd)
 {
         return fdatasync(fd) < 0 ? -errno : 0;
@@ -169,7 +131,7 @@ static int write_header_flags(struct cbt_state *s, uint32_t flags)
         if (!h)
                 return -ENOMEM;
         header_encode(s, s->seq + 1, flags, h);
-        r = pwrite_all(s->fd, h, CBT_PAGE, (uint64_t)slot * CBT_PAGE);
+        r = vbd_pwrite_all(s->fd, h, CBT_PAGE, (uint64_t)slot * CBT_PAGE);
         free(h);
         if (r == 0)
                 r = sync_fd(s->fd);
@@ -319,7 +281,7 @@ static int map_load(struct cbt_state *s, char *why, size_t wsize)
 
         if (!h)
                 return -ENOMEM;
-        r = pread_all(s->fd, h, CBT_HEADER_BYTES, 0);
+        r = vbd_pread_all(s->fd, h, CBT_HEADER_BYTES, 0);
         if (r == -ENODATA) {
                 snprintf(why, wsize, "it is corrupt (too short)");
                 r = -EINVAL;
@@ -351,36 +313,13 @@ static int map_load(struct cbt_state *s, char *why, size_t wsize)
                 goto out;
         s->seq = seq[best];
         s->hdr_slot = (unsigned)best;
-        r = pread_all(s->fd, s->active, s->bitmap_bytes, cbt_map_active_offset(s));
+        r = vbd_pread_all(s->fd, s->active, s->bitmap_bytes, cbt_map_active_offset(s));
         if (r == -ENODATA || (r == 0 && !tail_clear(s, s->active))) {
                 snprintf(why, wsize, "it is corrupt (bad active bitmap)");
                 r = -EINVAL;
         }
 out:
         free(h);
-        return r;
-}
-
-static int fsync_dir_of(const char *path)
-{
-        char dir[CBT_PATH_MAX + 8];
-        char *slash;
-        int fd, r = 0;
-
-        snprintf(dir, sizeof(dir), "%s", path);
-        slash = strrchr(dir, '/');
-        if (!slash)
-                snprintf(dir, sizeof(dir), ".");
-        else if (slash == dir)
-                dir[1] = '\0';
-        else
-                *slash = '\0';
-        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        if (fsync(fd) < 0)
-                r = -errno;
-        close(fd);
         return r;
 }
 
@@ -401,7 +340,7 @@ static int map_create(struct cbt_state *s)
         r = cbt_map_write_header(s);
         if (r < 0)
                 return r;
-        return fsync_dir_of(s->map_path);
+        return vbd_fsync_dir_of(s->map_path);
 }
 
 static int lock_map(struct cbt_state *s, struct vbd_err *err)
@@ -519,7 +458,7 @@ int cbt_load_delta(struct cbt_state *s, unsigned i)
         cp->delta = malloc(s->bitmap_bytes);
         if (!cp->delta)
                 return -ENOMEM;
-        r = pread_all(s->fd, cp->delta, s->bitmap_bytes, slot_offset(s, cp->slot));
+        r = vbd_pread_all(s->fd, cp->delta, s->bitmap_bytes, slot_offset(s, cp->slot));
         if (r == 0 && !tail_clear(s, cp->delta))
                 r = -EIO;
         if (r < 0) {
@@ -579,7 +518,7 @@ int cbt_checkpoint_create(struct cbt_state *s, const char *name, struct vbd_err 
         if (s->ncp > 0) {
                 /* 1. The active bitmap becomes the newest checkpoint's delta. */
                 slot = free_slot(s);
-                r = pwrite_all(s->fd, s->active, s->bitmap_bytes, slot_offset(s, slot));
+                r = vbd_pwrite_all(s->fd, s->active, s->bitmap_bytes, slot_offset(s, slot));
                 if (r == 0)
                         r = sync_fd(s->fd);
                 if (r < 0)
@@ -610,7 +549,7 @@ int cbt_checkpoint_create(struct cbt_state *s, const char *name, struct vbd_err 
                 free(s->active);
         s->active = fresh;
         pages_clean(s);
-        r = pwrite_all(s->fd, s->active, s->bitmap_bytes, cbt_map_active_offset(s));
+        r = vbd_pwrite_all(s->fd, s->active, s->bitmap_bytes, cbt_map_active_offset(s));
         if (r == 0)
                 r = sync_fd(s->fd);
         if (r < 0)
@@ -661,7 +600,7 @@ int cbt_checkpoint_remove(struct cbt_state *s, const char *name, struct vbd_err 
                         off = slot_offset(s, prev->slot);
                 }
                 or_into(into, from, s->bitmap_bytes);
-                r = pwrite_all(s->fd, into, s->bitmap_bytes, off);
+                r = vbd_pwrite_all(s->fd, into, s->bitmap_bytes, off);
                 if (r == 0)
                         r = sync_fd(s->fd);
                 if (r < 0)

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "vbd/file.h"
 #include "vbd/macro.h"
 
 #define CREATE_DEFAULT_CLUSTER (64u << 10)
@@ -262,24 +263,6 @@ static int build_header(const struct vbd_create *c, const struct create_layout *
         return 0;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-        while (len) {
-                ssize_t n = pwrite(fd, buf, len, (off_t)off);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EIO;
-                buf = (const char *)buf + n;
-                len -= (size_t)n;
-                off += (uint64_t)n;
-        }
-        return 0;
-}
-
 /*
  * The refcount table's entries for the blocks written now, then the blocks.
  * The file is all holes here: only the used start of each cluster is
@@ -297,7 +280,7 @@ static int write_refcounts(int fd, const struct create_layout *l, uint8_t *buf)
                 memset(buf, 0, l->cs);
                 for (uint64_t j = 0; j < n; j++)
                         vbd_put_be64(buf + j * 8, (first_rb + k * per_rt + j) * l->cs);
-                r = pwrite_all(fd, buf, vbd_align_up(n * 8, 512), (1 + k) * l->cs);
+                r = vbd_pwrite_all(fd, buf, vbd_align_up(n * 8, 512), (1 + k) * l->cs);
                 if (r < 0)
                         return r;
         }
@@ -308,27 +291,12 @@ static int write_refcounts(int fd, const struct create_layout *l, uint8_t *buf)
                 memset(buf, 0, l->cs);
                 for (uint64_t i = 0; i < n; i++)
                         qcow2_rc_set_entry(buf, CREATE_REFCOUNT_ORDER, i, 1);
-                r = pwrite_all(fd, buf, vbd_align_up(n << CREATE_REFCOUNT_ORDER >> 3, 512),
-                               (first_rb + b) * l->cs);
+                r = vbd_pwrite_all(fd, buf, vbd_align_up(n << CREATE_REFCOUNT_ORDER >> 3, 512),
+                                   (first_rb + b) * l->cs);
                 if (r < 0)
                         return r;
         }
         return 0;
-}
-
-static int sync_dir(const char *path)
-{
-        char dir[4096];
-        int fd, r = 0;
-
-        dir_of(path, dir, sizeof(dir));
-        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        if (fsync(fd) < 0)
-                r = -errno;
-        close(fd);
-        return r;
 }
 
 int qcow2_create(const struct vbd_create *c, struct vbd_err *err)
@@ -412,7 +380,7 @@ int qcow2_create(const struct vbd_create *c, struct vbd_err *err)
                 what = "fsync";
         }
         if (r == 0) {
-                r = pwrite_all(fd, hdr, vbd_align_up(hlen, 512), 0);
+                r = vbd_pwrite_all(fd, hdr, vbd_align_up(hlen, 512), 0);
                 what = "write the header";
         }
         if (r == 0) {
@@ -424,7 +392,7 @@ int qcow2_create(const struct vbd_create *c, struct vbd_err *err)
                 what = "close";
         }
         if (r == 0) {
-                r = sync_dir(c->path);
+                r = vbd_fsync_dir_of(c->path);
                 what = "fsync its directory";
         }
         if (r < 0) {

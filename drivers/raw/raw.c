@@ -39,6 +39,7 @@
 
 #include "vbd/aio.h"
 #include "vbd/driver.h"
+#include "vbd/file.h"
 #include "vbd/log.h"
 #include "vbd/macro.h"
 
@@ -423,23 +424,6 @@ static void raw_close(struct vbd_image *img)
         s->fd = s->bfd = -1;
 }
 
-/* fsync(2) the directory that holds path: 0 or -errno. */
-static int raw_sync_dir(const char *path)
-{
-        char buf[4096];
-        int fd, r = 0;
-
-        if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
-                return -ENAMETOOLONG;
-        fd = open(dirname(buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        if (fsync(fd) < 0)
-                r = -errno;
-        close(fd);
-        return r;
-}
-
 /* Remove the file we created at path (dev and ino in *ours), unless
  * something else is there now. */
 static void raw_unlink_ours(const char *path, const struct stat *ours)
@@ -495,7 +479,7 @@ static int raw_create(const struct vbd_create *c, struct vbd_err *err)
         if (close(fd) < 0 && r == 0)
                 r = vbd_err_set(err, -errno, "raw: close '%s': %s", c->path, strerror(errno));
         if (r == 0) {
-                r = raw_sync_dir(c->path);
+                r = vbd_fsync_dir_of(c->path);
                 if (r < 0)
                         vbd_err_set(err, r, "raw: fsync the directory of '%s': %s", c->path,
                                     strerror(-r));

@@ -2,7 +2,7 @@
 /*
  * The image driver interface, ABI 2: everything a driver or filter may use
  * is in include/vbd/ (this file, io.h, aio.h, opts.h, err.h, log.h, job.h,
- * macro.h, time.h, endian.h); drivers are built without src/ on their
+ * macro.h, time.h, endian.h, file.h); drivers are built without src/ on their
  * include path.
  *
  * Specs: DRIVER ':' ARG { ',' KEY '=' VALUE }.  A filter (flags has
