@@ -2,7 +2,7 @@
 /*
  * vbd-ctl end to end against vbdd-sim daemons in a simulated Xen:
  *   list with two daemons; pause under load (nothing served while paused,
- *   nothing lost or answered twice, data checked); resume; reopen; stats
+ *   nothing lost or answered twice, data checked); resume; reopen (and its image locks); stats
  *   (JSON, Prometheus); log-level; detach while busy; attach + detach
  *   --xenstore as the toolstack; the control socket's hostile-input limits
  *   (malformed, oversized, nested JSON, too many clients); connections from
@@ -660,6 +660,98 @@ static void test_reopen(struct simfront_env *env, struct vbd *a)
         }
         free(buf);
         printf("ok reopen while paused\n");
+}
+
+/* Does somebody (not fd's open file) hold lock byte off of the file at path? */
+static bool lock_byte_held(const char *path, int off)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1};
+
+        CHECK_MSG(fd >= 0, "open %s: %m", path);
+        CHECK_MSG(fcntl(fd, F_OFD_GETLK, &fl) == 0, "F_OFD_GETLK %s: %m", path);
+        close(fd);
+        return fl.l_type != F_UNLCK;
+}
+
+/*
+ * Reopen and image locks (vbd/lock.h): the device serves other.img
+ * read-write (test_reopen).  A reopen that fails leaves it locked; one that
+ * is refused because somebody else uses the new image says so; a reopen onto
+ * a qcow2 overlay whose backing file is the image the device holds
+ * read-write, or onto the same image, gets past the locks (the old stack
+ * lets them go while the new one opens).
+ */
+static void test_reopen_locks(struct simfront_env *env, struct vbd *a)
+{
+        char img[640], over[640], busy[640], spec[700], cmd[2100], buf[4096], want[4096];
+        int hold;
+        struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 101, .l_len = 1};
+        struct out *r;
+
+        cur_test = "reopen and image locks";
+        snprintf(img, sizeof(img), "%s/other.img", simfront_env_dir(env));
+        snprintf(over, sizeof(over), "%s/over.qcow2", simfront_env_dir(env));
+        snprintf(busy, sizeof(busy), "%s/busy.img", simfront_env_dir(env));
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "the device does not hold other.img read-write");
+        json_decref(ctl_json(0, "pause", ctl("pause", "-d", a->d, "-n", "51712", "--json")));
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", "raw:/nonexistent/y.img");
+        CHECK_MSG(r->status == 1, "reopen bad: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "a failed reopen left other.img unlocked");
+
+        /* Somebody writes busy.img (holds "write", byte 101): refused, named. */
+        make_image(busy, IMG_SIZE, 'B');
+        hold = open(busy, O_RDWR | O_CLOEXEC);
+        CHECK_MSG(hold >= 0 && fcntl(hold, F_OFD_SETLK, &fl) == 0, "lock busy.img: %m");
+        snprintf(spec, sizeof(spec), "raw:%s", busy);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        snprintf(want, sizeof(want), "failed to get shared \"write\" lock: pid %d (",
+                 (int)getpid());
+        CHECK_MSG(r->status == 1 && strstr(r->err, "is in use") && strstr(r->err, want),
+                  "reopen onto a busy image: %d %s", r->status, r->err);
+        close(hold);
+        CHECK_MSG(lock_byte_held(img, 201), "a refused reopen left other.img unlocked");
+
+        /* The same image, other options: the new stack opens it read-write
+         * while the old one still has it open. */
+        snprintf(spec, sizeof(spec), "raw:%s,direct=off", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK_MSG(r->status == 0, "reopen onto the held image: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "other.img not locked after the reopen onto itself");
+
+        /* An overlay whose backing file is the held image: its read-only lock
+         * would conflict with the old stack's read-write one.  (A connected
+         * ring then refuses qcow2, whose io scratch is larger than raw's:
+         * that failure must give the old stack its locks back.) */
+        snprintf(cmd, sizeof(cmd),
+                 "qemu-img create -q -f qcow2 -b '%s' -F raw '%s' >/dev/null 2>&1", img, over);
+        if (system(cmd) == 0) {
+                snprintf(spec, sizeof(spec), "qcow2:%s", over);
+                r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+                CHECK_MSG(!strstr(r->err, "in use"), "reopen onto an overlay: %s", r->err);
+                CHECK_MSG(r->status == 0 || strstr(r->err, "cannot serve"),
+                          "reopen onto an overlay: %d %s", r->status, r->err);
+                if (r->status == 0) {
+                        CHECK_MSG(!lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                                  "the backing file is not locked read-only");
+                        CHECK_MSG(lock_byte_held(over, 101), "the overlay is not locked");
+                } else {
+                        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                                  "a refused swap left other.img unlocked");
+                        CHECK_MSG(!lock_byte_held(over, 101), "the refused overlay kept its lock");
+                }
+        } else {
+                printf("# no qemu-img: no reopen onto an overlay\n");
+        }
+        json_decref(ctl_json(0, "resume", ctl("resume", "-d", a->d, "-n", "51712", "--json")));
+        CHECK_R(simfront_read(a->fe, 0, buf, sizeof(buf)), simfront_errmsg(a->fe));
+        memset(want, 'Z', sizeof(want));
+        CHECK_MSG(memcmp(buf, want, sizeof(buf)) == 0, "other.img does not read back");
+        printf("ok reopen and locks: failed and refused reopens keep them, onto the held image, "
+               "onto an overlay of it\n");
 }
 
 /* ---- reopen beside the daemon's own NBD export (issue 13) ---- */
@@ -1629,6 +1721,7 @@ int main(int argc, char **argv)
         test_pause_under_load(&a);
         test_stats_formats(&a);
         test_reopen(env, &a);
+        test_reopen_locks(env, &a);
         test_socket_limits(&a);
         test_not_root(env, &a);
         test_detach_busy(&b);
