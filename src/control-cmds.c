@@ -341,7 +341,8 @@ static const struct vbd_job_type *job_type(const struct ctl_cmd *cmd, struct vbd
         const struct vbd_job_type *t = vbd_job_type_find(cmd->job);
 
         if (!t)
-                vbd_err_set(err, -EOPNOTSUPP, "this vbdd was built without libnbd: no migration");
+                vbd_err_set(err, -EOPNOTSUPP, "this vbdd was built without %s (no %s job type)",
+                            cmd->noun, cmd->job);
         return t;
 }
 
@@ -418,5 +419,7 @@ const struct ctl_cmd vbd_ctl_cmds[] = {
     {"migrate-status", cmd_job_status, G, "migrate", "migration"},
     {"migrate-cutover", cmd_job_complete, G | D, "migrate", "migration"},
     {"migrate-abort", cmd_job_cancel, G, "migrate", "migration"},
+    {"checkpoint-start", cmd_job_start, D, "checkpoint", "change tracking"},
+    {"checkpoint-status", cmd_job_status, 0, "checkpoint", "change tracking"},
 };
 const unsigned vbd_ctl_ncmds = VBD_ARRAY_SIZE(vbd_ctl_cmds);

@@ -824,6 +824,95 @@ bad:
         return -EIO;
 }
 
+const char *vbd_image_bitmap_name(struct vbd_image *img, unsigned i)
+{
+        for (; img; img = img->child) {
+                const char *name;
+
+                if (!img->drv->bitmap_name)
+                        continue;
+                for (unsigned k = 0; (name = img->drv->bitmap_name(img, k)); k++)
+                        if (i-- == 0)
+                                return name;
+        }
+        return NULL;
+}
+
+int vbd_image_bitmap_status(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
+                            struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        uint64_t size = img->info.size;
+
+        if (!len || !max || len > size || offset > size - len)
+                return -EINVAL;
+        for (; img; img = img->child) {
+                uint64_t total = 0;
+                unsigned n = 0;
+                int r;
+
+                if (!img->drv->bitmap_status || img->info.size != size)
+                        continue;
+                r = img->drv->bitmap_status(img, name, offset, len, ret, max, &n);
+                if (r == -ENOENT)
+                        continue;
+                if (r < 0)
+                        return r;
+                if (n == 0 || n > max)
+                        goto bad;
+                for (unsigned i = 0; i < n; i++) {
+                        if (ret[i].len == 0 || ret[i].len > len - total ||
+                            (ret[i].flags & ~(uint32_t)VBD_EXTENT_DIRTY))
+                                goto bad;
+                        total += ret[i].len;
+                }
+                *ret_n = n;
+                return 0;
+        bad:
+                vbd_warn("%s: malformed bitmap status for offset %llu len %llu", img->spec,
+                         (unsigned long long)offset, (unsigned long long)len);
+                return -EIO;
+        }
+        return -ENOENT;
+}
+
+int vbd_image_bitmap_add(struct vbd_image *img, const char *name, struct vbd_err *err)
+{
+        for (; img; img = img->child)
+                if (img->drv->bitmap_add)
+                        return img->drv->bitmap_add(img, name, err);
+        return vbd_err_set(err, -EOPNOTSUPP, "no change tracker in the image stack");
+}
+
+int vbd_image_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_err *err)
+{
+        for (; img; img = img->child) {
+                int r;
+
+                if (!img->drv->bitmap_remove)
+                        continue;
+                r = img->drv->bitmap_remove(img, name, err);
+                if (r != -ENOENT)
+                        return r;
+        }
+        return vbd_err_set(err, -ENOENT, "no checkpoint %s", name);
+}
+
+int vbd_image_create(const char *driver, const struct vbd_create *c, struct vbd_err *err)
+{
+        const struct vbd_driver *drv = vbd_image_find_driver(driver);
+
+        if (!drv)
+                return vbd_err_set(err, -ENOENT, "no driver %s", driver);
+        if (!drv->create)
+                return vbd_err_set(err, -EOPNOTSUPP, "%s cannot create images", driver);
+        if (!c->path || !c->path[0] || c->size == 0)
+                return vbd_err_set(err, -EINVAL, "create: a path and a size are needed");
+        if (c->cluster_size & (c->cluster_size - 1))
+                return vbd_err_set(err, -EINVAL, "create: cluster size %u is not a power of two",
+                                   c->cluster_size);
+        return drv->create(c, err);
+}
+
 void vbd_image_list_drivers(FILE *f)
 {
         for (const struct vbd_driver *const *d = vbd_drivers; *d; d++) {

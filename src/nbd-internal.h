@@ -179,7 +179,8 @@ struct nbd_client {
 
         /* handshake */
         bool no_zeroes, structured, transmission;
-        uint32_t meta; /* selected meta contexts: bit i = nbd_meta_contexts[i] */
+        uint32_t meta;   /* selected meta contexts: bit i = nbd_meta_contexts[i] */
+        char bitmap[64]; /* the dirty bitmap of the selected prefix context */
         uint32_t opt_code, opt_len;
         uint64_t skip;
         unsigned nopts;
@@ -292,7 +293,10 @@ void nbd_transmission_set_scratch(struct nbd_client *cl, void *scratch, size_t s
  * on the wire is its index in nbd_meta_contexts + 1.
  */
 struct nbd_meta_context {
-        const char *name; /* "namespace:leaf" */
+        const char *name; /* "namespace:leaf", or with prefix, "namespace:leaf:" */
+        /* name is a prefix completed by the name of one of the image's dirty
+         * bitmaps (vbd_image_bitmap_name); a client selects one, cl->bitmap. */
+        bool prefix;
         /* Offered on this export?  NULL: always. */
         bool (*available)(struct vbd_nbd *s);
         /*

@@ -4,11 +4,14 @@
  * table of contexts we offer, their negotiation (NBD_OPT_LIST_META_CONTEXT,
  * NBD_OPT_SET_META_CONTEXT) and their part of NBD_CMD_BLOCK_STATUS.
  *
- * Today the table has one entry, base:allocation.  Another context (say
- * qemu:allocation-depth, or qemu:dirty-bitmap:NAME from a change tracker)
- * is one more entry: a name, whether this export offers it, and a function
- * that writes its descriptors for a range.  Negotiation, ids, and the reply
- * (one chunk per selected context, the last flagged DONE) are common.
+ * The table has base:allocation and qemu:dirty-bitmap:NAME, QEMU's name
+ * for a dirty bitmap (here: the changes since a change tracker's checkpoint
+ * NAME; flag 1 = changed).  Another context (say qemu:allocation-depth) is
+ * one more entry: a name, whether this export offers it, and a function that
+ * writes its descriptors for a range.  An entry whose name is a prefix stands
+ * for one context per bitmap of the image: LIST names them all, SET selects
+ * one of them per client (the first asked for).  Negotiation, ids, and the
+ * reply (one chunk per selected context, the last flagged DONE) are common.
  */
 #define VBD_LOG_TOPIC "nbd"
 #include <errno.h>
@@ -16,6 +19,22 @@
 #include <string.h>
 
 #include "nbd-internal.h"
+
+/* Append descriptor (len, flags) at out[*cnt], merged into the previous one
+ * when the flags are the same.  Extents lie inside the request: each fits in
+ * 32 bits. */
+static void put_extent(uint8_t *out, unsigned *cnt, uint64_t len, uint32_t flags)
+{
+        if (*cnt && vbd_get_be32(out + 8 * (*cnt - 1) + 4) == flags) {
+                uint8_t *l = out + 8 * (*cnt - 1);
+
+                vbd_put_be32(l, vbd_get_be32(l) + (uint32_t)len);
+                return;
+        }
+        vbd_put_be32(out + 8 * *cnt, (uint32_t)len);
+        vbd_put_be32(out + 8 * *cnt + 4, flags);
+        (*cnt)++;
+}
 
 /* ---- base:allocation ---- */
 
@@ -37,16 +56,30 @@ static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
                         f |= NBD_STATE_HOLE;
                 if (cl->ext[i].flags & VBD_EXTENT_ZERO)
                         f |= NBD_STATE_ZERO;
-                /* Extents lie inside the request: each fits in 32 bits. */
-                if (cnt && vbd_get_be32(out + 8 * (cnt - 1) + 4) == f) {
-                        uint8_t *l = out + 8 * (cnt - 1);
+                put_extent(out, &cnt, cl->ext[i].len, f);
+        }
+        return (int)cnt;
+}
 
-                        vbd_put_be32(l, vbd_get_be32(l) + (uint32_t)cl->ext[i].len);
-                        continue;
-                }
-                vbd_put_be32(out + 8 * cnt, (uint32_t)cl->ext[i].len);
-                vbd_put_be32(out + 8 * cnt + 4, f);
-                cnt++;
+/* ---- qemu:dirty-bitmap:NAME ---- */
+
+#define NBD_STATE_DIRTY (1u << 0)
+
+static int dirty_bitmap(struct nbd_req *r, uint8_t *out, unsigned max)
+{
+        struct nbd_client *cl = r->cl;
+        unsigned n = 0, cnt = 0;
+        int rc;
+
+        if (max > NBD_EXTENTS_MAX)
+                max = NBD_EXTENTS_MAX;
+        rc = vbd_image_bitmap_status(nbd_image(cl->srv), cl->bitmap, r->offset, r->len, cl->ext,
+                                     max, &n);
+        if (rc < 0)
+                return rc == -ENOENT ? -EINVAL : rc; /* the checkpoint went away */
+        for (unsigned i = 0; i < n; i++) {
+                put_extent(out, &cnt, cl->ext[i].len,
+                           (cl->ext[i].flags & VBD_EXTENT_DIRTY) ? NBD_STATE_DIRTY : 0);
         }
         return (int)cnt;
 }
@@ -55,6 +88,7 @@ static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
 
 const struct nbd_meta_context nbd_meta_contexts[] = {
     {.name = "base:allocation", .block_status = base_allocation},
+    {.name = "qemu:dirty-bitmap:", .prefix = true, .block_status = dirty_bitmap},
 };
 const unsigned nbd_meta_count = VBD_ARRAY_SIZE(nbd_meta_contexts);
 
@@ -63,6 +97,63 @@ _Static_assert(VBD_ARRAY_SIZE(nbd_meta_contexts) <= NBD_META_MAX, "raise NBD_MET
 static bool ctx_available(struct vbd_nbd *s, unsigned i)
 {
         return !nbd_meta_contexts[i].available || nbd_meta_contexts[i].available(s);
+}
+
+/* Is leaf (len bytes) the name of one of the image's bitmaps? */
+static bool bitmap_exists(struct vbd_nbd *s, const char *leaf, size_t len)
+{
+        const char *name;
+
+        for (unsigned i = 0; (name = vbd_image_bitmap_name(nbd_image(s), i)); i++)
+                if (strlen(name) == len && memcmp(name, leaf, len) == 0)
+                        return true;
+        return false;
+}
+
+/*
+ * A prefix entry i and query q: 1 when q names one bitmap (its name at
+ * *leaf, *leaf_len bytes), 2 when it asks for all of them (LIST with the
+ * namespace or the bare prefix), 0 otherwise.
+ */
+static int prefix_selects(struct vbd_nbd *s, unsigned i, const char *q, uint32_t ql, bool list,
+                          const char **leaf, size_t *leaf_len)
+{
+        const char *name = nbd_meta_contexts[i].name;
+        const char *colon = strchr(name, ':');
+        size_t pl = strlen(name), ns = (size_t)(colon - name) + 1;
+
+        if (list && (ql == pl || ql == ns) && memcmp(q, name, ql) == 0)
+                return 2;
+        if (ql <= pl || memcmp(q, name, pl) != 0 || !bitmap_exists(s, q + pl, ql - pl))
+                return 0;
+        *leaf = q + pl;
+        *leaf_len = ql - pl;
+        return 1;
+}
+
+/* Reply NBD_REP_META_CONTEXT for context c (id, or 0 for LIST), name + leaf. */
+static void reply_context(struct nbd_client *cl, uint32_t id, unsigned c, const char *leaf,
+                          size_t leaf_len)
+{
+        const char *name = nbd_meta_contexts[c].name;
+        uint8_t rep[4 + VBD_NBD_NAME_MAX + 64];
+        size_t l = strlen(name);
+
+        if (l + leaf_len > VBD_NBD_NAME_MAX + 64)
+                return;
+        vbd_put_be32(rep, id);
+        memcpy(rep + 4, name, l);
+        memcpy(rep + 4 + l, leaf, leaf_len);
+        nbd_opt_reply(cl, NBD_REP_META_CONTEXT, rep, (uint32_t)(4 + l + leaf_len));
+}
+
+/* LIST: every bitmap of the prefix entry c. */
+static void reply_all_bitmaps(struct nbd_client *cl, unsigned c)
+{
+        const char *name;
+
+        for (unsigned i = 0; (name = vbd_image_bitmap_name(nbd_image(cl->srv), i)); i++)
+                reply_context(cl, 0, c, name, strlen(name));
 }
 
 /* Does query q (ql bytes) select context i?  LIST also takes a namespace ("base:"). */
@@ -118,29 +209,54 @@ void nbd_meta_option(struct nbd_client *cl)
                 return;
         }
         pos = 8 + nlen;
+        if (set)
+                cl->bitmap[0] = '\0';
         for (uint32_t i = 0; i < nq; i++) {
                 uint32_t ql = vbd_get_be32(d + pos);
                 const char *q = (const char *)d + pos + 4;
 
                 pos += 4 + ql;
-                for (unsigned c = 0; c < nbd_meta_count; c++)
-                        if (ctx_available(s, c) && query_selects(c, q, ql, !set))
+                for (unsigned c = 0; c < nbd_meta_count; c++) {
+                        const char *leaf;
+                        size_t leaf_len;
+                        int k;
+
+                        if (!ctx_available(s, c))
+                                continue;
+                        if (!nbd_meta_contexts[c].prefix) {
+                                if (query_selects(c, q, ql, !set))
+                                        found |= 1u << c;
+                                continue;
+                        }
+                        k = prefix_selects(s, c, q, ql, !set, &leaf, &leaf_len);
+                        if (k == 2)
+                                reply_all_bitmaps(cl, c);
+                        else if (k == 1 && !set)
+                                reply_context(cl, 0, c, leaf, leaf_len);
+                        else if (k == 1 && !(found & (1u << c)) && leaf_len < sizeof(cl->bitmap)) {
+                                /* one bitmap per client: the first asked for */
+                                memcpy(cl->bitmap, leaf, leaf_len);
+                                cl->bitmap[leaf_len] = '\0';
                                 found |= 1u << c;
+                        }
+                }
         }
         if (!set && nq == 0) /* LIST without queries: everything */
-                for (unsigned c = 0; c < nbd_meta_count; c++)
-                        if (ctx_available(s, c))
+                for (unsigned c = 0; c < nbd_meta_count; c++) {
+                        if (!ctx_available(s, c))
+                                continue;
+                        if (nbd_meta_contexts[c].prefix)
+                                reply_all_bitmaps(cl, c);
+                        else
                                 found |= 1u << c;
+                }
         for (unsigned c = 0; c < nbd_meta_count; c++) {
-                const char *name = nbd_meta_contexts[c].name;
-                uint8_t rep[4 + VBD_NBD_NAME_MAX];
-                size_t l = strlen(name);
-
                 if (!(found & (1u << c)))
                         continue;
-                vbd_put_be32(rep, set ? c + 1 : 0);
-                memcpy(rep + 4, name, l);
-                nbd_opt_reply(cl, NBD_REP_META_CONTEXT, rep, (uint32_t)(4 + l));
+                if (nbd_meta_contexts[c].prefix)
+                        reply_context(cl, c + 1, c, cl->bitmap, strlen(cl->bitmap));
+                else
+                        reply_context(cl, set ? c + 1 : 0, c, "", 0);
         }
         if (set)
                 cl->meta = found;
@@ -154,8 +270,9 @@ void nbd_meta_describe(const struct nbd_client *cl, char *buf, size_t size)
         buf[0] = '\0';
         for (unsigned c = 0; c < nbd_meta_count && off < size; c++)
                 if (cl->meta & (1u << c))
-                        off += (size_t)snprintf(buf + off, size - off, ", %s",
-                                                nbd_meta_contexts[c].name);
+                        off += (size_t)snprintf(buf + off, size - off, ", %s%s",
+                                                nbd_meta_contexts[c].name,
+                                                nbd_meta_contexts[c].prefix ? cl->bitmap : "");
 }
 
 /* ---- BLOCK_STATUS ---- */

@@ -42,6 +42,7 @@
 struct ev_loop;
 struct vbd_image;
 struct vbd_job_type;
+struct vbd_create;
 
 enum vbd_cap {
         VBD_CAP_WRITE = 1 << 0,
@@ -63,8 +64,9 @@ struct vbd_info {
 
 /* One extent of a block status answer (block_status, vbd_image_block_status). */
 enum vbd_extent_flag {
-        VBD_EXTENT_HOLE = 1 << 0, /* not allocated: writing there may fail with ENOSPC */
-        VBD_EXTENT_ZERO = 1 << 1, /* reads as zeroes */
+        VBD_EXTENT_HOLE = 1 << 0,  /* not allocated: writing there may fail with ENOSPC */
+        VBD_EXTENT_ZERO = 1 << 1,  /* reads as zeroes */
+        VBD_EXTENT_DIRTY = 1 << 2, /* bitmap_status: changed since the bitmap's checkpoint */
 };
 
 struct vbd_extent {
@@ -124,6 +126,45 @@ struct vbd_driver {
 
         /* Jobs this driver offers (job.h), NULL-terminated; NULL = none. */
         const struct vbd_job_type *const *jobs;
+
+        /*
+         * Dirty bitmaps (optional, a change tracker's): bitmap_name returns
+         * the name of bitmap i (0, 1, ...) or NULL past the last; names are
+         * [A-Za-z0-9._-]+, at most 63 bytes, and may come and go between
+         * calls.  bitmap_status answers like block_status, with extents
+         * flagged VBD_EXTENT_DIRTY where the image changed since the bitmap
+         * was made, 0 elsewhere; -ENOENT for a name it does not have.
+         */
+        const char *(*bitmap_name)(struct vbd_image *img, unsigned i);
+        int (*bitmap_status)(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
+                             struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+        /*
+         * Checkpoints (optional, with the bitmaps): bitmap_add makes bitmap
+         * name, empty from now on (a checkpoint); bitmap_remove drops one (its
+         * changes stay counted in the bitmaps made before it).  Synchronous,
+         * durable when they return 0, and called only with nothing in flight
+         * (the device paused and drained).  0 or -errno with err set; -ENOENT
+         * from bitmap_remove for a name it does not have.
+         */
+        int (*bitmap_add)(struct vbd_image *img, const char *name, struct vbd_err *err);
+        int (*bitmap_remove)(struct vbd_image *img, const char *name, struct vbd_err *err);
+
+        /*
+         * create (optional): make a new image file for this driver, c->size
+         * bytes reading as zeroes (or as c->backing where the format has
+         * backing files), refusing an existing path (-EEXIST).  Durable when
+         * it returns 0.  No image is open; 0 or -errno with err set.
+         */
+        int (*create)(const struct vbd_create *c, struct vbd_err *err);
+};
+
+/* What create() gets. */
+struct vbd_create {
+        const char *path;
+        uint64_t size;           /* bytes, > 0 */
+        const char *backing;     /* a backing file's path, or NULL (formats that have them) */
+        const char *backing_fmt; /* its driver name ("qcow2", "raw"), or NULL */
+        uint32_t cluster_size;   /* bytes, a power of two; 0: the format's default */
 };
 
 /* Services the core gives drivers. */
@@ -160,3 +201,17 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io);
 /* Block status of another image (see block_status above); checks the range. */
 int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
                            struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+/* The dirty bitmaps of the stack from img down through its filters' children:
+ * the name of bitmap i over all layers (NULL past the last), and its status
+ * (range checked; -ENOENT when no layer has the name). */
+const char *vbd_image_bitmap_name(struct vbd_image *img, unsigned i);
+int vbd_image_bitmap_status(struct vbd_image *img, const char *name, uint64_t offset, uint64_t len,
+                            struct vbd_extent *ret, unsigned max, unsigned *ret_n);
+/* Checkpoints on the stack from img down: bitmap_add on the topmost layer
+ * that has one (-EOPNOTSUPP when none has), bitmap_remove on the layer that
+ * holds name (-ENOENT when none does).  Only with nothing in flight. */
+int vbd_image_bitmap_add(struct vbd_image *img, const char *name, struct vbd_err *err);
+int vbd_image_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_err *err);
+/* Create an image file with the registered driver's create() (-EOPNOTSUPP
+ * when it has none, -ENOENT for an unknown driver). */
+int vbd_image_create(const char *driver, const struct vbd_create *c, struct vbd_err *err);

@@ -22,6 +22,7 @@ static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_reopen,
     &vbdctl_verb_detach,
     &vbdctl_verb_migrate,
+    &vbdctl_verb_checkpoint,
     &vbdctl_verb_log_level,
     &vbdctl_verb_spawn,
     &vbdctl_verb_attach,
