@@ -2,7 +2,8 @@
 /*
  * vbd-ctl end to end against vbdd-sim daemons in a simulated Xen:
  *   list with two daemons; pause under load (nothing served while paused,
- *   nothing lost or answered twice, data checked); resume; reopen (and its image locks); stats
+ *   nothing lost or answered twice, data checked); resume; reopen (and its image locks,
+ *   onto the cbt filter); stats
  *   (JSON, Prometheus); log-level; detach while busy; attach + detach
  *   --xenstore as the toolstack; the control socket's hostile-input limits
  *   (malformed, oversized, nested JSON, too many clients); connections from
@@ -675,6 +676,64 @@ static bool lock_byte_held(const char *path, int off)
 }
 
 /*
+ * Reopen onto the cbt filter over img, the image the device holds
+ * read-write (raw:img): image locks are handed over to the new stack, the
+ * change map's own whole-file lock is not, so a second reopen onto the same
+ * map is refused (EBUSY) and leaves the old stack with the image lock and
+ * the map.  Back to raw:img afterwards, the map let go.  A connected ring
+ * may refuse the filter's larger io scratch ("cannot serve"): that must
+ * leave the image locked and the new stack's map unlocked.
+ */
+static void test_reopen_cbt(struct vbd *a, const char *img)
+{
+        char map[700], spec[700];
+        struct out *r;
+        int i;
+
+        snprintf(map, sizeof(map), "%s.cbt", img);
+        unlink(map);
+        snprintf(spec, sizeof(spec), "cbt:raw:%s", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        if (r->status != 0 && strstr(r->err, "unknown image driver 'cbt'")) {
+                printf("# no cbt filter compiled in: no reopen onto a change tracker\n");
+                return;
+        }
+        CHECK_MSG(!strstr(r->err, "in use"), "reopen onto cbt over the held image: %s", r->err);
+        CHECK_MSG(r->status == 0 || strstr(r->err, "cannot serve"), "reopen onto cbt: %d %s",
+                  r->status, r->err);
+        if (r->status != 0) {
+                CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                          "a refused swap onto cbt left other.img unlocked");
+                CHECK_MSG(!lock_byte_held(map, 0), "the refused cbt stack kept its map locked");
+                printf("# the ring refuses cbt's io scratch: no reopen onto the same map\n");
+                unlink(map);
+                return;
+        }
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(map, 0),
+                  "cbt over other.img: image %d map %d", lock_byte_held(img, 101),
+                  lock_byte_held(map, 0));
+
+        snprintf(spec, sizeof(spec), "cbt:raw:%s,direct=off", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK_MSG(r->status == 1 && strstr(r->err, "change map is in use"),
+                  "reopen onto the same map: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "a reopen refused on the map left other.img unlocked");
+        CHECK_MSG(lock_byte_held(map, 0), "a reopen refused on the map left the map unlocked");
+
+        snprintf(spec, sizeof(spec), "raw:%s", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK_MSG(r->status == 0, "reopen from cbt back to raw: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "other.img not locked after leaving cbt");
+        for (i = 0; i < 100 && lock_byte_held(map, 0); i++) /* the old stack closes */
+                usleep(20 * 1000);
+        CHECK_MSG(!lock_byte_held(map, 0), "the map is still locked after leaving cbt");
+        unlink(map);
+        printf("ok reopen onto cbt: the image lock handed over, the same map refused, let go\n");
+}
+
+/*
  * Reopen and image locks (vbd/lock.h): the device serves other.img
  * read-write (test_reopen).  A reopen that fails leaves it locked; one that
  * is refused because somebody else uses the new image says so; a reopen onto
@@ -721,6 +780,11 @@ static void test_reopen_locks(struct simfront_env *env, struct vbd *a)
         CHECK_MSG(r->status == 0, "reopen onto the held image: %d %s", r->status, r->err);
         CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
                   "other.img not locked after the reopen onto itself");
+
+        /* The change tracker over the held image: the image lock is handed
+         * over, the tracker's map lock (drivers/cbt) is not, so a reopen
+         * onto the same map is refused and the old stack keeps both. */
+        test_reopen_cbt(a, img);
 
         /* An overlay whose backing file is the held image: its read-only lock
          * would conflict with the old stack's read-write one.  (A connected
