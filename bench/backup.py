@@ -282,7 +282,7 @@ def main():
         cpu = benchlib.proc_cpu(v.pid) - cpu0
         rd = dr.read()
         inc = os.path.join(bkdir, "0002-inc.qcow2")
-        ok = subprocess.run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", inc, img]).returncode == 0
+        ok = subprocess.run(["qemu-img", "compare", "-U", "-q", "-f", "qcow2", "-F", "raw", inc, img]).returncode == 0
         rows.append(("vbdd backup job", t_inc, st["bytes_written"], rd, cpu, ok,
                      "qcow2 overlay %d KiB on disk" % (os.stat(inc).st_blocks // 2)))
 

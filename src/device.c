@@ -345,12 +345,22 @@ static void reopen_paused(void *opaque)
         if (r >= 0)
                 r = vbd_jobs_check_idle(dev, &err);
         if (r >= 0) {
+                /* The new stack may open the old one's files (an overlay over
+                 * the old image, the same image with other options): the old
+                 * stack lets its image locks go meanwhile, and takes them back
+                 * if the reopen fails. */
+                vbd_image_unlock_all(old);
                 img = vbd_image_open(ro->spec, dev->readonly, dev->aio, dev->loop, &oerr);
                 if (!img)
                         r = vbd_err_set(&err, oerr.code ? oerr.code : -EIO, "cannot open '%s': %s",
                                         ro->spec, oerr.msg);
-                else if ((r = swap_image(dev, img, &err)) < 0)
+                else if ((r = swap_image(dev, img, &err)) < 0) {
+                        vbd_image_unlock_all(img); /* it may take a while to close */
                         vbd_image_drain_close(img);
+                }
+                if (r < 0 && vbd_image_relock_all(old, &oerr) < 0)
+                        vbd_warn("after a failed reopen, the image is no longer locked: %s",
+                                 oerr.msg);
         }
         if (r >= 0) {
                 vbd_jobs_free(dev); /* over, and about the old stack */

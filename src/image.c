@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "lock.h"
 #include "vbd/log.h"
 #include "vbd/macro.h"
 
@@ -39,6 +40,7 @@ struct vbd_image {
         unsigned drain_stage;
         void (*drain_done)(void *opaque);
         void *drain_opaque;
+        struct vbd_lock lock; /* vbd_image_lock() */
 };
 
 int vbd_err_set(struct vbd_err *err, int code, const char *fmt, ...)
@@ -340,6 +342,7 @@ static void image_free(struct vbd_image *img)
                 return;
         if (img->opened)
                 img->drv->close(img);
+        vbd_lock_forget(&img->lock); /* its descriptor is closed */
         image_free(img->child);
         image_free(img->backing);
         free(img->spec);
@@ -363,6 +366,7 @@ static struct vbd_image *image_start(const struct vbd_driver *drv, const char *s
                 r = vbd_err_set(err, -ENOMEM, "out of memory");
                 goto fail;
         }
+        img->lock = (struct vbd_lock)VBD_LOCK_INIT;
         img->drv = drv;
         img->aio = aio;
         img->loop = loop;
@@ -511,6 +515,36 @@ struct vbd_image *vbd_image_open_backing(struct vbd_image *img, const char *spec
         }
         img->backing = open_stack(NULL, NULL, spec, true, img->aio, img->loop, err);
         return img->backing;
+}
+
+int vbd_image_lock(struct vbd_image *img, int fd, const char *path, enum vbd_tristate mode,
+                   uint32_t perm, uint32_t unshared, struct vbd_err *err)
+{
+        return vbd_lock_take(&img->lock, fd, path, mode, perm, unshared, err);
+}
+
+void vbd_image_unlock_all(struct vbd_image *img)
+{
+        for (; img; img = img->child) {
+                vbd_lock_release(&img->lock);
+                vbd_image_unlock_all(img->backing);
+        }
+}
+
+int vbd_image_relock_all(struct vbd_image *img, struct vbd_err *err)
+{
+        int r = 0;
+
+        for (; img; img = img->child) {
+                int q = vbd_lock_retake(&img->lock, r < 0 ? NULL : err);
+
+                if (q < 0 && r == 0)
+                        r = q;
+                q = vbd_image_relock_all(img->backing, r < 0 ? NULL : err);
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        return r;
 }
 
 struct vbd_image *vbd_image_backing(struct vbd_image *img)

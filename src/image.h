@@ -122,6 +122,15 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io);
 int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
                            struct vbd_extent *ret, unsigned max, unsigned *ret_n);
 
+/*
+ * Image locks (vbd/lock.h) of the whole stack: each layer's, its child's and
+ * its backing image's.  unlock lets every byte go (a reopen, while the new
+ * stack opens the same files); relock takes them back: 0, or -EBUSY + err
+ * when somebody took the file meanwhile (the bytes that could be are kept).
+ */
+void vbd_image_unlock_all(struct vbd_image *img);
+int vbd_image_relock_all(struct vbd_image *img, struct vbd_err *err);
+
 /* The compiled-in drivers, for --help: name, description and usage. */
 void vbd_image_list_drivers(FILE *f);
 

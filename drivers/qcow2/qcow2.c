@@ -3,7 +3,7 @@
  * qcow2: QEMU copy-on-write images, versions 2 and 3.
  *
  *   qcow2:PATH[,l2-cache=SIZE][,refcount-cache=SIZE][,direct=on|off|auto]
- *            [,copy-on-read=on|off]
+ *            [,copy-on-read=on|off][,locking=on|off|auto]
  *
  * Clusters of 512 B to 2 MiB, refcounts of 1 to 64 bits, zero clusters,
  * zlib-compressed clusters (read; rewritten uncompressed when written),
@@ -36,6 +36,13 @@
  * dirty refcount blocks are written and synced, then dirty L2 tables
  * (allocations resume) and synced, then the L1 entries of new L2 tables and
  * synced; then clusters freed before the round are released.
+ *
+ * Image locks (vbd/lock.h) on the metadata descriptor, as qemu's qcow2 takes
+ * them on its file: read-write holds "consistent read", "write" and
+ * "resize" (the file grows), read-only "consistent read"; neither shares
+ * "write" or "resize".  Backing files are opened read-only, so they are
+ * locked as qemu locks them: others may read, nobody may write.  The
+ * locking option, when given, is passed down the backing chain.
  */
 #define VBD_LOG_TOPIC "drv.qcow2"
 #include <errno.h>
@@ -48,6 +55,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "vbd/lock.h"
 #include "vbd/log.h"
 #include "vbd/macro.h"
 
@@ -116,7 +124,7 @@ struct qcow2_io {
         struct qcow2_cowbuf *cor; /* copy-on-read: the whole cluster */
 };
 
-enum { OPT_L2_CACHE, OPT_RB_CACHE, OPT_DIRECT, OPT_COR };
+enum { OPT_L2_CACHE, OPT_RB_CACHE, OPT_DIRECT, OPT_COR, OPT_LOCKING };
 static const struct vbd_opt_desc qcow2_opts[] = {
     [OPT_L2_CACHE] =
         VBD_OPT_SIZE_DEF("l2-cache", 0, 0, NULL, "L2 table cache (default: automatic)"),
@@ -124,6 +132,7 @@ static const struct vbd_opt_desc qcow2_opts[] = {
         VBD_OPT_SIZE_DEF("refcount-cache", 0, 0, NULL, "refcount block cache (default: automatic)"),
     [OPT_DIRECT] = VBD_OPT_TRISTATE_DEF("direct", "auto", "O_DIRECT for guest data"),
     [OPT_COR] = VBD_OPT_BOOL_DEF("copy-on-read", "off", "copy clusters read from the backing file"),
+    [OPT_LOCKING] = VBD_LOCK_OPT_DEF("locking"),
 };
 
 /* Backing chain being opened on this thread: loop detection. */
@@ -1258,7 +1267,7 @@ static void child_done(struct vbd_io *cio, int status)
 static int open_backing(struct vbd_image *self_img, struct qcow2_state *s, struct vbd_err *err)
 {
         const char *name = s->h.backing_file, *fmt = s->h.backing_fmt;
-        char path[4096 + 1100], spec[sizeof(path) + 16], dir[4096];
+        char path[4096 + 1100], spec[sizeof(path) + 32], dir[4096];
         struct vbd_err berr = {0};
         struct stat st, self;
         struct vbd_image *img;
@@ -1307,7 +1316,10 @@ static int open_backing(struct vbd_image *self_img, struct qcow2_state *s, struc
                                    "qcow2: backing file '%s' has format '%s' (raw or qcow2 only)",
                                    path, fmt);
         }
-        snprintf(spec, sizeof(spec), "%s:%s", fmt, path);
+        snprintf(spec, sizeof(spec), "%s:%s%s", fmt, path,
+                 s->locking == VBD_OFF  ? ",locking=off"
+                 : s->locking == VBD_ON ? ",locking=on"
+                                        : "");
         chain[chain_len++] = (typeof(chain[0])){st.st_dev, st.st_ino};
         img = vbd_image_open_backing(self_img, spec, &berr); /* the core's: it closes it */
         chain_len--;
@@ -1387,6 +1399,15 @@ static int qcow2_open(struct vbd_image *img, const struct vbd_opts *o, struct vb
         if (fd < 0) {
                 r = vbd_err_set(err, -errno, "qcow2: cannot open '%s'%s: %s", path,
                                 o->readonly ? "" : " for writing", strerror(errno));
+                goto fail;
+        }
+        s->locking = o->values[OPT_LOCKING].t;
+        r = vbd_image_lock(img, fd, path, o->values[OPT_LOCKING].t,
+                           VBD_LOCK_CONSISTENT_READ |
+                               (o->readonly ? 0 : VBD_LOCK_WRITE | VBD_LOCK_RESIZE),
+                           VBD_LOCK_WRITE | VBD_LOCK_RESIZE, err);
+        if (r < 0) {
+                close(fd);
                 goto fail;
         }
         r = qcow2_meta_open(s, fd, o->readonly, &mo, err);
@@ -1664,7 +1685,7 @@ const struct vbd_driver vbd_driver_qcow2 = {
     .name = "qcow2",
     .description = "QEMU qcow2 images (v2/v3, backing files, zero and compressed clusters)",
     .usage = "qcow2:PATH[,l2-cache=SIZE][,refcount-cache=SIZE][,direct=on|off|auto]"
-             "[,copy-on-read=on|off]",
+             "[,copy-on-read=on|off][,locking=on|off|auto]",
     .state_size = sizeof(struct qcow2_state),
     .io_scratch_size = sizeof(struct qcow2_io),
     .open = qcow2_open,

@@ -149,6 +149,7 @@ struct qcow2_state {
         int mfd; /* buffered: metadata, COW and unaligned I/O */
         int dfd; /* O_DIRECT data descriptor, or == mfd */
         bool readonly, direct;
+        int locking; /* enum vbd_tristate: the locking option, for the backing chain too */
         uint32_t dio_align, dio_mem_align;
         struct vbd_aio *aio;
 

@@ -2,7 +2,7 @@
 /*
  * raw: a regular file or a block device, byte for byte.
  *
- *   raw:PATH[,direct=on|off|auto]
+ *   raw:PATH[,direct=on|off|auto][,locking=on|off|auto]
  *
  * direct=auto (default) opens with O_DIRECT and falls back to buffered I/O
  * when the file system refuses it (EINVAL); on requires O_DIRECT, off never
@@ -22,6 +22,10 @@
  *
  * create: a new sparse file of the size (mode 0644 less the umask, as
  * qemu-img's), synced with its directory; never an existing path.
+ *
+ * Image locks (vbd/lock.h), on the buffered descriptor: read-write holds
+ * "consistent read" and "write", read-only "consistent read"; neither shares
+ * "write" or "resize" (the size is fixed at open).  locking=off takes none.
  */
 #define VBD_LOG_TOPIC "drv.raw"
 #include <errno.h>
@@ -40,6 +44,7 @@
 #include "vbd/aio.h"
 #include "vbd/driver.h"
 #include "vbd/file.h"
+#include "vbd/lock.h"
 #include "vbd/log.h"
 #include "vbd/macro.h"
 
@@ -67,10 +72,11 @@ struct raw_io {
 /* Source of zeroes for WRITE_ZEROES when the file system cannot zero a range. */
 static char raw_zeroes[RAW_ZERO_CHUNK] __attribute__((aligned(4096)));
 
-enum { OPT_DIRECT };
+enum { OPT_DIRECT, OPT_LOCKING };
 static const struct vbd_opt_desc raw_opts[] = {
     [OPT_DIRECT] = VBD_OPT_TRISTATE_DEF("direct", "auto",
                                         "O_DIRECT: on requires it, auto falls back to buffered"),
+    [OPT_LOCKING] = VBD_LOCK_OPT_DEF("locking"),
 };
 
 /* Alignment O_DIRECT needs on fd. */
@@ -164,6 +170,11 @@ static int raw_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_
                                 path);
                 goto fail;
         }
+        r = vbd_image_lock(img, s->bfd, path, o->values[OPT_LOCKING].t,
+                           VBD_LOCK_CONSISTENT_READ | (o->readonly ? 0 : VBD_LOCK_WRITE),
+                           VBD_LOCK_WRITE | VBD_LOCK_RESIZE, err);
+        if (r < 0)
+                goto fail;
 
         s->fd = s->bfd;
         if (direct != VBD_OFF) {
@@ -496,7 +507,7 @@ const struct vbd_driver vbd_driver_raw = {
     .abi = VBD_DRIVER_ABI,
     .name = "raw",
     .description = "a regular file or block device, byte for byte",
-    .usage = "raw:PATH[,direct=on|off|auto]",
+    .usage = "raw:PATH[,direct=on|off|auto][,locking=on|off|auto]",
     .state_size = sizeof(struct raw_state),
     .io_scratch_size = sizeof(struct raw_io),
     .open = raw_open,

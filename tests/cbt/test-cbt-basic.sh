@@ -91,13 +91,21 @@ nbdinfo --list "$U" | grep -q "qemu:dirty-bitmap" && fail "bitmaps listed after 
 vctl checkpoint -d 9 -n 1 --create c4 >/dev/null || fail "create c4"
 stop_export
 
-# A second tracker on the same map is refused while the first runs.
+# A second tracker on the same image is refused while the first runs: by
+# the image lock first (raw opens the image before the tracker opens its
+# map), and with locking=off on the image by the map's own lock.
 start "cbt:raw:$img"
 first=$export_pid
 if "$VBDD" --export-only --nbd "unix:$sockdir/m.sock" --image "cbt:raw:$img" 2>"$tmp/err2"; then
+        fail "a second vbdd opened the same image"
+fi
+grep -q "is in use: failed to get shared \"write\" lock: pid $first (vbdd)" "$tmp/err2" ||
+        fail "image in use: $(cat "$tmp/err2")"
+if "$VBDD" --export-only --nbd "unix:$sockdir/m.sock" --image "cbt:raw:$img,locking=off" \
+        2>"$tmp/err2"; then
         fail "a second vbdd tracked into the same map"
 fi
-grep -q "change map is in use by another process" "$tmp/err2" || fail "in use: $(cat "$tmp/err2")"
+grep -q "change map is in use by another process" "$tmp/err2" || fail "map in use: $(cat "$tmp/err2")"
 kill -0 "$first" || fail "the first vbdd died"
 stop_export
 

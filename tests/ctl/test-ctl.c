@@ -2,7 +2,8 @@
 /*
  * vbd-ctl end to end against vbdd-sim daemons in a simulated Xen:
  *   list with two daemons; pause under load (nothing served while paused,
- *   nothing lost or answered twice, data checked); resume; reopen; stats
+ *   nothing lost or answered twice, data checked); resume; reopen (and its image locks,
+ *   onto the cbt filter); stats
  *   (JSON, Prometheus); log-level; detach while busy; attach + detach
  *   --xenstore as the toolstack; the control socket's hostile-input limits
  *   (malformed, oversized, nested JSON, too many clients); connections from
@@ -660,6 +661,161 @@ static void test_reopen(struct simfront_env *env, struct vbd *a)
         }
         free(buf);
         printf("ok reopen while paused\n");
+}
+
+/* Does somebody (not fd's open file) hold lock byte off of the file at path? */
+static bool lock_byte_held(const char *path, int off)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1};
+
+        CHECK_MSG(fd >= 0, "open %s: %m", path);
+        CHECK_MSG(fcntl(fd, F_OFD_GETLK, &fl) == 0, "F_OFD_GETLK %s: %m", path);
+        close(fd);
+        return fl.l_type != F_UNLCK;
+}
+
+/*
+ * Reopen onto the cbt filter over img, the image the device holds
+ * read-write (raw:img): image locks are handed over to the new stack, the
+ * change map's own whole-file lock is not, so a second reopen onto the same
+ * map is refused (EBUSY) and leaves the old stack with the image lock and
+ * the map.  Back to raw:img afterwards, the map let go.  A connected ring
+ * may refuse the filter's larger io scratch ("cannot serve"): that must
+ * leave the image locked and the new stack's map unlocked.
+ */
+static void test_reopen_cbt(struct vbd *a, const char *img)
+{
+        char map[700], spec[700];
+        struct out *r;
+        int i;
+
+        snprintf(map, sizeof(map), "%s.cbt", img);
+        unlink(map);
+        snprintf(spec, sizeof(spec), "cbt:raw:%s", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        if (r->status != 0 && strstr(r->err, "unknown image driver 'cbt'")) {
+                printf("# no cbt filter compiled in: no reopen onto a change tracker\n");
+                return;
+        }
+        CHECK_MSG(!strstr(r->err, "in use"), "reopen onto cbt over the held image: %s", r->err);
+        CHECK_MSG(r->status == 0 || strstr(r->err, "cannot serve"), "reopen onto cbt: %d %s",
+                  r->status, r->err);
+        if (r->status != 0) {
+                CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                          "a refused swap onto cbt left other.img unlocked");
+                CHECK_MSG(!lock_byte_held(map, 0), "the refused cbt stack kept its map locked");
+                printf("# the ring refuses cbt's io scratch: no reopen onto the same map\n");
+                unlink(map);
+                return;
+        }
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(map, 0),
+                  "cbt over other.img: image %d map %d", lock_byte_held(img, 101),
+                  lock_byte_held(map, 0));
+
+        snprintf(spec, sizeof(spec), "cbt:raw:%s,direct=off", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK_MSG(r->status == 1 && strstr(r->err, "change map is in use"),
+                  "reopen onto the same map: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "a reopen refused on the map left other.img unlocked");
+        CHECK_MSG(lock_byte_held(map, 0), "a reopen refused on the map left the map unlocked");
+
+        snprintf(spec, sizeof(spec), "raw:%s", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK_MSG(r->status == 0, "reopen from cbt back to raw: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "other.img not locked after leaving cbt");
+        for (i = 0; i < 100 && lock_byte_held(map, 0); i++) /* the old stack closes */
+                usleep(20 * 1000);
+        CHECK_MSG(!lock_byte_held(map, 0), "the map is still locked after leaving cbt");
+        unlink(map);
+        printf("ok reopen onto cbt: the image lock handed over, the same map refused, let go\n");
+}
+
+/*
+ * Reopen and image locks (vbd/lock.h): the device serves other.img
+ * read-write (test_reopen).  A reopen that fails leaves it locked; one that
+ * is refused because somebody else uses the new image says so; a reopen onto
+ * a qcow2 overlay whose backing file is the image the device holds
+ * read-write, or onto the same image, gets past the locks (the old stack
+ * lets them go while the new one opens).
+ */
+static void test_reopen_locks(struct simfront_env *env, struct vbd *a)
+{
+        char img[640], over[640], busy[640], spec[700], cmd[2100], buf[4096], want[4096];
+        int hold;
+        struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 101, .l_len = 1};
+        struct out *r;
+
+        cur_test = "reopen and image locks";
+        snprintf(img, sizeof(img), "%s/other.img", simfront_env_dir(env));
+        snprintf(over, sizeof(over), "%s/over.qcow2", simfront_env_dir(env));
+        snprintf(busy, sizeof(busy), "%s/busy.img", simfront_env_dir(env));
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "the device does not hold other.img read-write");
+        json_decref(ctl_json(0, "pause", ctl("pause", "-d", a->d, "-n", "51712", "--json")));
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", "raw:/nonexistent/y.img");
+        CHECK_MSG(r->status == 1, "reopen bad: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "a failed reopen left other.img unlocked");
+
+        /* Somebody writes busy.img (holds "write", byte 101): refused, named. */
+        make_image(busy, IMG_SIZE, 'B');
+        hold = open(busy, O_RDWR | O_CLOEXEC);
+        CHECK_MSG(hold >= 0 && fcntl(hold, F_OFD_SETLK, &fl) == 0, "lock busy.img: %m");
+        snprintf(spec, sizeof(spec), "raw:%s", busy);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        snprintf(want, sizeof(want), "failed to get shared \"write\" lock: pid %d (",
+                 (int)getpid());
+        CHECK_MSG(r->status == 1 && strstr(r->err, "is in use") && strstr(r->err, want),
+                  "reopen onto a busy image: %d %s", r->status, r->err);
+        close(hold);
+        CHECK_MSG(lock_byte_held(img, 201), "a refused reopen left other.img unlocked");
+
+        /* The same image, other options: the new stack opens it read-write
+         * while the old one still has it open. */
+        snprintf(spec, sizeof(spec), "raw:%s,direct=off", img);
+        r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+        CHECK_MSG(r->status == 0, "reopen onto the held image: %d %s", r->status, r->err);
+        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                  "other.img not locked after the reopen onto itself");
+
+        /* The change tracker over the held image: the image lock is handed
+         * over, the tracker's map lock (drivers/cbt) is not, so a reopen
+         * onto the same map is refused and the old stack keeps both. */
+        test_reopen_cbt(a, img);
+
+        /* An overlay whose backing file is the held image: its read-only lock
+         * would conflict with the old stack's read-write one.  (A connected
+         * ring then refuses qcow2, whose io scratch is larger than raw's:
+         * that failure must give the old stack its locks back.) */
+        snprintf(cmd, sizeof(cmd),
+                 "qemu-img create -q -f qcow2 -b '%s' -F raw '%s' >/dev/null 2>&1", img, over);
+        if (system(cmd) == 0) {
+                snprintf(spec, sizeof(spec), "qcow2:%s", over);
+                r = ctl("reopen", "-d", a->d, "-n", "51712", "--image", spec);
+                CHECK_MSG(!strstr(r->err, "in use"), "reopen onto an overlay: %s", r->err);
+                CHECK_MSG(r->status == 0 || strstr(r->err, "cannot serve"),
+                          "reopen onto an overlay: %d %s", r->status, r->err);
+                if (r->status == 0) {
+                        CHECK_MSG(!lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                                  "the backing file is not locked read-only");
+                        CHECK_MSG(lock_byte_held(over, 101), "the overlay is not locked");
+                } else {
+                        CHECK_MSG(lock_byte_held(img, 101) && lock_byte_held(img, 201),
+                                  "a refused swap left other.img unlocked");
+                        CHECK_MSG(!lock_byte_held(over, 101), "the refused overlay kept its lock");
+                }
+        } else {
+                printf("# no qemu-img: no reopen onto an overlay\n");
+        }
+        json_decref(ctl_json(0, "resume", ctl("resume", "-d", a->d, "-n", "51712", "--json")));
+        CHECK_R(simfront_read(a->fe, 0, buf, sizeof(buf)), simfront_errmsg(a->fe));
+        memset(want, 'Z', sizeof(want));
+        CHECK_MSG(memcmp(buf, want, sizeof(buf)) == 0, "other.img does not read back");
+        printf("ok reopen and locks: failed and refused reopens keep them, onto the held image, "
+               "onto an overlay of it\n");
 }
 
 /* ---- reopen beside the daemon's own NBD export (issue 13) ---- */
@@ -1629,6 +1785,7 @@ int main(int argc, char **argv)
         test_pause_under_load(&a);
         test_stats_formats(&a);
         test_reopen(env, &a);
+        test_reopen_locks(env, &a);
         test_socket_limits(&a);
         test_not_root(env, &a);
         test_detach_busy(&b);

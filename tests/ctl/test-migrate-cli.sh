@@ -311,8 +311,10 @@ expect 0 "" ctl migrate abort "${D[@]}"
 expect 1 "^vbd-ctl migrate start: 1/51712: .*nobody.sock" \
         ctl migrate start "${D[@]}" --to "unix:$sockdir/nobody.sock" --wait
 # A partner that dies mid-copy fails the migration: --wait ends with exit 1.
+# Its own image: the first partner still serves $dst, locked read-write.
 psock2=$sockdir/p2.sock
-"$VBDD" --export-only --image "raw:$dst" --nbd "unix:$psock2" --nbd-writable \
+truncate -s $size "$tmp/dst2.img"
+"$VBDD" --export-only --image "raw:$tmp/dst2.img" --nbd "unix:$psock2" --nbd-writable \
         2>>"$tmp/partner2.log" &
 p2=$!
 cleanup_fn _stop "$p2" KILL

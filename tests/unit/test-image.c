@@ -196,7 +196,7 @@ static void test_bad_specs(void)
              "passthrough:passthrough:null:1M",
              false, -E2BIG, "more than 8 layers"},
             {"raw:/x,direct=on,direct=off", false, -EINVAL, "option 'direct' given twice"},
-            {"raw:/x,size=1", false, -EINVAL, "unknown option 'size' (options: direct)"},
+            {"raw:/x,size=1", false, -EINVAL, "unknown option 'size' (options: direct, locking)"},
             {"raw:/x", false, -EINVAL, "raw: no AIO engine"},
             {"null:1M", true, -EINVAL, "is not for driver 'mock'"},
             {"mock:a,k1=1,k1=2", true, -EINVAL, "option 'k1' given twice"},
