@@ -248,7 +248,7 @@ def main():
         rdst = os.path.join(work, "rsync-dest.img")
         subprocess.run(["cp", "--sparse=always", img, rdst], check=True)
         qimg = os.path.join(work, "qemu.qcow2")
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=%d" % gran, img,
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", "-o", "cluster_size=%d" % gran, img,
                         qimg], check=True)
         qmp_path = os.path.join(work, "qmp.sock")
         qsock = os.path.join(work, "q.sock")

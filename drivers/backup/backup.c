@@ -154,6 +154,8 @@ static void bk_submit(struct vbd_image *img, struct vbd_io *io)
         p->s = s;
         p->next_wait = NULL;
         s->guest_inflight++;
+        if (s->active)
+                s->guest_ns = vbd_now_ns();
         if (!s->active || s->stopping || !changes || io->len == 0 || io_ready(s, io)) {
                 pass_down(s, p);
                 return;
@@ -318,6 +320,13 @@ static void charge(struct bk_state *s, uint64_t len)
         s->next_ns += len * 1000000000u / s->p.rate;
 }
 
+/* Has the guest sent a request lately?  Then the copy in its own order
+ * keeps one small run in flight and leaves the disk's queue to the guest. */
+static bool guest_busy(const struct bk_state *s)
+{
+        return s->guest_ns && vbd_now_ns() - s->guest_ns < BK_BUSY_NS;
+}
+
 /* The next run to read: urgent blocks first, then from the cursor. */
 static bool pick(struct bk_state *s, uint64_t *ret_first, uint64_t *ret_n)
 {
@@ -330,6 +339,8 @@ static bool pick(struct bk_state *s, uint64_t *ret_first, uint64_t *ret_n)
         }
         if (!rate_ok(s))
                 return false;
+        if (guest_busy(s) && BK_BUSY_RUN >> s->shift < max)
+                max = BK_BUSY_RUN >> s->shift ? BK_BUSY_RUN >> s->shift : 1;
         /* under a cap, runs of a tenth of a second's worth (one block at least) */
         if (s->p.rate && (s->p.rate / 10) >> s->shift < max)
                 max = (s->p.rate / 10) >> s->shift ? (s->p.rate / 10) >> s->shift : 1;
@@ -360,7 +371,8 @@ found:
 
 static void pump(struct bk_state *s)
 {
-        while (s->active && !s->stopping && s->slots_busy < s->p.depth) {
+        while (s->active && !s->stopping &&
+               (s->slots_busy < (guest_busy(s) && !s->nurgent ? 1 : s->p.depth))) {
                 struct bk_slot *sl = NULL;
                 uint64_t first, n;
 
@@ -522,6 +534,7 @@ void bk_begin(struct vbd_image *img)
         }
         s->cursor = 0;
         s->start_ns = s->next_ns = vbd_now_ns();
+        s->guest_ns = 0;
         s->active = true;
         pump(s);
 }

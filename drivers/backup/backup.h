@@ -29,6 +29,8 @@
 #define BK_GRAN_DEFAULT (64u << 10)
 #define BK_GRAN_MIN     4096u
 #define BK_GRAN_MAX     (2u << 20)
+#define BK_BUSY_NS      (20u * 1000 * 1000) /* a guest request within: the guest is busy */
+#define BK_BUSY_RUN     (256u << 10)        /* then: one run in flight, of at most this */
 
 struct bk_state;
 
@@ -80,6 +82,7 @@ struct bk_state {
         uint64_t *busy;        /* blocks being read */
         uint64_t cursor, left; /* next block to look at; blocks of the set not yet read */
         uint64_t next_ns;      /* rate cap: the next run from the cursor not before */
+        uint64_t guest_ns;     /* the guest's last request (the copy yields while it is busy) */
         uint64_t *urgent;      /* blocks held writes wait for, a stack */
         size_t nurgent, urgent_cap;
         struct bk_slot slot[BK_SLOTS];
