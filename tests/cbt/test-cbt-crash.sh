@@ -31,9 +31,15 @@ cp "$img" "$tmp/snap.img" # the image at c1 (nothing ran in between)
 for round in 1 2 3 4 5; do
         start "cbt:raw:$img"
         : >"$tmp/acked"
-        client storm "$U" "$round" "$tmp/acked" &
+        # the python process itself, so that kill stops it (not a subshell)
+        "$PY_NBD" "$(dirname "$0")/cbt-client.py" storm "$U" "$round" "$tmp/acked" &
         storm=$!
-        # kill at a different point of the stream each round
+        # once writes are being acknowledged (a loaded machine takes its time
+        # to start the client), kill at a different point each round
+        for _ in $(seq 200); do
+                [ -s "$tmp/acked" ] && break
+                sleep 0.05
+        done
         sleep "$((round / 3)).$(((round * 3) % 10))"
         kill -KILL "$export_pid"
         wait "$export_pid" 2>/dev/null
