@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "vbd/file.h"
 #include "vbd/log.h"
 
 #define FIXED_HEADER 0
@@ -61,42 +62,22 @@ void qcow2_log_corrupt(struct qcow2_state *s, const char *fmt, ...)
         vbd_err("'%s': corrupt image: %s", s->path ? s->path : "?", msg);
 }
 
+/* 0 or -errno; a file that ends first is -EIO here (metadata past the end). */
 static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
-        size_t done = 0;
+        int r = vbd_pread_all(fd, buf, len, off);
 
-        while (done < len) {
-                ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EIO;
-                done += (size_t)n;
-        }
-        return 0;
+        return r == -ENODATA ? -EIO : r;
 }
 
 static int pwrite_full(struct qcow2_state *s, const void *buf, size_t len, uint64_t off)
 {
-        size_t done = 0;
+        int r;
 
         if (s->readonly)
                 return -EROFS;
-        while (done < len) {
-                ssize_t n =
-                    pwrite(s->mfd, (const char *)buf + done, len - done, (off_t)(off + done));
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EIO;
-                done += (size_t)n;
-        }
+        if ((r = vbd_pwrite_all(s->mfd, buf, len, off)) < 0)
+                return r;
         if (off + len > s->file_size)
                 s->file_size = off + len;
         return 0;
