@@ -897,6 +897,24 @@ int vbd_image_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_
         return vbd_err_set(err, -ENOENT, "no checkpoint %s", name);
 }
 
+int vbd_image_stored_bitmaps_put(struct vbd_image *img, const struct vbd_stored_bitmap *b,
+                                 unsigned n, struct vbd_err *err)
+{
+        for (; img; img = img->child)
+                if (img->drv->stored_bitmaps_put)
+                        return img->drv->stored_bitmaps_put(img, b, n, err);
+        return vbd_err_set(err, -EOPNOTSUPP, "the image format keeps no bitmaps");
+}
+
+int vbd_image_stored_bitmap_get(struct vbd_image *img, const char *name,
+                                struct vbd_stored_bitmap *ret, struct vbd_err *err)
+{
+        for (; img; img = img->child)
+                if (img->drv->stored_bitmap_get)
+                        return img->drv->stored_bitmap_get(img, name, ret, err);
+        return vbd_err_set(err, -EOPNOTSUPP, "the image format keeps no bitmaps");
+}
+
 int vbd_image_create(const char *driver, const struct vbd_create *c, struct vbd_err *err)
 {
         const struct vbd_driver *drv = vbd_image_find_driver(driver);

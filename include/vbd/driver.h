@@ -43,6 +43,8 @@ struct ev_loop;
 struct vbd_image;
 struct vbd_job_type;
 struct vbd_create;
+struct vbd_stored_bitmap;
+#define VBD_STORED_BITMAP_NAME_MAX 1023
 
 enum vbd_cap {
         VBD_CAP_WRITE = 1 << 0,
@@ -156,6 +158,41 @@ struct vbd_driver {
          * it returns 0.  No image is open; 0 or -errno with err set.
          */
         int (*create)(const struct vbd_create *c, struct vbd_err *err);
+
+        /*
+         * Bitmaps kept in the image file in the format's own way (optional;
+         * qcow2's bitmaps extension, which QEMU reads and writes), so that
+         * other tools see a change tracker's checkpoints.  stored_bitmaps_put
+         * replaces every bitmap the file holds by the n given (n == 0: none
+         * left); it needs a writable image.  stored_bitmap_get reads bitmap
+         * name into *ret (ret->bits malloc()ed, the caller frees it);
+         * -ENOENT when the file has none of that name, -ESTALE when the
+         * file's bitmaps cannot be trusted (a program that does not know
+         * them wrote the image since).  Synchronous, durable when put
+         * returns 0, called only with nothing in flight (paused and drained,
+         * or from a filter's open() or close()).  0 or -errno with err set.
+         */
+        int (*stored_bitmaps_put)(struct vbd_image *img, const struct vbd_stored_bitmap *b,
+                                  unsigned n, struct vbd_err *err);
+        int (*stored_bitmap_get)(struct vbd_image *img, const char *name,
+                                 struct vbd_stored_bitmap *ret, struct vbd_err *err);
+};
+
+/*
+ * A stored bitmap: bit b set when block b (granularity bytes from b *
+ * granularity) changed; bits is an array of ceil(nbits / 64) 64-bit words in
+ * host order, bit b in word b / 64 at (b % 64), nbits = ceil(virtual size /
+ * granularity).  in_use: a writer that has the image open keeps it up to
+ * date in memory, so the copy in the file is not current (QEMU then counts
+ * it as inconsistent).  enabled: a writer opening the image should go on
+ * recording into it (QEMU's "auto" flag).
+ */
+struct vbd_stored_bitmap {
+        char name[VBD_STORED_BITMAP_NAME_MAX + 1];
+        uint32_t granularity; /* bytes, a power of two, 512 ... 2^31 */
+        bool in_use, enabled;
+        uint64_t nbits;
+        uint64_t *bits;
 };
 
 /* What create() gets. */
@@ -215,3 +252,10 @@ int vbd_image_bitmap_remove(struct vbd_image *img, const char *name, struct vbd_
 /* Create an image file with the registered driver's create() (-EOPNOTSUPP
  * when it has none, -ENOENT for an unknown driver). */
 int vbd_image_create(const char *driver, const struct vbd_create *c, struct vbd_err *err);
+/* Stored bitmaps on the first layer from img down through its filters'
+ * children whose driver has them (backing images are not searched):
+ * -EOPNOTSUPP when none has. */
+int vbd_image_stored_bitmaps_put(struct vbd_image *img, const struct vbd_stored_bitmap *b,
+                                 unsigned n, struct vbd_err *err);
+int vbd_image_stored_bitmap_get(struct vbd_image *img, const char *name,
+                                struct vbd_stored_bitmap *ret, struct vbd_err *err);
