@@ -30,9 +30,10 @@
 #include "vbd/log.h"
 #include "vbd/macro.h"
 
-#define CBT_MAGIC   "VBD-CBT1"
-#define CBT_VERSION 1
-#define CBT_F_LOST  (1u << 0)
+#define CBT_MAGIC    "VBD-CBT1"
+#define CBT_VERSION  1
+#define CBT_F_LOST   (1u << 0)
+#define CBT_F_STORED (1u << 1) /* the checkpoints were published in the image (cbt-stored.c) */
 
 /* Header layout (little endian). */
 enum {
@@ -144,7 +145,7 @@ static int write_header_flags(struct cbt_state *s, uint32_t flags)
 
 int cbt_map_write_header(struct cbt_state *s)
 {
-        return write_header_flags(s, 0);
+        return write_header_flags(s, s->published ? CBT_F_STORED : 0);
 }
 
 int cbt_map_mark_lost(struct cbt_state *s, const char *why)
@@ -231,6 +232,7 @@ static int header_decode(struct cbt_state *s, const uint8_t *h, char *why, size_
                 s->ncp = i + 1;
         }
         s->ncp = ncp;
+        s->published = vbd_get_le32(h + H_FLAGS) & CBT_F_STORED;
         memcpy(s->image_id, h + H_ID, sizeof(s->image_id));
         memcpy(s->reason, h + H_REASON, CBT_REASON_MAX);
         s->reason[CBT_REASON_MAX - 1] = '\0';
@@ -341,6 +343,14 @@ static int map_create(struct cbt_state *s)
         if (r < 0)
                 return r;
         return vbd_fsync_dir_of(s->map_path);
+}
+
+int cbt_map_restart(struct cbt_state *s, const char *why)
+{
+        free_deltas(s);
+        s->published = false;
+        snprintf(s->reason, sizeof(s->reason), "%s", why);
+        return map_create(s);
 }
 
 static int lock_map(struct cbt_state *s, struct vbd_err *err)
@@ -557,6 +567,7 @@ int cbt_checkpoint_create(struct cbt_state *s, const char *name, struct vbd_err 
                          "next checkpoint)",
                          s->map_path, strerror(-r));
         vbd_info("%s: checkpoint %s", s->map_path, name);
+        cbt_stored_publish(s, true);
         return 0;
 fail:
         free(fresh);
@@ -635,5 +646,6 @@ int cbt_checkpoint_remove(struct cbt_state *s, const char *name, struct vbd_err 
                         free(prev_delta);
         }
         vbd_info("%s: checkpoint %s removed", s->map_path, name);
+        cbt_stored_publish(s, true);
         return 0;
 }

@@ -123,10 +123,13 @@ static int cbt_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_
         if (r <= 0 || (size_t)r >= sizeof(s->map_path) || r >= CBT_PATH_MAX)
                 return vbd_err_set(err, -ENAMETOOLONG, "cbt: the map's path is too long");
         r = cbt_map_open(s, err);
+        if (r == 0)
+                r = cbt_stored_import(s, err);
         if (r < 0) {
                 cbt_map_close(s);
                 return r;
         }
+        cbt_stored_publish(s, true);
         return 0;
 }
 
@@ -142,6 +145,7 @@ static void cbt_close(struct vbd_image *img)
 {
         struct cbt_state *s = vbd_image_state(img);
 
+        cbt_stored_publish(s, false);
         cbt_map_close(s);
 }
 

@@ -86,6 +86,10 @@ struct cbt_state {
 
         /* tracking lost (the map could not be written): everything is dirty */
         bool lost;
+        /* the image below keeps stored bitmaps (cbt-stored.c) */
+        bool has_stored;
+        /* the map says the checkpoints were published there (a flag in its header) */
+        bool published;
 
         /* group commit of the active bitmap's pages */
         struct vbd_aio *aio;
@@ -117,6 +121,8 @@ int cbt_map_open(struct cbt_state *s, struct vbd_err *err);
 void cbt_map_close(struct cbt_state *s);
 /* Write the header to the other slot and fdatasync it: 0 or -errno. */
 int cbt_map_write_header(struct cbt_state *s);
+/* Start the map afresh, no checkpoints, why as the reason: 0 or -errno. */
+int cbt_map_restart(struct cbt_state *s, const char *why);
 /* Mark tracking as lost in the file: 0 or -errno. */
 int cbt_map_mark_lost(struct cbt_state *s, const char *why);
 uint64_t cbt_map_active_offset(const struct cbt_state *s);
@@ -147,6 +153,16 @@ static inline void cbt_set(uint64_t *bm, uint64_t b)
 uint64_t cbt_count_since(struct cbt_state *s, unsigned k);
 /* Is block b changed since checkpoint k (deltas loaded)? */
 bool cbt_changed_since(const struct cbt_state *s, unsigned k, uint64_t b);
+
+/* ---- cbt-stored.c ---- */
+
+/* At a read-write open, before any write: count again the blocks the image's
+ * stored bitmaps say another program wrote since (or lose tracking when they
+ * were invalidated).  0 or -errno + err. */
+int cbt_stored_import(struct cbt_state *s, struct vbd_err *err);
+/* Replace the image's stored bitmaps by the checkpoints (a warning on
+ * failure: the map stays the truth).  0 or -errno. */
+int cbt_stored_publish(struct cbt_state *s, bool in_use);
 
 /* ---- cbt-job.c ---- */
 
