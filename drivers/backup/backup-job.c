@@ -3,7 +3,9 @@
  * The "backup" job: control verbs backup-start, backup-status, backup-cancel.
  *
  *   start   create the target file (qcow2 by default, over the previous
- *           backup for an incremental; or raw), open it, pause the device,
+ *           backup for an incremental; or raw) and open it, or open the NBD
+ *           export named by an nbd:// URI (it must hold the previous backup
+ *           for an incremental; nothing is created), pause the device,
  *           stack the backup filter if it has none, fix the set of blocks
  *           (changed since the checkpoint "since", or every block that does
  *           not read as zeroes), make the checkpoint "checkpoint" in the
@@ -13,9 +15,9 @@
  *           long, rate, error
  *   cancel  stop; the job ends CANCELLED
  *
- * A backup that fails or is cancelled removes its target file and the
- * checkpoint it made, so that checkpoint never stands for a backup that does
- * not exist; changes since the previous checkpoint are still all counted
+ * A backup that fails or is cancelled removes its target file (an NBD
+ * export is left as it is, partly written) and the checkpoint it made, so
+ * that checkpoint never stands for a backup that does not exist; changes since the previous checkpoint are still all counted
  * (removing a checkpoint merges its changes into the one before).  When the
  * daemon dies mid-backup the checkpoint stays; the caller (vbd-ctl backup)
  * only ever builds on checkpoints of backups that completed.
@@ -50,7 +52,8 @@ static const struct vbd_opt_desc job_opts[] = {
     [OPT_TARGET] = {.name = "target",
                     .type = VBD_OPT_STRING,
                     .flags = VBD_OPT_REQUIRED | VBD_OPT_NONEMPTY,
-                    .help = "the new file to write the backup to (must not exist)"},
+                    .help = "the new file to write the backup to (must not exist), or the "
+                            "NBD URI of an export to write it into (nbd://, nbd+unix://)"},
     [OPT_FORMAT] = VBD_OPT_ENUM_DEF("format", formats, "qcow2", "the target's format"),
     [OPT_BACKING] = VBD_OPT_STRING_DEF("backing", NULL,
                                        "qcow2: the previous backup, the new one's backing file"),
@@ -83,6 +86,7 @@ struct bk_job {
         unsigned depth;
         uint64_t rate;
         struct vbd_image *timg; /* the target, open */
+        bool nbd;               /* the target is an NBD export: not created, not removed */
         bool made_checkpoint;
         bool began;
         bool cancelling; /* cancel returned 1 */
@@ -121,7 +125,9 @@ static void drop_target(struct bk_job *b)
         if (b->timg)
                 vbd_device_close_image(dev, b->timg);
         b->timg = NULL;
-        if (unlink(b->target) < 0 && errno != ENOENT)
+        if (b->nbd)
+                vbd_warn("%s: the export is left partly written", b->target);
+        else if (unlink(b->target) < 0 && errno != ENOENT)
                 vbd_warn("%s: %s", b->target, strerror(errno));
 }
 
@@ -195,8 +201,10 @@ static int fill_set(struct bk_job *b, struct vbd_image *layer, struct vbd_err *e
                                            b->since[0] ? "the bitmap" : "the block status",
                                            (unsigned long long)pos, strerror(-r));
                 for (unsigned i = 0; i < n; i++) {
+                        /* an NBD export may hold old data: a full backup writes it all
+                         * (runs of zeroes as write-zeroes) */
                         bool copy = b->since[0] ? (ext[i].flags & VBD_EXTENT_DIRTY)
-                                                : !(ext[i].flags & VBD_EXTENT_ZERO);
+                                                : b->nbd || !(ext[i].flags & VBD_EXTENT_ZERO);
 
                         if (copy)
                                 bk_add(layer, pos, ext[i].len);
@@ -216,7 +224,7 @@ static void start_paused(void *opaque)
             .target = b->timg,
             .gran = b->gran,
             .depth = b->depth,
-            .skip_zero = !b->backing[0],
+            .skip_zero = !b->backing[0] && !b->nbd,
             .rate = b->rate,
             .finished = finished,
             .opaque = b,
@@ -269,6 +277,35 @@ static int copy_opt(char *dst, size_t size, const struct vbd_opt_value *v, const
         return 0;
 }
 
+static bool is_nbd_uri(const char *t)
+{
+        return !strncmp(t, "nbd://", 6) || !strncmp(t, "nbd+unix://", 11) ||
+               !strncmp(t, "nbds://", 7) || !strncmp(t, "nbds+unix://", 12);
+}
+
+/* An NBD export as the target: it exists, holds at least the image, takes
+ * writes.  For an incremental it must already hold the backup it builds on. */
+static int open_nbd(struct bk_job *b, struct vbd_device *dev, struct vbd_image *top,
+                    struct vbd_err *err)
+{
+        char spec[BK_PATH_MAX + 16];
+        uint64_t have, need = vbd_image_info(top)->size;
+
+        snprintf(spec, sizeof(spec), "nbd:%s", b->target);
+        b->timg = vbd_device_open_image(dev, spec, false, err);
+        if (!b->timg)
+                return err->code ? err->code : -EIO;
+        have = vbd_image_info(b->timg)->size;
+        if (have < need) {
+                vbd_device_close_image(dev, b->timg);
+                b->timg = NULL;
+                return vbd_err_set(err, -ENOSPC, "%s: the export has %llu bytes, the image %llu",
+                                   b->target, (unsigned long long)have, (unsigned long long)need);
+        }
+        vbd_device_pause(dev, start_paused, b); /* may call back inline */
+        return 1;
+}
+
 static int bk_start(struct vbd_job *job, const struct vbd_opt_value *v, struct vbd_err *err)
 {
         struct bk_job *b = vbd_job_state(job);
@@ -289,12 +326,17 @@ static int bk_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
         b->gran = (uint32_t)v[OPT_GRANULARITY].u;
         b->depth = (unsigned)v[OPT_DEPTH].u;
         b->rate = v[OPT_RATE].u;
-        if (b->target[0] != '/')
-                return vbd_err_set(err, -EINVAL, "the target must be an absolute path: %s",
+        b->nbd = is_nbd_uri(b->target);
+        if (b->target[0] != '/' && !b->nbd)
+                return vbd_err_set(err, -EINVAL,
+                                   "the target must be an absolute path or an NBD URI: %s",
                                    b->target);
+        if (b->nbd && (b->backing[0] || v[OPT_FORMAT].set))
+                return vbd_err_set(err, -EINVAL,
+                                   "an NBD target is an existing export: no format, no backing");
         if (b->backing[0] && b->format != 0)
                 return vbd_err_set(err, -EINVAL, "only a qcow2 target has a backing file");
-        if (b->since[0] && !b->backing[0])
+        if (b->since[0] && !b->backing[0] && !b->nbd)
                 return vbd_err_set(err, -EINVAL,
                                    "an incremental (since %s) needs the backup it builds on "
                                    "(backing)",
@@ -315,6 +357,8 @@ static int bk_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
                 if (has_bitmap(dev, b->checkpoint))
                         return vbd_err_set(err, -EEXIST, "checkpoint %s exists", b->checkpoint);
         }
+        if (b->nbd)
+                return open_nbd(b, dev, top, err);
         c.path = b->target;
         c.size = vbd_image_info(top)->size;
         c.backing = b->backing[0] ? b->backing : NULL;

@@ -279,6 +279,18 @@ static void read_done(struct vbd_io *io, int status)
                 pump(s);
                 return;
         }
+        if ((vbd_image_info(s->p.target)->caps & VBD_CAP_WRITE_ZEROES) &&
+            all_zero(sl->buf, sl->len)) {
+                /* the target may hold old data: zeroes, without sending them */
+                sl->io = (struct vbd_io){.op = VBD_OP_WRITE_ZEROES,
+                                         .offset = sl->offset,
+                                         .len = sl->len,
+                                         .done = write_done,
+                                         .opaque = sl,
+                                         .scratch = sl->dst_scratch};
+                vbd_image_submit(s->p.target, &sl->io);
+                return;
+        }
         sl->io = (struct vbd_io){.op = VBD_OP_WRITE,
                                  .offset = sl->offset,
                                  .len = sl->len,

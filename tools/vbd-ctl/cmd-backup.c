@@ -10,7 +10,9 @@
  * (vbd-backup.json) listing them.  The manifest is replaced (written,
  * synced, renamed) only when a backup completed, so a failed, cancelled or
  * interrupted backup leaves the chain as it was and the next one builds on
- * the last that completed.  To a file, a full backup.
+ * the last that completed.  To a file, a full backup (or an incremental
+ * with --since and --backing).  To an NBD URI, into an existing export: a
+ * full backup, or with --since the changes onto the backup it holds.
  *
  * restore writes the image of one backup of a chain (or of one file) to a
  * new file: it starts an export-only vbdd on the chain and runs the same job
@@ -393,20 +395,33 @@ static int backup_dir(struct vbdctl *o, struct args *a, json_t *job)
         return 0;
 }
 
+static bool is_nbd_uri(const char *t)
+{
+        return !strncmp(t, "nbd://", 6) || !strncmp(t, "nbd+unix://", 11) ||
+               !strncmp(t, "nbds://", 7) || !strncmp(t, "nbds+unix://", 12);
+}
+
 static int backup_file(struct vbdctl *o, struct args *a, json_t *job)
 {
         char target[PATH_MAX], sock[PATH_MAX];
         json_t *res, *st = NULL;
         int r;
 
-        if (a->to[0] == '/')
+        if (is_nbd_uri(a->to)) {
+                if (a->format || a->backing)
+                        return vbdctl_usage_error(o, "an NBD export has no --format or --backing");
+                if (a->incremental && !a->since)
+                        return vbdctl_usage_error(o, "--incremental needs --since: the export "
+                                                     "holds the backup of that checkpoint");
+                snprintf(target, sizeof(target), "%s", a->to);
+        } else if (a->to[0] == '/')
                 snprintf(target, sizeof(target), "%s", a->to);
         else if (!getcwd(target, sizeof(target)) ||
                  strlen(target) + strlen(a->to) + 2 > sizeof(target))
                 return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: path too long", a->to);
         else
                 strcat(strcat(target, "/"), a->to);
-        if (a->incremental && (!a->since || !a->backing))
+        if (a->incremental && !is_nbd_uri(a->to) && (!a->since || !a->backing))
                 return vbdctl_usage_error(o, "--incremental to a file needs --since and --backing");
         json_object_set_new(job, "target", json_string(target));
         if (a->checkpoint)
@@ -561,7 +576,7 @@ static int run_backup(struct vbdctl *o, int argc, char **argv)
                 return status_or_cancel(o, a.cancel);
         }
         if (!a.to)
-                return vbdctl_usage_error(o, "--to DIR|FILE is required");
+                return vbdctl_usage_error(o, "--to DIR|FILE|NBD-URI is required");
         if (a.full && a.incremental)
                 return vbdctl_usage_error(o, "--full or --incremental, not both");
         job = json_object();
@@ -598,7 +613,7 @@ static int run_backup(struct vbdctl *o, int argc, char **argv)
         }
         if (a.snapshot)
                 return vbdctl_usage_error(o, "--snapshot is for --method rsync");
-        if (is_dir(a.to)) {
+        if (!is_nbd_uri(a.to) && is_dir(a.to)) {
                 if (a.format && strcmp(a.format, "qcow2"))
                         return vbdctl_usage_error(o, "a backup directory holds qcow2 files");
                 if (a.since || a.backing || a.checkpoint)
@@ -614,7 +629,7 @@ static int run_backup(struct vbdctl *o, int argc, char **argv)
 const struct vbdctl_verb vbdctl_verb_backup = {
     .name = "backup",
     .run = run_backup,
-    .args = "-d D -n N --to DIR|FILE [--full|--incremental] [--rate BPS] [--json] ... | "
+    .args = "-d D -n N --to DIR|FILE|NBD-URI [--full|--incremental] [--rate BPS] [--json] ... | "
             "--method rsync --to DEST [--snapshot FILE] | --status | --cancel",
     .summary = "point-in-time backup of a running VBD: a chain of full + incrementals",
 };
