@@ -54,7 +54,8 @@ static const struct vbd_opt_desc job_opts[] = {
                     .flags = VBD_OPT_REQUIRED | VBD_OPT_NONEMPTY,
                     .help = "the new file to write the backup to (must not exist), or the "
                             "NBD URI of an export to write it into (nbd://, nbd+unix://)"},
-    [OPT_FORMAT] = VBD_OPT_ENUM_DEF("format", formats, "qcow2", "the target's format"),
+    [OPT_FORMAT] = VBD_OPT_ENUM_DEF("format", formats, NULL,
+                                    "a file target's format (default qcow2)"),
     [OPT_BACKING] = VBD_OPT_STRING_DEF("backing", NULL,
                                        "qcow2: the previous backup, the new one's backing file"),
     [OPT_SINCE] = VBD_OPT_STRING_DEF("since", NULL,
@@ -322,7 +323,7 @@ static int bk_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
             (r = copy_opt(b->checkpoint, sizeof(b->checkpoint), &v[OPT_CHECKPOINT], "checkpoint",
                           err)) < 0)
                 return r;
-        b->format = v[OPT_FORMAT].e;
+        b->format = v[OPT_FORMAT].set ? v[OPT_FORMAT].e : 0;
         b->gran = (uint32_t)v[OPT_GRANULARITY].u;
         b->depth = (unsigned)v[OPT_DEPTH].u;
         b->rate = v[OPT_RATE].u;
