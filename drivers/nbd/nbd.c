@@ -456,8 +456,8 @@ static void nbd_process(struct nbd_state *s)
                         s->done_tail = NULL;
                 cmd_unlink(s, c);
                 c->processed = true;
-                if (c->err && !nio->err)
-                        nio->err = -c->err;
+                if (c->err && !nio->err) /* libnbd's ENOTCONN: the connection died */
+                        nio->err = c->err == ENOTCONN ? -EIO : -c->err;
                 nio->inflight--;
                 if (!c->lib)
                         free(c);
