@@ -10,6 +10,7 @@
 #    and the zero fallback of a server that cannot zero (nbdkit nozero);
 #  - the server's block sizes (nbdkit blocksize-policy), a size that is
 #    not a multiple of 512, an empty export;
+#  - TLS with a pre-shared key (nbdkit --tls=require), a wrong key, no TLS;
 #  - a read-only export opened read-write, a missing socket, a server that
 #    accepts but never answers the handshake (connect-timeout);
 #  - kill -9 of qemu-nbd during writes, SIGSTOP of it with timeout=2: the
@@ -205,6 +206,26 @@ if nbdkit --version >/dev/null 2>&1; then
         vbd_sim "$(spec "$s1")" dd --mode r --of "$tmp/back" --count $((4 * MiB)) 2>"$tmp/err" ||
                 { fail "nozero: dd out"; cat "$tmp/err" >&2; }
         cmp -s "$tmp/back" "$tmp/expect" || fail "nozero: zeroed range reads wrong"
+        stop_server
+fi
+
+# ---- TLS (nbds+unix://, a pre-shared key) ----
+if nbdkit --dump-config 2>/dev/null | grep -q '^tls=yes'; then
+        key() { echo "$1:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"; }
+        key alice >"$tmp/keys.psk"
+        key alice >"$tmp/wrong.psk"
+        chmod 600 "$tmp/keys.psk" "$tmp/wrong.psk"
+        kit "$s1" --tls=require --tls-psk="$tmp/keys.psk" memory 16M || finish
+        tls_spec() { echo "nbd:nbds+unix://alice@/?socket=$s1&tls-psk-file=$1"; }
+        vbd_sim "$(tls_spec "$tmp/keys.psk")" bench --rw randrw --bs 8192 --iodepth 16 \
+                --runtime 1 --verify >"$tmp/out" 2>&1 || { fail "TLS: bench"; tail "$tmp/out" >&2; }
+        grep -q " 0 mismatches" "$tmp/out" || fail "TLS: mismatches"
+        vbd_sim "$(tls_spec "$tmp/wrong.psk")" dd --of /dev/null --count 4096 >"$tmp/err" 2>&1 &&
+                fail "TLS: opened with the wrong key"
+        grep -q "cannot connect to nbds+unix://" "$tmp/err" || { fail "TLS: wrong key message"; cat "$tmp/err" >&2; }
+        vbd_sim "$(spec "$s1")" dd --of /dev/null --count 4096 >"$tmp/err" 2>&1 &&
+                fail "TLS: opened without TLS"
+        grep -q "server requires TLS" "$tmp/err" || { fail "TLS: plain message"; cat "$tmp/err" >&2; }
         stop_server
 fi
 
