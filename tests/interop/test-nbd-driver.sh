@@ -305,12 +305,20 @@ vbd_sim "nbd:nbd+vsock:///" dd --of /dev/null --count 4096 >"$tmp/err" 2>&1 &&
 grep -q "not an NBD URI" "$tmp/err" || { fail "bad scheme: message"; cat "$tmp/err" >&2; }
 
 # ---- faults during I/O ----
-# bench_fault SIG WHAT SPEC: writes through the guest, SIG to qemu-nbd after 0.7 s
+# bench_fault SIG WHAT SPEC: writes through the guest, SIG to qemu-nbd 0.7 s into them
 bench_fault() {
         local sig=$1 what=$2 spec=$3 t0 t rc=0
         truncate -s 64M "$tmp/f.raw"
         qnbd "$s1" -f raw --cache=none "$tmp/f.raw" || return
-        (sleep 0.7; kill -"$sig" "$srv_pid") &
+        : >"$tmp/fault.log"
+        (
+                for _ in $(seq 400); do
+                        grep -q "ring: connected" "$tmp/fault.log" && break
+                        sleep 0.05
+                done
+                sleep 0.7
+                kill -"$sig" "$srv_pid"
+        ) &
         t0=$(date +%s%N)
         VBD_WRAPPER_LOG=$tmp/fault.log VBD_WRAPPER_PIDFILE=$tmp/fault.pid timeout 30 \
                 "$VBD_SIM" --vbdd "$_lib_dir/vbdd-wrapper.sh" bench --image "$spec" \
