@@ -23,6 +23,8 @@
  *   - refusals: read-only (-EROFS), duplicate names, bad granularity,
  *     wrong nbits, names too long, no room in the first cluster for the
  *     extension beside a long backing file name (-ENOSPC, image unchanged);
+ *   - killed (SIGKILL) while putting sets in a loop: qemu-img check finds
+ *     leaks at most, and the file holds one whole set, read back exactly;
  *   - hostile directories (offset past the end, unaligned, table size,
  *     huge name size, granularity 40, nb_bitmaps mismatch, bad table
  *     entries): open works read-only and read-write, the data reads, get
@@ -274,8 +276,8 @@ static const char *put_err(void)
 /* A put that must work. */
 #define PUT_OK(h, m, n) CHECK_R(put(h, m, n, put_msg, sizeof(put_msg)), put_err())
 
-/* get name and compare with m (bits and enabled; in_use as expected). */
-static void get_same(struct vbd_image *img, const struct model *m, bool in_use, const char *what)
+/* get name and compare with m (bits and enabled; in_use as expected, -1: either). */
+static void get_same(struct vbd_image *img, const struct model *m, int in_use, const char *what)
 {
         struct vbd_stored_bitmap got;
         struct vbd_err err = {0};
@@ -290,7 +292,8 @@ static void get_same(struct vbd_image *img, const struct model *m, bool in_use, 
         CHECK_EQ(got.granularity, m->b.granularity);
         CHECK_EQ(got.nbits, m->b.nbits);
         CHECK_MSG(got.enabled == m->b.enabled, "%s: %s enabled %d", what, m->b.name, got.enabled);
-        CHECK_MSG(got.in_use == in_use, "%s: %s in_use %d", what, m->b.name, got.in_use);
+        CHECK_MSG(in_use < 0 || got.in_use == in_use, "%s: %s in_use %d", what, m->b.name,
+                  got.in_use);
         for (uint64_t i = 0; got.nbits == m->b.nbits && i < (got.nbits + 63) / 64; i++)
                 if (got.bits[i] != m->b.bits[i]) {
                         diff++;
@@ -940,6 +943,108 @@ static void test_hostile(void)
         model_free(&m[1]);
 }
 
+/* Sets for the crash test: 0 the initial one, 1 and 2 what the child puts. */
+static unsigned crash_set(struct model *m, unsigned which, uint64_t size)
+{
+        static const char *names[3][3] = {{"i0"}, {"a0", "a1"}, {"b0", "b1", "b2"}};
+        unsigned n = which + 1;
+
+        for (unsigned i = 0; i < n; i++) {
+                model_init(&m[i], names[which][i], i == 1 ? 512 : 64 * KB, size, i != 2);
+                for (uint64_t b = which + i; b < m[i].b.nbits; b += 3 + which * 5 + i)
+                        model_set(&m[i], b, b + 1 + i);
+        }
+        return n;
+}
+
+static void crash_child(const char *path, int wfd, uint64_t size)
+{
+        struct model m[2][3];
+        unsigned n[2];
+        struct vbd_image *h;
+
+        loop = ev_loop_new(EVFLAG_AUTO); /* the parent's io_context does not survive fork */
+        aio = loop ? vbd_aio_new(loop, 64) : NULL;
+        h = aio ? img_open(path, false) : NULL;
+        if (!h)
+                _exit(2);
+        n[0] = crash_set(m[0], 1, size);
+        n[1] = crash_set(m[1], 2, size);
+        for (uint32_t k = 0;; k++) {
+                if (put(h, m[k % 2], n[k % 2], NULL, 0) < 0)
+                        _exit(3);
+                if (write(wfd, &k, sizeof(k)) != sizeof(k))
+                        _exit(4);
+        }
+}
+
+/* Killed in the middle of puts: the old set or the new, leaks at most. */
+static void test_crash(void)
+{
+        const char *img = path_in("crash.qcow2");
+        uint64_t size = 64 * MB;
+        struct model sets[3][3];
+        unsigned nsets[3];
+        struct vbd_image *h;
+        unsigned seen[3] = {0};
+
+        (void)sh("rm -f '%s'", img);
+        REQUIRE(sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
+        for (unsigned w = 0; w < 3; w++)
+                nsets[w] = crash_set(sets[w], w, size);
+        h = img_open(img, false);
+        if (!h)
+                return;
+        PUT_OK(h, sets[0], nsets[0]);
+        img_close(h);
+        for (unsigned round = 0; round < 8; round++) {
+                json_t *j, *bms;
+                uint32_t k, puts = 0;
+                int p[2], st;
+                unsigned w;
+                pid_t pid;
+
+                REQUIRE(pipe(p) == 0);
+                pid = fork();
+                REQUIRE(pid >= 0);
+                if (pid == 0) {
+                        close(p[0]);
+                        crash_child(img, p[1], size);
+                        _exit(0);
+                }
+                close(p[1]);
+                usleep(30000 + (useconds_t)(rnd() % 500000));
+                kill(pid, SIGKILL);
+                while (read(p[0], &k, sizeof(k)) == sizeof(k))
+                        puts = k + 1;
+                close(p[0]);
+                waitpid(pid, &st, 0);
+                CHECK_MSG(WIFSIGNALED(st), "crash child exited with %d",
+                          WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+                check_img(img, true, "after a kill in a put");
+                j = sh_json("qemu-img info --output=json '%s' 2>/dev/null", img);
+                bms = json_object_get(
+                    json_object_get(json_object_get(j, "format-specific"), "data"), "bitmaps");
+                w = json_array_size(bms) ? (unsigned)json_array_size(bms) - 1 : 3;
+                CHECK_MSG(w < 3, "round %u: %zu bitmaps after the kill", round,
+                          json_array_size(bms));
+                json_decref(j);
+                if (w >= 3)
+                        break;
+                seen[w]++;
+                h = img_open(img, true);
+                for (unsigned i = 0; h && i < nsets[w]; i++)
+                        get_same(h, &sets[w][i], -1, "after a kill"); /* in use: marked at open */
+                img_close(h);
+                CHECK_MSG(puts || round || w == 0, "round %u: a set never put", round);
+        }
+        fprintf(stderr, "crash rounds: initial set %u, first %u, second %u\n", seen[0], seen[1],
+                seen[2]);
+        for (unsigned w = 0; w < 3; w++)
+                for (unsigned i = 0; i < nsets[w]; i++)
+                        model_free(&sets[w][i]);
+}
+
 int main(void)
 {
         const char *tmp = getenv("TMPDIR");
@@ -971,6 +1076,7 @@ int main(void)
         test_from_qemu();
         test_refusals();
         test_hostile();
+        test_crash();
 
         vbd_aio_free(aio);
         if (!check_failures)
