@@ -743,7 +743,8 @@ int qcow2_bitmaps_put(struct qcow2_state *s, const struct vbd_stored_bitmap *b, 
                 s->bms = bms;
                 s->nbms = n;
                 bms = NULL;
-                qsort(new.v, new.n, sizeof(*new.v), u64_cmp);
+                if (new.n)
+                        qsort(new.v, new.n, sizeof(*new.v), u64_cmp);
                 s->bm_cl = new.v;
                 s->nbm_cl = new.n;
                 new.v = NULL;
@@ -774,7 +775,8 @@ fail:
                 uint64_t *v = realloc(s->bm_cl, (total ? total : 1) * sizeof(*v));
 
                 if (v) {
-                        memcpy(v + s->nbm_cl, new.v, new.n * sizeof(*v));
+                        if (new.n)
+                                memcpy(v + s->nbm_cl, new.v, new.n * sizeof(*v));
                         qsort(v, total, sizeof(*v), u64_cmp);
                         s->bm_cl = v;
                         s->nbm_cl = total;

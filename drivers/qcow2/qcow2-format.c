@@ -81,14 +81,18 @@ static int parse_extensions(const uint8_t *buf, size_t end, struct qcow2_header 
                         seen_ftab = true;
                         break;
                 case QCOW2_EXT_BITMAPS:
-                        if (seen_bitmaps || len < 24)
-                                return vbd_err_set(err, -EINVAL, "qcow2: bad bitmaps extension");
+                        if (seen_bitmaps)
+                                return vbd_err_set(err, -EINVAL, "qcow2: two bitmaps extensions");
+                        /* Checked by qcow2_bitmaps_open(): a bad one costs the
+                         * bitmaps, not the image. */
                         h->has_bitmaps = true;
                         h->bitmaps_ext_len = len;
-                        h->nb_bitmaps = vbd_get_be32(data);
-                        h->bitmaps_reserved = vbd_get_be32(data + 4);
-                        h->bitmap_dir_size = vbd_get_be64(data + 8);
-                        h->bitmap_dir_offset = vbd_get_be64(data + 16);
+                        if (len >= 24) {
+                                h->nb_bitmaps = vbd_get_be32(data);
+                                h->bitmaps_reserved = vbd_get_be32(data + 4);
+                                h->bitmap_dir_size = vbd_get_be64(data + 8);
+                                h->bitmap_dir_offset = vbd_get_be64(data + 16);
+                        }
                         seen_bitmaps = true;
                         break;
                 default:

@@ -843,6 +843,12 @@ static void test_refusals(void)
 /* Hostile directories: open works, the data reads, get fails with a reason. */
 static void test_hostile(void)
 {
+        static const char *const what[] = {
+            "directory past the end", "directory unaligned",      "table size + 1",
+            "name size 65535",        "granularity 40",           "nb_bitmaps + 1",
+            "nb_bitmaps 0",           "table entry past the end", "table entry unaligned",
+            "directory size huge",    "table at the L1 table",    "extension length 16",
+            "reserved field set"};
         const char *good = path_in("good.qcow2"), *img = path_in("bad.qcow2");
         uint64_t size = 16 * MB;
         struct model m[2];
@@ -865,13 +871,8 @@ static void test_hostile(void)
         img_close(h);
         REQUIRE(ext_find(good, &e));
 
-        for (int c = 0; c < 11; c++) {
+        for (int c = 0; c < (int)VBD_ARRAY_SIZE(what); c++) {
                 uint64_t fsz = file_size(good);
-                const char *what[] = {
-                    "directory past the end", "directory unaligned",      "table size + 1",
-                    "name size 65535",        "granularity 40",           "nb_bitmaps + 1",
-                    "nb_bitmaps 0",           "table entry past the end", "table entry unaligned",
-                    "directory size huge",    "table at the L1 table"};
                 void *buf = aligned_alloc(4096, 64 * KB);
                 int r;
 
@@ -909,6 +910,12 @@ static void test_hostile(void)
                         break;
                 case 10:
                         poke(img, e.dir_off, 8, peek64(img, 40));
+                        break;
+                case 11:
+                        poke(img, e.ext_off - 4, 4, 16);
+                        break;
+                case 12:
+                        poke(img, e.ext_off + 4, 4, 1);
                         break;
                 }
                 for (int rw = 0; rw < 2; rw++) {
