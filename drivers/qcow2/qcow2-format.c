@@ -7,6 +7,7 @@
 #define VBD_LOG_TOPIC "drv.qcow2"
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "qcow2.h"
@@ -80,11 +81,18 @@ static int parse_extensions(const uint8_t *buf, size_t end, struct qcow2_header 
                         seen_ftab = true;
                         break;
                 case QCOW2_EXT_BITMAPS:
-                        if (seen_bitmaps || len < 24)
-                                return vbd_err_set(err, -EINVAL, "qcow2: bad bitmaps extension");
+                        if (seen_bitmaps)
+                                return vbd_err_set(err, -EINVAL, "qcow2: two bitmaps extensions");
+                        /* Checked by qcow2_bitmaps_open(): a bad one costs the
+                         * bitmaps, not the image. */
                         h->has_bitmaps = true;
-                        h->bitmap_dir_size = vbd_get_be64(data + 8);
-                        h->bitmap_dir_offset = vbd_get_be64(data + 16);
+                        h->bitmaps_ext_len = len;
+                        if (len >= 24) {
+                                h->nb_bitmaps = vbd_get_be32(data);
+                                h->bitmaps_reserved = vbd_get_be32(data + 4);
+                                h->bitmap_dir_size = vbd_get_be64(data + 8);
+                                h->bitmap_dir_offset = vbd_get_be64(data + 16);
+                        }
                         seen_bitmaps = true;
                         break;
                 default:
@@ -249,10 +257,8 @@ int qcow2_header_parse(const uint8_t *buf, size_t len, uint64_t file_size, struc
                                    "qcow2: snapshot table offset %llu is misaligned or outside "
                                    "the file",
                                    (unsigned long long)h->snapshots_offset);
-        if (h->has_bitmaps && (h->bitmap_dir_offset % cs || h->bitmap_dir_offset < cs ||
-                               h->bitmap_dir_offset > file_size ||
-                               h->bitmap_dir_size > file_size - h->bitmap_dir_offset))
-                h->has_bitmaps = false; /* ignored; its clusters stay allocated */
+        /* The bitmaps extension's fields are checked by qcow2_bitmaps_open(): a
+         * bad directory leaves the bitmaps unreadable, not the image. */
         return 0;
 }
 
@@ -362,4 +368,285 @@ void qcow2_rc_set_entry(void *block, unsigned order, uint64_t idx, uint64_t v)
                 return;
         }
         }
+}
+
+/* ---- bitmaps extension ---- */
+
+size_t qcow2_bitmap_dir_entry_size(size_t name_len, uint32_t extra)
+{
+        return (24 + name_len + extra + 7) & ~(size_t)7;
+}
+
+uint64_t qcow2_bitmap_table_size(uint64_t nbits, uint64_t cs)
+{
+        uint64_t bytes = (nbits + 7) / 8;
+
+        return (bytes + cs - 1) / cs;
+}
+
+int qcow2_bitmap_entry_check(uint64_t e, uint64_t cs, uint64_t file_size, const char **why)
+{
+        uint64_t off = e & QCOW2_OFFSET_MASK;
+
+        if (e & QCOW2_BMT_RESERVED) {
+                *why = "reserved bits set in a bitmap table entry";
+                return -EIO;
+        }
+        if (!off)
+                return 0;
+        if (e & QCOW2_BMT_ALL_ONES) {
+                *why = "bitmap table entry with an offset and the all-ones bit";
+                return -EIO;
+        }
+        if (off % cs || off < cs) {
+                *why = "unaligned bitmap data cluster";
+                return -EIO;
+        }
+        if (off > file_size || cs > file_size - off) {
+                *why = "bitmap data cluster past the end of the file";
+                return -EIO;
+        }
+        return 0;
+}
+
+void qcow2_bm_free(struct qcow2_bm *b, uint32_t n)
+{
+        for (uint32_t i = 0; b && i < n; i++)
+                free(b[i].name);
+        free(b);
+}
+
+static int bm_name_cmp(const void *a, const void *b)
+{
+        const struct qcow2_bm *x = *(const struct qcow2_bm *const *)a;
+        const struct qcow2_bm *y = *(const struct qcow2_bm *const *)b;
+
+        return strcmp(x->name, y->name);
+}
+
+int qcow2_bitmap_dir_parse(const uint8_t *buf, size_t len, uint32_t nb, uint64_t cs, uint64_t vsize,
+                           uint64_t file_size, struct qcow2_bm **ret, uint32_t *ret_n, char *why,
+                           size_t why_len)
+{
+        struct qcow2_bm *b = NULL, **sorted = NULL;
+        size_t off = 0;
+        uint32_t n = 0;
+        int r = -EIO;
+
+        *ret = NULL;
+        *ret_n = 0;
+        if (nb == 0 || nb > QCOW2_MAX_BITMAPS) {
+                snprintf(why, why_len, "%u bitmaps in the extension (1..%u)", nb,
+                         QCOW2_MAX_BITMAPS);
+                return -EIO;
+        }
+        if (len == 0 || len > QCOW2_MAX_BITMAP_DIR) {
+                snprintf(why, why_len, "bitmap directory of %zu bytes (1..%llu)", len,
+                         (unsigned long long)QCOW2_MAX_BITMAP_DIR);
+                return -EIO;
+        }
+        b = calloc(nb, sizeof(*b));
+        if (!b) {
+                snprintf(why, why_len, "out of memory");
+                return -ENOMEM;
+        }
+        while (off < len) {
+                const uint8_t *e = buf + off;
+                struct qcow2_bm *m;
+                uint32_t name_size;
+                size_t esize;
+                uint8_t type;
+
+                if (len - off < 24) {
+                        snprintf(why, why_len, "bitmap directory entry %u truncated", n);
+                        goto fail;
+                }
+                if (n == nb) {
+                        snprintf(why, why_len,
+                                 "more bitmaps in the directory than the %u "
+                                 "the extension counts",
+                                 nb);
+                        goto fail;
+                }
+                m = &b[n];
+                m->table_offset = vbd_get_be64(e);
+                m->table_size = vbd_get_be32(e + 8);
+                m->flags = vbd_get_be32(e + 12);
+                type = e[16];
+                m->gran_bits = e[17];
+                name_size = (uint32_t)e[18] << 8 | e[19];
+                m->extra_size = vbd_get_be32(e + 20);
+                if (name_size == 0 || name_size > QCOW2_BITMAP_NAME_MAX) {
+                        snprintf(why, why_len, "bitmap %u: name of %u bytes (1..%u)", n, name_size,
+                                 QCOW2_BITMAP_NAME_MAX);
+                        goto fail;
+                }
+                if (m->extra_size > len) {
+                        snprintf(why, why_len, "bitmap %u: %u bytes of extra data", n,
+                                 m->extra_size);
+                        goto fail;
+                }
+                esize = qcow2_bitmap_dir_entry_size(name_size, m->extra_size);
+                if (esize > len - off) {
+                        snprintf(why, why_len,
+                                 "bitmap directory entry %u runs past the "
+                                 "directory",
+                                 n);
+                        goto fail;
+                }
+                m->name = malloc(name_size + 1);
+                if (!m->name) {
+                        snprintf(why, why_len, "out of memory");
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                memcpy(m->name, e + 24 + m->extra_size, name_size);
+                m->name[name_size] = '\0';
+                n++;
+                if (strlen(m->name) != name_size) {
+                        snprintf(why, why_len, "bitmap %u: name contains NUL", n - 1);
+                        goto fail;
+                }
+                if (type != 1) {
+                        snprintf(why, why_len, "bitmap '%.64s': type %u (1: dirty tracking)",
+                                 m->name, type);
+                        goto fail;
+                }
+                if (m->flags & QCOW2_BME_RESERVED) {
+                        snprintf(why, why_len, "bitmap '%.64s': reserved flags %#x", m->name,
+                                 m->flags & QCOW2_BME_RESERVED);
+                        goto fail;
+                }
+                if (m->gran_bits < QCOW2_BITMAP_MIN_GRAN_BITS ||
+                    m->gran_bits > QCOW2_BITMAP_MAX_GRAN_BITS) {
+                        snprintf(why, why_len, "bitmap '%.64s': granularity bits %u (%u..%u)",
+                                 m->name, m->gran_bits, QCOW2_BITMAP_MIN_GRAN_BITS,
+                                 QCOW2_BITMAP_MAX_GRAN_BITS);
+                        goto fail;
+                }
+                if (m->table_size == 0 || m->table_size > QCOW2_MAX_BITMAP_TABLE) {
+                        snprintf(why, why_len, "bitmap '%.64s': table of %u entries (1..%u)",
+                                 m->name, m->table_size, QCOW2_MAX_BITMAP_TABLE);
+                        goto fail;
+                }
+                if (m->table_offset % cs || m->table_offset < cs || m->table_offset > file_size ||
+                    (uint64_t)m->table_size * 8 > file_size - m->table_offset) {
+                        snprintf(why, why_len,
+                                 "bitmap '%.64s': table at %llu (%u entries) is misaligned "
+                                 "or outside the file",
+                                 m->name, (unsigned long long)m->table_offset, m->table_size);
+                        goto fail;
+                }
+                /* Faults of this bitmap alone. */
+                if (m->extra_size && !(m->flags & QCOW2_BME_EXTRA_COMPAT))
+                        m->bad = "it has extra data of an unknown kind";
+                else if ((uint64_t)m->table_size * cs > QCOW2_MAX_BITMAP_BYTES)
+                        m->bad = "its data is larger than 512 MiB";
+                else if (m->table_size !=
+                         qcow2_bitmap_table_size(
+                             (vsize + (1ull << m->gran_bits) - 1) >> m->gran_bits, cs))
+                        m->bad = "its table size does not match the virtual size";
+                off += esize;
+        }
+        if (n != nb) {
+                snprintf(why, why_len, "%u bitmaps in the directory, the extension counts %u", n,
+                         nb);
+                goto fail;
+        }
+        sorted = malloc(n * sizeof(*sorted));
+        if (!sorted) {
+                snprintf(why, why_len, "out of memory");
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (uint32_t i = 0; i < n; i++)
+                sorted[i] = &b[i];
+        qsort(sorted, n, sizeof(*sorted), bm_name_cmp);
+        for (uint32_t i = 1; i < n; i++)
+                if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0) {
+                        snprintf(why, why_len, "two bitmaps named '%.64s'", sorted[i]->name);
+                        goto fail;
+                }
+        free(sorted);
+        *ret = b;
+        *ret_n = n;
+        return 0;
+
+fail:
+        free(sorted);
+        qcow2_bm_free(b, n);
+        return r;
+}
+
+int qcow2_header_rebuild(const uint8_t *old, size_t cs, const struct qcow2_header *h,
+                         const uint8_t *bmext, uint64_t autoclear, uint8_t *out, size_t *ret_len,
+                         struct vbd_err *err)
+{
+        size_t in = h->header_length, pos = h->header_length, ext_end = cs, old_end;
+
+        if (h->version < 3 || h->header_length < QCOW2_V3_HEADER_LEN || h->header_length > cs)
+                return vbd_err_set(err, -ENOTSUP, "qcow2: bitmaps need a version 3 image");
+        if (h->backing_offset) {
+                if (h->backing_offset < h->header_length || h->backing_offset > cs ||
+                    h->backing_size > cs - h->backing_offset)
+                        return vbd_err_set(err, -EIO,
+                                           "qcow2: backing file name outside the "
+                                           "first cluster");
+                ext_end = (size_t)h->backing_offset;
+        }
+        memcpy(out, old, cs);
+        /* Keep every extension but the bitmaps one. */
+        while (in + 8 <= ext_end) {
+                uint32_t type = vbd_get_be32(old + in), len = vbd_get_be32(old + in + 4);
+                size_t step;
+
+                if (type == QCOW2_EXT_END)
+                        break;
+                if (len > ext_end - in - 8)
+                        return vbd_err_set(err, -EIO,
+                                           "qcow2: header extension %#x runs past "
+                                           "the header area",
+                                           type);
+                step = 8 + (((size_t)len + 7) & ~(size_t)7);
+                if (step > ext_end - in)
+                        step = ext_end - in;
+                if (type != QCOW2_EXT_BITMAPS) {
+                        memmove(out + pos, old + in, step);
+                        pos += step;
+                }
+                in += step;
+        }
+        old_end = in + 8 <= ext_end ? in + 8 : ext_end;
+        if (h->backing_offset && h->backing_offset + h->backing_size > old_end)
+                old_end = (size_t)(h->backing_offset + h->backing_size);
+        if (bmext) {
+                if (cs - pos < 8 + 24)
+                        goto nospace;
+                vbd_put_be32(out + pos, QCOW2_EXT_BITMAPS);
+                vbd_put_be32(out + pos + 4, 24);
+                memcpy(out + pos + 8, bmext, 24);
+                pos += 8 + 24;
+        }
+        if (cs - pos < 8)
+                goto nospace;
+        memset(out + pos, 0, 8);
+        pos += 8;
+        if (h->backing_offset) {
+                if (cs - pos < h->backing_size)
+                        goto nospace;
+                memcpy(out + pos, old + h->backing_offset, h->backing_size);
+                vbd_put_be64(out + 8, pos);
+                pos += h->backing_size;
+        }
+        if (old_end > pos)
+                memset(out + pos, 0, old_end - pos);
+        vbd_put_be64(out + QCOW2_HDR_AUTOCLEAR, autoclear);
+        *ret_len = pos > old_end ? pos : old_end;
+        return 0;
+
+nospace:
+        return vbd_err_set(err, -ENOSPC,
+                           "qcow2: the header extensions and the backing file name do not "
+                           "fit in the first cluster (%zu bytes) with a bitmaps extension",
+                           cs);
 }

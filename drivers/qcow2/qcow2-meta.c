@@ -83,6 +83,16 @@ static int pwrite_full(struct qcow2_state *s, const void *buf, size_t len, uint6
         return 0;
 }
 
+int qcow2_pread(struct qcow2_state *s, void *buf, size_t len, uint64_t off)
+{
+        return pread_full(s->mfd, buf, len, off);
+}
+
+int qcow2_pwrite(struct qcow2_state *s, const void *buf, size_t len, uint64_t off)
+{
+        return pwrite_full(s, buf, len, off);
+}
+
 int qcow2_sync(struct qcow2_state *s)
 {
         if (s->readonly)
@@ -92,19 +102,25 @@ int qcow2_sync(struct qcow2_state *s)
 
 /* ---- metadata location set ---- */
 
-static size_t meta_lower(const struct qcow2_state *s, uint64_t off)
+/* The first index of the sorted a[0, n) whose value is >= off. */
+static size_t sorted_lower(const uint64_t *a, size_t n, uint64_t off)
 {
-        size_t lo = 0, hi = s->nmeta;
+        size_t lo = 0, hi = n;
 
         while (lo < hi) {
                 size_t mid = (lo + hi) / 2;
 
-                if (s->meta[mid] < off)
+                if (a[mid] < off)
                         lo = mid + 1;
                 else
                         hi = mid;
         }
         return lo;
+}
+
+static size_t meta_lower(const struct qcow2_state *s, uint64_t off)
+{
+        return sorted_lower(s->meta, s->nmeta, off);
 }
 
 static int meta_insert(struct qcow2_state *s, uint64_t off)
@@ -154,9 +170,12 @@ bool qcow2_is_meta(const struct qcow2_state *s, uint64_t off, uint64_t len)
                 if (overlaps(off, len, s->snap_l1[k].start,
                              s->snap_l1[k].end - s->snap_l1[k].start))
                         return true;
-        /* Tables are one cluster at a cluster boundary. */
+        /* Tables and bitmap clusters are one cluster at a cluster boundary. */
         i = meta_lower(s, off >= s->cs ? off - s->cs + 1 : 0);
-        return i < s->nmeta && s->meta[i] < off + len;
+        if (i < s->nmeta && s->meta[i] < off + len)
+                return true;
+        i = sorted_lower(s->bm_cl, s->nbm_cl, off >= s->cs ? off - s->cs + 1 : 0);
+        return i < s->nbm_cl && s->bm_cl[i] < off + len;
 }
 
 /* ---- caches ---- */
@@ -1385,8 +1404,6 @@ int qcow2_meta_open(struct qcow2_state *s, int fd, bool readonly, const struct q
                 r = add_fixed(s, s->h.l1_offset, (uint64_t)s->h.l1_size * 8);
         if (r == 0)
                 r = add_fixed(s, s->h.rt_offset, (uint64_t)s->h.rt_clusters * s->cs);
-        if (r == 0 && s->h.has_bitmaps && s->h.bitmap_dir_size)
-                r = add_fixed(s, s->h.bitmap_dir_offset, s->h.bitmap_dir_size);
         if (r < 0)
                 return vbd_err_set(err, r, "qcow2: too many metadata areas");
         r = load_snapshots(s, err);
@@ -1420,19 +1437,27 @@ int qcow2_meta_open(struct qcow2_state *s, int fd, bool readonly, const struct q
         s->alloc_end = round_up(s->file_size, s->cs);
         s->zero_from = s->alloc_end;
         s->free_hint = 1;
+        /* The bitmaps (read-write: marked in use in the file before any write). */
+        r = qcow2_bitmaps_open(s, err);
+        if (r < 0)
+                return r;
         if (!readonly) {
-                s->lazy = s->h.version >= 3 && (s->h.compat & QCOW2_COMPAT_LAZY);
-                if (s->h.autoclear) {
-                        uint8_t b[8] = {0};
+                uint64_t keep = qcow2_bitmaps_autoclear_keep(s);
 
-                        /* We know no auto-clear feature: clear them before writing. */
+                s->lazy = s->h.version >= 3 && (s->h.compat & QCOW2_COMPAT_LAZY);
+                if (s->h.autoclear & ~keep) {
+                        uint8_t b[8];
+
+                        /* Auto-clear features we do not keep up to date are cleared
+                         * before writing: all but valid bitmaps. */
+                        vbd_put_be64(b, s->h.autoclear & keep);
                         r = pwrite_full(s, b, 8, QCOW2_HDR_AUTOCLEAR);
                         if (r == 0)
                                 r = qcow2_sync(s);
                         if (r < 0)
                                 return vbd_err_set(err, r, "qcow2: cannot update the header: %s",
                                                    strerror(-r));
-                        s->h.autoclear = 0;
+                        s->h.autoclear &= keep;
                 }
         }
         return 0;
@@ -1440,6 +1465,7 @@ int qcow2_meta_open(struct qcow2_state *s, int fd, bool readonly, const struct q
 
 void qcow2_meta_close(struct qcow2_state *s)
 {
+        qcow2_bitmaps_close(s);
         cache_free(&s->l2c);
         cache_free(&s->rbc);
         free(s->l1);

@@ -1680,6 +1680,24 @@ static void qcow2_close(struct vbd_image *img)
         s->path = NULL;
 }
 
+/* ---- stored bitmaps (qcow2-bitmap.c) ---- */
+
+static int qcow2_stored_bitmaps_put(struct vbd_image *img, const struct vbd_stored_bitmap *b,
+                                    unsigned n, struct vbd_err *err)
+{
+        struct qcow2_state *s = vbd_image_state(img);
+
+        if (s->allocs || s->flush_busy || s->flush_cur || s->inflight[0] || s->inflight[1])
+                return vbd_err_set(err, -EBUSY, "qcow2: requests in flight");
+        return qcow2_bitmaps_put(s, b, n, err);
+}
+
+static int qcow2_stored_bitmap_get(struct vbd_image *img, const char *name,
+                                   struct vbd_stored_bitmap *ret, struct vbd_err *err)
+{
+        return qcow2_bitmap_get(vbd_image_state(img), name, ret, err);
+}
+
 const struct vbd_driver vbd_driver_qcow2 = {
     .abi = VBD_DRIVER_ABI,
     .name = "qcow2",
@@ -1697,4 +1715,6 @@ const struct vbd_driver vbd_driver_qcow2 = {
     .drain = qcow2_drain,
     .block_status = qcow2_block_status,
     .create = qcow2_create,
+    .stored_bitmaps_put = qcow2_stored_bitmaps_put,
+    .stored_bitmap_get = qcow2_stored_bitmap_get,
 };

@@ -3,8 +3,9 @@
  * qcow2 driver internals, shared by qcow2.c (the driver: requests, flush
  * rounds, backing files), qcow2-meta.c (metadata: header, L1/L2, refcounts,
  * caches, allocation; synchronous pread/pwrite on the loop thread) and
- * qcow2-format.c (pure parsing and validation of on-disk structures) and
- * qcow2-create.c (new images).
+ * qcow2-format.c (pure parsing and validation of on-disk structures),
+ * qcow2-bitmap.c (the bitmaps extension: stored bitmaps) and qcow2-create.c
+ * (new images).
  *
  * Written from the qcow2 specification (QEMU docs/interop/qcow2.txt).
  * Everything read from an image is hostile input: it is validated before it
@@ -46,6 +47,22 @@
 #define QCOW2_MAX_HOST_OFFSET   (1ull << 56)
 #define QCOW2_MAX_VIRTUAL_SIZE  (1ull << 61)
 #define QCOW2_MAX_BACKING_DEPTH 64
+
+/* Bitmaps extension limits (QEMU's, which refuses images past them). */
+#define QCOW2_MAX_BITMAPS          65535
+#define QCOW2_MAX_BITMAP_DIR       (1024ull * QCOW2_MAX_BITMAPS) /* directory bytes */
+#define QCOW2_MAX_BITMAP_TABLE     0x8000000u                    /* table entries */
+#define QCOW2_MAX_BITMAP_BYTES     0x20000000ull /* bitmap data bytes (table * cluster) */
+#define QCOW2_BITMAP_MIN_GRAN_BITS 9
+#define QCOW2_BITMAP_MAX_GRAN_BITS 31
+#define QCOW2_BITMAP_NAME_MAX      1023
+#define QCOW2_BME_IN_USE           (1u << 0)
+#define QCOW2_BME_AUTO             (1u << 1)
+#define QCOW2_BME_EXTRA_COMPAT     (1u << 2)
+#define QCOW2_BME_RESERVED         0xfffffff8u
+#define QCOW2_BMT_ALL_ONES         1ull
+#define QCOW2_BMT_RESERVED         0xff000000000001feull /* bits 1..8, 56..63 */
+#define QCOW2_AUTOCLEAR_BITMAPS    (1ull << 0)
 
 #define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
 #define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
@@ -95,8 +112,28 @@ struct qcow2_header {
         /* From the header extensions. */
         char backing_file[QCOW2_MAX_BACKING_NAME + 1];
         char backing_fmt[32];
-        bool has_bitmaps;
+        bool has_bitmaps; /* a bitmaps extension (its fields unchecked) */
+        uint32_t nb_bitmaps, bitmaps_reserved, bitmaps_ext_len;
         uint64_t bitmap_dir_offset, bitmap_dir_size;
+};
+
+/* One bitmap directory entry (qcow2-format.c parses, qcow2-bitmap.c uses). */
+struct qcow2_bm {
+        char *name;
+        uint64_t table_offset;
+        uint32_t table_size; /* entries */
+        uint32_t flags;      /* QCOW2_BME_* as found */
+        uint8_t gran_bits;
+        uint32_t extra_size;
+        const char *bad; /* this bitmap cannot be read: why (NULL: fine) */
+};
+
+/* What the file's bitmaps extension is worth (qcow2-bitmap.c). */
+enum qcow2_bm_state {
+        QCOW2_BMS_NONE,  /* no bitmaps extension */
+        QCOW2_BMS_OK,    /* valid: s->bms */
+        QCOW2_BMS_STALE, /* present, autoclear bit 0 clear at open */
+        QCOW2_BMS_BAD,   /* corrupt: s->bm_why */
 };
 
 /* What a guest cluster maps to. */
@@ -199,6 +236,16 @@ struct qcow2_state {
         uint64_t dbuf_clen;
 
         uint8_t *zero_buf; /* one cluster of zeroes, aligned */
+
+        /* Stored bitmaps (qcow2-bitmap.c): the directory as found at open (or
+         * as last put), and every cluster it uses (directory, tables, data),
+         * sorted, which qcow2_is_meta() protects. */
+        enum qcow2_bm_state bm_state;
+        char bm_why[192];
+        struct qcow2_bm *bms;
+        uint32_t nbms;
+        uint64_t *bm_cl;
+        size_t nbm_cl;
         struct vbd_ratelimit corrupt_rl;
 
         /* Data path (qcow2.c). */
@@ -234,7 +281,48 @@ int qcow2_l2_decode(const struct qcow2_state *s, uint64_t e, struct qcow2_map *m
 uint64_t qcow2_rc_get_entry(const void *block, unsigned order, uint64_t idx);
 void qcow2_rc_set_entry(void *block, unsigned order, uint64_t idx, uint64_t v);
 
+/* The bitmaps directory in buf (len bytes, the header's nb entries) into
+ * *ret (calloc()ed, names malloc()ed; qcow2_bm_free), *ret_n entries.
+ * Whole-directory faults: -EIO with a reason in why.  Faults of one bitmap
+ * (its size against the virtual size vsize, extra data) set its bad. */
+int qcow2_bitmap_dir_parse(const uint8_t *buf, size_t len, uint32_t nb, uint64_t cs, uint64_t vsize,
+                           uint64_t file_size, struct qcow2_bm **ret, uint32_t *ret_n, char *why,
+                           size_t why_len);
+void qcow2_bm_free(struct qcow2_bm *b, uint32_t n);
+/* A bitmap table entry: 0 or -EIO with a reason. */
+int qcow2_bitmap_entry_check(uint64_t e, uint64_t cs, uint64_t file_size, const char **why);
+/* Entries of a bitmap table for nbits bits. */
+uint64_t qcow2_bitmap_table_size(uint64_t nbits, uint64_t cs);
+/* Bytes of a directory entry for a name of name_len bytes. */
+size_t qcow2_bitmap_dir_entry_size(size_t name_len, uint32_t extra);
+/*
+ * Rewrite the header extension area of cluster 0 (old, cs bytes, parsed as
+ * h): every extension but the bitmaps one kept in order, bmext (24 bytes of
+ * extension data) appended when not NULL, the end marker, then the backing
+ * file name (backing_file_offset updated), autoclear set.  The new cluster
+ * in out (cs bytes); *ret_len: how many bytes from 0 differ from the file's
+ * (to write).  -ENOSPC when it does not fit in the cluster.
+ */
+int qcow2_header_rebuild(const uint8_t *old, size_t cs, const struct qcow2_header *h,
+                         const uint8_t *bmext, uint64_t autoclear, uint8_t *out, size_t *ret_len,
+                         struct vbd_err *err);
+
+/* qcow2-bitmap.c: stored bitmaps. */
+/* At open, after the tables: load and check the directory (never fails for
+ * a corrupt one); read-write: mark every bitmap in use in the file. */
+int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_err *err);
+/* The autoclear bits a read-write open keeps. */
+uint64_t qcow2_bitmaps_autoclear_keep(const struct qcow2_state *s);
+int qcow2_bitmaps_put(struct qcow2_state *s, const struct vbd_stored_bitmap *b, unsigned n,
+                      struct vbd_err *err);
+int qcow2_bitmap_get(struct qcow2_state *s, const char *name, struct vbd_stored_bitmap *ret,
+                     struct vbd_err *err);
+void qcow2_bitmaps_close(struct qcow2_state *s);
+
 /* qcow2-meta.c: metadata, synchronous I/O on s->mfd. */
+/* Whole reads and writes on s->mfd (past the end of file: -EIO). */
+int qcow2_pread(struct qcow2_state *s, void *buf, size_t len, uint64_t off);
+int qcow2_pwrite(struct qcow2_state *s, const void *buf, size_t len, uint64_t off);
 struct qcow2_meta_opts {
         uint64_t l2_cache, rb_cache; /* bytes, 0 = default */
 };

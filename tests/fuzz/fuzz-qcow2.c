@@ -7,7 +7,8 @@
  * decompresses compressed clusters, walks block status runs
  * (qcow2_status_run), then allocates clusters and rewrites L2 entries for a
  * few of them, flushes and closes (the refcount and L2 paths, eviction with
- * tiny caches, refcount table growth).
+ * tiny caches, refcount table growth).  Stored bitmaps: the directory is
+ * checked at open; each is read, then a new set is put.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -58,6 +59,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         if (!got || st > QCOW2_ST_DATA || got > want)
                                 abort();
                         gc += got;
+                }
+                /* Stored bitmaps: read each (checked at open), then replace the set. */
+                for (uint32_t i = 0; i < s.nbms && i < 8; i++) {
+                        struct vbd_stored_bitmap bm;
+
+                        if (qcow2_bitmap_get(&s, s.bms[i].name, &bm, &err) == 0)
+                                free(bm.bits);
+                }
+                if (s.size && s.size <= (1ull << 32)) {
+                        static struct vbd_stored_bitmap one = {.name = "f", .granularity = 65536};
+
+                        one.nbits = (s.size + 65535) / 65536;
+                        one.bits = calloc((one.nbits + 63) / 64, 8);
+                        if (one.bits) {
+                                one.bits[0] = 5;
+                                one.enabled = true;
+                                (void)qcow2_bitmaps_put(&s, &one, 1, &err);
+                                free(one.bits);
+                        }
                 }
                 /* Allocating writes' metadata part on a few clusters, then a flush. */
                 for (uint64_t gc = 0; gc < n && gc < 8; gc++) {
