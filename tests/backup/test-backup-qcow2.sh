@@ -160,6 +160,31 @@ vctl backup -d 9 -n 1 --to "$Q" --incremental --since n1 --checkpoint n2 --no-pr
 [ "$(jget "$tmp/n2.json" bytes_done)" = $((2 * 65536)) ] ||
         fail "the incremental to NBD copied $(jget "$tmp/n2.json" bytes_done) bytes"
 qemu-img compare -U -q -f raw -F qcow2 "$tmp/nbd.raw" "$img" || fail "after the incremental the export is not the image"
+# the destination killed mid-backup: the backup fails, its checkpoint goes,
+# and the same incremental again onto the restarted export is right
+client write "$U" $((2 * MiB)):$((4 * MiB)):0x78
+vctl backup -d 9 -n 1 --to "$Q" --incremental --since n2 --checkpoint n3 --rate 1M --no-progress \
+        >/dev/null 2>"$tmp/n5.err" &
+bpid=$!
+for i in $(seq 100); do
+        vctl backup -d 9 -n 1 --status 2>/dev/null | grep -q "backup running" && break
+        sleep 0.05
+done
+sleep 0.5
+kill -KILL "$qpid"
+wait "$qpid" 2>/dev/null
+wait "$bpid" && fail "a backup whose NBD destination died succeeded"
+grep -q "writing the target" "$tmp/n5.err" || fail "destination killed: $(cat "$tmp/n5.err")"
+vctl checkpoint -d 9 -n 1 | grep -qw n3 && fail "a failed backup left checkpoint n3"
+qemu-nbd -t -f raw --cache=none -k "$qsock" "$tmp/nbd.raw" &
+qpid=$!
+cleanup_fn kill "$qpid"
+for i in $(seq 100); do [ -S "$qsock" ] && break; sleep 0.05; done
+vctl backup -d 9 -n 1 --to "$Q" --incremental --since n2 --checkpoint n3 --no-progress --json \
+        >"$tmp/n6.json" 2>"$tmp/n6.err" || fail "the incremental again: $(cat "$tmp/n6.err")"
+[ "$(jget "$tmp/n6.json" bytes_done)" = $((4 * MiB)) ] ||
+        fail "the incremental again copied $(jget "$tmp/n6.json" bytes_done) bytes"
+qemu-img compare -U -q -f raw -F qcow2 "$tmp/nbd.raw" "$img" || fail "after the destination died and came back the export is not the image"
 vctl backup -d 9 -n 1 --to "$Q" --incremental 2>"$tmp/n3.err" && fail "an NBD incremental without --since"
 vctl backup -d 9 -n 1 --to "nbd+unix:///?socket=$sockdir/none" --full 2>"$tmp/n4.err" &&
         fail "a backup to a missing export succeeded"
