@@ -106,6 +106,13 @@ layer rebase guest.qcow2 --to app2.qcow2 >/dev/null || fail "rebase back"
 [ "$(backing_of guest.qcow2)" = app2.qcow2 ] || fail "rebased back: $(backing_of guest.qcow2)"
 qcheck guest.qcow2
 qemu-img info guest.qcow2 | grep -q "name: b0" || fail "the bitmap after three rebases"
+# an overlay qemu-img made (its feature name table extension is kept)
+qemu-img create -q -f qcow2 -F qcow2 -b app1.qcow2 qg.qcow2
+qio qcow2 qg.qcow2 -c "write -P 0x33 12M 2M" -c "write -P 0x66 30M 1M"
+layer rebase qg.qcow2 --to app2.qcow2 >/dev/null 2>err.txt || fail "rebase qemu's overlay: $(cat err.txt)"
+same qg.qcow2 exp-guest2.raw "qemu's overlay rebased"
+qcheck qg.qcow2
+qemu-img info qg.qcow2 | grep -q "backing file: app2.qcow2" || fail "qemu's overlay: $(qemu-img info qg.qcow2)"
 # refused: a smaller layer, the guest itself, a guest in use
 sum=$(md5sum <guest.qcow2)
 qemu-img create -q -f qcow2 tiny.qcow2 32M
@@ -136,6 +143,8 @@ layer flatten g2.qcow2 >/dev/null 2>err.txt || fail "flatten in place: $(cat err
 qcheck g2.qcow2
 same g2.qcow2 exp-guest2.raw "flattened in place"
 ls g2.qcow2.flatten-* 2>/dev/null && fail "flatten left its temporary file"
+layer flatten g2.qcow2 2>err.txt && fail "flatten in place of a standalone image"
+grep -q "no backing file" err.txt || fail "standalone: $(cat err.txt)"
 
 # 4. The depth limit.
 prev=base.qcow2

@@ -147,14 +147,14 @@ static int probe(const char *path, const char *fmt, struct layer_file *lf, struc
         struct qcow2_header h;
         struct stat st;
         uint8_t *buf = NULL;
-        size_t len;
+        size_t len, plen = strlen(path);
         off_t end;
         int fd, r = 0;
 
         memset(lf, 0, sizeof(*lf));
-        if (strlen(path) >= sizeof(lf->path))
+        if (plen >= sizeof(lf->path))
                 return vbd_err_set(err, -ENAMETOOLONG, "%s: path too long", path);
-        snprintf(lf->path, sizeof(lf->path), "%s", path);
+        memcpy(lf->path, path, plen + 1);
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
         if (fd < 0)
                 return vbd_err_set(err, -errno, "%s: %s", path, strerror(errno));
@@ -625,6 +625,11 @@ static int layer_flatten(struct vbdctl *o, int argc, char **argv)
         }
         snprintf(spec, sizeof(spec), "%s:%s", ch.f[0].fmt, src);
         in_place = !a.output;
+        if (in_place && ch.n == 1) {
+                r = vbdctl_fail(o, -EINVAL, false, "%s has no backing file: nothing to flatten",
+                                guest);
+                goto out;
+        }
         if (in_place) {
                 int n = snprintf(out, sizeof(out), "%s.flatten-%ld", src, (long)getpid());
 
