@@ -127,8 +127,20 @@ start_export "$sockdir/g.sock" --nbd-writable --image "qcow2:$tmp/busy.qcow2"
 sum=$(md5sum <busy.qcow2)
 layer rebase busy.qcow2 --to app2.qcow2 2>err.txt && fail "rebase of a guest in use"
 grep -q "in use" err.txt || fail "in use: $(cat err.txt)"
+grep -q "locking=off" err.txt && fail "vbdd's advice in vbd-ctl's message: $(cat err.txt)"
+layer flatten busy.qcow2 2>err.txt && fail "flatten in place of a guest in use"
+grep -q "in use" err.txt || fail "flatten, in use: $(cat err.txt)"
 [ "$(md5sum <busy.qcow2)" = "$sum" ] || fail "a refused rebase changed the guest in use"
 stop_export
+# qemu's users count too
+qemu-nbd -r -f qcow2 -k "$sockdir/q.sock" busy.qcow2 &
+qpid=$!
+for i in $(seq 100); do [ -S "$sockdir/q.sock" ] && break; sleep 0.05; done
+layer rebase busy.qcow2 --to app2.qcow2 2>err.txt && fail "rebase beside qemu-nbd"
+grep -q "qemu-nbd" err.txt || fail "in use by qemu-nbd: $(cat err.txt)"
+kill $qpid 2>/dev/null
+wait $qpid 2>/dev/null
+rm -f "$sockdir/q.sock"
 [ "$(backing_of busy.qcow2)" = app1.qcow2 ] || fail "the guest in use was rebased"
 
 # 3. Flatten: standalone and identical, to a new file and in place.
@@ -197,7 +209,8 @@ t1=$(date +%s%N)
 ms=$(((t1 - t0) / 1000000))
 du_k=$(du -sk many | cut -f1)
 echo "100 clones of one layer: $ms ms, $du_k KiB on disk (du), $((du_k / 100)) KiB each"
-[ "$ms" -lt 30000 ] || fail "100 clones took $ms ms"
+# a bound for a loaded machine (each clone syncs its file and directory)
+[ "$ms" -lt 60000 ] || fail "100 clones took $ms ms"
 [ "$du_k" -lt $((100 * 1024)) ] || fail "100 clones use $du_k KiB"
 same many/g1.qcow2 exp-app1.raw "clone 1 of 100"
 same many/g100.qcow2 exp-app1.raw "clone 100 of 100"

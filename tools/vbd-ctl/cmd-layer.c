@@ -98,6 +98,16 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
         return 0;
 }
 
+/* A lock refusal, without vbdd's advice about its locking option. */
+static const char *lock_msg(struct vbd_err *err)
+{
+        char *p = strstr(err->msg, " (locking=off overrides)");
+
+        if (p)
+                *p = '\0';
+        return err->msg;
+}
+
 /* ---- reading a chain ---- */
 
 /* Read the header cluster of the qcow2 file fd (size bytes) into *ret_buf
@@ -509,7 +519,7 @@ static int layer_rebase(struct vbdctl *o, int argc, char **argv)
                           VBD_LOCK_CONSISTENT_READ | VBD_LOCK_WRITE | VBD_LOCK_RESIZE,
                           VBD_LOCK_WRITE | VBD_LOCK_RESIZE, &err) < 0) {
                 r = vbdctl_fail(o, err.code, false, "%s is in use, not rebasing it: %s", guest,
-                                err.msg);
+                                lock_msg(&err));
                 goto out;
         }
         if (read_header(fd, (uint64_t)end, &h, &buf, &len, &err) < 0) {
@@ -647,7 +657,7 @@ static int layer_flatten(struct vbdctl *o, int argc, char **argv)
                 if (vbd_lock_take(&lk, fd, src, VBD_AUTO, VBD_LOCK_CONSISTENT_READ,
                                   VBD_LOCK_WRITE | VBD_LOCK_RESIZE, &err) < 0) {
                         r = vbdctl_fail(o, err.code, false, "%s is in use, not flattening it: %s",
-                                        src, err.msg);
+                                        src, lock_msg(&err));
                         goto out;
                 }
         } else {
