@@ -789,10 +789,27 @@ void vbd_image_submit(struct vbd_image *img, struct vbd_io *io)
         img->drv->submit(img, io);
 }
 
+/* Backing-file hops below img, through its filters' children. */
+static uint32_t chain_depth(const struct vbd_image *img)
+{
+        uint32_t d = 0;
+
+        while (img) {
+                if (img->backing) {
+                        d++;
+                        img = img->backing;
+                } else {
+                        img = img->child;
+                }
+        }
+        return d;
+}
+
 int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
                            struct vbd_extent *ret, unsigned max, unsigned *ret_n)
 {
         uint64_t total = 0;
+        uint32_t depth;
         unsigned n = 0;
         int r;
 
@@ -810,9 +827,11 @@ int vbd_image_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
                 return r;
         if (n == 0 || n > max)
                 goto bad;
+        depth = chain_depth(img);
         for (unsigned i = 0; i < n; i++) {
                 if (ret[i].len == 0 || ret[i].len > len - total ||
-                    (ret[i].flags & ~(uint32_t)(VBD_EXTENT_HOLE | VBD_EXTENT_ZERO)))
+                    (ret[i].flags & ~(uint32_t)(VBD_EXTENT_HOLE | VBD_EXTENT_ZERO)) ||
+                    (ret[i].depth > depth && ret[i].depth != VBD_EXTENT_DEPTH_NONE))
                         goto bad;
                 total += ret[i].len;
         }

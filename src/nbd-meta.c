@@ -4,14 +4,14 @@
  * table of contexts we offer, their negotiation (NBD_OPT_LIST_META_CONTEXT,
  * NBD_OPT_SET_META_CONTEXT) and their part of NBD_CMD_BLOCK_STATUS.
  *
- * The table has base:allocation and qemu:dirty-bitmap:NAME, QEMU's name
- * for a dirty bitmap (here: the changes since a change tracker's checkpoint
- * NAME; flag 1 = changed).  Another context (say qemu:allocation-depth) is
- * one more entry: a name, whether this export offers it, and a function that
- * writes its descriptors for a range.  An entry whose name is a prefix stands
- * for one context per bitmap of the image: LIST names them all, SET selects
- * one of them per client (the first asked for).  Negotiation, ids, and the
- * reply (one chunk per selected context, the last flagged DONE) are common.
+ * The table has base:allocation, qemu:allocation-depth (QEMU's: which
+ * layer of the backing chain a block comes from) and qemu:dirty-bitmap:NAME,
+ * QEMU's name for a dirty bitmap (here: the changes since a change tracker's
+ * checkpoint NAME; flag 1 = changed).  Another context is one more entry: a name, whether this
+ * export offers it, and a function that writes its descriptors for a range.  An entry whose name is
+ * a prefix stands for one context per bitmap of the image: LIST names them all, SET selects one of
+ * them per client (the first asked for).  Negotiation, ids, and the reply (one chunk per selected
+ * context, the last flagged DONE) are common.
  */
 #define VBD_LOG_TOPIC "nbd"
 #include <errno.h>
@@ -61,6 +61,30 @@ static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
         return (int)cnt;
 }
 
+/* ---- qemu:allocation-depth ---- */
+
+/* QEMU's: 0 where no layer of the backing chain has the block, else the
+ * layer that has it, 1 for the image itself, 2 for its backing file, ...
+ * (vbd_extent.depth + 1). */
+static int allocation_depth(struct nbd_req *r, uint8_t *out, unsigned max)
+{
+        struct nbd_client *cl = r->cl;
+        unsigned n = 0, cnt = 0;
+        int rc;
+
+        if (max > NBD_EXTENTS_MAX)
+                max = NBD_EXTENTS_MAX;
+        rc = vbd_image_block_status(nbd_image(cl->srv), r->offset, r->len, cl->ext, max, &n);
+        if (rc < 0)
+                return rc;
+        for (unsigned i = 0; i < n; i++) {
+                uint32_t d = cl->ext[i].depth;
+
+                put_extent(out, &cnt, cl->ext[i].len, d == VBD_EXTENT_DEPTH_NONE ? 0 : d + 1);
+        }
+        return (int)cnt;
+}
+
 /* ---- qemu:dirty-bitmap:NAME ---- */
 
 #define NBD_STATE_DIRTY (1u << 0)
@@ -88,6 +112,7 @@ static int dirty_bitmap(struct nbd_req *r, uint8_t *out, unsigned max)
 
 const struct nbd_meta_context nbd_meta_contexts[] = {
     {.name = "base:allocation", .block_status = base_allocation},
+    {.name = "qemu:allocation-depth", .block_status = allocation_depth},
     {.name = "qemu:dirty-bitmap:", .prefix = true, .block_status = dirty_bitmap},
 };
 const unsigned nbd_meta_count = VBD_ARRAY_SIZE(nbd_meta_contexts);

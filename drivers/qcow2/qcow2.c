@@ -1537,17 +1537,17 @@ static void qcow2_submit(struct vbd_image *img, struct vbd_io *io)
 #define STATUS_MAX_LOADS    16u          /* uncached L2 tables read per call */
 
 /* Append an extent to ret[0, *n), merged into the last one when the flags
- * match.  false: ret is full. */
+ * and the depth match.  false: ret is full. */
 static bool status_add(struct vbd_extent *ret, unsigned max, unsigned *n, uint64_t len,
-                       uint32_t flags)
+                       uint32_t flags, uint32_t depth)
 {
-        if (*n && ret[*n - 1].flags == flags) {
+        if (*n && ret[*n - 1].flags == flags && ret[*n - 1].depth == depth) {
                 ret[*n - 1].len += len;
                 return true;
         }
         if (*n == max)
                 return false;
-        ret[(*n)++] = (struct vbd_extent){.len = len, .flags = flags};
+        ret[(*n)++] = (struct vbd_extent){.len = len, .flags = flags, .depth = depth};
         return true;
 }
 
@@ -1577,8 +1577,9 @@ static int backing_status(struct qcow2_state *s, uint64_t pos, uint64_t end, str
                         return r;
                 for (unsigned i = 0; i < k; i++) {
                         struct vbd_extent e = dst[i];
+                        uint32_t d = e.depth == VBD_EXTENT_DEPTH_NONE ? e.depth : e.depth + 1;
 
-                        if (!status_add(ret, max, n, e.len, e.flags))
+                        if (!status_add(ret, max, n, e.len, e.flags, d))
                                 goto out;
                         p += e.len;
                         got += e.len;
@@ -1586,7 +1587,9 @@ static int backing_status(struct qcow2_state *s, uint64_t pos, uint64_t end, str
                 if (got < asked)
                         goto out;
         }
-        if (p < end && status_add(ret, max, n, end - p, VBD_EXTENT_HOLE | VBD_EXTENT_ZERO))
+        /* Past a shorter backing file: zeros that file stands for (QEMU
+         * counts them as allocated there, for qemu:allocation-depth). */
+        if (p < end && status_add(ret, max, n, end - p, VBD_EXTENT_HOLE | VBD_EXTENT_ZERO, 1))
                 p = end;
 out:
         *ret_done = p - pos;
@@ -1641,7 +1644,10 @@ static int qcow2_block_status(struct vbd_image *img, uint64_t offset, uint64_t l
                         flags = VBD_EXTENT_ZERO;
                 else
                         flags = VBD_EXTENT_HOLE | VBD_EXTENT_ZERO;
-                if (!status_add(ret, max, &n, next - pos, flags))
+                /* zero clusters are this image's; unallocated ones (no backing
+                 * file) are nobody's */
+                if (!status_add(ret, max, &n, next - pos, flags,
+                                st == QCOW2_ST_UNALLOC ? VBD_EXTENT_DEPTH_NONE : 0))
                         break;
                 pos = next;
         }

@@ -74,7 +74,20 @@ enum vbd_extent_flag {
 struct vbd_extent {
         uint64_t len;   /* bytes, > 0 */
         uint32_t flags; /* enum vbd_extent_flag */
+        /*
+         * block_status: the layer of the backing chain the extent's contents
+         * come from, in backing-file hops below this image: 0 this image (or
+         * a filter's child), 1 its backing file, 2 that file's backing file,
+         * ...; VBD_EXTENT_DEPTH_NONE: allocated in no layer of the chain
+         * (reads as zeroes).  Added within ABI 2 in what was padding, so the
+         * struct's size is unchanged: drivers without backing files leave it
+         * 0 (a compound literal or initializer does); the core checks it
+         * against the chain.  Unused by bitmap_status.
+         */
+        uint32_t depth;
 };
+#define VBD_EXTENT_DEPTH_NONE UINT32_MAX
+_Static_assert(sizeof(struct vbd_extent) == 16, "struct vbd_extent is part of ABI 2");
 
 /* What open() gets: valid only during the call. */
 struct vbd_opts {

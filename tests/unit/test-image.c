@@ -609,6 +609,7 @@ static struct {
         bool fail_after; /* open fails after opening the backing image */
         struct vbd_image *backing;
         bool backing_open_at_close;
+        uint32_t depth; /* block_status answers this depth */
 } mb;
 
 static int mockb_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_err *err)
@@ -643,9 +644,19 @@ static void mockb_close(struct vbd_image *img)
         ev_add('x');
 }
 
+/* One extent of the whole range, from the layer mb.depth says. */
+static int mockb_block_status(struct vbd_image *img, uint64_t offset, uint64_t len,
+                              struct vbd_extent *ret, unsigned max, unsigned *ret_n)
+{
+        ret[0] = (struct vbd_extent){.len = len, .depth = mb.depth};
+        *ret_n = 1;
+        return 0;
+}
+
 static const struct vbd_driver mockb_driver = {
     .abi = VBD_DRIVER_ABI,
     .name = "mockb",
+    .block_status = mockb_block_status,
     .description = "test driver with a backing image",
     .state_size = 8,
     .io_scratch_size = 16,
@@ -818,6 +829,32 @@ static void test_backing(void)
         vbd_image_close(img);
         CHECK(mb.backing_open_at_close);
         CHECK(strcmp(events, "fBDcx") == 0); /* drain top down; close the filter, then mockb */
+
+        /* Extent depths: within the chain (one backing file here) or none;
+         * deeper is malformed; a filter passes them on. */
+        memset(&mb, 0, sizeof(mb));
+        memset(&mf, 0, sizeof(mf));
+        img = vbd_image_open_drivers(test_drivers, "mockf:mockb:null:1M", false, NULL, NULL, &err);
+        REQUIRE(img);
+        {
+                struct vbd_extent ext[2];
+                unsigned n = 0;
+
+                for (uint32_t d = 0; d < 3; d++) {
+                        mb.depth = d == 2 ? VBD_EXTENT_DEPTH_NONE : d;
+                        CHECK_EQ(vbd_image_block_status(img, 0, MB, ext, 2, &n), 0);
+                        CHECK(n == 1 && ext[0].len == MB && ext[0].depth == mb.depth);
+                }
+                mb.depth = 2;
+                CHECK_EQ(vbd_image_block_status(img, 0, MB, ext, 2, &n), -EIO);
+                /* null below: no block_status, depth 0 (itself) */
+                CHECK_EQ(vbd_image_block_status(mb.backing, 0, MB, ext, 2, &n), 0);
+                CHECK(n == 1 && ext[0].depth == 0);
+        }
+        done = 0;
+        vbd_image_drain(img, drained_cb, &done);
+        CHECK_EQ(done, 1);
+        vbd_image_close(img);
 
         /* The backing image's errors come back; an open failing after it got one
          * leaves nothing open. */

@@ -16,7 +16,8 @@
  *
  * restore writes the image of one backup of a chain (or of one file) to a
  * new file: it starts an export-only vbdd on the chain and runs the same job
- * with a raw target, so the holes stay holes.
+ * with a raw target, so the holes stay holes (vbdctl_copy_image,
+ * image-copy.c, which vbd-ctl layer flatten uses too).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -36,7 +37,6 @@
 #include "vbd-ctl.h"
 
 #define MANIFEST "vbd-backup.json"
-#define POLL_MS  200
 
 struct args {
         const char *to, *checkpoint, *format, *granularity, *since, *backing, *rate, *depth;
@@ -115,62 +115,6 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
         }
         }
         return 0;
-}
-
-/* ---- progress ---- */
-
-static void show_progress(json_t *st, bool final)
-{
-        double p = json_real_value(json_object_get(st, "progress"));
-        long long total = vbdctl_jint(st, "bytes_total"), done = vbdctl_jint(st, "bytes_done");
-        long long rate = vbdctl_jint(st, "rate");
-        unsigned w = 30, fill = (unsigned)(p * w + 0.5);
-        char bar[64];
-
-        if (fill > w)
-                fill = w;
-        memset(bar, '#', fill);
-        memset(bar + fill, '.', w - fill);
-        bar[w] = '\0';
-        fprintf(stderr, "\r[%s] %3d%%  %lld/%lld MiB  %lld MiB/s  held writes %lld  ", bar,
-                (int)(p * 100), done >> 20, total >> 20, rate >> 20,
-                vbdctl_jint(st, "writes_held"));
-        if (final)
-                fputc('\n', stderr);
-        fflush(stderr);
-}
-
-/* Poll the job on path (a control socket) until it ends: 0 done, else an
- * exit code; *ret the last status. */
-static int wait_job(struct vbdctl *o, const char *path, bool progress, json_t **ret)
-{
-        for (;;) {
-                json_t *st = NULL;
-                struct vbd_err e = {0};
-                int r = vbdctl_call(path, "backup-status", NULL, 10000, &st, &e);
-                const char *state;
-
-                if (r)
-                        return vbdctl_fail(o, vbdctl_exit_code(r < 0 ? r : e.code), r > 0,
-                                           "backup-status: %s",
-                                           r > 0 ? e.msg : "the daemon is gone");
-                state = vbdctl_jstr(st, "state");
-                if (!strcmp(state, "done") || !strcmp(state, "failed") ||
-                    !strcmp(state, "cancelled") || !strcmp(state, "none")) {
-                        if (progress)
-                                show_progress(st, true);
-                        *ret = st;
-                        if (!strcmp(state, "done"))
-                                return 0;
-                        return vbdctl_fail(o, VBDCTL_EXIT_FAILED, true, "backup %s%s%s", state,
-                                           *vbdctl_jstr(st, "error") ? ": " : "",
-                                           vbdctl_jstr(st, "error"));
-                }
-                if (progress)
-                        show_progress(st, false);
-                json_decref(st);
-                usleep(POLL_MS * 1000);
-        }
 }
 
 /* ---- the manifest ---- */
@@ -359,7 +303,7 @@ static int backup_dir(struct vbdctl *o, struct args *a, json_t *job)
                 char sock[PATH_MAX];
 
                 vbdctl_socket_path(o->dir, o->domid, o->devid, sock, sizeof(sock));
-                r = wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st);
+                r = vbdctl_wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st);
         }
         if (r) {
                 json_decref(st);
@@ -434,7 +378,7 @@ static int backup_file(struct vbdctl *o, struct args *a, json_t *job)
                 return r;
         json_decref(res);
         vbdctl_socket_path(o->dir, o->domid, o->devid, sock, sizeof(sock));
-        if ((r = wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st))) {
+        if ((r = vbdctl_wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st))) {
                 json_decref(st);
                 return r;
         }
@@ -497,7 +441,7 @@ static int backup_rsync(struct vbdctl *o, struct args *a, json_t *job)
                 return r;
         json_decref(res);
         vbdctl_socket_path(o->dir, o->domid, o->devid, sock, sizeof(sock));
-        r = wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st);
+        r = vbdctl_wait_job(o, sock, !a->no_progress && !o->json && isatty(2), &st);
         json_decref(st);
         if (r) {
                 unlink(snap);
@@ -689,13 +633,9 @@ static int run_restore(struct vbdctl *o, int argc, char **argv)
             {"no-progress", no_argument, NULL, 'P'},  {},
         };
         struct args a = {0};
-        struct vbdctl_spawn sp;
-        char src[PATH_MAX], out[PATH_MAX], tmpl[] = "/tmp/vbd-restore.XXXXXX", sock[PATH_MAX];
-        char image[PATH_MAX + 8], nbd[PATH_MAX + 8], domid[16], devid[16], log[PATH_MAX];
-        json_t *job, *res = NULL, *st = NULL;
-        struct vbd_err e = {0};
-        pid_t pid;
-        int r, status;
+        char src[PATH_MAX], out[PATH_MAX], image[PATH_MAX + 8];
+        json_t *st = NULL;
+        int r;
 
         const char *from = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
 
@@ -724,71 +664,14 @@ static int run_restore(struct vbdctl *o, int argc, char **argv)
                 return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: path too long", a.output);
         else
                 strcat(strcat(out, "/"), a.output);
-        if (!mkdtemp(tmpl))
-                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "mkdtemp: %s", strerror(errno));
-        /* An export-only vbdd of the chain, with a control socket of its own. */
-        vbdctl_spawn_defaults(o, &sp);
         snprintf(image, sizeof(image), "qcow2:%s", src);
         if (strlen(src) > 4 &&
             (!strcmp(src + strlen(src) - 4, ".raw") || !strcmp(src + strlen(src) - 4, ".img")))
                 snprintf(image, sizeof(image), "raw:%s", src);
-        snprintf(nbd, sizeof(nbd), "unix:%s/nbd.sock", tmpl);
-        snprintf(domid, sizeof(domid), "%u", 32000u);
-        snprintf(devid, sizeof(devid), "%u", (unsigned)getpid() % 60000u + 1);
-        snprintf(log, sizeof(log), "%s/vbdd.log", tmpl);
-        pid = fork();
-        if (pid < 0)
-                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "fork: %s", strerror(errno));
-        if (pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-                if (fd >= 0) {
-                        dup2(fd, 1);
-                        dup2(fd, 2);
-                }
-                execl(sp.vbdd, sp.vbdd, "--export-only", "--image", image, "--nbd", nbd, "--domid",
-                      domid, "--devid", devid, "--ctl-dir", tmpl, "-q", (char *)NULL);
-                fprintf(stderr, "cannot run %s: %s\n", sp.vbdd, strerror(errno));
-                _exit(127);
-        }
-        vbdctl_socket_path(tmpl, 32000u, (uint32_t)strtoul(devid, NULL, 10), sock, sizeof(sock));
-        for (int i = 0; i < 200 && access(sock, F_OK) < 0; i++) {
-                if (waitpid(pid, &status, WNOHANG) == pid) {
-                        char buf[512] = "";
-                        FILE *f = fopen(log, "re");
-
-                        if (f) {
-                                size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-
-                                buf[k] = '\0';
-                                fclose(f);
-                        }
-                        buf[strcspn(buf, "\n")] = '\0';
-                        unlink(log);
-                        rmdir(tmpl);
-                        return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: %s", src, buf);
-                }
-                usleep(50 * 1000);
-        }
-        job = json_pack("{s:s,s:s,s:i}", "target", out, "format", a.format ? a.format : "raw",
-                        "granularity", 1 << 20);
-        r = vbdctl_call(sock, "backup-start", job, 60000, &res, &e);
+        r = vbdctl_copy_image(o, image, src, out, a.format ? a.format : "raw",
+                              !a.no_progress && !o->json && isatty(2), &st);
         if (r)
-                r = vbdctl_fail(o, vbdctl_exit_code(r < 0 ? r : e.code), r > 0, "restore: %s",
-                                r > 0 ? e.msg : "the daemon is gone");
-        else {
-                json_decref(res);
-                r = wait_job(o, sock, !a.no_progress && !o->json && isatty(2), &st);
-        }
-        kill(pid, SIGTERM);
-        waitpid(pid, &status, 0);
-        unlink(log);
-        unlink(sock);
-        rmdir(tmpl);
-        if (r) {
-                json_decref(st);
                 return r;
-        }
         json_object_set_new(st, "source", json_string(src));
         if (o->json)
                 vbdctl_print_json(st);

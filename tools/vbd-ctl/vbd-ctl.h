@@ -36,7 +36,7 @@ extern const struct vbdctl_verb vbdctl_verb_list, vbdctl_verb_info, vbdctl_verb_
     vbdctl_verb_pause, vbdctl_verb_resume, vbdctl_verb_detach, vbdctl_verb_reopen,
     vbdctl_verb_log_level, vbdctl_verb_spawn, vbdctl_verb_attach, vbdctl_verb_watch,
     vbdctl_verb_version, vbdctl_verb_migrate, vbdctl_verb_checkpoint, vbdctl_verb_backup,
-    vbdctl_verb_restore;
+    vbdctl_verb_restore, vbdctl_verb_layer;
 
 /*
  * Parse a verb's options: the common ones (-d/--domid, -n/--devid, -j/--json,
@@ -94,6 +94,20 @@ struct vbdctl_spawn_args {
 int vbdctl_spawn_opt(struct vbdctl *o, int c, const char *arg, void *data);
 void vbdctl_spawn_defaults(struct vbdctl *o, struct vbdctl_spawn *sp);
 int vbdctl_spawn_report(struct vbdctl *o, pid_t pid, const char *what);
+
+/* The backup job's progress and its copies (image-copy.c). */
+/* Poll the job on path (a control socket) until it ends: 0 done, else an
+ * exit code (reported); *ret the last status (the caller decrefs it). */
+int vbdctl_wait_job(struct vbdctl *o, const char *path, bool progress, json_t **ret);
+/*
+ * Copy the image spec opens (driver:PATH, a whole backing chain) into the
+ * new file out (an absolute path) of format "raw" or "qcow2", standalone
+ * (no backing file), with an export-only vbdd's backup job; holes stay
+ * holes.  what names the source in messages.  0 with *ret_st (the job's
+ * last status, the caller decrefs it), or an exit code (reported).
+ */
+int vbdctl_copy_image(struct vbdctl *o, const char *spec, const char *what, const char *out,
+                      const char *format, bool progress, json_t **ret_st);
 
 /* A VBD name for messages: "5/51712". */
 const char *vbdctl_name(uint32_t domid, uint32_t devid);
