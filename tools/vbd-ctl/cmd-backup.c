@@ -689,13 +689,12 @@ static int run_restore(struct vbdctl *o, int argc, char **argv)
             {"no-progress", no_argument, NULL, 'P'},  {},
         };
         struct args a = {0};
-        struct vbdctl_spawn sp;
-        char src[PATH_MAX], out[PATH_MAX], tmpl[] = "/tmp/vbd-restore.XXXXXX", sock[PATH_MAX];
-        char image[PATH_MAX + 8], nbd[PATH_MAX + 8], domid[16], devid[16], log[PATH_MAX];
+        struct vbdctl_export ex;
+        char src[PATH_MAX], out[PATH_MAX], tmpl[] = "/tmp/vbd-restore.XXXXXX";
+        char image[PATH_MAX + 8], msg[512] = "";
         json_t *job, *res = NULL, *st = NULL;
         struct vbd_err e = {0};
-        pid_t pid;
-        int r, status;
+        int r;
 
         const char *from = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
 
@@ -727,63 +726,23 @@ static int run_restore(struct vbdctl *o, int argc, char **argv)
         if (!mkdtemp(tmpl))
                 return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "mkdtemp: %s", strerror(errno));
         /* An export-only vbdd of the chain, with a control socket of its own. */
-        vbdctl_spawn_defaults(o, &sp);
-        snprintf(image, sizeof(image), "qcow2:%s", src);
-        if (strlen(src) > 4 &&
-            (!strcmp(src + strlen(src) - 4, ".raw") || !strcmp(src + strlen(src) - 4, ".img")))
-                snprintf(image, sizeof(image), "raw:%s", src);
-        snprintf(nbd, sizeof(nbd), "unix:%s/nbd.sock", tmpl);
-        snprintf(domid, sizeof(domid), "%u", 32000u);
-        snprintf(devid, sizeof(devid), "%u", (unsigned)getpid() % 60000u + 1);
-        snprintf(log, sizeof(log), "%s/vbdd.log", tmpl);
-        pid = fork();
-        if (pid < 0)
-                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "fork: %s", strerror(errno));
-        if (pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-                if (fd >= 0) {
-                        dup2(fd, 1);
-                        dup2(fd, 2);
-                }
-                execl(sp.vbdd, sp.vbdd, "--export-only", "--image", image, "--nbd", nbd, "--domid",
-                      domid, "--devid", devid, "--ctl-dir", tmpl, "-q", (char *)NULL);
-                fprintf(stderr, "cannot run %s: %s\n", sp.vbdd, strerror(errno));
-                _exit(127);
-        }
-        vbdctl_socket_path(tmpl, 32000u, (uint32_t)strtoul(devid, NULL, 10), sock, sizeof(sock));
-        for (int i = 0; i < 200 && access(sock, F_OK) < 0; i++) {
-                if (waitpid(pid, &status, WNOHANG) == pid) {
-                        char buf[512] = "";
-                        FILE *f = fopen(log, "re");
-
-                        if (f) {
-                                size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-
-                                buf[k] = '\0';
-                                fclose(f);
-                        }
-                        buf[strcspn(buf, "\n")] = '\0';
-                        unlink(log);
-                        rmdir(tmpl);
-                        return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: %s", src, buf);
-                }
-                usleep(50 * 1000);
+        if (vbdctl_image_spec(src, image, sizeof(image)) < 0 ||
+            vbdctl_export_start(o, tmpl, image, false, false, &ex, msg, sizeof(msg)) < 0) {
+                rmdir(tmpl);
+                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: %s", src,
+                                   *msg ? msg : strerror(errno));
         }
         job = json_pack("{s:s,s:s,s:i}", "target", out, "format", a.format ? a.format : "raw",
                         "granularity", 1 << 20);
-        r = vbdctl_call(sock, "backup-start", job, 60000, &res, &e);
+        r = vbdctl_call(ex.ctl, "backup-start", job, 60000, &res, &e);
         if (r)
                 r = vbdctl_fail(o, vbdctl_exit_code(r < 0 ? r : e.code), r > 0, "restore: %s",
                                 r > 0 ? e.msg : "the daemon is gone");
         else {
                 json_decref(res);
-                r = wait_job(o, sock, !a.no_progress && !o->json && isatty(2), &st);
+                r = wait_job(o, ex.ctl, !a.no_progress && !o->json && isatty(2), &st);
         }
-        kill(pid, SIGTERM);
-        waitpid(pid, &status, 0);
-        unlink(log);
-        unlink(sock);
+        vbdctl_export_stop(&ex, 60000);
         rmdir(tmpl);
         if (r) {
                 json_decref(st);

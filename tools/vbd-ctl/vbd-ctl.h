@@ -36,7 +36,7 @@ extern const struct vbdctl_verb vbdctl_verb_list, vbdctl_verb_info, vbdctl_verb_
     vbdctl_verb_pause, vbdctl_verb_resume, vbdctl_verb_detach, vbdctl_verb_reopen,
     vbdctl_verb_log_level, vbdctl_verb_spawn, vbdctl_verb_attach, vbdctl_verb_watch,
     vbdctl_verb_version, vbdctl_verb_migrate, vbdctl_verb_checkpoint, vbdctl_verb_backup,
-    vbdctl_verb_restore;
+    vbdctl_verb_restore, vbdctl_verb_mount, vbdctl_verb_umount;
 
 /*
  * Parse a verb's options: the common ones (-d/--domid, -n/--devid, -j/--json,
@@ -94,6 +94,27 @@ struct vbdctl_spawn_args {
 int vbdctl_spawn_opt(struct vbdctl *o, int c, const char *arg, void *data);
 void vbdctl_spawn_defaults(struct vbdctl *o, struct vbdctl_spawn *sp);
 int vbdctl_spawn_report(struct vbdctl *o, pid_t pid, const char *what);
+
+/* An export-only vbdd of one image on <dir>/nbd.sock, its control socket in
+ * dir too (export.c: restore, mount). */
+struct vbdctl_export {
+        char dir[4096], ctl[4096], nbd[4096], log[4096];
+        uint32_t domid, devid;
+        pid_t pid;
+};
+/* "qcow2:PATH" (by its magic) or "raw:PATH": 0 or -errno. */
+int vbdctl_image_spec(const char *path, char *buf, size_t size);
+/* Start it (detach: in a session of its own, to outlive vbd-ctl) and wait
+ * until it serves.  0, or -errno with msg saying why (vbdd's own message:
+ * a lock held by another process, a missing backing file...); nothing is
+ * left running then. */
+int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bool writable,
+                        bool detach, struct vbdctl_export *ex, char *msg, size_t size);
+/* SIGTERM (vbdd flushes as it exits), wait up to timeout_ms (then SIGKILL),
+ * remove its sockets and log.  0 or -ETIMEDOUT. */
+int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms);
+/* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT. */
+int vbdctl_wait_gone(pid_t pid, int timeout_ms);
 
 /* A VBD name for messages: "5/51712". */
 const char *vbdctl_name(uint32_t domid, uint32_t devid);
