@@ -50,6 +50,13 @@ for l in mid top; do
         "$CTL" umount "$MNT" >/dev/null
 done
 
+# report NAME "MOUNT-MS..." "UMOUNT-MS..."
+report() {
+        # shellcheck disable=SC2086
+        printf "%-28s mount %5s ms   umount %5s ms   (mount: %s)\n" "$1" "$(median $2)" \
+                "$(median $3)" "$2"
+}
+
 # vbd IMAGE: N rounds of mount + check a file + umount
 vbd() {
         local i t0 t1 t2 m=() u=()
@@ -63,8 +70,7 @@ vbd() {
                 m+=($(((t1 - t0) / 1000000)))
                 u+=($(((t2 - t1) / 1000000)))
         done
-        printf "%-28s mount %5s ms   umount %5s ms   (mount: %s)\n" "vbd-ctl $(basename "$1")" \
-                "$(median "${m[@]}")" "$(median "${u[@]}")" "${m[*]}"
+        report "vbd-ctl $(basename "$1")" "${m[*]}" "${u[*]}"
 }
 
 # qsd IMAGE FORMAT: the same with qemu-storage-daemon's FUSE export
@@ -91,8 +97,7 @@ qsd() {
                 m+=($(((t1 - t0) / 1000000)))
                 u+=($(((t2 - t1) / 1000000)))
         done
-        printf "%-28s mount %5s ms   umount %5s ms   (mount: %s)\n" "qsd+loop $(basename "$1")" \
-                "$(median "${m[@]}")" "$(median "${u[@]}")" "${m[*]}"
+        report "qsd+loop $(basename "$1")" "${m[*]}" "${u[*]}"
 }
 
 echo "median of $N, read-only mounts, ext4 on the whole disk, $(uname -r)"

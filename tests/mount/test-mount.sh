@@ -198,6 +198,7 @@ mv "$tmp/moved.qcow2" "$base"
 vctl mount "$whole" "$mnt" >/dev/null 2>&1 || fail "mount for stale"
 umount "$mnt" # behind vbd's back
 vctl mount --list | grep -q "$mnt .*stale" || fail "not listed stale: $(vctl mount --list)"
+must_fail "a mount over a stale one" "cleans it up first" mount "$whole" "$mnt"
 vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount stale: $(cat "$tmp/out")"
 leftovers "umount stale"
 

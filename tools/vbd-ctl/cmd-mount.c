@@ -596,16 +596,10 @@ static int start_fuse(struct mnt *m, char *msg, size_t size)
         }
         for (struct stat st; stat(pidfile, &st) < 0 || st.st_size == 0;) {
                 if (waitpid(m->fuse_pid, &status, WNOHANG) == m->fuse_pid) {
-                        FILE *f = fopen(log, "re");
-                        char line[512] = "";
+                        char line[512];
 
-                        if (f) {
-                                if (!fgets(line, sizeof(line), f))
-                                        line[0] = '\0';
-                                fclose(f);
-                        }
-                        line[strcspn(line, "\n")] = '\0';
-                        snprintf(msg, size, "nbdfuse failed: %s", *line ? line : "no message");
+                        vbdctl_first_line(log, line, sizeof(line));
+                        snprintf(msg, size, "nbdfuse failed: %s", line);
                         m->fuse_pid = 0;
                         return -EIO;
                 }
@@ -905,6 +899,21 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
                                    "no way to mount: no nbd module (with nbd-client), and no "
                                    "nbdfuse and losetup");
         run_dir(m.run, sizeof(m.run));
+        if (strlen(m.run) > 900)
+                return vbdctl_fail(o, -ENAMETOOLONG, false, "VBD_RUN_DIR is too long");
+        {
+                json_t *all = state_all(m.run), *j;
+                size_t i;
+                bool stale = false;
+
+                json_array_foreach(all, i, j) stale |= !strcmp(jstr(j, "dir"), m.dir);
+                json_decref(all);
+                if (stale)
+                        return vbdctl_fail(o, -EBUSY, false,
+                                           "%s has a vbd mount that is gone: 'vbd-ctl umount %s' "
+                                           "cleans it up first",
+                                           m.dir, m.dir);
+        }
         snprintf(tmp, sizeof(tmp), "%s", m.run);
         for (char *s = tmp + 1; *s; s++) /* mkdir -p */
                 if (*s == '/') {

@@ -36,8 +36,7 @@ int vbdctl_image_spec(const char *path, char *buf, size_t size)
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
-/* The first line of file that says something, without vbdd's "vbd[D/N] " prefix. */
-static void first_line(const char *file, char *msg, size_t size)
+void vbdctl_first_line(const char *file, char *msg, size_t size)
 {
         char buf[1024] = "", *p = buf;
         FILE *f = fopen(file, "re");
@@ -53,7 +52,7 @@ static void first_line(const char *file, char *msg, size_t size)
                 p = strstr(p, "] ") + 2;
         if (!strncmp(p, "vbdd: ", 6))
                 p += 6;
-        snprintf(msg, size, "%s", *p ? p : "vbdd exited without saying why");
+        snprintf(msg, size, "%s", *p ? p : "it exited without saying why");
 }
 
 static long long now_ms(void)
@@ -115,7 +114,7 @@ int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bo
         deadline = now_ms() + (sp.timeout_ms > 0 ? sp.timeout_ms : 10000);
         while (access(ex->ctl, F_OK) < 0 || access(ex->nbd, F_OK) < 0) {
                 if (waitpid(ex->pid, &status, WNOHANG) == ex->pid) {
-                        first_line(ex->log, msg, size);
+                        vbdctl_first_line(ex->log, msg, size);
                         ex->pid = 0;
                         vbdctl_export_stop(ex, 0);
                         return -EIO;

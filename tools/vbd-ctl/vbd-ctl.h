@@ -113,6 +113,8 @@ int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bo
 /* SIGTERM (vbdd flushes as it exits), wait up to timeout_ms (then SIGKILL),
  * remove its sockets and log.  0 or -ETIMEDOUT. */
 int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms);
+/* A daemon's log's first line, without vbdd's "vbd[D/N] vbdd: " prefix. */
+void vbdctl_first_line(const char *file, char *msg, size_t size);
 /* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT. */
 int vbdctl_wait_gone(pid_t pid, int timeout_ms);
 
