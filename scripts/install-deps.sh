@@ -6,7 +6,7 @@ set -eu
 PKGS="build-essential meson ninja-build pkg-config clang clang-format \
 libjansson-dev libinih-dev libsystemd-dev \
 libxen-dev libaio-dev libev-dev zlib1g-dev xenstore-utils fio qemu-utils python3 \
-libnbd-dev libnbd-bin python3-libnbd nbdkit rsync \
+libnbd-dev libnbd-bin python3-libnbd nbdkit rsync fdisk dosfstools fuse3 e2fsprogs \
 ${VBD_DEPS_EXTRA:-}"
 
 missing=""

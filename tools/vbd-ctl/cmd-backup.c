@@ -664,10 +664,8 @@ static int run_restore(struct vbdctl *o, int argc, char **argv)
                 return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: path too long", a.output);
         else
                 strcat(strcat(out, "/"), a.output);
-        snprintf(image, sizeof(image), "qcow2:%s", src);
-        if (strlen(src) > 4 &&
-            (!strcmp(src + strlen(src) - 4, ".raw") || !strcmp(src + strlen(src) - 4, ".img")))
-                snprintf(image, sizeof(image), "raw:%s", src);
+        if ((r = vbdctl_image_spec(src, image, sizeof(image))) < 0)
+                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: %s", src, strerror(-r));
         r = vbdctl_copy_image(o, image, src, out, a.format ? a.format : "raw",
                               !a.no_progress && !o->json && isatty(2), &st);
         if (r)

@@ -2,9 +2,10 @@
 /*
  * Copying an image chain into one new file with the daemon's backup job:
  * vbd-ctl restore (a backup of a chain) and vbd-ctl layer flatten (a guest
- * over its layers).  An export-only vbdd opens the chain read-only, with a
- * control socket of its own in a private directory, and runs the "backup"
- * job into the target without a backing file, so the holes stay holes.
+ * over its layers).  An export-only vbdd (export.c) opens the chain
+ * read-only, with a control socket of its own in a private directory, and
+ * runs the "backup" job into the target without a backing file, so the
+ * holes stay holes.
  * The job's progress is polled on the control socket (vbdctl_wait_job, also
  * vbd-ctl backup's).
  */
@@ -74,82 +75,32 @@ int vbdctl_wait_job(struct vbdctl *o, const char *path, bool progress, json_t **
         }
 }
 
-/* The first line of the daemon's log, for a daemon that died at start. */
-static void first_line(const char *log, char *buf, size_t size)
-{
-        FILE *f = fopen(log, "re");
-
-        buf[0] = '\0';
-        if (f) {
-                size_t k = fread(buf, 1, size - 1, f);
-
-                buf[k] = '\0';
-                fclose(f);
-        }
-        buf[strcspn(buf, "\n")] = '\0';
-}
-
 int vbdctl_copy_image(struct vbdctl *o, const char *spec, const char *what, const char *out,
                       const char *format, bool progress, json_t **ret_st)
 {
-        char tmpl[] = "/tmp/vbd-copy.XXXXXX", sock[PATH_MAX], nbd[PATH_MAX + 8];
-        char domid[16], devid[16], log[PATH_MAX];
-        struct vbdctl_spawn sp;
+        char tmpl[] = "/tmp/vbd-copy.XXXXXX", msg[512] = "";
+        struct vbdctl_export ex;
         json_t *job, *res = NULL, *st = NULL;
         struct vbd_err e = {0};
-        pid_t pid;
-        int r, status;
+        int r;
 
         *ret_st = NULL;
         if (!mkdtemp(tmpl))
                 return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "mkdtemp: %s", strerror(errno));
-        vbdctl_spawn_defaults(o, &sp);
-        snprintf(nbd, sizeof(nbd), "unix:%s/nbd.sock", tmpl);
-        snprintf(domid, sizeof(domid), "%u", 32000u);
-        snprintf(devid, sizeof(devid), "%u", (unsigned)getpid() % 60000u + 1);
-        snprintf(log, sizeof(log), "%s/vbdd.log", tmpl);
-        pid = fork();
-        if (pid < 0) {
+        if (vbdctl_export_start(o, tmpl, spec, false, false, &ex, msg, sizeof(msg)) < 0) {
                 rmdir(tmpl);
-                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "fork: %s", strerror(errno));
-        }
-        if (pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-                if (fd >= 0) {
-                        dup2(fd, 1);
-                        dup2(fd, 2);
-                }
-                execl(sp.vbdd, sp.vbdd, "--export-only", "--image", spec, "--nbd", nbd, "--domid",
-                      domid, "--devid", devid, "--ctl-dir", tmpl, "-q", (char *)NULL);
-                fprintf(stderr, "cannot run %s: %s\n", sp.vbdd, strerror(errno));
-                _exit(127);
-        }
-        vbdctl_socket_path(tmpl, 32000u, (uint32_t)strtoul(devid, NULL, 10), sock, sizeof(sock));
-        for (int i = 0; i < 200 && access(sock, F_OK) < 0; i++) {
-                if (waitpid(pid, &status, WNOHANG) == pid) {
-                        char buf[512];
-
-                        first_line(log, buf, sizeof(buf));
-                        unlink(log);
-                        rmdir(tmpl);
-                        return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: %s", what, buf);
-                }
-                usleep(50 * 1000);
+                return vbdctl_fail(o, VBDCTL_EXIT_FAILED, false, "%s: %s", what, msg);
         }
         job = json_pack("{s:s,s:s,s:i}", "target", out, "format", format, "granularity", 1 << 20);
-        r = vbdctl_call(sock, "backup-start", job, 60000, &res, &e);
+        r = vbdctl_call(ex.ctl, "backup-start", job, 60000, &res, &e);
         if (r)
                 r = vbdctl_fail(o, vbdctl_exit_code(r < 0 ? r : e.code), r > 0, "%s: %s", what,
                                 r > 0 ? e.msg : "the daemon is gone");
         else {
                 json_decref(res);
-                r = vbdctl_wait_job(o, sock, progress, &st);
+                r = vbdctl_wait_job(o, ex.ctl, progress, &st);
         }
-        kill(pid, SIGTERM);
-        waitpid(pid, &status, 0);
-        unlink(log);
-        unlink(sock);
+        vbdctl_export_stop(&ex, 60000);
         rmdir(tmpl);
         if (r) {
                 json_decref(st);

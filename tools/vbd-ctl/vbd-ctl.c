@@ -26,6 +26,8 @@ static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_backup,
     &vbdctl_verb_restore,
     &vbdctl_verb_layer,
+    &vbdctl_verb_mount,
+    &vbdctl_verb_umount,
     &vbdctl_verb_log_level,
     &vbdctl_verb_spawn,
     &vbdctl_verb_attach,

@@ -36,7 +36,7 @@ extern const struct vbdctl_verb vbdctl_verb_list, vbdctl_verb_info, vbdctl_verb_
     vbdctl_verb_pause, vbdctl_verb_resume, vbdctl_verb_detach, vbdctl_verb_reopen,
     vbdctl_verb_log_level, vbdctl_verb_spawn, vbdctl_verb_attach, vbdctl_verb_watch,
     vbdctl_verb_version, vbdctl_verb_migrate, vbdctl_verb_checkpoint, vbdctl_verb_backup,
-    vbdctl_verb_restore, vbdctl_verb_layer;
+    vbdctl_verb_restore, vbdctl_verb_layer, vbdctl_verb_mount, vbdctl_verb_umount;
 
 /*
  * Parse a verb's options: the common ones (-d/--domid, -n/--devid, -j/--json,
@@ -108,6 +108,29 @@ int vbdctl_wait_job(struct vbdctl *o, const char *path, bool progress, json_t **
  */
 int vbdctl_copy_image(struct vbdctl *o, const char *spec, const char *what, const char *out,
                       const char *format, bool progress, json_t **ret_st);
+
+/* An export-only vbdd of one image on <dir>/nbd.sock, its control socket in
+ * dir too (export.c: restore, mount). */
+struct vbdctl_export {
+        char dir[4096], ctl[4096], nbd[4096], log[4096];
+        uint32_t domid, devid;
+        pid_t pid;
+};
+/* "qcow2:PATH" (by its magic) or "raw:PATH": 0 or -errno. */
+int vbdctl_image_spec(const char *path, char *buf, size_t size);
+/* Start it (detach: in a session of its own, to outlive vbd-ctl) and wait
+ * until it serves.  0, or -errno with msg saying why (vbdd's own message:
+ * a lock held by another process, a missing backing file...); nothing is
+ * left running then. */
+int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bool writable,
+                        bool detach, struct vbdctl_export *ex, char *msg, size_t size);
+/* SIGTERM (vbdd flushes as it exits), wait up to timeout_ms (then SIGKILL),
+ * remove its sockets and log.  0 or -ETIMEDOUT. */
+int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms);
+/* A daemon's log's first line, without vbdd's "vbd[D/N] vbdd: " prefix. */
+void vbdctl_first_line(const char *file, char *msg, size_t size);
+/* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT. */
+int vbdctl_wait_gone(pid_t pid, int timeout_ms);
 
 /* A VBD name for messages: "5/51712". */
 const char *vbdctl_name(uint32_t domid, uint32_t devid);

@@ -1,0 +1,205 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# vbd-ctl mount / umount / mount --list, through vbdd, nbdfuse and a loop
+# device (the path of machines without the nbd module, like CI's): a GPT
+# disk with two partitions, a whole-disk ext4, a qcow2 chain written through
+# the mount and read back without it (qemu-img convert + debugfs, and the
+# simulated guest); bad input refused with a clear message and nothing left
+# behind (no vbdd, nbdfuse, loop device or FUSE mount, no state).
+. "$(dirname "$0")/../lib/functions.sh"
+: "${VBD_CTL:?}" "${VBDD:?}"
+[ "$(id -u)" -eq 0 ] || { echo "SKIP: mounting needs root"; exit 77; }
+[ -c /dev/fuse ] || { echo "SKIP: no /dev/fuse"; exit 77; }
+for p in losetup mkfs.ext4 debugfs nbdfuse sfdisk qemu-img blkid partx; do
+        command -v $p >/dev/null || { echo "SKIP: no $p (scripts/install-deps.sh)"; exit 77; }
+done
+losetup -f >/dev/null 2>&1 || { echo "SKIP: no free loop device"; exit 77; }
+
+export VBD_VBDD=$VBDD VBD_RUN_DIR=$tmp/run VBD_MOUNT_VIA=fuse
+MiB=$((1 << 20))
+mnt=$tmp/mnt
+mkdir -p "$mnt" "$tmp/mnt2" "$tmp/plain"
+vctl() { "$VBD_CTL" "$@"; }
+# ms since the epoch
+now() { date +%s%3N; }
+
+# Whatever the test leaves mounted is undone at exit.
+cleanup_all() {
+        local d
+        for d in "$mnt" "$tmp/mnt2"; do
+                vctl umount "$d" >/dev/null 2>&1
+        done
+}
+cleanup_fn cleanup_all
+
+# leftovers WHAT: nothing of ours may be left: processes, loop devices,
+# mounts (FUSE or not), state.
+leftovers() {
+        local p bad=""
+        for p in $(grep -las -- "$tmp/ru[n]" /proc/[0-9]*/cmdline); do
+                bad="$bad process $(tr '\0' ' ' 2>/dev/null <"$p");"
+        done
+        losetup -a | grep -q -- "$tmp" && bad="$bad loop: $(losetup -a | grep -- "$tmp");"
+        grep -q -- "$tmp" /proc/mounts && bad="$bad mount: $(grep -- "$tmp" /proc/mounts);"
+        [ -z "$(ls -A "$tmp/run/mounts" 2>/dev/null)" ] ||
+                bad="$bad state: $(ls -A "$tmp/run/mounts");"
+        [ -z "$bad" ] || fail "$1: left behind:$bad"
+}
+
+# must_fail WHAT PATTERN ARGS...: vbd-ctl ARGS fails, saying PATTERN, and
+# leaves nothing behind.
+must_fail() {
+        local what=$1 pat=$2
+        shift 2
+        if vctl "$@" >"$tmp/out" 2>"$tmp/err"; then
+                fail "$what: succeeded: $(cat "$tmp/out")"
+                vctl umount "$mnt" >/dev/null 2>&1
+        elif ! grep -q -- "$pat" "$tmp/err"; then
+                fail "$what: want '$pat', got: $(cat "$tmp/err")"
+        else
+                echo "$what: refused: $(cat "$tmp/err")"
+        fi
+}
+
+# --- 1. A GPT disk with two partitions ---
+vfat=""
+grep -qw vfat /proc/filesystems && command -v mkfs.vfat >/dev/null && vfat=1
+gpt=$tmp/gpt.img
+truncate -s $((64 * MiB)) "$gpt"
+printf 'label: gpt\n,20M,L\n,,L\n' | sfdisk -q "$gpt" || fail "sfdisk"
+read -r s1 n1 s2 n2 < <(partx -g -o START,SECTORS "$gpt" | tr '\n' ' ')
+mkfs.ext4 -q -F -L one -E offset=$((s1 * 512)) "$gpt" $((n1 / 2))k || fail "mkfs.ext4 p1"
+if [ -n "$vfat" ]; then
+        mkfs.vfat --offset "$s2" "$gpt" $((n2 / 2)) >/dev/null || fail "mkfs.vfat p2"
+        p2fs=vfat
+else # no vfat in this kernel: a second ext4
+        mkfs.ext4 -q -F -L two -E offset=$((s2 * 512)) "$gpt" $((n2 / 2))k || fail "mkfs.ext4 p2"
+        p2fs=ext4
+fi
+
+must_fail "two partitions, no --partition" "1 (20.0 MiB, ext4), 2 (42.0 MiB, $p2fs)" \
+        mount "$gpt" "$mnt"
+leftovers "two partitions"
+must_fail "--partition 3" "no partition 3" mount "$gpt" "$mnt" --partition 3
+leftovers "--partition 3"
+
+t0=$(now)
+vctl mount "$gpt" "$mnt" --partition 1 --rw >"$tmp/out" 2>&1 || fail "mount p1: $(cat "$tmp/out")"
+echo "GPT partition 1: $(cat "$tmp/out") (wall $(($(now) - t0)) ms)"
+grep -q "$mnt ext4 rw" /proc/mounts || fail "p1 not mounted rw: $(grep "$mnt" /proc/mounts)"
+echo "written through vbd-ctl mount" >"$mnt/p1.txt"
+vctl mount --list >"$tmp/list" || fail "mount --list"
+grep -q "$mnt .*$gpt .*loop[0-9]*p1 .*fuse+loop rw  mounted" "$tmp/list" ||
+        fail "mount --list: $(cat "$tmp/list")"
+vctl --json mount --list >"$tmp/list.json" || fail "mount --list --json"
+python3 -c 'import json,sys
+l = json.load(open(sys.argv[1]))
+assert len(l) == 1 and l[0]["dir"] == sys.argv[2] and l[0]["partition"] == 1, l
+assert l[0]["rw"] and not l[0]["stale"] and l[0]["image"] == sys.argv[3], l' \
+        "$tmp/list.json" "$mnt" "$gpt" || fail "mount --list --json: $(cat "$tmp/list.json")"
+t0=$(now)
+vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount p1: $(cat "$tmp/out")"
+echo "umount: $(($(now) - t0)) ms"
+leftovers "umount p1"
+# read back without vbd: debugfs on the raw file at the partition's offset
+[ "$(debugfs -R 'cat /p1.txt' "$gpt?offset=$((s1 * 512))" 2>/dev/null)" = \
+        "written through vbd-ctl mount" ] || fail "p1.txt not in the image (debugfs)"
+
+vctl mount "$gpt" "$mnt" --partition 2 >"$tmp/out" 2>&1 || fail "mount p2: $(cat "$tmp/out")"
+grep -q "$mnt $p2fs ro" /proc/mounts || fail "p2 not mounted ro: $(grep "$mnt" /proc/mounts)"
+touch "$mnt/x" 2>/dev/null && fail "wrote to a read-only mount"
+vctl umount "$mnt" >/dev/null 2>&1 || fail "umount p2"
+leftovers "umount p2"
+
+# --- 2. A filesystem on the whole disk; bad input around it ---
+whole=$tmp/whole.img
+truncate -s $((32 * MiB)) "$whole"
+mkfs.ext4 -q -F "$whole" || fail "mkfs.ext4 whole"
+must_fail "unknown --fstype" "unknown filesystem type 'nosuchfs'" \
+        mount "$whole" "$mnt" --fstype nosuchfs
+must_fail "--partition on a disk without a table" "no partition table" \
+        mount "$whole" "$mnt" --partition 1
+leftovers "--partition 1 on the whole disk"
+vctl mount "$whole" "$mnt" --rw --fstype ext4 >"$tmp/out" 2>&1 ||
+        fail "mount whole: $(cat "$tmp/out")"
+echo "whole disk: $(cat "$tmp/out")"
+# in use by a writer: a second mount is refused with the holder (vbdd's lock)
+must_fail "a second read-write mount" "is in use: failed to get \"write\" lock: pid [0-9]* (vbdd)" \
+        mount "$whole" "$tmp/mnt2" --rw
+must_fail "a read-only mount of an image in use" "is in use" mount "$whole" "$tmp/mnt2"
+must_fail "a mount point that is mounted" "already a mount point" mount "$gpt" "$mnt" --partition 1
+# busy: a file open inside; umount refuses, says who, and keeps it all
+echo data >"$mnt/busy"
+exec 7<"$mnt/busy"
+must_fail "umount of a busy mount" "busy: in use by pid $$ (test-mount.sh): nothing was unmounted" umount "$mnt"
+grep -q "$mnt ext4 rw" /proc/mounts || fail "busy umount unmounted it anyway"
+vctl mount --list | grep -q "$mnt .* mounted" || fail "busy umount dropped the state"
+exec 7<&-
+vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount after busy: $(cat "$tmp/out")"
+leftovers "umount whole"
+[ "$(debugfs -R 'cat /busy' "$whole" 2>/dev/null)" = data ] || fail "busy not in the image"
+
+# nothing to mount
+truncate -s $((16 * MiB)) "$tmp/empty.img"
+must_fail "no table, no filesystem" "no partition table and no filesystem found" \
+        mount "$tmp/empty.img" "$mnt"
+leftovers "no table, no filesystem"
+# a GPT whose headers (primary and backup) are gone: no table
+cp "$gpt" "$tmp/corrupt.img"
+dd if=/dev/zero of="$tmp/corrupt.img" bs=512 seek=1 count=33 conv=notrunc status=none
+dd if=/dev/zero of="$tmp/corrupt.img" bs=512 seek=$((64 * 2048 - 33)) count=33 conv=notrunc status=none
+must_fail "corrupt GPT" "no partition table and no filesystem found" mount "$tmp/corrupt.img" "$mnt"
+leftovers "corrupt GPT"
+must_fail "umount of a directory vbd did not mount" "not mounted by vbd-ctl mount" umount "$tmp/plain"
+must_fail "umount of /" "not mounted by vbd-ctl mount" umount /
+must_fail "a missing image" "No such file" mount "$tmp/nope.img" "$mnt"
+must_fail "a missing mount point" "No such file" mount "$whole" "$tmp/nope"
+
+# --- 3. A qcow2 chain: written through the mount, read back without it ---
+base=$tmp/base.qcow2
+top=$tmp/top.qcow2
+truncate -s $((64 * MiB)) "$tmp/fs.raw"
+mkfs.ext4 -q -F "$tmp/fs.raw" || fail "mkfs.ext4 fs.raw"
+qemu-img convert -q -f raw -O qcow2 "$tmp/fs.raw" "$base" || fail "convert base"
+qemu-img create -q -f qcow2 -b "$base" -F qcow2 "$top" || fail "create top"
+t0=$(now)
+vctl mount "$top" "$mnt" --rw >"$tmp/out" 2>&1 || fail "mount qcow2: $(cat "$tmp/out")"
+echo "qcow2 chain: $(cat "$tmp/out") (wall $(($(now) - t0)) ms)"
+head -c $((3 * MiB)) /dev/urandom >"$tmp/big"
+cp "$tmp/big" "$mnt/big"
+echo "through the chain" >"$mnt/f"
+vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount qcow2: $(cat "$tmp/out")"
+leftovers "umount qcow2"
+qemu-img check -q "$top" || fail "qemu-img check top: $(qemu-img check "$top" 2>&1)"
+qemu-img compare -q -f raw -F qcow2 "$tmp/fs.raw" "$base" || fail "the base changed"
+qemu-img convert -q -O raw "$top" "$tmp/top.raw" || fail "convert top"
+[ "$(debugfs -R 'cat /f' "$tmp/top.raw" 2>/dev/null)" = "through the chain" ] ||
+        fail "qemu-img convert + debugfs: /f is not there"
+debugfs -R "dump /big $tmp/big.back" "$tmp/top.raw" >/dev/null 2>&1
+cmp -s "$tmp/big" "$tmp/big.back" || fail "qemu-img convert + debugfs: /big differs"
+# and as the guest sees it: the simulated guest reads the disk through the ring
+if [ -n "${VBD_SIM:-}" ] && [ -n "${VBD_SIM_VBDD:-}" ]; then
+        vbd_sim "qcow2:$top" dd --mode r --of "$tmp/guest.raw" >/dev/null 2>&1 ||
+                fail "vbd-sim dd of the chain"
+        cmp -s "$tmp/guest.raw" "$tmp/top.raw" || fail "the guest's view differs from qemu-img's"
+fi
+# read-only, through vbd-ctl again
+vctl mount "$top" "$mnt" >/dev/null 2>&1 || fail "mount qcow2 ro"
+cmp -s "$tmp/big" "$mnt/big" || fail "big read back through a read-only mount differs"
+vctl umount "$mnt" >/dev/null 2>&1 || fail "umount qcow2 ro"
+leftovers "umount qcow2 ro"
+# a backing file that is missing
+mv "$base" "$tmp/moved.qcow2"
+must_fail "a missing backing file" "backing file '$base': No such file" mount "$top" "$mnt"
+leftovers "missing backing file"
+mv "$tmp/moved.qcow2" "$base"
+
+# --- 4. A stale mount (its processes killed): listed as stale, umount cleans up ---
+vctl mount "$whole" "$mnt" >/dev/null 2>&1 || fail "mount for stale"
+umount "$mnt" # behind vbd's back
+vctl mount --list | grep -q "$mnt .*stale" || fail "not listed stale: $(vctl mount --list)"
+must_fail "a mount over a stale one" "cleans it up first" mount "$whole" "$mnt"
+vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount stale: $(cat "$tmp/out")"
+leftovers "umount stale"
+
+finish
