@@ -34,13 +34,26 @@ _kill_export() {
 }
 
 start_export() {
-        local sock=$1 i
+        local sock=$1 i j ctl="" dir="" domid="" devid=""
         shift
+        # with a control socket, wait for it too: it is made after the export's
+        # (a vbd-ctl call right after the start would find nothing there)
+        for ((i = 1; i < $#; i++)); do
+                case ${!i} in
+                --ctl-dir) j=$((i + 1)) && dir=${!j} ;;
+                --domid) j=$((i + 1)) && domid=${!j} ;;
+                --devid) j=$((i + 1)) && devid=${!j} ;;
+                esac
+        done
+        [ -n "$dir" ] && [ -n "$domid" ] && [ -n "$devid" ] && ctl=$dir/vbdd-$domid-$devid.sock
+        # a daemon killed -9 leaves its sockets behind: without this, the wait
+        # below would end at once, before the new daemon has bound them again
+        rm -f "$sock" ${ctl:+"$ctl"}
         "$VBDD" --export-only --nbd "unix:$sock" "$@" 2>>"$tmp/vbdd.log" &
         export_pid=$!
         cleanup_fn _kill_export "$export_pid"
         for i in $(seq 200); do
-                if [ -S "$sock" ]; then
+                if [ -S "$sock" ] && { [ -z "$ctl" ] || [ -S "$ctl" ]; }; then
                         sleep 0.05 # bound; listen() follows
                         return 0
                 fi
