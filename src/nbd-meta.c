@@ -36,29 +36,43 @@ static void put_extent(uint8_t *out, unsigned *cnt, uint64_t len, uint32_t flags
         (*cnt)++;
 }
 
-/* ---- base:allocation ---- */
-
-static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
+/*
+ * The block status of the request's range from the image (bitmap NULL) or
+ * from one of its bitmaps, each extent's flags mapped by flags_of into the
+ * context's: the number of descriptors written, or -errno.
+ */
+static int image_status(struct nbd_req *r, const char *bitmap, uint8_t *out, unsigned max,
+                        uint32_t (*flags_of)(const struct vbd_extent *))
 {
         struct nbd_client *cl = r->cl;
+        struct vbd_image *img = nbd_image(cl->srv);
         unsigned n = 0, cnt = 0;
         int rc;
 
         if (max > NBD_EXTENTS_MAX)
                 max = NBD_EXTENTS_MAX;
-        rc = vbd_image_block_status(nbd_image(cl->srv), r->offset, r->len, cl->ext, max, &n);
+        if (bitmap)
+                rc = vbd_image_bitmap_status(img, bitmap, r->offset, r->len, cl->ext, max, &n);
+        else
+                rc = vbd_image_block_status(img, r->offset, r->len, cl->ext, max, &n);
         if (rc < 0)
                 return rc;
-        for (unsigned i = 0; i < n; i++) {
-                uint32_t f = 0;
-
-                if (cl->ext[i].flags & VBD_EXTENT_HOLE)
-                        f |= NBD_STATE_HOLE;
-                if (cl->ext[i].flags & VBD_EXTENT_ZERO)
-                        f |= NBD_STATE_ZERO;
-                put_extent(out, &cnt, cl->ext[i].len, f);
-        }
+        for (unsigned i = 0; i < n; i++)
+                put_extent(out, &cnt, cl->ext[i].len, flags_of(&cl->ext[i]));
         return (int)cnt;
+}
+
+/* ---- base:allocation ---- */
+
+static uint32_t allocation_flags(const struct vbd_extent *e)
+{
+        return (e->flags & VBD_EXTENT_HOLE ? NBD_STATE_HOLE : 0) |
+               (e->flags & VBD_EXTENT_ZERO ? NBD_STATE_ZERO : 0);
+}
+
+static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
+{
+        return image_status(r, NULL, out, max, allocation_flags);
 }
 
 /* ---- qemu:allocation-depth ---- */
@@ -66,46 +80,30 @@ static int base_allocation(struct nbd_req *r, uint8_t *out, unsigned max)
 /* QEMU's: 0 where no layer of the backing chain has the block, else the
  * layer that has it, 1 for the image itself, 2 for its backing file, ...
  * (vbd_extent.depth + 1). */
+static uint32_t depth_flags(const struct vbd_extent *e)
+{
+        return e->depth == VBD_EXTENT_DEPTH_NONE ? 0 : (uint32_t)e->depth + 1;
+}
+
 static int allocation_depth(struct nbd_req *r, uint8_t *out, unsigned max)
 {
-        struct nbd_client *cl = r->cl;
-        unsigned n = 0, cnt = 0;
-        int rc;
-
-        if (max > NBD_EXTENTS_MAX)
-                max = NBD_EXTENTS_MAX;
-        rc = vbd_image_block_status(nbd_image(cl->srv), r->offset, r->len, cl->ext, max, &n);
-        if (rc < 0)
-                return rc;
-        for (unsigned i = 0; i < n; i++) {
-                uint32_t d = cl->ext[i].depth;
-
-                put_extent(out, &cnt, cl->ext[i].len, d == VBD_EXTENT_DEPTH_NONE ? 0 : d + 1);
-        }
-        return (int)cnt;
+        return image_status(r, NULL, out, max, depth_flags);
 }
 
 /* ---- qemu:dirty-bitmap:NAME ---- */
 
 #define NBD_STATE_DIRTY (1u << 0)
 
+static uint32_t dirty_flags(const struct vbd_extent *e)
+{
+        return e->flags & VBD_EXTENT_DIRTY ? NBD_STATE_DIRTY : 0;
+}
+
 static int dirty_bitmap(struct nbd_req *r, uint8_t *out, unsigned max)
 {
-        struct nbd_client *cl = r->cl;
-        unsigned n = 0, cnt = 0;
-        int rc;
+        int rc = image_status(r, r->cl->bitmap, out, max, dirty_flags);
 
-        if (max > NBD_EXTENTS_MAX)
-                max = NBD_EXTENTS_MAX;
-        rc = vbd_image_bitmap_status(nbd_image(cl->srv), cl->bitmap, r->offset, r->len, cl->ext,
-                                     max, &n);
-        if (rc < 0)
-                return rc == -ENOENT ? -EINVAL : rc; /* the checkpoint went away */
-        for (unsigned i = 0; i < n; i++) {
-                put_extent(out, &cnt, cl->ext[i].len,
-                           (cl->ext[i].flags & VBD_EXTENT_DIRTY) ? NBD_STATE_DIRTY : 0);
-        }
-        return (int)cnt;
+        return rc == -ENOENT ? -EINVAL : rc; /* the checkpoint went away */
 }
 
 /* ---- the table ---- */
