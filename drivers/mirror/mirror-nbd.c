@@ -21,40 +21,7 @@
 
 void mirror_nbd_watch(struct mirror *m)
 {
-        unsigned dir;
-        int fd, events = 0;
-
-        if (!m->nbd) {
-                if (m->io_on) {
-                        ev_ref(m->loop);
-                        ev_io_stop(m->loop, &m->nbd_w);
-                        m->io_on = false;
-                }
-                return;
-        }
-        fd = nbd_aio_get_fd(m->nbd);
-        dir = nbd_aio_get_direction(m->nbd);
-        if (dir & LIBNBD_AIO_DIRECTION_READ)
-                events |= EV_READ;
-        if (dir & LIBNBD_AIO_DIRECTION_WRITE)
-                events |= EV_WRITE;
-        if (fd < 0)
-                events = 0;
-        if (m->io_on && fd == m->nbd_fd && events == m->nbd_events)
-                return;
-        if (m->io_on) {
-                ev_ref(m->loop);
-                ev_io_stop(m->loop, &m->nbd_w);
-                m->io_on = false;
-        }
-        m->nbd_fd = fd;
-        m->nbd_events = events;
-        if (events) {
-                ev_io_set(&m->nbd_w, fd, events);
-                ev_io_start(m->loop, &m->nbd_w);
-                ev_unref(m->loop);
-                m->io_on = true;
-        }
+        vbd_nbd_watch_update(m->loop, &m->nbd_w, m->nbd);
 }
 
 void mirror_timer_start(struct mirror *m, ev_timer *w, bool *on, double after)
@@ -303,9 +270,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 void mirror_nbd_init(struct mirror *m)
 {
-        m->nbd_fd = -1;
-        ev_init(&m->nbd_w, nbd_io_cb);
-        m->nbd_w.data = m;
+        vbd_nbd_watch_init(&m->nbd_w, nbd_io_cb, m);
         ev_init(&m->tick_w, tick_cb);
         m->tick_w.data = m;
 }

@@ -55,6 +55,7 @@
 
 #include "vbd/driver.h"
 #include "vbd/err.h"
+#include "vbd/nbd-watch.h"
 
 /* ---- the API the migrate job uses (img: a mirror layer) ---- */
 
@@ -213,12 +214,11 @@ struct mirror {
         struct vbd_mirror_params p;
         char to[1024], error[256];
         struct nbd_handle *nbd;
-        int nbd_fd, nbd_events;
         bool can_zero, can_fua;
         uint64_t partner_size;
-        ev_io nbd_w;
+        struct vbd_nbd_watch nbd_w;
         ev_timer tick_w, pace_w;
-        bool tick_on, pace_on, io_on;
+        bool tick_on, pace_on;
 
         /* Region map. */
         uint8_t *rmap;

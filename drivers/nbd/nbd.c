@@ -48,6 +48,7 @@
 #include "vbd/driver.h"
 #include "vbd/log.h"
 #include "vbd/macro.h"
+#include "vbd/nbd-watch.h"
 #include "vbd/time.h"
 
 #define NBD_IO_WINDOW   8           /* commands in flight per io */
@@ -99,9 +100,7 @@ struct nbd_state {
         bool readonly; /* opened read-only */
         bool can_flush, can_fua, can_trim, can_zero, can_fast_zero;
 
-        ev_io w;
-        bool w_on;
-        int w_fd, w_events;
+        struct vbd_nbd_watch w;
         ev_timer tick;
         bool tick_on;
         ev_timer drained_w; /* vbd_image_drained() from the loop, not from deep inside */
@@ -132,34 +131,7 @@ static void nbd_process(struct nbd_state *s);
  * the loop alive; ios in flight do (nbd_busy). */
 static void nbd_watch(struct nbd_state *s)
 {
-        int fd = -1, events = 0;
-
-        if (s->h) {
-                unsigned dir = nbd_aio_get_direction(s->h);
-
-                fd = nbd_aio_get_fd(s->h);
-                if (dir & LIBNBD_AIO_DIRECTION_READ)
-                        events |= EV_READ;
-                if (dir & LIBNBD_AIO_DIRECTION_WRITE)
-                        events |= EV_WRITE;
-                if (fd < 0)
-                        events = 0;
-        }
-        if (s->w_on && fd == s->w_fd && events == s->w_events)
-                return;
-        if (s->w_on) {
-                ev_ref(s->loop);
-                ev_io_stop(s->loop, &s->w);
-                s->w_on = false;
-        }
-        s->w_fd = fd;
-        s->w_events = events;
-        if (events) {
-                ev_io_set(&s->w, fd, events);
-                ev_io_start(s->loop, &s->w);
-                ev_unref(s->loop);
-                s->w_on = true;
-        }
+        vbd_nbd_watch_update(s->loop, &s->w, s->h);
 }
 
 static void nbd_tick_update(struct nbd_state *s)
@@ -733,9 +705,7 @@ static int nbd_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd_
         s->name = vbd_image_name(img);
         s->readonly = o->readonly;
         s->timeout_s = (unsigned)o->values[OPT_TIMEOUT].u;
-        s->w_fd = -1;
-        ev_init(&s->w, nbd_io_cb);
-        s->w.data = s;
+        vbd_nbd_watch_init(&s->w, nbd_io_cb, s);
         ev_init(&s->tick, nbd_tick_cb);
         s->tick.data = s;
         ev_init(&s->drained_w, nbd_drained_cb);
