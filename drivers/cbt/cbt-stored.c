@@ -37,18 +37,12 @@ static uint64_t *since_words(struct cbt_state *s, unsigned k)
 
         if (!w)
                 return NULL;
-        for (unsigned i = k; i + 1 < s->ncp; i++)
-                if (cbt_load_delta(s, i) < 0) {
-                        free(w);
-                        return NULL;
-                }
-        for (size_t j = 0; j < nw; j++) {
-                uint64_t v = s->lost ? ~UINT64_C(0) : s->active[j];
-
-                for (unsigned i = k; !s->lost && i + 1 < s->ncp; i++)
-                        v |= s->cp[i].delta[j];
-                w[j] = v;
+        if (cbt_load_since(s, k) < 0) {
+                free(w);
+                return NULL;
         }
+        for (size_t j = 0; j < nw; j++)
+                w[j] = cbt_since_word(s, k, j);
         if (s->nblocks % 64)
                 w[nw - 1] &= (UINT64_C(1) << (s->nblocks % 64)) - 1;
         return w;

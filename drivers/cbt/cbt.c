@@ -445,7 +445,7 @@ bool cbt_changed_since(const struct cbt_state *s, unsigned k, uint64_t b)
         return false;
 }
 
-static int load_since(struct cbt_state *s, unsigned k)
+int cbt_load_since(struct cbt_state *s, unsigned k)
 {
         for (unsigned i = k; i + 1 < s->ncp; i++) {
                 int r = cbt_load_delta(s, i);
@@ -456,20 +456,27 @@ static int load_since(struct cbt_state *s, unsigned k)
         return 0;
 }
 
+uint64_t cbt_since_word(const struct cbt_state *s, unsigned k, size_t w)
+{
+        uint64_t v;
+
+        if (s->lost)
+                return ~UINT64_C(0);
+        v = s->active[w];
+        for (unsigned i = k; i + 1 < s->ncp; i++)
+                v |= s->cp[i].delta[w];
+        return v;
+}
+
 uint64_t cbt_count_since(struct cbt_state *s, unsigned k)
 {
         uint64_t n = 0;
 
-        if (load_since(s, k) < 0)
+        if (s->lost || cbt_load_since(s, k) < 0)
                 return s->nblocks;
-        for (uint64_t w = 0; w < s->bitmap_bytes / 8; w++) {
-                uint64_t v = s->active[w];
-
-                for (unsigned i = k; i + 1 < s->ncp; i++)
-                        v |= s->cp[i].delta[w];
-                n += (uint64_t)__builtin_popcountll(v);
-        }
-        return s->lost ? s->nblocks : n;
+        for (size_t w = 0; w < s->bitmap_bytes / 8; w++)
+                n += (uint64_t)__builtin_popcountll(cbt_since_word(s, k, w));
+        return n;
 }
 
 static const char *cbt_bitmap_name(struct vbd_image *img, unsigned i)
@@ -489,7 +496,7 @@ static int cbt_bitmap_status(struct vbd_image *img, const char *name, uint64_t o
 
         if (k < 0)
                 return -ENOENT;
-        if ((r = load_since(s, (unsigned)k)) < 0)
+        if ((r = cbt_load_since(s, (unsigned)k)) < 0)
                 return r;
         while (pos < end && n < max) {
                 uint64_t b = block_of(s, pos);

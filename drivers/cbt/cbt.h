@@ -149,6 +149,11 @@ static inline void cbt_set(uint64_t *bm, uint64_t b)
         bm[b >> 6] |= UINT64_C(1) << (b & 63);
 }
 
+/* Load the deltas "changed since checkpoint k" needs: 0 or -errno. */
+int cbt_load_since(struct cbt_state *s, unsigned k);
+/* Word w of "changed since checkpoint k" (deltas loaded): the active bitmap
+ * ORed with the deltas of the checkpoints after k; all ones once lost. */
+uint64_t cbt_since_word(const struct cbt_state *s, unsigned k, size_t w);
 /* Blocks set in "changed since checkpoint k" over the whole image. */
 uint64_t cbt_count_since(struct cbt_state *s, unsigned k);
 /* Is block b changed since checkpoint k (deltas loaded)? */
