@@ -50,6 +50,7 @@
 #include "aio.h"
 #include "check.h"
 #include "image.h"
+#include "imgtest.h"
 #include "vbd/endian.h"
 #include "vbd/macro.h"
 
@@ -69,60 +70,6 @@ static uint64_t rnd(void)
         return rng;
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-        char cmd[4096];
-        va_list ap;
-        int st;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        st = system(cmd);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static json_t *sh_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static json_t *sh_json(const char *fmt, ...)
-{
-        char cmd[4096];
-        json_error_t jerr;
-        json_t *j;
-        va_list ap;
-        FILE *f;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        f = popen(cmd, "r");
-        if (!f)
-                return NULL;
-        j = json_loadf(f, 0, &jerr);
-        if (pclose(f) != 0) {
-                json_decref(j);
-                return NULL;
-        }
-        return j;
-}
-
-static long long jint(json_t *o, const char *key)
-{
-        json_t *v = json_object_get(o, key);
-
-        return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
-}
-
-static char *path_in(const char *name)
-{
-        static char bufs[8][1200];
-        static unsigned next;
-        char *p = bufs[next++ % 8];
-
-        snprintf(p, sizeof(bufs[0]), "%s/%s", dir, name);
-        return p;
-}
-
 static uint64_t file_size(const char *path)
 {
         struct stat st;
@@ -134,50 +81,32 @@ static uint64_t file_size(const char *path)
 /* qemu-img check: exit 0 and nothing leaked or corrupt (leaks_ok: leaks allowed). */
 static void check_img(const char *path, bool leaks_ok, const char *what)
 {
-        json_t *j = sh_json("qemu-img check --output=json '%s' 2>/dev/null", path);
+        json_t *j = t_sh_json("qemu-img check --output=json '%s' 2>/dev/null", path);
 
         if (!j) {
-                if (leaks_ok && sh("qemu-img check '%s' >/dev/null 2>&1", path) == 3)
+                if (leaks_ok && t_sh("qemu-img check '%s' >/dev/null 2>&1", path) == 3)
                         return; /* leaks only */
                 CHECK_FAIL("%s: qemu-img check of %s failed", what, path);
-                (void)sh("qemu-img check '%s' | head -20 >&2", path);
+                (void)t_sh("qemu-img check '%s' | head -20 >&2", path);
                 return;
         }
-        CHECK_MSG(jint(j, "check-errors") <= 0 && jint(j, "corruptions") <= 0 &&
-                      (leaks_ok || jint(j, "leaks") <= 0),
+        CHECK_MSG(t_jint(j, "check-errors") <= 0 && t_jint(j, "corruptions") <= 0 &&
+                      (leaks_ok || t_jint(j, "leaks") <= 0),
                   "%s: check-errors %lld, corruptions %lld, leaks %lld", what,
-                  jint(j, "check-errors"), jint(j, "corruptions"), jint(j, "leaks"));
+                  t_jint(j, "check-errors"), t_jint(j, "corruptions"), t_jint(j, "leaks"));
         json_decref(j);
 }
 
+/* qcow2:path, a failed open a failed check. */
 static struct vbd_image *img_open(const char *path, bool ro)
 {
-        struct vbd_err err = {0};
         char spec[1300];
         struct vbd_image *img;
 
         snprintf(spec, sizeof(spec), "qcow2:%s", path);
-        img = vbd_image_open(spec, ro, aio, loop, &err);
-        if (!img)
-                CHECK_FAIL("open %s: %s", spec, err.msg);
+        img = t_image_open(loop, aio, spec, ro);
+        CHECK_MSG(img, "open %s", spec);
         return img;
-}
-
-static void img_drained(void *opaque)
-{
-        *(bool *)opaque = true;
-}
-
-static void img_close(struct vbd_image *img)
-{
-        bool drained = false;
-
-        if (!img)
-                return;
-        vbd_image_drain(img, img_drained, &drained);
-        while (!drained)
-                ev_run(loop, EVRUN_ONCE);
-        vbd_image_close(img);
 }
 
 struct req {
@@ -321,9 +250,9 @@ static int get_err(struct vbd_image *img, const char *name, char *msg, size_t ms
 /* qemu-nbd -B NAME, nbdinfo --map: the dirty extents equal the model's. */
 static void nbd_same(const char *path, const struct model *m, uint64_t size, const char *what)
 {
-        json_t *j = sh_json("timeout 60 nbdinfo --map=qemu:dirty-bitmap:%s --json -- "
-                            "[ qemu-nbd -r -f qcow2 -B %s '%s' ] 2>/dev/null",
-                            m->b.name, m->b.name, path);
+        json_t *j = t_sh_json("timeout 60 nbdinfo --map=qemu:dirty-bitmap:%s --json -- "
+                              "[ qemu-nbd -r -f qcow2 -B %s '%s' ] 2>/dev/null",
+                              m->b.name, m->b.name, path);
         uint64_t pos = 0, g = m->b.granularity, bad = 0;
         size_t i;
         json_t *e;
@@ -335,8 +264,8 @@ static void nbd_same(const char *path, const struct model *m, uint64_t size, con
         }
         json_array_foreach(j, i, e)
         {
-                uint64_t off = (uint64_t)jint(e, "offset"), len = (uint64_t)jint(e, "length");
-                bool dirty = jint(e, "type") == 1;
+                uint64_t off = (uint64_t)t_jint(e, "offset"), len = (uint64_t)t_jint(e, "length");
+                bool dirty = t_jint(e, "type") == 1;
 
                 if (off != pos) {
                         CHECK_FAIL("%s: %s: extent at %llu, expected %llu", what, m->b.name,
@@ -361,7 +290,7 @@ static void nbd_same(const char *path, const struct model *m, uint64_t size, con
 static void info_same(const char *path, const struct model *m, unsigned n, bool in_use,
                       const char *what)
 {
-        json_t *j = sh_json("qemu-img info -U --output=json '%s' 2>/dev/null", path);
+        json_t *j = t_sh_json("qemu-img info -U --output=json '%s' 2>/dev/null", path);
         json_t *bms = json_object_get(
             json_object_get(json_object_get(j, "format-specific"), "data"), "bitmaps");
         size_t count = json_is_array(bms) ? json_array_size(bms) : 0;
@@ -377,7 +306,7 @@ static void info_same(const char *path, const struct model *m, unsigned n, bool 
                     strcmp(json_string_value(json_object_get(e, "name")) ?: "", m[i].b.name) == 0,
                     "%s: bitmap %u named %s", what, i,
                     json_string_value(json_object_get(e, "name")));
-                CHECK_EQ(jint(e, "granularity"), (long long)m[i].b.granularity);
+                CHECK_EQ(t_jint(e, "granularity"), (long long)m[i].b.granularity);
                 json_array_foreach(fl, k, f)
                 {
                         const char *s = json_string_value(f);
@@ -510,7 +439,7 @@ static unsigned data_clusters(const char *path, uint64_t table, uint32_t tsize)
 static void test_put(uint32_t cs, bool backing)
 {
         uint64_t size = 300 * MB + 1536;
-        const char *img = path_in("put.qcow2"), *base = path_in("put-base.qcow2");
+        const char *img = t_path(dir, "put.qcow2"), *base = t_path(dir, "put-base.qcow2");
         struct model m[NB];
         uint64_t size0, set_bytes;
         char what[128];
@@ -518,21 +447,21 @@ static void test_put(uint32_t cs, bool backing)
         struct ext e;
 
         snprintf(what, sizeof(what), "put cs %u%s", cs, backing ? " backing" : "");
-        (void)sh("rm -f '%s' '%s'", img, base);
+        (void)t_sh("rm -f '%s' '%s'", img, base);
         if (backing) {
-                REQUIRE(sh("qemu-img create -q -f qcow2 -o cluster_size=%u '%s' %llu", cs, base,
-                           (unsigned long long)size) == 0);
-                REQUIRE(sh("qemu-io -f qcow2 -c 'write -P 7 0 1M' '%s' >/dev/null", base) == 0);
-                REQUIRE(sh("qemu-img create -q -f qcow2 -o cluster_size=%u -b '%s' -F qcow2 '%s'",
-                           cs, base, img) == 0);
+                REQUIRE(t_sh("qemu-img create -q -f qcow2 -o cluster_size=%u '%s' %llu", cs, base,
+                             (unsigned long long)size) == 0);
+                REQUIRE(t_sh("qemu-io -f qcow2 -c 'write -P 7 0 1M' '%s' >/dev/null", base) == 0);
+                REQUIRE(t_sh("qemu-img create -q -f qcow2 -o cluster_size=%u -b '%s' -F qcow2 '%s'",
+                             cs, base, img) == 0);
         } else {
-                REQUIRE(sh("qemu-img create -q -f qcow2 -o cluster_size=%u '%s' %llu", cs, img,
-                           (unsigned long long)size) == 0);
+                REQUIRE(t_sh("qemu-img create -q -f qcow2 -o cluster_size=%u '%s' %llu", cs, img,
+                             (unsigned long long)size) == 0);
         }
         /* Some data, so that bitmap clusters land among L2 tables and data. */
-        REQUIRE(sh("qemu-io -f qcow2 -c 'write -P 9 2M 300k' -c 'write -P 3 100M 64k' '%s' "
-                   ">/dev/null",
-                   img) == 0);
+        REQUIRE(t_sh("qemu-io -f qcow2 -c 'write -P 9 2M 300k' -c 'write -P 3 100M 64k' '%s' "
+                     ">/dev/null",
+                     img) == 0);
         models_make(m, size, cs);
 
         size0 = file_size(img);
@@ -542,30 +471,30 @@ static void test_put(uint32_t cs, bool backing)
         PUT_OK(h, m, NB);
         for (unsigned i = 0; i < NB; i++)
                 get_same(h, &m[i], false, what);
-        img_close(h);
+        t_image_close(loop, h);
         set_bytes = file_size(img) - size0; /* about what one set takes */
 
         info_same(img, m, NB, false, what);
         check_img(img, false, what);
         if (backing) {
-                json_t *j = sh_json("qemu-img info --output=json '%s'", img);
+                json_t *j = t_sh_json("qemu-img info --output=json '%s'", img);
                 const char *bf = json_string_value(json_object_get(j, "backing-filename"));
 
                 CHECK_MSG(bf && strcmp(bf, base) == 0, "%s: backing file %s", what, bf);
                 json_decref(j);
-                CHECK_EQ(sh("qemu-img compare -q '%s' '%s'", base, img), 1); /* data differs */
+                CHECK_EQ(t_sh("qemu-img compare -q '%s' '%s'", base, img), 1); /* data differs */
         }
         for (unsigned i = 0; i < NB; i++)
                 nbd_same(img, &m[i], size, what);
         /* qemu-img convert --bitmaps copies them: the copy exports the same bits. */
         {
-                const char *cp = path_in("put-copy.qcow2");
+                const char *cp = t_path(dir, "put-copy.qcow2");
 
-                (void)sh("rm -f '%s'", cp);
-                CHECK_EQ(sh("qemu-img convert -q --bitmaps -O qcow2 '%s' '%s'", img, cp), 0);
+                (void)t_sh("rm -f '%s'", cp);
+                CHECK_EQ(t_sh("qemu-img convert -q --bitmaps -O qcow2 '%s' '%s'", img, cp), 0);
                 nbd_same(cp, &m[0], size, "convert --bitmaps");
                 nbd_same(cp, &m[1], size, "convert --bitmaps");
-                (void)sh("rm -f '%s'", cp);
+                (void)t_sh("rm -f '%s'", cp);
         }
         /* The empty and the all-ones bitmaps (third and fourth in the
          * directory) have no data cluster. */
@@ -593,19 +522,19 @@ static void test_put(uint32_t cs, bool backing)
                 get_same(h, &m[i], false, "ro reopen");
         CHECK_ERR(get_err(h, "nope", NULL, 0), -ENOENT);
         CHECK_ERR(put(h, m, 1, NULL, 0), -EROFS);
-        img_close(h);
+        t_image_close(loop, h);
 
         /* Read-write without a put: in use in the file, flags as found for get. */
         h = img_open(img, false);
         for (unsigned i = 0; h && i < NB; i++)
                 get_same(h, &m[i], false, "rw open");
-        img_close(h);
+        t_image_close(loop, h);
         info_same(img, m, NB, true, "after a rw open");
         check_img(img, false, "after a rw open");
         h = img_open(img, true);
         for (unsigned i = 0; h && i < NB; i++)
                 get_same(h, &m[i], true, "after a rw open");
-        img_close(h);
+        t_image_close(loop, h);
         CHECK_MSG(ext_find(img, &e) && (e.autoclear & 1), "rw open keeps autoclear bit 0");
 
         /* Replace 20 times: fewer, more, other patterns; the file stops growing. */
@@ -629,7 +558,7 @@ static void test_put(uint32_t cs, bool backing)
                         if (!h)
                                 break;
                         PUT_OK(h, r, n);
-                        img_close(h);
+                        t_image_close(loop, h);
                         if (round == 1)
                                 size1 = file_size(img);
                         if (round % 5 == 4 || round == 19) {
@@ -640,7 +569,7 @@ static void test_put(uint32_t cs, bool backing)
                                 h = img_open(img, true);
                                 for (unsigned i = 0; h && i < n; i++)
                                         get_same(h, &r[i], false, what);
-                                img_close(h);
+                                t_image_close(loop, h);
                         }
                         for (unsigned i = 0; i < NB; i++)
                                 model_free(&r[i]);
@@ -656,16 +585,16 @@ static void test_put(uint32_t cs, bool backing)
         if (h) {
                 PUT_OK(h, NULL, 0);
                 CHECK_ERR(get_err(h, "r0.0", NULL, 0), -ENOENT);
-                img_close(h);
+                t_image_close(loop, h);
         }
         CHECK_MSG(!ext_find(img, &e), "n = 0 leaves a bitmaps extension");
         CHECK_MSG(!(e.autoclear & 1), "n = 0 leaves autoclear bit 0");
         info_same(img, m, 0, false, "n = 0");
         check_img(img, false, "n = 0");
         /* The data is untouched: the backing file's and the image's own. */
-        CHECK_EQ(sh("qemu-io -r -f qcow2 -c 'read -P %d 0 1M' -c 'read -P 9 2M 300k' "
-                    "-c 'read -P 3 100M 64k' '%s' | grep -q 'verification failed'",
-                    backing ? 7 : 0, img),
+        CHECK_EQ(t_sh("qemu-io -r -f qcow2 -c 'read -P %d 0 1M' -c 'read -P 9 2M 300k' "
+                      "-c 'read -P 3 100M 64k' '%s' | grep -q 'verification failed'",
+                      backing ? 7 : 0, img),
                  1);
         for (unsigned i = 0; i < NB; i++)
                 model_free(&m[i]);
@@ -674,19 +603,19 @@ static void test_put(uint32_t cs, bool backing)
 /* QEMU writes, we read. */
 static void test_from_qemu(void)
 {
-        const char *img = path_in("qemu.qcow2");
+        const char *img = t_path(dir, "qemu.qcow2");
         uint64_t size = 64 * MB + 512;
         struct model b1, b2, both[2];
         struct vbd_image *h;
         char msg[512];
 
-        (void)sh("rm -f '%s'", img);
-        REQUIRE(sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
-        REQUIRE(sh("qemu-img bitmap --add '%s' b1 -g 64K", img) == 0);
-        REQUIRE(sh("qemu-img bitmap --add --disable '%s' b2 -g 1M", img) == 0);
-        REQUIRE(sh("qemu-io -f qcow2 -c 'write 0 4k' -c 'write 1M 130k' -c 'write 40M 1M' "
-                   "-c 'write %llu 512' '%s' >/dev/null",
-                   (unsigned long long)size - 512, img) == 0);
+        (void)t_sh("rm -f '%s'", img);
+        REQUIRE(t_sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
+        REQUIRE(t_sh("qemu-img bitmap --add '%s' b1 -g 64K", img) == 0);
+        REQUIRE(t_sh("qemu-img bitmap --add --disable '%s' b2 -g 1M", img) == 0);
+        REQUIRE(t_sh("qemu-io -f qcow2 -c 'write 0 4k' -c 'write 1M 130k' -c 'write 40M 1M' "
+                     "-c 'write %llu 512' '%s' >/dev/null",
+                     (unsigned long long)size - 512, img) == 0);
         model_init(&b1, "b1", 64 * KB, size, true);
         model_set(&b1, 0, 1);
         model_set(&b1, 16, 19);
@@ -699,13 +628,13 @@ static void test_from_qemu(void)
                 get_same(h, &b1, false, "from qemu");
                 get_same(h, &b2, false, "from qemu");
                 CHECK_ERR(get_err(h, "b3", NULL, 0), -ENOENT);
-                img_close(h);
+                t_image_close(loop, h);
         }
         /* Our rw open leaves them in use; qemu then sees them inconsistent. */
         h = img_open(img, false);
         if (h) {
                 get_same(h, &b1, false, "from qemu, rw");
-                img_close(h);
+                t_image_close(loop, h);
         }
         both[0] = b1;
         both[1] = b2;
@@ -715,12 +644,12 @@ static void test_from_qemu(void)
         h = img_open(img, false);
         if (h) {
                 PUT_OK(h, both, 2);
-                img_close(h);
+                t_image_close(loop, h);
         }
         info_same(img, both, 2, false, "given back");
-        CHECK_EQ(sh("qemu-img bitmap --add '%s' b3 -g 64K && "
-                    "qemu-img bitmap --merge b1 '%s' b3",
-                    img, img),
+        CHECK_EQ(t_sh("qemu-img bitmap --add '%s' b3 -g 64K && "
+                      "qemu-img bitmap --merge b1 '%s' b3",
+                      img, img),
                  0);
         b1.b.enabled = true;
         snprintf(b1.b.name, sizeof(b1.b.name), "b3");
@@ -738,7 +667,7 @@ static void test_from_qemu(void)
         if (h) {
                 CHECK_ERR(get_err(h, "b1", msg, sizeof(msg)), -ESTALE);
                 CHECK_MSG(*msg, "-ESTALE without a message");
-                img_close(h);
+                t_image_close(loop, h);
         }
         /* A put over stale bitmaps replaces them (the old clusters leak). */
         h = img_open(img, false);
@@ -747,7 +676,7 @@ static void test_from_qemu(void)
                 snprintf(b1.b.name, sizeof(b1.b.name), "b1");
                 PUT_OK(h, &b1, 1);
                 get_same(h, &b1, false, "put over stale");
-                img_close(h);
+                t_image_close(loop, h);
         }
         info_same(img, &b1, 1, false, "put over stale");
         check_img(img, true, "put over stale");
@@ -757,14 +686,14 @@ static void test_from_qemu(void)
 
 static void test_refusals(void)
 {
-        const char *img = path_in("refuse.qcow2"), *base = path_in("refuse-base.qcow2");
+        const char *img = t_path(dir, "refuse.qcow2"), *base = t_path(dir, "refuse-base.qcow2");
         uint64_t size = 8 * MB;
         struct model m[2];
         struct vbd_image *h;
         char msg[512], longname[400], back[1024];
 
-        (void)sh("rm -f '%s'", img);
-        REQUIRE(sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
+        (void)t_sh("rm -f '%s'", img);
+        REQUIRE(t_sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
         model_init(&m[0], "x", 64 * KB, size, true);
         model_init(&m[1], "x", 64 * KB, size, true);
         model_set(&m[0], 3, 9);
@@ -788,14 +717,14 @@ static void test_refusals(void)
         memset(m[1].b.name, 'n', 1023);
         m[1].b.name[1023] = '\0'; /* the longest name QEMU takes */
         PUT_OK(h, m, 2);
-        img_close(h);
+        t_image_close(loop, h);
         check_img(img, false, "longest name");
         h = img_open(img, true);
         if (h) {
                 get_same(h, &m[1], false, "longest name");
-                img_close(h);
+                t_image_close(loop, h);
         }
-        CHECK_EQ(sh("qemu-img info '%s' | grep -q nnnnnnnnnnnnnnnnnnnn", img), 0);
+        CHECK_EQ(t_sh("qemu-img info '%s' | grep -q nnnnnnnnnnnnnnnnnnnn", img), 0);
 
         /* 512 B clusters, a long backing file name: the extension does not fit. */
         memset(longname, 'l', sizeof(longname) - 1);
@@ -812,11 +741,11 @@ static void test_refusals(void)
                 snprintf(back, sizeof(back), "%s/%.*s/%.*s", dir, a, longname, rest - a, longname);
                 REQUIRE(strlen(back) == 360);
         }
-        (void)sh("rm -f '%s' '%s'", img, base);
-        REQUIRE(sh("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' %llu", back,
-                   (unsigned long long)size) == 0);
-        REQUIRE(sh("qemu-img create -q -f qcow2 -o cluster_size=512 -b '%s' -F qcow2 '%s'", back,
-                   img) == 0);
+        (void)t_sh("rm -f '%s' '%s'", img, base);
+        REQUIRE(t_sh("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' %llu", back,
+                     (unsigned long long)size) == 0);
+        REQUIRE(t_sh("qemu-img create -q -f qcow2 -o cluster_size=512 -b '%s' -F qcow2 '%s'", back,
+                     img) == 0);
         {
                 uint8_t before[512], after[512];
                 int fd = open(img, O_RDONLY);
@@ -827,7 +756,7 @@ static void test_refusals(void)
                 if (h) {
                         CHECK_ERR(put(h, m, 1, msg, sizeof(msg)), -ENOSPC);
                         CHECK_MSG(strstr(msg, "first cluster"), "ENOSPC message: %s", msg);
-                        img_close(h);
+                        t_image_close(loop, h);
                 }
                 fd = open(img, O_RDONLY);
                 REQUIRE(fd >= 0 && pread(fd, after, 512, 0) == 512);
@@ -835,7 +764,7 @@ static void test_refusals(void)
                 CHECK_MSG(memcmp(before, after, 512) == 0, "a refused put changed the header");
                 check_img(img, false, "no room in the first cluster");
         }
-        (void)sh("rm -f '%s'", back);
+        (void)t_sh("rm -f '%s'", back);
         model_free(&m[0]);
         model_free(&m[1]);
 }
@@ -849,16 +778,16 @@ static void test_hostile(void)
             "nb_bitmaps 0",           "table entry past the end", "table entry unaligned",
             "directory size huge",    "table at the L1 table",    "extension length 16",
             "reserved field set"};
-        const char *good = path_in("good.qcow2"), *img = path_in("bad.qcow2");
+        const char *good = t_path(dir, "good.qcow2"), *img = t_path(dir, "bad.qcow2");
         uint64_t size = 16 * MB;
         struct model m[2];
         struct vbd_image *h;
         struct ext e;
         char msg[512];
 
-        (void)sh("rm -f '%s'", good);
-        REQUIRE(sh("qemu-img create -q -f qcow2 '%s' %llu", good, (unsigned long long)size) == 0);
-        REQUIRE(sh("qemu-io -f qcow2 -c 'write -P 5 0 64k' '%s' >/dev/null", good) == 0);
+        (void)t_sh("rm -f '%s'", good);
+        REQUIRE(t_sh("qemu-img create -q -f qcow2 '%s' %llu", good, (unsigned long long)size) == 0);
+        REQUIRE(t_sh("qemu-io -f qcow2 -c 'write -P 5 0 64k' '%s' >/dev/null", good) == 0);
         model_init(&m[0], "h0", 512, size, true);
         model_init(&m[1], "h1", 64 * KB, size, true);
         model_set(&m[0], 0, 100);
@@ -868,7 +797,7 @@ static void test_hostile(void)
         if (!h)
                 return;
         PUT_OK(h, m, 2);
-        img_close(h);
+        t_image_close(loop, h);
         REQUIRE(ext_find(good, &e));
 
         for (int c = 0; c < (int)VBD_ARRAY_SIZE(what); c++) {
@@ -876,7 +805,7 @@ static void test_hostile(void)
                 void *buf = aligned_alloc(4096, 64 * KB);
                 int r;
 
-                REQUIRE(sh("cp '%s' '%s'", good, img) == 0);
+                REQUIRE(t_sh("cp '%s' '%s'", good, img) == 0);
                 switch (c) {
                 case 0:
                         poke(img, e.ext_off + 16, 8, (fsz + 64 * KB) & ~(64 * KB - 1));
@@ -931,21 +860,21 @@ static void test_hostile(void)
                                   rw ? "rw" : "ro", r, msg);
                         if (rw)
                                 fprintf(stderr, "%s: %s\n", what[c], msg);
-                        img_close(h);
+                        t_image_close(loop, h);
                 }
                 /* A put replaces the lot; qemu then finds it clean (bar leaks). */
                 h = img_open(img, false);
                 if (h) {
                         PUT_OK(h, m, 2);
                         get_same(h, &m[0], false, what[c]);
-                        img_close(h);
+                        t_image_close(loop, h);
                         check_img(img, true, what[c]);
                         info_same(img, m, 2, false, what[c]);
                         nbd_same(img, &m[0], size, what[c]);
                 }
                 free(buf);
         }
-        (void)sh("rm -f '%s' '%s'", good, img);
+        (void)t_sh("rm -f '%s' '%s'", good, img);
         model_free(&m[0]);
         model_free(&m[1]);
 }
@@ -988,22 +917,22 @@ static void crash_child(const char *path, int wfd, uint64_t size)
 /* Killed in the middle of puts: the old set or the new, leaks at most. */
 static void test_crash(void)
 {
-        const char *img = path_in("crash.qcow2");
+        const char *img = t_path(dir, "crash.qcow2");
         uint64_t size = 64 * MB;
         struct model sets[3][3];
         unsigned nsets[3];
         struct vbd_image *h;
         unsigned seen[3] = {0};
 
-        (void)sh("rm -f '%s'", img);
-        REQUIRE(sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
+        (void)t_sh("rm -f '%s'", img);
+        REQUIRE(t_sh("qemu-img create -q -f qcow2 '%s' %llu", img, (unsigned long long)size) == 0);
         for (unsigned w = 0; w < 3; w++)
                 nsets[w] = crash_set(sets[w], w, size);
         h = img_open(img, false);
         if (!h)
                 return;
         PUT_OK(h, sets[0], nsets[0]);
-        img_close(h);
+        t_image_close(loop, h);
         for (unsigned round = 0; round < 8; round++) {
                 json_t *j, *bms;
                 uint32_t k, puts = 0;
@@ -1029,7 +958,7 @@ static void test_crash(void)
                 CHECK_MSG(WIFSIGNALED(st), "crash child exited with %d",
                           WIFEXITED(st) ? WEXITSTATUS(st) : -1);
                 check_img(img, true, "after a kill in a put");
-                j = sh_json("qemu-img info --output=json '%s' 2>/dev/null", img);
+                j = t_sh_json("qemu-img info --output=json '%s' 2>/dev/null", img);
                 bms = json_object_get(
                     json_object_get(json_object_get(j, "format-specific"), "data"), "bitmaps");
                 w = json_array_size(bms) ? (unsigned)json_array_size(bms) - 1 : 3;
@@ -1042,7 +971,7 @@ static void test_crash(void)
                 h = img_open(img, true);
                 for (unsigned i = 0; h && i < nsets[w]; i++)
                         get_same(h, &sets[w][i], -1, "after a kill"); /* in use: marked at open */
-                img_close(h);
+                t_image_close(loop, h);
                 CHECK_MSG(puts || round || w == 0, "round %u: a set never put", round);
         }
         fprintf(stderr, "crash rounds: initial set %u, first %u, second %u\n", seen[0], seen[1],
@@ -1087,6 +1016,6 @@ int main(void)
 
         vbd_aio_free(aio);
         if (!check_failures)
-                (void)sh("rm -rf '%s'", dir);
+                (void)t_sh("rm -rf '%s'", dir);
         return check_result("test-qcow2-bitmaps");
 }

@@ -48,6 +48,7 @@
 #include "aio.h"
 #include "check.h"
 #include "image.h"
+#include "imgtest.h"
 #include "vbd/endian.h"
 #include "vbd/macro.h"
 
@@ -59,68 +60,6 @@
 static char dir[256];
 static struct ev_loop *loop;
 static struct vbd_aio *aio;
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-        char cmd[4096];
-        va_list ap;
-        int st;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        st = system(cmd);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-/* The JSON a command prints (NULL on failure). */
-static json_t *sh_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static json_t *sh_json(const char *fmt, ...)
-{
-        char cmd[4096];
-        json_error_t jerr;
-        json_t *j;
-        va_list ap;
-        FILE *f;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        f = popen(cmd, "r");
-        if (!f)
-                return NULL;
-        j = json_loadf(f, 0, &jerr);
-        if (pclose(f) != 0) {
-                json_decref(j);
-                return NULL;
-        }
-        return j;
-}
-
-static const char *jstr(json_t *o, const char *key)
-{
-        const char *s = json_string_value(json_object_get(o, key));
-
-        return s ? s : "";
-}
-
-static long long jint(json_t *o, const char *key)
-{
-        json_t *v = json_object_get(o, key);
-
-        return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
-}
-
-static char *path_in(const char *name)
-{
-        static char bufs[8][1200];
-        static unsigned next;
-        char *p = bufs[next++ % 8];
-
-        snprintf(p, sizeof(bufs[0]), "%s/%s", dir, name);
-        return p;
-}
 
 static bool exists(const char *path)
 {
@@ -184,31 +123,13 @@ static int do_io(struct vbd_image *img, enum vbd_op op, uint64_t off, uint64_t l
         return st;
 }
 
+/* A failed open is a failed check. */
 static struct vbd_image *img_open(const char *spec, bool ro)
 {
-        struct vbd_err err = {0};
-        struct vbd_image *img = vbd_image_open(spec, ro, aio, loop, &err);
+        struct vbd_image *img = t_image_open(loop, aio, spec, ro);
 
-        if (!img)
-                CHECK_FAIL("open %s: %s", spec, err.msg);
+        CHECK_MSG(img, "open %s", spec);
         return img;
-}
-
-static void img_drained(void *opaque)
-{
-        *(bool *)opaque = true;
-}
-
-static void img_close(struct vbd_image *img)
-{
-        bool drained = false;
-
-        if (!img)
-                return;
-        vbd_image_drain(img, img_drained, &drained);
-        while (!drained)
-                ev_run(loop, EVRUN_ONCE);
-        vbd_image_close(img);
 }
 
 static void *abuf(size_t len)
@@ -245,18 +166,18 @@ static bool all_zero(const uint8_t *p, size_t len)
 /* qemu-img check: clean (exit 0, no errors, no leaks, nothing corrupt). */
 static void check_clean(const char *path, const char *what)
 {
-        json_t *j = sh_json("qemu-img check --output=json '%s' 2>/dev/null", path);
+        json_t *j = t_sh_json("qemu-img check --output=json '%s' 2>/dev/null", path);
 
         if (!j) {
                 CHECK_FAIL("%s: qemu-img check of %s failed", what, path);
-                (void)sh("qemu-img check '%s' | head -20 >&2", path);
+                (void)t_sh("qemu-img check '%s' | head -20 >&2", path);
                 return;
         }
-        CHECK_MSG(jint(j, "check-errors") == 0, "%s", what);
-        CHECK_MSG(jint(j, "leaks") <= 0 && jint(j, "corruptions") <= 0,
+        CHECK_MSG(t_jint(j, "check-errors") == 0, "%s", what);
+        CHECK_MSG(t_jint(j, "leaks") <= 0 && t_jint(j, "corruptions") <= 0,
                   "%s: leaks %lld, "
                   "corruptions %lld",
-                  what, jint(j, "leaks"), jint(j, "corruptions"));
+                  what, t_jint(j, "leaks"), t_jint(j, "corruptions"));
         json_decref(j);
 }
 
@@ -264,32 +185,32 @@ static void check_clean(const char *path, const char *what)
 static void check_info(const char *path, uint64_t size, uint64_t cs, const char *backing,
                        const char *fmt, const char *what)
 {
-        json_t *j = sh_json("qemu-img info --output=json '%s'", path), *data;
+        json_t *j = t_sh_json("qemu-img info --output=json '%s'", path), *data;
 
         if (!j) {
                 CHECK_FAIL("%s: qemu-img info failed", what);
                 return;
         }
         data = json_object_get(json_object_get(j, "format-specific"), "data");
-        CHECK_MSG(strcmp(jstr(j, "format"), "qcow2") == 0, "%s: format %s", what,
-                  jstr(j, "format"));
-        CHECK_MSG(jint(j, "virtual-size") == (long long)size, "%s: virtual-size %lld", what,
-                  jint(j, "virtual-size"));
-        CHECK_MSG(jint(j, "cluster-size") == (long long)cs, "%s: cluster-size %lld", what,
-                  jint(j, "cluster-size"));
-        CHECK_MSG(strcmp(jstr(data, "compat"), "1.1") == 0, "%s: compat %s", what,
-                  jstr(data, "compat"));
-        CHECK_MSG(jint(data, "refcount-bits") == 16, "%s", what);
-        CHECK_MSG(strcmp(jstr(data, "compression-type"), "zlib") == 0, "%s", what);
+        CHECK_MSG(strcmp(t_jstr(j, "format"), "qcow2") == 0, "%s: format %s", what,
+                  t_jstr(j, "format"));
+        CHECK_MSG(t_jint(j, "virtual-size") == (long long)size, "%s: virtual-size %lld", what,
+                  t_jint(j, "virtual-size"));
+        CHECK_MSG(t_jint(j, "cluster-size") == (long long)cs, "%s: cluster-size %lld", what,
+                  t_jint(j, "cluster-size"));
+        CHECK_MSG(strcmp(t_jstr(data, "compat"), "1.1") == 0, "%s: compat %s", what,
+                  t_jstr(data, "compat"));
+        CHECK_MSG(t_jint(data, "refcount-bits") == 16, "%s", what);
+        CHECK_MSG(strcmp(t_jstr(data, "compression-type"), "zlib") == 0, "%s", what);
         CHECK_MSG(json_is_false(json_object_get(data, "lazy-refcounts")), "%s", what);
         CHECK_MSG(json_is_false(json_object_get(data, "corrupt")), "%s", what);
         CHECK_MSG(json_is_false(json_object_get(j, "dirty-flag")), "%s", what);
         if (backing) {
-                CHECK_MSG(strcmp(jstr(j, "backing-filename"), backing) == 0,
-                          "%s: backing-filename '%s'", what, jstr(j, "backing-filename"));
-                CHECK_MSG(strcmp(jstr(j, "backing-filename-format"), fmt) == 0,
+                CHECK_MSG(strcmp(t_jstr(j, "backing-filename"), backing) == 0,
+                          "%s: backing-filename '%s'", what, t_jstr(j, "backing-filename"));
+                CHECK_MSG(strcmp(t_jstr(j, "backing-filename-format"), fmt) == 0,
                           "%s: backing-filename-format '%s'", what,
-                          jstr(j, "backing-filename-format"));
+                          t_jstr(j, "backing-filename-format"));
         } else {
                 CHECK_MSG(!json_object_get(j, "backing-filename") &&
                               !json_object_get(j, "backing-filename-format"),
@@ -378,7 +299,7 @@ static unsigned count_rbs(const char *path)
 
 static void test_geometry(uint64_t size, uint32_t cs, bool with_backing)
 {
-        const char *path = path_in("g.qcow2"), *base = path_in("g-base.qcow2");
+        const char *path = t_path(dir, "g.qcow2"), *base = t_path(dir, "g-base.qcow2");
         uint64_t want_cs = cs ? cs : 65536;
         struct vbd_err err;
         struct vbd_image *img;
@@ -417,16 +338,17 @@ static void test_geometry(uint64_t size, uint32_t cs, bool with_backing)
                 memset(buf, 0xee, 4096);
                 CHECK_EQ(do_io(img, VBD_OP_READ, size - 4096, 4096, buf), 0);
                 CHECK(all_zero(buf, 4096));
-                img_close(img);
+                t_image_close(loop, img);
                 free(buf);
         }
         check_clean(path, what);
         /* The same as qemu-img's own empty image. */
-        CHECK_MSG(sh("qemu-img create -q -f qcow2 -o cluster_size=%llu '%s.ref' %llu && "
-                     "qemu-img compare -q '%s' '%s.ref'",
-                     (unsigned long long)want_cs, path, (unsigned long long)size, path, path) == 0,
+        CHECK_MSG(t_sh("qemu-img create -q -f qcow2 -o cluster_size=%llu '%s.ref' %llu && "
+                       "qemu-img compare -q '%s' '%s.ref'",
+                       (unsigned long long)want_cs, path, (unsigned long long)size, path,
+                       path) == 0,
                   "%s: differs from qemu-img's", what);
-        (void)sh("rm -f '%s' '%s.ref' '%s'", path, path, base);
+        (void)t_sh("rm -f '%s' '%s.ref' '%s'", path, path, base);
 }
 
 /* ---- data through the driver ---- */
@@ -440,7 +362,7 @@ struct wr {
 static void test_write(uint64_t size, uint32_t cs, const struct wr *ws, unsigned n,
                        unsigned want_rbs)
 {
-        const char *q = path_in("w.qcow2"), *r = path_in("w.raw");
+        const char *q = t_path(dir, "w.qcow2"), *r = t_path(dir, "w.raw");
         struct vbd_image *qi, *ri;
         struct vbd_err err;
         char what[128], spec[1300];
@@ -482,19 +404,20 @@ static void test_write(uint64_t size, uint32_t cs, const struct wr *ws, unsigned
                 CHECK_MSG(memcmp(buf, back, ws[i].len) == 0, "%s: read back %u", what, i);
         }
 out:
-        img_close(qi);
-        img_close(ri);
+        t_image_close(loop, qi);
+        t_image_close(loop, ri);
         check_clean(q, what);
-        CHECK_MSG(sh("qemu-img compare -q -f qcow2 -F raw '%s' '%s'", q, r) == 0,
+        CHECK_MSG(t_sh("qemu-img compare -q -f qcow2 -F raw '%s' '%s'", q, r) == 0,
                   "%s: qemu-img compare with the raw reference differs", what);
         if (want_rbs)
                 CHECK_MSG(count_rbs(q) >= want_rbs, "%s: %u refcount blocks, want >= %u", what,
                           count_rbs(q), want_rbs);
         /* and qemu-img sees the data: the image differs from an empty one */
-        CHECK(sh("qemu-img create -q -f qcow2 '%s.empty' %llu", q, (unsigned long long)size) == 0);
-        CHECK_MSG(sh("qemu-img compare -q '%s' '%s.empty'", q, q) == 1,
+        CHECK(t_sh("qemu-img create -q -f qcow2 '%s.empty' %llu", q, (unsigned long long)size) ==
+              0);
+        CHECK_MSG(t_sh("qemu-img compare -q '%s' '%s.empty'", q, q) == 1,
                   "%s: qemu-img reads the image as empty", what);
-        (void)sh("rm -f '%s' '%s' '%s.empty'", q, r, q);
+        (void)t_sh("rm -f '%s' '%s' '%s.empty'", q, r, q);
         free(buf);
         free(back);
 }
@@ -543,7 +466,7 @@ static void test_writes(void)
  * refcount table); we read back what it wrote. */
 static void test_qemu_writes(uint32_t cs)
 {
-        const char *path = path_in("qw.qcow2");
+        const char *path = t_path(dir, "qw.qcow2");
         struct vbd_image *img;
         struct vbd_err err;
         char spec[1300], what[64];
@@ -551,9 +474,9 @@ static void test_qemu_writes(uint32_t cs)
 
         snprintf(what, sizeof(what), "qemu-io writes, cluster %u", cs);
         CHECK_R(create("qcow2", path, 3 * TB, cs, NULL, NULL, &err), err.msg);
-        CHECK_MSG(sh("qemu-io -f qcow2 -c 'write -P 0x5a 0 20M' -c 'write -P 0xa5 %llu 1M' "
-                     "-c 'write -P 0x3c %llu 4096' '%s' >/dev/null",
-                     2 * TB, 3 * TB - 4096, path) == 0,
+        CHECK_MSG(t_sh("qemu-io -f qcow2 -c 'write -P 0x5a 0 20M' -c 'write -P 0xa5 %llu 1M' "
+                       "-c 'write -P 0x3c %llu 4096' '%s' >/dev/null",
+                       2 * TB, 3 * TB - 4096, path) == 0,
                   "%s: qemu-io", what);
         check_clean(path, what);
         snprintf(spec, sizeof(spec), "qcow2:%s", path);
@@ -574,7 +497,7 @@ static void test_qemu_writes(uint32_t cs)
                                 ok &= buf[k] == probes[i].v;
                         CHECK_MSG(ok, "%s: at %llu", what, (unsigned long long)probes[i].off);
                 }
-                img_close(img);
+                t_image_close(loop, img);
         }
         unlink(path);
         free(buf);
@@ -585,16 +508,16 @@ static void test_qemu_writes(uint32_t cs)
 /* qemu-img map: the depth of the layer that has offset off (0: the image itself). */
 static int map_depth(const char *path, uint64_t off)
 {
-        json_t *j = sh_json("qemu-img map --output=json '%s'", path), *e;
+        json_t *j = t_sh_json("qemu-img map --output=json '%s'", path), *e;
         size_t i;
         int depth = -1;
 
         json_array_foreach(j, i, e)
         {
-                uint64_t s = (uint64_t)jint(e, "start"), l = (uint64_t)jint(e, "length");
+                uint64_t s = (uint64_t)t_jint(e, "start"), l = (uint64_t)t_jint(e, "length");
 
                 if (off >= s && off < s + l && json_is_true(json_object_get(e, "present")))
-                        depth = (int)jint(e, "depth");
+                        depth = (int)t_jint(e, "depth");
         }
         json_decref(j);
         return depth;
@@ -628,11 +551,11 @@ static void same_as_model(const char *path, const uint8_t *model, uint64_t size,
         if (img) {
                 CHECK_EQ(do_io(img, VBD_OP_READ, 0, size, buf), 0);
                 CHECK_MSG(memcmp(buf, model, size) == 0, "%s: the driver reads other data", what);
-                img_close(img);
+                t_image_close(loop, img);
         }
         check_clean(path, what);
         snprintf(raw, sizeof(raw), "%s.conv", path);
-        CHECK(sh("qemu-img convert -O raw '%s' '%s'", path, raw) == 0);
+        CHECK(t_sh("qemu-img convert -O raw '%s' '%s'", path, raw) == 0);
         fd = open(raw, O_RDONLY | O_CLOEXEC);
         memset(buf, 0xee, size);
         CHECK(fd >= 0 && pread(fd, buf, size, 0) == (ssize_t)size);
@@ -646,8 +569,8 @@ static void same_as_model(const char *path, const uint8_t *model, uint64_t size,
 static void test_chain(void)
 {
         const uint64_t size = 64 * MB, cs = 64 * KB;
-        const char *full = path_in("full.qcow2"), *inc1 = path_in("inc1.qcow2"),
-                   *inc2 = path_in("inc2.qcow2");
+        const char *full = t_path(dir, "full.qcow2"), *inc1 = t_path(dir, "inc1.qcow2"),
+                   *inc2 = t_path(dir, "inc2.qcow2");
         /* a full backup, then two incrementals of whole clusters (and one partial
          * write, which copies the rest of its cluster from the backing file) */
         static const struct wr w0[] = {
@@ -666,7 +589,7 @@ static void test_chain(void)
         img = img_open(spec, false);
         if (img) {
                 write_runs(img, model, w0, VBD_ARRAY_SIZE(w0), 1);
-                img_close(img);
+                t_image_close(loop, img);
         }
         same_as_model(full, model, size, "full");
 
@@ -677,7 +600,7 @@ static void test_chain(void)
         img = img_open(spec, false);
         if (img) {
                 write_runs(img, model, w1, VBD_ARRAY_SIZE(w1), 2);
-                img_close(img);
+                t_image_close(loop, img);
         }
         same_as_model(inc1, model, size, "inc1");
         CHECK_EQ(map_depth(inc1, 0), 1);              /* backing data, not in the overlay */
@@ -691,15 +614,15 @@ static void test_chain(void)
         img = img_open(spec, false);
         if (img) {
                 write_runs(img, model, w2, VBD_ARRAY_SIZE(w2), 3);
-                img_close(img);
+                t_image_close(loop, img);
         }
         same_as_model(inc2, model, size, "inc2");
         CHECK_EQ(map_depth(inc2, 0), 2);
         CHECK_EQ(map_depth(inc2, 8 * 64 * KB), 1);
         CHECK_EQ(map_depth(inc2, 10 * 64 * KB), 0);
-        CHECK_MSG(sh("qemu-img info --backing-chain '%s' | grep -c '^image:' | grep -qx 3", inc2) ==
-                      0,
-                  "qemu-img sees a chain of 3");
+        CHECK_MSG(
+            t_sh("qemu-img info --backing-chain '%s' | grep -c '^image:' | grep -qx 3", inc2) == 0,
+            "qemu-img sees a chain of 3");
         /* the incrementals hold only what changed */
         {
                 struct stat a, b;
@@ -718,8 +641,8 @@ static void test_chain(void)
 static void test_backing_raw_relative(void)
 {
         const uint64_t size = 8 * MB;
-        const char *base = path_in("small.raw"), *ov = path_in("ov.qcow2"),
-                   *rel = path_in("rel.qcow2");
+        const char *base = t_path(dir, "small.raw"), *ov = t_path(dir, "ov.qcow2"),
+                   *rel = t_path(dir, "rel.qcow2");
         static const struct wr w[] = {{MB - 4096, 8192}, {6 * MB, 4096}};
         uint8_t *model = calloc(1, size);
         struct vbd_image *img;
@@ -741,7 +664,7 @@ static void test_backing_raw_relative(void)
         img = img_open(spec, false);
         if (img) {
                 write_runs(img, model, w, VBD_ARRAY_SIZE(w), 8);
-                img_close(img);
+                t_image_close(loop, img);
         }
         same_as_model(ov, model, size, "raw backing");
 
@@ -776,8 +699,8 @@ static void test_backing_raw_relative(void)
 
 static void test_refusals(void)
 {
-        const char *path = path_in("r.qcow2"), *base = path_in("r-base.qcow2"),
-                   *rawf = path_in("r-base.raw");
+        const char *path = t_path(dir, "r.qcow2"), *base = t_path(dir, "r-base.qcow2"),
+                   *rawf = t_path(dir, "r-base.raw");
         struct vbd_err err;
         struct stat before, st;
         char buf[4096], other[1300];
@@ -809,7 +732,7 @@ static void test_refusals(void)
         snprintf(other, sizeof(other), "%s/no-such-dir/x.qcow2", dir);
         CHECK_ERR(create("qcow2", other, GB, 0, NULL, NULL, &err), -ENOENT);
         CHECK_MSG(strstr(err.msg, "no-such-dir") && strstr(err.msg, "directory"), "%s", err.msg);
-        CHECK(!exists(path_in("no-such-dir")));
+        CHECK(!exists(t_path(dir, "no-such-dir")));
         /* a file where the directory should be */
         snprintf(other, sizeof(other), "%s/r-base.raw/x.qcow2", dir);
         fd = open(rawf, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
@@ -828,7 +751,7 @@ static void test_refusals(void)
         /* the L1 table would be over 32 MiB (qemu-img refuses these too) */
         CHECK_ERR(create("qcow2", path, 9 * TB, 4096, NULL, NULL, &err), -EFBIG);
         CHECK(strstr(err.msg, "use larger clusters") != NULL);
-        CHECK(sh("qemu-img create -q -f qcow2 -o cluster_size=4096 '%s' 9T 2>/dev/null", path) !=
+        CHECK(t_sh("qemu-img create -q -f qcow2 -o cluster_size=4096 '%s' 9T 2>/dev/null", path) !=
               0);
         unlink(path);
         CHECK_ERR(create("qcow2", path, 129 * GB, 512, NULL, NULL, &err), -EFBIG);
@@ -851,7 +774,8 @@ static void test_refusals(void)
 
         /* backing files */
         CHECK_R(create("qcow2", base, MB, 0, NULL, NULL, &err), err.msg);
-        CHECK_ERR(create("qcow2", path, GB, 0, path_in("missing.qcow2"), "qcow2", &err), -ENOENT);
+        CHECK_ERR(create("qcow2", path, GB, 0, t_path(dir, "missing.qcow2"), "qcow2", &err),
+                  -ENOENT);
         CHECK(strstr(err.msg, "missing.qcow2") != NULL);
         CHECK_ERR(create("qcow2", path, GB, 0, base, NULL, &err), -EINVAL);
         CHECK(strstr(err.msg, "format") != NULL);
@@ -871,9 +795,9 @@ static void test_refusals(void)
                 name[1024] = '\0';
                 CHECK_ERR(create("qcow2", path, GB, 0, name, "qcow2", &err), -ENAMETOOLONG);
         }
-        CHECK_ERR(create("qcow2", path_in("a,b.qcow2"), GB, 0, NULL, NULL, &err), -EINVAL);
+        CHECK_ERR(create("qcow2", t_path(dir, "a,b.qcow2"), GB, 0, NULL, NULL, &err), -EINVAL);
         CHECK(!exists(path));
-        CHECK(!exists(path_in("a,b.qcow2")));
+        CHECK(!exists(t_path(dir, "a,b.qcow2")));
 
         /* a failure once the file exists (the file size limit, at ftruncate):
          * removed again */
@@ -940,6 +864,6 @@ int main(void)
         test_refusals();
 
         vbd_aio_free(aio);
-        (void)sh("rm -rf '%s'", dir);
+        (void)t_sh("rm -rf '%s'", dir);
         return check_result("test-qcow2-create");
 }

@@ -38,6 +38,7 @@
 #include "aio.h"
 #include "check.h"
 #include "image.h"
+#include "imgtest.h"
 #include "vbd/macro.h"
 
 #define MB (1024ull * 1024)
@@ -53,20 +54,6 @@ static uint64_t rnd(void)
         rng ^= rng >> 7;
         rng ^= rng << 17;
         return rng;
-}
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-        char cmd[2048];
-        va_list ap;
-        int st;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        st = system(cmd);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
 struct req {
@@ -136,35 +123,6 @@ static int do_io(struct vbd_image *img, enum vbd_op op, uint64_t off, uint64_t l
         return st;
 }
 
-static struct vbd_image *img_open(const char *spec, bool ro)
-{
-        struct vbd_err err = {0};
-        struct vbd_image *img = vbd_image_open(spec, ro, aio, loop, &err);
-
-        if (!img)
-                fprintf(stderr, "open %s: %s\n", spec, err.msg);
-        return img;
-}
-
-static void img_drained(void *opaque)
-{
-        *(bool *)opaque = true;
-}
-
-/* Drain (qcow2 has a drain: a flush round may still be writing), then close. */
-static void img_close(struct vbd_image *img)
-{
-        bool drained = false;
-
-        if (!img)
-                return;
-        vbd_image_drain(img, img_drained, &drained);
-        while (!drained)
-                ev_run(loop, EVRUN_ONCE);
-        CHECK(vbd_image_is_drained(img));
-        vbd_image_close(img);
-}
-
 static void *abuf(size_t len)
 {
         void *p = aligned_alloc(4096, (len + 4095) & ~4095ul);
@@ -184,16 +142,16 @@ static void verify_with_qemu(const char *path, const uint8_t *model, uint64_t si
                              bool allow_leaks, const char *what)
 {
         char raw[512];
-        int st = sh("qemu-img check -q '%s' >/dev/null 2>&1", path);
+        int st = t_sh("qemu-img check -q '%s' >/dev/null 2>&1", path);
         uint8_t *got;
         int fd;
 
         if (!(st == 0 || (allow_leaks && st == 3))) {
                 CHECK_FAIL("%s: qemu-img check exited %d", what, st);
-                (void)sh("qemu-img check '%s' | head -20 >&2", path);
+                (void)t_sh("qemu-img check '%s' | head -20 >&2", path);
         }
         snprintf(raw, sizeof(raw), "%s.raw", path);
-        if (sh("qemu-img convert -O raw '%s' '%s'", path, raw) != 0) {
+        if (t_sh("qemu-img convert -O raw '%s' '%s'", path, raw) != 0) {
                 CHECK_FAIL("%s: qemu-img convert failed", what);
                 return;
         }
@@ -290,17 +248,17 @@ static void test_random(const char *opts, uint64_t size, unsigned n, uint64_t ma
 
         snprintf(path, sizeof(path), "%s/rnd.qcow2", dir);
         snprintf(what, sizeof(what), "random writes (%s)", opts);
-        CHECK(sh("qemu-img create -q -f qcow2 -o %s '%s' %llu", opts, path,
-                 (unsigned long long)size) == 0);
+        CHECK(t_sh("qemu-img create -q -f qcow2 -o %s '%s' %llu", opts, path,
+                   (unsigned long long)size) == 0);
         snprintf(spec, sizeof(spec), "qcow2:%s,l2-cache=16K", path);
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(img);
         if (!img)
                 return;
         random_writes(img, model, size, n, 16, maxlen);
         CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
         verify_read(img, model, size, what);
-        img_close(img);
+        t_image_close(loop, img);
         verify_with_qemu(path, model, size, false, what);
         unlink(path);
         free(model);
@@ -354,14 +312,14 @@ static void test_small_cluster_buffered(void)
         struct vbd_image *img;
 
         snprintf(path, sizeof(path), "%s/small.qcow2", dir);
-        CHECK(sh("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' 4M", path) == 0);
+        CHECK(t_sh("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' 4M", path) == 0);
         snprintf(spec, sizeof(spec), "qcow2:%s,direct=on", path);
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(!img);
         if (img)
-                img_close(img);
+                t_image_close(loop, img);
         snprintf(spec, sizeof(spec), "qcow2:%s,l2-cache=2K", path);
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(img);
         if (!img)
                 return;
@@ -400,7 +358,7 @@ static void test_small_cluster_buffered(void)
         }
         CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
         verify_read(img, model, size, "small clusters");
-        img_close(img);
+        t_image_close(loop, img);
         verify_with_qemu(path, model, size, false, "small clusters");
         unlink(path);
         free(model);
@@ -417,9 +375,9 @@ static void test_same_cluster(void)
         struct vbd_image *img;
 
         snprintf(path, sizeof(path), "%s/same.qcow2", dir);
-        CHECK(sh("qemu-img create -q -f qcow2 '%s' 4M", path) == 0);
+        CHECK(t_sh("qemu-img create -q -f qcow2 '%s' 4M", path) == 0);
         snprintf(spec, sizeof(spec), "qcow2:%s", path);
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(img);
         if (!img)
                 return;
@@ -439,7 +397,7 @@ static void test_same_cluster(void)
         memcpy(model + cs + cs / 2, b, cs / 2);
         memcpy(model + 3 * cs + 512, c, 4096);
         verify_read(img, model, size, "same cluster");
-        img_close(img);
+        t_image_close(loop, img);
         verify_with_qemu(path, model, size, false, "same cluster");
         req_free(ra);
         req_free(rb);
@@ -475,13 +433,13 @@ static void test_zeroes(const char *compat, bool backing)
                 fill(model, size, 99);
                 CHECK(fd >= 0 && write(fd, model, size) == (ssize_t)size);
                 close(fd);
-                CHECK(sh("qemu-img create -q -f qcow2 -o compat=%s -b '%s' -F raw '%s'", compat,
-                         base, path) == 0);
+                CHECK(t_sh("qemu-img create -q -f qcow2 -o compat=%s -b '%s' -F raw '%s'", compat,
+                           base, path) == 0);
         } else {
-                CHECK(sh("qemu-img create -q -f qcow2 -o compat=%s '%s' 8M", compat, path) == 0);
+                CHECK(t_sh("qemu-img create -q -f qcow2 -o compat=%s '%s' 8M", compat, path) == 0);
         }
         snprintf(spec, sizeof(spec), "qcow2:%s", path);
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(img);
         if (!img)
                 return;
@@ -505,16 +463,16 @@ static void test_zeroes(const char *compat, bool backing)
         memcpy(model + 20 * cs + 8192, buf, 4096);
         CHECK(do_io(img, VBD_OP_FLUSH, 0, 0, NULL, 0) == 0);
         verify_read(img, model, size, what);
-        img_close(img);
+        t_image_close(loop, img);
         verify_with_qemu(path, model, size, false, what);
         /* freed clusters are reused: writing the discarded range again must not grow the
          * file beyond what it was */
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         if (img) {
                 fill(buf, 16 * cs, 7);
                 CHECK(do_io(img, VBD_OP_WRITE, 16 * cs, 16 * cs, buf, 0) == 0);
                 memcpy(model + 16 * cs, buf, 16 * cs);
-                img_close(img);
+                t_image_close(loop, img);
                 verify_with_qemu(path, model, size, false, what);
         }
         (void)before;
@@ -542,18 +500,18 @@ static void test_chain(bool cor)
         CHECK(fd >= 0 && write(fd, model, bsize) == (ssize_t)bsize);
         close(fd);
         /* mid: 5M over a 4M base; compressed cluster at 1M, zero cluster at 2M, data at 3M */
-        CHECK(sh("qemu-img create -q -f qcow2 -o cluster_size=4096 -b '%s' -F raw '%s' 5M", base,
-                 mid) == 0);
-        CHECK(sh("qemu-io -f qcow2 -c 'write -P 0x33 3M 64K' -c 'write -z 2M 8K' '%s' >/dev/null",
-                 mid) == 0);
-        CHECK(sh("qemu-io -f qcow2 -c 'write -c -P 0x44 1M 4K' '%s' >/dev/null", mid) == 0);
+        CHECK(t_sh("qemu-img create -q -f qcow2 -o cluster_size=4096 -b '%s' -F raw '%s' 5M", base,
+                   mid) == 0);
+        CHECK(t_sh("qemu-io -f qcow2 -c 'write -P 0x33 3M 64K' -c 'write -z 2M 8K' '%s' >/dev/null",
+                   mid) == 0);
+        CHECK(t_sh("qemu-io -f qcow2 -c 'write -c -P 0x44 1M 4K' '%s' >/dev/null", mid) == 0);
         memset(model + 3 * MB, 0x33, 65536);
         memset(model + 2 * MB, 0, 8192);
         memset(model + 1 * MB, 0x44, 4096);
         /* top: 6M over mid, 64K clusters */
-        CHECK(sh("qemu-img create -q -f qcow2 -b '%s' -F qcow2 '%s' 6M", mid, top) == 0);
+        CHECK(t_sh("qemu-img create -q -f qcow2 -b '%s' -F qcow2 '%s' 6M", mid, top) == 0);
         snprintf(spec, sizeof(spec), "qcow2:%s%s", top, cor ? ",copy-on-read=on" : "");
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(img);
         if (!img)
                 return;
@@ -571,9 +529,9 @@ static void test_chain(bool cor)
                 }
         }
         verify_read(img, model, size, what);
-        img_close(img);
+        t_image_close(loop, img);
         verify_with_qemu(top, model, size, false, what);
-        CHECK(sh("qemu-img check -q '%s' >/dev/null", mid) == 0);
+        CHECK(t_sh("qemu-img check -q '%s' >/dev/null", mid) == 0);
         unlink(top);
         unlink(mid);
         unlink(base);
@@ -597,10 +555,10 @@ static void test_compressed_snapshot(void)
         fd = open(src, O_CREAT | O_TRUNC | O_WRONLY, 0644);
         CHECK(fd >= 0 && write(fd, model, size) == (ssize_t)size);
         close(fd);
-        CHECK(sh("qemu-img convert -q -c -O qcow2 '%s' '%s'", src, path) == 0);
-        CHECK(sh("qemu-img snapshot -c snap1 '%s'", path) == 0);
+        CHECK(t_sh("qemu-img convert -q -c -O qcow2 '%s' '%s'", src, path) == 0);
+        CHECK(t_sh("qemu-img snapshot -c snap1 '%s'", path) == 0);
         snprintf(spec, sizeof(spec), "qcow2:%s", path);
-        img = img_open(spec, false);
+        img = t_image_open(loop, aio, spec, false);
         CHECK(img);
         if (!img)
                 return;
@@ -615,11 +573,11 @@ static void test_compressed_snapshot(void)
                 memcpy(model + off, buf, len);
         }
         verify_read(img, model, size, "compressed+snapshot");
-        img_close(img);
+        t_image_close(loop, img);
         verify_with_qemu(path, model, size, false, "compressed+snapshot");
         /* the snapshot still has the original content */
-        CHECK(sh("qemu-img convert -q -l snap1 -O raw '%s' '%s.snap' && cmp -s '%s' '%s.snap'",
-                 path, path, src, path) == 0);
+        CHECK(t_sh("qemu-img convert -q -l snap1 -O raw '%s' '%s.snap' && cmp -s '%s' '%s.snap'",
+                   path, path, src, path) == 0);
         unlink(src);
         unlink(path);
         free(model);
@@ -643,7 +601,7 @@ static void crash_child(const char *spec, int wfd, uint64_t size, uint64_t seed)
         /* the parent's io_context does not survive fork: a loop and engine of our own */
         loop = ev_loop_new(EVFLAG_AUTO);
         aio = loop ? vbd_aio_new(loop, 256) : NULL;
-        img = aio ? img_open(spec, false) : NULL;
+        img = aio ? t_image_open(loop, aio, spec, false) : NULL;
         if (!img)
                 _exit(2);
         for (uint32_t g = 1;; g++) {
@@ -686,7 +644,7 @@ static void test_crash(const char *opts, unsigned rounds)
         snprintf(path, sizeof(path), "%s/crash.qcow2", dir);
         snprintf(raw, sizeof(raw), "%s.raw", path);
         snprintf(spec, sizeof(spec), "qcow2:%s,l2-cache=8K", path);
-        CHECK(sh("qemu-img create -q -f qcow2 -o %s '%s' 16M", opts, path) == 0);
+        CHECK(t_sh("qemu-img create -q -f qcow2 -o %s '%s' 16M", opts, path) == 0);
         for (unsigned round = 0; round < rounds; round++) {
                 int p[2];
                 pid_t pid;
@@ -714,11 +672,11 @@ static void test_crash(const char *opts, unsigned rounds)
                         fprintf(stderr, "crash child exited with %d\n",
                                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
                 CHECK(WIFSIGNALED(st));
-                st = sh("qemu-img check -q '%s' >/dev/null 2>&1", path);
+                st = t_sh("qemu-img check -q '%s' >/dev/null 2>&1", path);
                 if (st != 0 && st != 3) {
                         CHECK_FAIL("crash round %u (%s): qemu-img check exited %d", round, opts,
                                    st);
-                        (void)sh("qemu-img check '%s' | head -20 >&2", path);
+                        (void)t_sh("qemu-img check '%s' | head -20 >&2", path);
                         free(model_gen);
                         break;
                 }
@@ -732,7 +690,7 @@ static void test_crash(const char *opts, unsigned rounds)
 
                                 model_gen[b * 2 + h] = gg;
                         }
-                CHECK(sh("qemu-img convert -O raw '%s' '%s'", path, raw) == 0);
+                CHECK(t_sh("qemu-img convert -O raw '%s' '%s'", path, raw) == 0);
                 {
                         int fd = open(raw, O_RDONLY);
                         uint64_t v;
@@ -762,7 +720,7 @@ static void test_crash(const char *opts, unsigned rounds)
                 unlink(raw);
                 free(model_gen);
                 /* repair leaks so that the next round starts from a clean image */
-                (void)sh("qemu-img check -q -r leaks '%s' >/dev/null 2>&1", path);
+                (void)t_sh("qemu-img check -q -r leaks '%s' >/dev/null 2>&1", path);
         }
         unlink(path);
 }
@@ -811,6 +769,6 @@ int main(void)
         test_crash("cluster_size=4096", 8);
 
         vbd_aio_free(aio);
-        (void)sh("rm -rf '%s'", dir);
+        (void)t_sh("rm -rf '%s'", dir);
         return check_result("test-qcow2-image");
 }
