@@ -2,6 +2,10 @@
 /*
  * vbd-ctl layer: application layers, qcow2 images stacked over a base.
  *
+ *   create --base BASE      LAYER, a clone of BASE, mounted read-write with
+ *     --from DIR|--script F the mount code (cmd-mount.c); DIR copied in
+ *     -o LAYER              (cp -a) or F run in it; unmounted, flushed,
+ *                           checked; any failure removes LAYER
  *   clone LAYER -o GUEST    a new, empty qcow2 GUEST whose backing file is
  *                           LAYER (the drivers' own qcow2 create()); many
  *                           guests share one layer
@@ -16,8 +20,8 @@
  *
  * Depth: the files in an image's chain, the image itself included (a
  * standalone base is at depth 1, a clone of it at 2), numbered as QEMU's
- * qemu:allocation-depth numbers the layers.  clone and rebase refuse to make
- * a chain deeper than --max-depth (30 by default, XenServer's limit) and
+ * qemu:allocation-depth numbers the layers.  create, clone and rebase refuse
+ * to make a chain deeper than --max-depth (30 by default, XenServer's limit) and
  * say to flatten; info warns above it.
  *
  * Backing file names: relative to GUEST's directory when the layer lies
