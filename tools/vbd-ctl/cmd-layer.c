@@ -707,6 +707,8 @@ static int layer_create(struct vbdctl *o, int argc, char **argv)
                 goto fail;
         free(vm);
         vm = NULL;
+        if (create_signal) /* while it unmounted: still a failure */
+                goto fail;
         if ((e = create_check(a.output, &base, msg, sizeof(msg))) < 0)
                 goto fail;
         if (stat(a.output, &st) < 0) {
