@@ -2,6 +2,10 @@
 /*
  * vbd-ctl layer: application layers, qcow2 images stacked over a base.
  *
+ *   create --base BASE      LAYER, a clone of BASE, mounted read-write with
+ *     --from DIR|--script F the mount code (cmd-mount.c); DIR copied in
+ *     -o LAYER              (cp -a) or F run in it; unmounted, flushed,
+ *                           checked; any failure removes LAYER
  *   clone LAYER -o GUEST    a new, empty qcow2 GUEST whose backing file is
  *                           LAYER (the drivers' own qcow2 create()); many
  *                           guests share one layer
@@ -16,8 +20,8 @@
  *
  * Depth: the files in an image's chain, the image itself included (a
  * standalone base is at depth 1, a clone of it at 2), numbered as QEMU's
- * qemu:allocation-depth numbers the layers.  clone and rebase refuse to make
- * a chain deeper than --max-depth (30 by default, XenServer's limit) and
+ * qemu:allocation-depth numbers the layers.  create, clone and rebase refuse
+ * to make a chain deeper than --max-depth (30 by default, XenServer's limit) and
  * say to flatten; info warns above it.
  *
  * Backing file names: relative to GUEST's directory when the layer lies
@@ -26,15 +30,18 @@
  * symlink to the current version of a layer stays one).  QEMU resolves
  * both the same way.  Formats are stored, never left to probing.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,7 +76,8 @@ struct chain {
 
 struct args {
         const char *output, *to, *size, *max_depth;
-        uint32_t limit;
+        const char *base, *from, *script, *fstype; /* create */
+        uint32_t limit, partition;
         uint64_t vsize;
 };
 
@@ -93,6 +101,28 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                 if (vbd_parse_u32(arg, CHAIN_MAX, &a->limit) < 0 || a->limit < 2)
                         return vbdctl_usage_error(o, "--max-depth: 2 to %u: %s", CHAIN_MAX, arg);
                 a->max_depth = arg;
+                break;
+        case 'B':
+                a->base = arg;
+                break;
+        case 'F':
+                a->from = arg;
+                break;
+        case 'X':
+                a->script = arg;
+                break;
+        case 'P':
+                if (vbd_parse_u32(arg, 4096, &a->partition) < 0 || !a->partition)
+                        return vbdctl_usage_error(o, "--partition: a number from 1: %s", arg);
+                break;
+        case 'Y':
+                for (const char *s = arg; *s; s++)
+                        if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_')
+                                return vbdctl_usage_error(o, "--fstype: a filesystem type: %s",
+                                                          arg);
+                if (!*arg || strlen(arg) > 31)
+                        return vbdctl_usage_error(o, "--fstype: a filesystem type: %s", arg);
+                a->fstype = arg;
                 break;
         }
         return 0;
@@ -362,6 +392,38 @@ static int parse(struct vbdctl *o, int argc, char **argv, const struct option *e
 
 /* ---- clone ---- */
 
+/*
+ * Create output, an empty qcow2 over layer (whose chain *ch is loaded; the
+ * caller frees it).  0, with the backing file name in name and the virtual
+ * size in *ret_size, or an exit code (reported).
+ */
+static int clone_make(struct vbdctl *o, const char *layer, const char *output, const struct args *a,
+                      struct chain *ch, char *name, size_t name_size, uint64_t *ret_size)
+{
+        struct vbd_create c = {0};
+        struct vbd_err err = {0};
+        int r;
+
+        if ((r = chain_need(o, layer, ch)))
+                return r;
+        if (ch->n + 1 > a->limit)
+                return too_deep(o, output, layer, ch->n, a->limit);
+        c.size = a->size ? a->vsize : vbd_align_up(ch->f[0].vsize, 512);
+        if (c.size < ch->f[0].vsize)
+                return vbdctl_fail(o, -EINVAL, false,
+                                   "--size %s is smaller than the layer (%" PRIu64 " bytes)",
+                                   a->size, ch->f[0].vsize);
+        if ((r = backing_name(o, output, layer, name, name_size)))
+                return r;
+        c.path = output;
+        c.backing = name;
+        c.backing_fmt = ch->f[0].fmt;
+        if (vbd_image_create("qcow2", &c, &err) < 0)
+                return vbdctl_fail(o, err.code, false, "%s", err.msg);
+        *ret_size = c.size;
+        return 0;
+}
+
 static int layer_clone(struct vbdctl *o, int argc, char **argv)
 {
         static const struct option extra[] = {
@@ -370,49 +432,354 @@ static int layer_clone(struct vbdctl *o, int argc, char **argv)
             {"max-depth", required_argument, NULL, 'M'},
             {},
         };
-        struct vbd_create c = {0};
-        struct vbd_err err = {0};
         struct args a = {0};
-        struct chain ch;
+        struct chain ch = {0};
         char name[PATH_MAX];
         const char *layer;
+        uint64_t size = 0;
         int r;
 
         if ((r = parse(o, argc, argv, extra, &a, &layer)))
                 return r;
         if (!layer || !a.output)
                 return vbdctl_usage_error(o, "layer clone LAYER -o GUEST.qcow2");
-        if ((r = chain_need(o, layer, &ch)))
-                return r;
-        if (ch.n + 1 > a.limit) {
-                r = too_deep(o, a.output, layer, ch.n, a.limit);
+        if ((r = clone_make(o, layer, a.output, &a, &ch, name, sizeof(name), &size)))
                 goto out;
-        }
-        c.size = a.size ? a.vsize : vbd_align_up(ch.f[0].vsize, 512);
-        if (c.size < ch.f[0].vsize) {
-                r = vbdctl_fail(o, -EINVAL, false,
-                                "--size %s is smaller than the layer (%" PRIu64 " bytes)", a.size,
-                                ch.f[0].vsize);
-                goto out;
-        }
-        if ((r = backing_name(o, a.output, layer, name, sizeof(name))))
-                goto out;
-        c.path = a.output;
-        c.backing = name;
-        c.backing_fmt = ch.f[0].fmt;
-        if (vbd_image_create("qcow2", &c, &err) < 0) {
-                r = vbdctl_fail(o, err.code, false, "%s", err.msg);
-                goto out;
-        }
         if (o->json)
                 vbdctl_print_json(json_pack("{s:b,s:s,s:s,s:s,s:I,s:i}", "ok", 1, "image", a.output,
-                                            "backing", name, "backing_format", c.backing_fmt,
-                                            "virtual_size", (json_int_t)c.size, "depth",
+                                            "backing", name, "backing_format", ch.f[0].fmt,
+                                            "virtual_size", (json_int_t)size, "depth",
                                             (int)ch.n + 1));
         else
                 printf("%s: a clone of %s (backing file %s, %s), depth %u\n", a.output, layer, name,
-                       c.backing_fmt, ch.n + 1);
+                       ch.f[0].fmt, ch.n + 1);
 out:
+        chain_free(&ch);
+        return r;
+}
+
+/* ---- create ---- */
+
+/* A signal that ends layer create (SIGINT, SIGTERM, SIGHUP): the child's
+ * process group gets SIGTERM, everything is undone. */
+static volatile sig_atomic_t create_signal;
+static volatile pid_t create_child;
+
+static void create_on_signal(int sig)
+{
+        int e = errno;
+
+        create_signal = sig;
+        if (create_child > 0)
+                kill(-create_child, SIGTERM);
+        errno = e;
+}
+
+static long long mono_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* "exited with status 3", "was killed by SIGKILL" */
+static void describe_status(int status, char *buf, size_t size)
+{
+        if (WIFEXITED(status))
+                snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
+        else if (WIFSIGNALED(status))
+                snprintf(buf, size, "was killed by SIG%s",
+                         sigabbrev_np(WTERMSIG(status)) ? sigabbrev_np(WTERMSIG(status)) : "?");
+        else
+                snprintf(buf, size, "ended (status %#x)", (unsigned)status);
+}
+
+/*
+ * Run argv in a process group of its own, cwd dir, stdin /dev/null (stdout
+ * on our stderr with --json), env VBD_LAYER_ROOT=root; whatever it leaves
+ * running in its group is ended when it exits.  Returns its wait status,
+ * or -errno.
+ */
+static int create_run(struct vbdctl *o, const char *const *argv, const char *dir, const char *root)
+{
+        int status = 0;
+        pid_t pid = fork();
+
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                int null = open("/dev/null", O_RDONLY);
+
+                setpgid(0, 0);
+                signal(SIGINT, SIG_DFL);
+                signal(SIGTERM, SIG_DFL);
+                signal(SIGHUP, SIG_DFL);
+                if (null >= 0)
+                        dup2(null, 0);
+                if (o->json)
+                        dup2(2, 1);
+                if (setenv("VBD_LAYER_ROOT", root, 1) < 0 || chdir(dir) < 0) {
+                        fprintf(stderr, "vbd-ctl layer: %s: %s\n", dir, strerror(errno));
+                        _exit(126);
+                }
+                execv(argv[0], (char *const *)argv);
+                fprintf(stderr, "vbd-ctl layer: cannot run %s: %s\n", argv[0], strerror(errno));
+                _exit(127);
+        }
+        setpgid(pid, pid); /* as the child does: whichever runs first */
+        create_child = pid;
+        if (create_signal) /* before create_child was set */
+                kill(-pid, SIGTERM);
+        while (waitpid(pid, &status, 0) < 0)
+                if (errno != EINTR) {
+                        status = -errno;
+                        break;
+                }
+        create_child = 0;
+        /* what it started in the background, still in its group */
+        for (int i = 0; i < 200 && kill(-pid, 0) == 0; i++) {
+                kill(-pid, i < 100 ? SIGTERM : SIGKILL);
+                usleep(20 * 1000);
+        }
+        return status;
+}
+
+/*
+ * cp -a DIR/. MNT: one cp for the whole tree (modes, owners, times,
+ * symlinks, hard links, sparse files, xattrs where the filesystem takes
+ * them), then the root of the layer's filesystem gets its own owner and
+ * mode back (cp gives it DIR's).
+ */
+static int create_copy(struct vbdctl *o, const char *from, const char *mnt, char *msg, size_t size)
+{
+        char dot[PATH_MAX + 4];
+        const char *argv[] = {"/bin/cp", "-a", "--", dot, mnt, NULL};
+        struct stat root;
+        int st;
+
+        snprintf(dot, sizeof(dot), "%s/.", from);
+        if (access(argv[0], X_OK) < 0)
+                argv[0] = "/usr/bin/cp";
+        if (stat(mnt, &root) < 0) {
+                snprintf(msg, size, "%s: %s", mnt, strerror(errno));
+                return -EIO;
+        }
+        st = create_run(o, argv, mnt, mnt);
+        if (st < 0) {
+                snprintf(msg, size, "cp: %s", strerror(-st));
+                return st;
+        }
+        if (st) {
+                char how[64];
+
+                describe_status(st, how, sizeof(how));
+                snprintf(msg, size, "copying %s into the layer failed: cp %s (its errors above)",
+                         from, how);
+                return -EIO;
+        }
+        if (chown(mnt, root.st_uid, root.st_gid) < 0 || chmod(mnt, root.st_mode & 07777) < 0) {
+                snprintf(msg, size, "%s: %s", mnt, strerror(errno));
+                return -EIO;
+        }
+        return 0;
+}
+
+/* Is the new layer what it should be: a qcow2, clean, over base? */
+static int create_check(const char *out, const struct layer_file *base, char *msg, size_t size)
+{
+        struct vbd_err err = {0};
+        struct qcow2_header h;
+        struct chain ch;
+        struct stat st;
+        uint8_t *buf = NULL;
+        size_t len;
+        int fd = open(out, O_RDONLY | O_CLOEXEC), r = 0;
+
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                snprintf(msg, size, "%s: %s", out, strerror(errno));
+                if (fd >= 0)
+                        close(fd);
+                return -EIO;
+        }
+        if (read_header(fd, (uint64_t)st.st_size, &h, &buf, &len, &err) < 0) {
+                snprintf(msg, size, "%s after the mount: %s", out, err.msg);
+                close(fd);
+                return -EIO;
+        }
+        free(buf);
+        close(fd);
+        if (h.incompat & (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT)) {
+                snprintf(msg, size, "%s after the mount: marked %s", out,
+                         h.incompat & QCOW2_INCOMPAT_CORRUPT ? "corrupt" : "dirty");
+                return -EIO;
+        }
+        if (chain_load(out, &ch, &err) < 0) {
+                snprintf(msg, size, "%s", err.msg);
+                return -EIO;
+        }
+        if (ch.why[0]) {
+                snprintf(msg, size, "%s: broken chain: %s", out, ch.why);
+                r = -EIO;
+        } else if (ch.n < 2 || ch.f[1].dev != base->dev || ch.f[1].ino != base->ino) {
+                snprintf(msg, size, "%s: its backing file is not %s any more", out, base->path);
+                r = -EIO;
+        }
+        chain_free(&ch);
+        return r;
+}
+
+static int layer_create(struct vbdctl *o, int argc, char **argv)
+{
+        static const struct option extra[] = {
+            {"base", required_argument, NULL, 'B'},      {"from", required_argument, NULL, 'F'},
+            {"script", required_argument, NULL, 'X'},    {"output", required_argument, NULL, 'o'},
+            {"partition", required_argument, NULL, 'P'}, {"fstype", required_argument, NULL, 'Y'},
+            {"max-depth", required_argument, NULL, 'M'}, {},
+        };
+        static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+        struct sigaction sa = {.sa_handler = create_on_signal, .sa_flags = SA_RESTART}, old[3];
+        struct vbdctl_mount *vm = NULL;
+        struct args a = {0};
+        struct chain ch = {0};
+        struct layer_file base;
+        char name[PATH_MAX], src[PATH_MAX], msg[16384] = "", fstype[32] = "", bytes[32];
+        const char *pos, *mnt;
+        long long t0 = mono_ms();
+        bool made = false;
+        uint64_t size = 0;
+        struct stat st;
+        int r, e = 0;
+
+        if ((r = parse(o, argc, argv, extra, &a, &pos)))
+                return r;
+        if (pos || !a.base || !a.output || !a.from == !a.script)
+                return vbdctl_usage_error(o, "layer create --base BASE --from DIR|--script FILE "
+                                             "-o LAYER.qcow2");
+        if (geteuid() != 0)
+                return vbdctl_fail(o, -EPERM, false, "layer create mounts the layer: needs root");
+        if (!realpath(a.from ? a.from : a.script, src) || stat(src, &st) < 0)
+                return vbdctl_fail(o, -errno, false, "%s: %s", a.from ? a.from : a.script,
+                                   strerror(errno));
+        if (a.from && !S_ISDIR(st.st_mode))
+                return vbdctl_fail(o, -ENOTDIR, false, "--from %s: not a directory", a.from);
+        if (a.script && !S_ISREG(st.st_mode))
+                return vbdctl_fail(o, -EINVAL, false, "--script %s: not a regular file", a.script);
+        if (lstat(a.output, &st) == 0)
+                return vbdctl_fail(o, -EEXIST, false, "%s exists: not overwriting it", a.output);
+        for (unsigned i = 0; i < 3; i++)
+                sigaction(sigs[i], &sa, &old[i]);
+        create_signal = 0;
+        if ((r = clone_make(o, a.base, a.output, &a, &ch, name, sizeof(name), &size)))
+                goto out;
+        made = true; /* from here on, a failure removes it */
+        base = ch.f[0];
+        if (!create_signal && (e = vbdctl_mount_start(o, a.output, true, a.partition, a.fstype, &vm,
+                                                      msg, sizeof(msg))) < 0)
+                goto fail;
+        if (create_signal)
+                goto fail;
+        mnt = vbdctl_mount_dir(vm);
+        snprintf(fstype, sizeof(fstype), "%s", vbdctl_mount_fstype(vm));
+        if (a.from)
+                e = create_copy(o, src, mnt, msg, sizeof(msg));
+        else {
+                const char *sh[] = {"/bin/sh", src, mnt, NULL}, *ex[] = {src, mnt, NULL};
+                int stat_ = create_run(o, access(src, X_OK) == 0 ? ex : sh, mnt, mnt);
+
+                if (stat_ < 0) {
+                        snprintf(msg, sizeof(msg), "%s: %s", src, strerror(-stat_));
+                        e = stat_;
+                } else if (stat_ && !create_signal) {
+                        char how[64];
+
+                        describe_status(stat_, how, sizeof(how));
+                        snprintf(msg, sizeof(msg), "the script %s %s", a.script, how);
+                        e = -EIO;
+                }
+        }
+        if (e < 0 || create_signal)
+                goto fail;
+        /* unmount, flush down to vbdd, release it all */
+        for (int i = 0; (e = vbdctl_mount_stop(vm, msg, sizeof(msg))) == -EBUSY && i < 50; i++)
+                usleep(100 * 1000);
+        if (e < 0)
+                goto fail;
+        free(vm);
+        vm = NULL;
+        if (create_signal) /* while it unmounted: still a failure */
+                goto fail;
+        if ((e = create_check(a.output, &base, msg, sizeof(msg))) < 0)
+                goto fail;
+        if (stat(a.output, &st) < 0) {
+                e = -errno;
+                snprintf(msg, sizeof(msg), "%s: %s", a.output, strerror(errno));
+                goto fail;
+        }
+        {
+                double v = (double)st.st_blocks * 512;
+                const char *unit = "KiB";
+
+                v /= 1024;
+                if (v >= 1024) {
+                        v /= 1024;
+                        unit = "MiB";
+                }
+                if (v >= 1024) {
+                        v /= 1024;
+                        unit = "GiB";
+                }
+                snprintf(bytes, sizeof(bytes), "%.1f %s", v, unit);
+        }
+        if (o->json) {
+                json_t *j = json_pack("{s:b,s:s,s:s,s:s,s:s,s:I,s:i,s:I,s:s,s:I}", "ok", 1, "image",
+                                      a.output, "base", a.base, "backing", name, "backing_format",
+                                      base.fmt, "virtual_size", (json_int_t)size, "depth",
+                                      (int)ch.n + 1, "disk_usage", (json_int_t)st.st_blocks * 512,
+                                      "fstype", fstype, "elapsed_ms", (json_int_t)(mono_ms() - t0));
+
+                json_object_set_new(j, a.from ? "from" : "script", json_string(src));
+                vbdctl_print_json(j);
+        } else
+                printf("%s: a layer over %s (backing file %s, %s), depth %u: %s from %s, "
+                       "%lld bytes allocated (%s), in %.1f s\n",
+                       a.output, a.base, name, base.fmt, ch.n + 1, fstype, src,
+                       (long long)st.st_blocks * 512, bytes, (double)(mono_ms() - t0) / 1000.);
+        r = 0;
+        goto out;
+fail:
+        if (vm) {
+                char m2[8192] = "";
+                int e2;
+
+                for (int i = 0; (e2 = vbdctl_mount_stop(vm, m2, sizeof(m2))) == -EBUSY && i < 50;
+                     i++)
+                        usleep(100 * 1000);
+                if (e2 == -EBUSY) {
+                        /* vbdd keeps the layer open: it cannot be removed yet */
+                        r = vbdctl_fail(o, e ? e : -EINTR, false,
+                                        "%s; and %s: 'vbd-ctl umount %s' cleans up, then "
+                                        "remove %s",
+                                        *msg ? msg : "interrupted", m2, vbdctl_mount_dir(vm),
+                                        a.output);
+                        vm = NULL; /* (left, as said) */
+                        made = false;
+                        goto out;
+                }
+                free(vm);
+                vm = NULL;
+        }
+        if (made)
+                unlink(a.output);
+        made = false;
+        if (create_signal && (!e || e == -EIO))
+                r = vbdctl_fail(o, -EINTR, false, "interrupted by SIG%s: %s removed",
+                                sigabbrev_np(create_signal), a.output);
+        else
+                r = vbdctl_fail(o, e, false, "%s (%s removed)", msg, a.output);
+out:
+        for (unsigned i = 0; i < 3; i++)
+                sigaction(sigs[i], &old[i], NULL);
         chain_free(&ch);
         return r;
 }
@@ -771,10 +1138,8 @@ static const struct {
         const char *name;
         int (*run)(struct vbdctl *o, int argc, char **argv);
 } subs[] = {
-    {"clone", layer_clone},
-    {"rebase", layer_rebase},
-    {"flatten", layer_flatten},
-    {"info", layer_info},
+    {"create", layer_create},   {"clone", layer_clone}, {"rebase", layer_rebase},
+    {"flatten", layer_flatten}, {"info", layer_info},
 };
 
 static int run_layer(struct vbdctl *o, int argc, char **argv)
@@ -788,13 +1153,16 @@ static int run_layer(struct vbdctl *o, int argc, char **argv)
                         }
         if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")))
                 return vbdctl_parse(o, argc, argv, NULL, NULL, NULL);
-        return vbdctl_usage_error(o, "layer clone|rebase|flatten|info ...");
+        return vbdctl_usage_error(o, "layer create|clone|rebase|flatten|info ...");
 }
 
 const struct vbdctl_verb vbdctl_verb_layer = {
     .name = "layer",
     .run = run_layer,
-    .args = "clone LAYER -o GUEST [--size SIZE] [--max-depth N] | rebase GUEST --to NEWLAYER "
+    .args = "create --base BASE --from DIR|--script FILE -o LAYER [--partition N] [--fstype T] "
+            "[--max-depth N] | clone LAYER -o GUEST [--size SIZE] [--max-depth N] | "
+            "rebase GUEST --to NEWLAYER "
             "[--max-depth N] | flatten GUEST [-o OUT] | info IMAGE [--max-depth N] [--json]",
-    .summary = "application layers: thin qcow2 clones of a layer, rebase, flatten, the chain",
+    .summary = "application layers: create one over a base, thin qcow2 clones of it, rebase, "
+               "flatten, the chain",
 };

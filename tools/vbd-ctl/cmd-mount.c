@@ -532,9 +532,9 @@ static int teardown(struct mnt *m, char *msg, size_t size)
                         usleep(20 * 1000);
                 if (is_mounted(m->fuse_dir))
                         umount2(m->fuse_dir, MNT_DETACH);
-                if (m->fuse_pid > 0 && vbdctl_wait_gone(m->fuse_pid, 10000) < 0) {
+                if (m->fuse_pid > 0 && vbdctl_wait_gone(m->fuse_pid, 10000, NULL) < 0) {
                         kill(m->fuse_pid, SIGTERM);
-                        vbdctl_wait_gone(m->fuse_pid, 5000);
+                        vbdctl_wait_gone(m->fuse_pid, 5000, NULL);
                 }
                 m->fuse_pid = 0;
         }
@@ -544,8 +544,11 @@ static int teardown(struct mnt *m, char *msg, size_t size)
         }
         if (*m->work) {
                 char path[PATH_MAX + 32];
+                size_t wl = strlen(m->work);
 
                 rmdir(m->fuse_dir);
+                if (!strncmp(m->dir, m->work, wl) && m->dir[wl] == '/')
+                        rmdir(m->dir); /* a private mount point (layer create) */
                 snprintf(path, sizeof(path), "%s/nbdfuse.pid", m->work);
                 unlink(path);
                 snprintf(path, sizeof(path), "%s/nbdfuse.log", m->work);
@@ -847,6 +850,177 @@ static int mount_list(struct vbdctl *o)
         return 0;
 }
 
+/*
+ * Set up the mount m of image on dir (NULL: a private mount point,
+ * <work>/root, that teardown removes): 0, or -errno with msg saying why and
+ * nothing left behind.
+ */
+static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const char *dir, bool rw,
+                       unsigned partition, const char *fstype, char *msg, size_t size)
+{
+        const char *via = getenv("VBD_MOUNT_VIA");
+        char tmp[PATH_MAX + 16];
+        struct stat st;
+        int r;
+
+        memset(m, 0, sizeof(*m));
+        m->via = "fuse+loop";
+        m->t0 = now_ms();
+        if (geteuid() != 0) {
+                snprintf(msg, size, "mounting needs root");
+                return -EPERM;
+        }
+        if (!realpath(image, m->image) || stat(m->image, &st) < 0) {
+                snprintf(msg, size, "%s: %s", image, strerror(errno));
+                return -EIO;
+        }
+        if (dir) {
+                errno = 0;
+                if (!realpath(dir, m->dir) || stat(m->dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                        snprintf(msg, size, "%s: %s", dir,
+                                 errno ? strerror(errno) : "not a directory");
+                        return -EIO;
+                }
+                if (is_mounted(m->dir)) {
+                        snprintf(msg, size, "%s is already a mount point", m->dir);
+                        return -EBUSY;
+                }
+        }
+        if (fstype && !known_fstype(fstype)) {
+                snprintf(msg, size,
+                         "unknown filesystem type '%s' (not in /proc/filesystems, no mount.%s)",
+                         fstype, fstype);
+                return -EINVAL;
+        }
+        if ((r = vbdctl_image_spec(m->image, m->spec, sizeof(m->spec))) < 0) {
+                snprintf(msg, size, "%s: %s", m->image, strerror(-r));
+                return r;
+        }
+        m->rw = rw;
+        if (access("/sys/block/nbd0", F_OK) == 0 && have_program("nbd-client") &&
+            !(via && !strcmp(via, "fuse")))
+                m->via = "nbd";
+        else if (!have_program("nbdfuse") || !have_program("losetup")) {
+                snprintf(msg, size,
+                         "no way to mount: no nbd module (with nbd-client), and no nbdfuse and "
+                         "losetup");
+                return -EIO;
+        }
+        run_dir(m->run, sizeof(m->run));
+        if (strlen(m->run) > 900) {
+                snprintf(msg, size, "VBD_RUN_DIR is too long");
+                return -ENAMETOOLONG;
+        }
+        if (dir) {
+                json_t *all = state_all(m->run), *j;
+                size_t i;
+                bool stale = false;
+
+                json_array_foreach(all, i, j) stale |= !strcmp(jstr(j, "dir"), m->dir);
+                json_decref(all);
+                if (stale) {
+                        snprintf(msg, size,
+                                 "%s has a vbd mount that is gone: 'vbd-ctl umount %s' cleans it "
+                                 "up first",
+                                 m->dir, m->dir);
+                        return -EBUSY;
+                }
+        }
+        snprintf(tmp, sizeof(tmp), "%s", m->run);
+        for (char *s = tmp + 1; *s; s++) /* mkdir -p */
+                if (*s == '/') {
+                        *s = '\0';
+                        mkdir(tmp, 0755);
+                        *s = '/';
+                }
+        if (mkdir(m->run, 0700) < 0 && errno != EEXIST) {
+                snprintf(msg, size, "%s: %s", m->run, strerror(errno));
+                return -EIO;
+        }
+        snprintf(m->work, sizeof(m->work), "%s/m-XXXXXX", m->run);
+        if (!mkdtemp(m->work)) {
+                snprintf(msg, size, "%s: %s", m->run, strerror(errno));
+                return -EIO;
+        }
+        snprintf(m->id, sizeof(m->id), "%s", strrchr(m->work, '/') + 1);
+        if (!dir) {
+                snprintf(m->dir, sizeof(m->dir), "%s/root", m->work);
+                if (mkdir(m->dir, 0755) < 0) {
+                        snprintf(msg, size, "%s: %s", m->dir, strerror(errno));
+                        rmdir(m->work);
+                        return -EIO;
+                }
+        }
+        if ((r = vbdctl_export_start(o, m->work, m->spec, m->rw, true, &m->ex, msg, size)) < 0 ||
+            (m->t_export = now_ms() - m->t0, 0) ||
+            (r = !strcmp(m->via, "nbd") ? attach_nbd(m, msg, size) : start_fuse(m, msg, size)) <
+                0 ||
+            (!strcmp(m->via, "fuse+loop") && (r = attach_loop(m, msg, size)) < 0) ||
+            (r = mount_fs(m, partition, fstype, msg, size)) < 0) {
+                char ignore[8192];
+
+                teardown(m, ignore, sizeof(ignore));
+                return -EIO;
+        }
+        snprintf(m->state, sizeof(m->state), "%s/%s.json", m->run, m->id);
+        if (state_save(m, now_ms() - m->t0) < 0) {
+                char ignore[8192];
+
+                teardown(m, ignore, sizeof(ignore));
+                snprintf(msg, size, "%s: cannot write the state", m->state);
+                return -EIO;
+        }
+        return 0;
+}
+
+struct vbdctl_mount {
+        struct mnt m;
+};
+
+int vbdctl_mount_start(struct vbdctl *o, const char *image, bool rw, unsigned partition,
+                       const char *fstype, struct vbdctl_mount **ret, char *msg, size_t size)
+{
+        struct vbdctl_mount *vm = calloc(1, sizeof(*vm));
+        int r;
+
+        *ret = NULL;
+        if (!vm) {
+                snprintf(msg, size, "out of memory");
+                return -ENOMEM;
+        }
+        if ((r = mount_setup(o, &vm->m, image, NULL, rw, partition, fstype, msg, size)) < 0) {
+                free(vm);
+                return r;
+        }
+        *ret = vm;
+        return 0;
+}
+
+const char *vbdctl_mount_dir(const struct vbdctl_mount *vm)
+{
+        return vm->m.dir;
+}
+
+const char *vbdctl_mount_fstype(const struct vbdctl_mount *vm)
+{
+        return vm->m.fstype;
+}
+
+int vbdctl_mount_stop(struct vbdctl_mount *vm, char *msg, size_t size)
+{
+        int r = teardown(&vm->m, msg, size);
+
+        if (r == 0 && vm->m.ex.status > 0 &&
+            (!WIFEXITED(vm->m.ex.status) || WEXITSTATUS(vm->m.ex.status) != 0)) {
+                snprintf(msg, size, "vbdd %s %d as it flushed the image",
+                         WIFEXITED(vm->m.ex.status) ? "exited with status" : "was killed by signal",
+                         WIFEXITED(vm->m.ex.status) ? WEXITSTATUS(vm->m.ex.status)
+                                                    : WTERMSIG(vm->m.ex.status));
+                r = -EIO;
+        }
+        return r;
+}
+
 static int run_mount(struct vbdctl *o, int argc, char **argv)
 {
         static const struct option extra[] = {
@@ -857,10 +1031,8 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
             {},
         };
         struct args a = {0};
-        struct mnt m = {.via = "fuse+loop", .t0 = now_ms()};
-        struct stat st;
-        char msg[16384] = "", tmp[PATH_MAX + 16];
-        const char *via = getenv("VBD_MOUNT_VIA");
+        struct mnt m;
+        char msg[16384] = "";
         int r;
 
         if ((argc = take_positional(argc, argv, &a, takes_arg)) < 0)
@@ -874,77 +1046,9 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
         }
         if (a.npos != 2)
                 return vbdctl_usage_error(o, "mount IMAGE DIR [--partition N] [--rw] [--fstype T]");
-        if (geteuid() != 0)
-                return vbdctl_fail(o, -EPERM, false, "mounting needs root");
-        if (!realpath(a.pos[0], m.image) || stat(m.image, &st) < 0)
-                return vbdctl_fail(o, -EIO, false, "%s: %s", a.pos[0], strerror(errno));
-        if (!realpath(a.pos[1], m.dir) || stat(m.dir, &st) < 0 || !S_ISDIR(st.st_mode))
-                return vbdctl_fail(o, -EIO, false, "%s: %s", a.pos[1],
-                                   errno ? strerror(errno) : "not a directory");
-        if (is_mounted(m.dir))
-                return vbdctl_fail(o, -EBUSY, false, "%s is already a mount point", m.dir);
-        if (a.fstype && !known_fstype(a.fstype))
-                return vbdctl_fail(o, -EINVAL, false,
-                                   "unknown filesystem type '%s' (not in /proc/filesystems, no "
-                                   "mount.%s)",
-                                   a.fstype, a.fstype);
-        if ((r = vbdctl_image_spec(m.image, m.spec, sizeof(m.spec))) < 0)
-                return vbdctl_fail(o, r, false, "%s: %s", m.image, strerror(-r));
-        m.rw = a.rw;
-        if (access("/sys/block/nbd0", F_OK) == 0 && have_program("nbd-client") &&
-            !(via && !strcmp(via, "fuse")))
-                m.via = "nbd";
-        else if (!have_program("nbdfuse") || !have_program("losetup"))
-                return vbdctl_fail(o, -EIO, false,
-                                   "no way to mount: no nbd module (with nbd-client), and no "
-                                   "nbdfuse and losetup");
-        run_dir(m.run, sizeof(m.run));
-        if (strlen(m.run) > 900)
-                return vbdctl_fail(o, -ENAMETOOLONG, false, "VBD_RUN_DIR is too long");
-        {
-                json_t *all = state_all(m.run), *j;
-                size_t i;
-                bool stale = false;
-
-                json_array_foreach(all, i, j) stale |= !strcmp(jstr(j, "dir"), m.dir);
-                json_decref(all);
-                if (stale)
-                        return vbdctl_fail(o, -EBUSY, false,
-                                           "%s has a vbd mount that is gone: 'vbd-ctl umount %s' "
-                                           "cleans it up first",
-                                           m.dir, m.dir);
-        }
-        snprintf(tmp, sizeof(tmp), "%s", m.run);
-        for (char *s = tmp + 1; *s; s++) /* mkdir -p */
-                if (*s == '/') {
-                        *s = '\0';
-                        mkdir(tmp, 0755);
-                        *s = '/';
-                }
-        if (mkdir(m.run, 0700) < 0 && errno != EEXIST)
-                return vbdctl_fail(o, -EIO, false, "%s: %s", m.run, strerror(errno));
-        snprintf(m.work, sizeof(m.work), "%s/m-XXXXXX", m.run);
-        if (!mkdtemp(m.work))
-                return vbdctl_fail(o, -EIO, false, "%s: %s", m.run, strerror(errno));
-        snprintf(m.id, sizeof(m.id), "%s", strrchr(m.work, '/') + 1);
-        if ((r = vbdctl_export_start(o, m.work, m.spec, m.rw, true, &m.ex, msg, sizeof(msg))) < 0 ||
-            (m.t_export = now_ms() - m.t0, 0) ||
-            (r = !strcmp(m.via, "nbd") ? attach_nbd(&m, msg, sizeof(msg))
-                                       : start_fuse(&m, msg, sizeof(msg))) < 0 ||
-            (!strcmp(m.via, "fuse+loop") && (r = attach_loop(&m, msg, sizeof(msg))) < 0) ||
-            (r = mount_fs(&m, a.partition, a.fstype, msg, sizeof(msg))) < 0) {
-                char ignore[8192];
-
-                teardown(&m, ignore, sizeof(ignore));
-                return vbdctl_fail(o, -EIO, false, "%s", msg);
-        }
-        snprintf(m.state, sizeof(m.state), "%s/%s.json", m.run, m.id);
-        if (state_save(&m, now_ms() - m.t0) < 0) {
-                char ignore[8192];
-
-                teardown(&m, ignore, sizeof(ignore));
-                return vbdctl_fail(o, -EIO, false, "%s: cannot write the state", m.state);
-        }
+        if ((r = mount_setup(o, &m, a.pos[0], a.pos[1], a.rw, a.partition, a.fstype, msg,
+                             sizeof(msg))) < 0)
+                return vbdctl_fail(o, r, false, "%s", msg);
         if (o->json)
                 vbdctl_print_json(json_load_file(m.state, 0, NULL));
         else {

@@ -129,7 +129,7 @@ int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bo
         return 0;
 }
 
-int vbdctl_wait_gone(pid_t pid, int timeout_ms)
+int vbdctl_wait_gone(pid_t pid, int timeout_ms, int *ret_status)
 {
         long long deadline = now_ms() + timeout_ms;
         char path[64], st[256];
@@ -140,8 +140,11 @@ int vbdctl_wait_gone(pid_t pid, int timeout_ms)
                 pid_t w = waitpid(pid, &status, WNOHANG);
                 FILE *f;
 
-                if (w == pid)
+                if (w == pid) {
+                        if (ret_status)
+                                *ret_status = status;
                         return 0;
+                }
                 if (w < 0) { /* not ours (a mount's, after vbd-ctl mount exited) */
                         if (kill(pid, 0) < 0 && errno == ESRCH)
                                 return 0;
@@ -164,12 +167,14 @@ int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms)
 {
         int r = 0;
 
+        ex->status = -1;
         if (ex->pid > 0) {
                 kill(ex->pid, SIGTERM); /* it flushes the image and exits */
-                r = vbdctl_wait_gone(ex->pid, timeout_ms);
+                r = vbdctl_wait_gone(ex->pid, timeout_ms, &ex->status);
                 if (r < 0) {
                         kill(ex->pid, SIGKILL);
-                        vbdctl_wait_gone(ex->pid, 2000);
+                        vbdctl_wait_gone(ex->pid, 2000, NULL);
+                        ex->status = -1;
                 }
                 ex->pid = 0;
         }

@@ -115,6 +115,7 @@ struct vbdctl_export {
         char dir[4096], ctl[4096], nbd[4096], log[4096];
         uint32_t domid, devid;
         pid_t pid;
+        int status; /* after vbdctl_export_stop: its wait status, -1 unknown (not our child) */
 };
 /* "qcow2:PATH" (by its magic) or "raw:PATH": 0 or -errno. */
 int vbdctl_image_spec(const char *path, char *buf, size_t size);
@@ -125,12 +126,30 @@ int vbdctl_image_spec(const char *path, char *buf, size_t size);
 int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bool writable,
                         bool detach, struct vbdctl_export *ex, char *msg, size_t size);
 /* SIGTERM (vbdd flushes as it exits), wait up to timeout_ms (then SIGKILL),
- * remove its sockets and log.  0 or -ETIMEDOUT. */
+ * remove its sockets and log; ex->status says how it exited.  0 or
+ * -ETIMEDOUT. */
 int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms);
 /* A daemon's log's first line, without vbdd's "vbd[D/N] vbdd: " prefix. */
 void vbdctl_first_line(const char *file, char *msg, size_t size);
-/* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT. */
-int vbdctl_wait_gone(pid_t pid, int timeout_ms);
+/* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT; a child's wait
+ * status in *ret_status (NULL: not wanted; left alone for another's). */
+int vbdctl_wait_gone(pid_t pid, int timeout_ms, int *ret_status);
+
+/*
+ * A mount of an image on a private mount point (cmd-mount.c: vbd-ctl layer
+ * create), with a state file like vbd-ctl mount's (mount --list shows it,
+ * umount of its directory cleans up after a vbd-ctl that was killed).
+ * start: 0, or -errno with msg and nothing left behind.  stop: unmount,
+ * flush down to vbdd, release everything: 0, or -errno with msg (-EBUSY:
+ * the mount point is busy, nothing was undone; call it again).  The
+ * caller free()s the handle after a stop that returned 0.
+ */
+struct vbdctl_mount;
+int vbdctl_mount_start(struct vbdctl *o, const char *image, bool rw, unsigned partition,
+                       const char *fstype, struct vbdctl_mount **ret, char *msg, size_t size);
+const char *vbdctl_mount_dir(const struct vbdctl_mount *vm);
+const char *vbdctl_mount_fstype(const struct vbdctl_mount *vm);
+int vbdctl_mount_stop(struct vbdctl_mount *vm, char *msg, size_t size);
 
 /* A VBD name for messages: "5/51712". */
 const char *vbdctl_name(uint32_t domid, uint32_t devid);
