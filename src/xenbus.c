@@ -179,8 +179,12 @@ static int parse_queue(vbd_xs_get_fn get, void *opaque, const char *prefix, unsi
                         snprintf(name, sizeof(name), "%sring-ref", prefix);
                 r = get_uint(get, opaque, name, UINT32_MAX, &n, msg, msglen);
                 if (r == -ENOENT && order == 0) { /* some frontends number even one page */
-                        snprintf(name, sizeof(name), "%sring-ref0", prefix);
-                        r = get_uint(get, opaque, name, UINT32_MAX, &n, msg, msglen);
+                        char alt[40];
+
+                        snprintf(alt, sizeof(alt), "%sring-ref0", prefix);
+                        r = get_uint(get, opaque, alt, UINT32_MAX, &n, msg, msglen);
+                        if (r == -ENOENT) /* name the key the protocol defines */
+                                snprintf(msg, msglen, "frontend published no %s", name);
                 }
                 if (r < 0)
                         return r;
