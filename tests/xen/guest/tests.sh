@@ -101,7 +101,10 @@ t_mq() { # t_mq BACKEND
                 check_xs_gone "no flat ring-ref with 2 queues" "$fe/ring-ref"
                 if [ "$b" = vbdd ]; then
                         check "vbdd connected 2 queues" grep -q "connected: 2 queue(s)" "$VBDD_LOG"
-                        check "vbd-ctl info: 2 queues" eq "$(vbd-ctl info -d "$DOMID" -n "$DEVID" 2>&1 | sed -n 's/^queues *\([0-9]*\) connected.*/\1/p')" 2
+                        local info
+                        info=$(/share/bin/vbd-ctl info -d "$DOMID" -n "$DEVID" 2>&1)
+                        log "vbd-ctl info: $(echo "$info" | grep -E '^(queues|xenbus|error)' | tr '\n' ';')"
+                        check "vbd-ctl info: 2 queues" eq "$(echo "$info" | sed -n 's/^queues *\([0-9]*\) connected.*/\1/p')" 2
                 fi
         fi
         release "$name" connected
