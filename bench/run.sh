@@ -1,6 +1,7 @@
 #!/bin/sh
 # vbd benchmarks: vbdd (driven by vbd-sim's simulated guest) against fio on
-# the same file, and the null driver's request rate and CPU per request.
+# the same file, and the null driver's request rate and CPU per request,
+# also over 1..4 blkif queues.
 # Not a test: figures go to bench/RESULTS.md by hand.
 #
 #   bench/run.sh [BUILD_DIR]
@@ -72,3 +73,17 @@ done <<'CFG'
 65536 32 0 16 64k (indirect) QD32, 1-page ring
 65536 128 4 16 64k (indirect) QD128, 16-page ring
 CFG
+echo
+# blkif multi-queue: the same 4k QD32 over 1..4 rings.  vbd-sim is one
+# thread: it spreads the ios over the queues in turn, so this measures what
+# extra rings cost the backend (all queues share vbdd's one loop), not what
+# a guest submitting from several vCPUs would gain.
+printf '%-36s %10s %9s %10s %12s\n' "null driver, multi-queue randread" "req/s" "MB/s" "p99 us" "backend ns/IO"
+for q in 1 2 3 4; do
+        out=$(sim null:1G randread 4096 32 --queues "$q")
+        printf '%-36s %10s %9s %10s %12s\n' "4k QD32, $q queue(s) of 32 slots" \
+                "$(echo "$out" | benchlib json "d['iops']")" \
+                "$(echo "$out" | benchlib json "d['mb_s']")" \
+                "$(echo "$out" | benchlib json "d['lat_us']['p99']")" \
+                "$(echo "$out" | benchlib json "d['backend_cpu_ns_per_io']")"
+done

@@ -128,6 +128,13 @@ static int handler(void *user, const char *section, const char *name, const char
                         return set_uint(p, name, value, 16, 65536, &c->aio_depth);
                 if (strcmp(name, "ctl-max-clients") == 0)
                         return set_uint(p, name, value, 1, 1024, &c->ctl_max_clients);
+                if (strcmp(name, "max-queues") == 0) {
+                        if (strcmp(value, "auto") == 0) {
+                                c->max_queues = 0;
+                                return 1;
+                        }
+                        return set_uint(p, name, value, 1, VBD_CONFIG_MAX_QUEUES, &c->max_queues);
+                }
         } else if (strcmp(section, "ctl") == 0) {
                 if (strcmp(name, "vbdd") == 0) {
                         if (value[0] != '/')

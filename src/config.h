@@ -18,6 +18,7 @@
 #define VBD_RUNTIME_DIR_DEFAULT "/run/vbd"
 #define VBD_CONFIG_STR_MAX      256
 #define VBD_CONFIG_TYPE_MAX     32
+#define VBD_CONFIG_MAX_QUEUES   16 /* VBD_RING_MAX_QUEUES */
 
 struct vbd_config {
         /* [daemon] */
@@ -28,6 +29,7 @@ struct vbd_config {
         unsigned backend_domid;                     /* backend-domid: 0 */
         unsigned aio_depth;                         /* aio-depth: 1024 (16..65536) */
         unsigned ctl_max_clients;                   /* ctl-max-clients: 16 (1..1024) */
+        unsigned max_queues; /* max-queues: 1..16, 0 (auto): min(4, online CPUs) */
         /* [ctl] */
         char vbdd[VBD_CONFIG_STR_MAX]; /* vbdd: the daemon vbd-ctl starts */
         bool spawn_systemd;            /* spawn = direct | systemd */

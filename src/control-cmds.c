@@ -129,6 +129,10 @@ static int cmd_info(struct ctl_client *cl, const struct ctl_cmd *cmd, json_t *ar
             "paused", vbd_device_paused(c->dev), "drained", vbd_device_drained(c->dev), "inflight",
             (json_int_t)vbd_xenbus_inflight(c->xb), "uptime_s", uptime_s(c), "log_level",
             vbd_config_log_level_name(c->log_level), "debug", c->debug, "socket", c->path);
+        if (*ret) {
+                json_object_set_new(*ret, "queues", json_integer(vbd_xenbus_queues(c->xb)));
+                json_object_set_new(*ret, "max_queues", json_integer(xc->max_queues));
+        }
         if (c->nbd)
                 json_object_set_new(*ret, "nbd", nbd_json(c));
         if (migrate && vbd_job_get(c->dev, migrate)) {
@@ -179,6 +183,20 @@ static int cmd_stats(struct ctl_client *cl, const struct ctl_cmd *cmd, json_t *a
                          "batches", (json_int_t)st.batches, "ops", "read", op_stats_json(&st.read),
                          "write", op_stats_json(&st.write), "flush", op_stats_json(&st.flush),
                          "discard", op_stats_json(&st.discard), "other", op_stats_json(&st.other));
+        if (*ret) {
+                /* Requests taken from each queue's ring since start (also
+                 * queues of an earlier connection, if there were more). */
+                json_t *qr = json_array();
+                unsigned n = st.queues;
+
+                for (unsigned i = 0; i < VBD_RING_MAX_QUEUES; i++)
+                        if (st.queue_requests[i] && i + 1 > n)
+                                n = i + 1;
+                for (unsigned i = 0; qr && i < n; i++)
+                        json_array_append_new(qr, json_integer((json_int_t)st.queue_requests[i]));
+                json_object_set_new(*ret, "queues", json_integer(st.queues));
+                json_object_set_new(*ret, "queue_requests", qr);
+        }
         return 0;
 }
 

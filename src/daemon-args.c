@@ -28,6 +28,9 @@ void vbd_daemon_usage(FILE *f)
                "                      node with --image absent, else w)\n"
                "  --type NAME         backend directory type (default vbd3)\n"
                "  --backend-domid D   domain running this backend (default 0)\n"
+               "  --max-queues N      blkif rings (multi-queue) offered to the frontend, 1..16\n"
+               "                      (default: max-queues in the config file, else\n"
+               "                      min(4, online CPUs))\n"
                "  --ctl-dir DIR       directory of the control socket vbdd-D-N.sock\n"
                "                      (default: $VBD_RUNTIME_DIR, else runtime-dir in the\n"
                "                      config file, else " VBD_RUNTIME_DIR_DEFAULT ";\n"
@@ -63,6 +66,7 @@ int vbd_daemon_parse_args(int argc, char **argv, struct vbd_daemon_args *a)
             {"mode", required_argument, NULL, 'm'},
             {"type", required_argument, NULL, 't'},
             {"backend-domid", required_argument, NULL, 'b'},
+            {"max-queues", required_argument, NULL, 'Q'},
             {"ctl-dir", required_argument, NULL, 'C'},
             {"config", required_argument, NULL, 'c'},
             {"debug", required_argument, NULL, 'D'},
@@ -120,6 +124,14 @@ int vbd_daemon_parse_args(int argc, char **argv, struct vbd_daemon_args *a)
                                 return 2;
                         }
                         a->have_bdomid = true;
+                        break;
+                case 'Q':
+                        if (vbd_parse_u32(optarg, VBD_CONFIG_MAX_QUEUES, &a->max_queues) < 0 ||
+                            a->max_queues == 0) {
+                                fprintf(stderr, "vbdd: --max-queues must be 1..%d\n",
+                                        VBD_CONFIG_MAX_QUEUES);
+                                return 2;
+                        }
                         break;
                 case 'i':
                         a->spec = optarg;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
@@ -19,6 +20,8 @@
 #include "image.h"
 #include "vbd/log.h"
 #include "xen.h"
+
+_Static_assert(VBD_CONFIG_MAX_QUEUES == VBD_RING_MAX_QUEUES, "max-queues bound");
 
 /*
  * The image spec from the toolstack's params node: libxl writes "aio:PATH"
@@ -187,6 +190,12 @@ int vbd_daemon_setup(struct vbd_daemon *d, struct vbd_daemon_args *a)
         a->cfg.type = a->type ? a->type : d->conf.backend_type;
         if (!a->have_bdomid)
                 a->cfg.backend_domid = d->conf.backend_domid;
+        a->cfg.max_queues = a->max_queues ? a->max_queues : d->conf.max_queues;
+        if (!a->cfg.max_queues) {
+                long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+                a->cfg.max_queues = cpus < 1 ? 1 : cpus < 4 ? (unsigned)cpus : 4;
+        }
         signal(SIGPIPE, SIG_IGN);
 
         d->loop = ev_default_loop(EVFLAG_AUTO);

@@ -26,7 +26,8 @@ struct vbd_daemon_args {
         struct vbd_xenbus_config cfg;
         const char *spec, *type, *ctl_dir, *config_path, *debug;
         bool have_domid, have_devid, have_bdomid, mode_given, export_only;
-        int level; /* -1: from the config file */
+        int level;           /* -1: from the config file */
+        unsigned max_queues; /* --max-queues; 0: from the config file */
         struct vbd_nbd_config nbd;
 };
 

@@ -16,6 +16,7 @@
 #define VBD_RING_SEGS_PER_INDIRECT_PAGE 512 /* 4096 / sizeof(blkif_request_segment) */
 #define VBD_RING_MAX_INDIRECT_PAGES     8   /* BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST */
 #define VBD_RING_MAX_ORDER              4   /* 16 pages */
+#define VBD_RING_MAX_QUEUES             16  /* the most multi-queue-max-queues offers */
 #define VBD_SECTOR_SIZE                 512u
 #define VBD_PAGE_SIZE                   4096u
 
@@ -78,6 +79,21 @@ struct vbd_ring {
         enum vbd_ring_abi abi;
         unsigned nr_ents;
         uint32_t req_cons, rsp_prod_pvt;
+};
+
+/* What a frontend published for one queue's ring. */
+struct vbd_queue_config {
+        uint32_t refs[1u << VBD_RING_MAX_ORDER];
+        uint32_t port; /* the frontend's event channel */
+};
+
+/* What a frontend published for its rings (xen/io/blkif.h), parsed and
+ * checked: every queue has the same ring size and ABI. */
+struct vbd_ring_config {
+        unsigned nr_queues; /* multi-queue-num-queues; 1 when absent */
+        unsigned nr_pages;  /* per queue: 1 << ring-page-order */
+        enum vbd_ring_abi abi;
+        struct vbd_queue_config queue[VBD_RING_MAX_QUEUES];
 };
 
 /* Parse the xenstore "protocol" value: NULL means native. -EINVAL if unknown. */

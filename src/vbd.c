@@ -39,7 +39,7 @@ enum req_phase { PHASE_FREE, PHASE_BARRIER_WAIT, PHASE_IO, PHASE_FLUSH_AFTER, PH
 
 struct vbd_req {
         struct vbd_io io;
-        struct vbd *vbd;
+        struct vbd_queue *q;
         struct vbd_req *next; /* free list or done list */
         uint64_t id;
         uint8_t operation; /* echoed in the response (the inner op of an indirect one) */
@@ -57,6 +57,40 @@ struct vbd_req {
         uint64_t start_ns;   /* when it was taken from the ring */
 };
 
+/*
+ * One ring of the device (blkif multi-queue: one per frontend queue) with
+ * its own request pool: requests taken from a queue are answered on it.
+ * All queues share the device's image, AIO engine, loop and statistics.
+ */
+struct vbd_queue {
+        struct vbd *vbd;
+        unsigned idx;
+        void *ring_mem;
+        unsigned ring_pages;
+        struct vbd_ring ring;
+        uint32_t local_port, remote_port;
+        bool mapped, bound;
+
+        /* pool */
+        struct vbd_req *reqs;
+        unsigned nr_reqs;
+        uint8_t *bounce_mem;
+        size_t bounce_size;
+        uint8_t *scratch_mem;
+        struct vbd_req *free_list;
+        struct vbd_req *done_head, **done_tail;
+        struct vbd_req *barrier; /* a WRITE_BARRIER waiting for the queue to drain */
+        unsigned inflight;       /* requests handed to the image and not completed */
+        xengnttab_grant_copy_segment_t *copy;
+        struct vbd_req **copy_reqs;
+        struct vbd_big *bigs, *big_free;
+        unsigned nr_big;
+        uint8_t *big_mem;
+        size_t big_size;
+        xengnttab_grant_copy_segment_t *desc_copy; /* indirect pages, one batch per pass */
+        struct vbd_req **desc_reqs;
+};
+
 struct vbd {
         struct ev_loop *loop;
         struct vbd_xen *xen;
@@ -72,35 +106,14 @@ struct vbd {
         bool paused;
         void (*paused_cb)(void *opaque);
         void *paused_opaque;
-        void *ring_mem;
-        unsigned ring_pages;
-        struct vbd_ring ring;
-        uint32_t local_port;
-        ev_io evtchn_watcher;
+        unsigned nr_queues;
+        struct vbd_queue queue[VBD_RING_MAX_QUEUES];
+        size_t scratch_size;  /* per request, the same in every queue */
+        ev_io evtchn_watcher; /* one event channel device: every queue's port */
         ev_prepare flush_watcher;
         ev_idle kick_watcher;
         void (*closed_cb)(void *opaque);
         void *closed_opaque;
-
-        /* pool */
-        struct vbd_req *reqs;
-        unsigned nr_reqs;
-        uint8_t *bounce_mem;
-        size_t bounce_size;
-        uint8_t *scratch_mem;
-        size_t scratch_size;
-        struct vbd_req *free_list;
-        struct vbd_req *done_head, **done_tail;
-        struct vbd_req *barrier; /* a WRITE_BARRIER waiting for the queue to drain */
-        unsigned inflight;       /* requests handed to the image and not completed */
-        xengnttab_grant_copy_segment_t *copy;
-        struct vbd_req **copy_reqs;
-        struct vbd_big *bigs, *big_free;
-        unsigned nr_big;
-        uint8_t *big_mem;
-        size_t big_size;
-        xengnttab_grant_copy_segment_t *desc_copy; /* indirect pages, one batch per pass */
-        struct vbd_req **desc_reqs;
         struct vbd_ring_limits limits;
 
         struct vbd_ratelimit rl; /* I/O and grant errors */
@@ -114,7 +127,7 @@ struct vbd {
 static void vbd_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 static void vbd_evtchn_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void vbd_kick_cb(struct ev_loop *loop, ev_idle *w, int revents);
-static void vbd_process_ring(struct vbd *v);
+static void vbd_process_rings(struct vbd *v);
 static void vbd_maybe_closed(struct vbd *v);
 static void pause_check(struct vbd *v);
 
@@ -153,29 +166,29 @@ struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *i
         return v;
 }
 
-static void pool_free(struct vbd *v)
+static void pool_free(struct vbd_queue *q)
 {
-        if (v->bounce_mem)
-                munmap(v->bounce_mem, v->bounce_size);
-        if (v->big_mem)
-                munmap(v->big_mem, v->big_size);
-        free(v->bigs);
-        free(v->desc_copy);
-        free(v->desc_reqs);
-        v->big_mem = NULL;
-        v->bigs = v->big_free = NULL;
-        v->desc_copy = NULL;
-        v->desc_reqs = NULL;
-        free(v->scratch_mem);
-        free(v->reqs);
-        free(v->copy);
-        free(v->copy_reqs);
-        v->bounce_mem = NULL;
-        v->scratch_mem = NULL;
-        v->reqs = NULL;
-        v->copy = NULL;
-        v->copy_reqs = NULL;
-        v->free_list = NULL;
+        if (q->bounce_mem)
+                munmap(q->bounce_mem, q->bounce_size);
+        if (q->big_mem)
+                munmap(q->big_mem, q->big_size);
+        free(q->bigs);
+        free(q->desc_copy);
+        free(q->desc_reqs);
+        q->big_mem = NULL;
+        q->bigs = q->big_free = NULL;
+        q->desc_copy = NULL;
+        q->desc_reqs = NULL;
+        free(q->scratch_mem);
+        free(q->reqs);
+        free(q->copy);
+        free(q->copy_reqs);
+        q->bounce_mem = NULL;
+        q->scratch_mem = NULL;
+        q->reqs = NULL;
+        q->copy = NULL;
+        q->copy_reqs = NULL;
+        q->free_list = NULL;
 }
 
 static void *map_anon(size_t size)
@@ -186,111 +199,153 @@ static void *map_anon(size_t size)
 }
 
 /*
- * Everything the data path uses, sized by the ring: n request slots with an
- * 11-segment bounce buffer each, nr_big indirect slots with a 1 MiB bounce
- * buffer each (touched only when used), and the grant copy batches.
+ * Everything a queue's data path uses, sized by its ring: n request slots
+ * with an 11-segment bounce buffer each, nr_big indirect slots with a 1 MiB
+ * bounce buffer each (touched only when used; MAX_BIG shared by the queues,
+ * at least 16 each), and the grant copy batches.
  */
-static int pool_alloc(struct vbd *v, unsigned n)
+static int pool_alloc(struct vbd_queue *q, unsigned n, unsigned nr_queues)
 {
-        /* Room for a driver stacked later (a migration's mirror) too. */
-        size_t scratch = vbd_image_io_scratch_size(v->img) + VBD_IMAGE_STACK_SCRATCH;
+        size_t scratch = q->vbd->scratch_size;
+        unsigned big = MAX_BIG / nr_queues < 16 ? 16 : MAX_BIG / nr_queues;
         size_t max_copy;
 
-        scratch = (scratch + 63) & ~(size_t)63;
-        v->nr_reqs = n;
-        v->nr_big = n < MAX_BIG ? n : MAX_BIG;
+        q->nr_reqs = n;
+        q->nr_big = n < big ? n : big;
         max_copy =
-            (size_t)n * VBD_RING_MAX_SEGMENTS + (size_t)v->nr_big * VBD_RING_MAX_INDIRECT_SEGMENTS;
-        v->reqs = calloc(n, sizeof(*v->reqs));
-        v->copy = calloc(max_copy, sizeof(*v->copy));
-        v->copy_reqs = calloc(n, sizeof(*v->copy_reqs));
-        v->scratch_size = scratch;
-        v->scratch_mem = scratch ? calloc(n, scratch) : NULL;
-        v->bounce_size = (size_t)n * REQ_MAX_BYTES;
-        v->bounce_mem = map_anon(v->bounce_size);
-        v->bigs = calloc(v->nr_big, sizeof(*v->bigs));
-        v->big_size = (size_t)v->nr_big * (BIG_MAX_BYTES + BIG_DESC_PAGES * VBD_PAGE_SIZE);
-        v->big_mem = map_anon(v->big_size);
-        v->desc_copy = calloc((size_t)v->nr_big * BIG_DESC_PAGES, sizeof(*v->desc_copy));
-        v->desc_reqs = calloc(v->nr_big, sizeof(*v->desc_reqs));
-        if (!v->reqs || !v->copy || !v->copy_reqs || (scratch && !v->scratch_mem) ||
-            !v->bounce_mem || !v->bigs || !v->big_mem || !v->desc_copy || !v->desc_reqs) {
-                pool_free(v);
+            (size_t)n * VBD_RING_MAX_SEGMENTS + (size_t)q->nr_big * VBD_RING_MAX_INDIRECT_SEGMENTS;
+        q->reqs = calloc(n, sizeof(*q->reqs));
+        q->copy = calloc(max_copy, sizeof(*q->copy));
+        q->copy_reqs = calloc(n, sizeof(*q->copy_reqs));
+        q->scratch_mem = scratch ? calloc(n, scratch) : NULL;
+        q->bounce_size = (size_t)n * REQ_MAX_BYTES;
+        q->bounce_mem = map_anon(q->bounce_size);
+        q->bigs = calloc(q->nr_big, sizeof(*q->bigs));
+        q->big_size = (size_t)q->nr_big * (BIG_MAX_BYTES + BIG_DESC_PAGES * VBD_PAGE_SIZE);
+        q->big_mem = map_anon(q->big_size);
+        q->desc_copy = calloc((size_t)q->nr_big * BIG_DESC_PAGES, sizeof(*q->desc_copy));
+        q->desc_reqs = calloc(q->nr_big, sizeof(*q->desc_reqs));
+        if (!q->reqs || !q->copy || !q->copy_reqs || (scratch && !q->scratch_mem) ||
+            !q->bounce_mem || !q->bigs || !q->big_mem || !q->desc_copy || !q->desc_reqs) {
+                pool_free(q);
                 return -ENOMEM;
         }
-        v->free_list = NULL;
+        q->free_list = NULL;
         for (unsigned i = n; i-- > 0;) {
-                struct vbd_req *rq = &v->reqs[i];
-                rq->vbd = v;
-                rq->small_bounce = v->bounce_mem + (size_t)i * REQ_MAX_BYTES;
-                rq->io.scratch = scratch ? v->scratch_mem + (size_t)i * scratch : NULL;
-                rq->next = v->free_list;
-                v->free_list = rq;
+                struct vbd_req *rq = &q->reqs[i];
+                rq->q = q;
+                rq->small_bounce = q->bounce_mem + (size_t)i * REQ_MAX_BYTES;
+                rq->io.scratch = scratch ? q->scratch_mem + (size_t)i * scratch : NULL;
+                rq->next = q->free_list;
+                q->free_list = rq;
         }
-        v->big_free = NULL;
-        for (unsigned i = v->nr_big; i-- > 0;) {
-                struct vbd_big *b = &v->bigs[i];
-                b->bounce = v->big_mem + (size_t)i * BIG_MAX_BYTES;
-                b->desc = v->big_mem + (size_t)v->nr_big * BIG_MAX_BYTES +
+        q->big_free = NULL;
+        for (unsigned i = q->nr_big; i-- > 0;) {
+                struct vbd_big *b = &q->bigs[i];
+                b->bounce = q->big_mem + (size_t)i * BIG_MAX_BYTES;
+                b->desc = q->big_mem + (size_t)q->nr_big * BIG_MAX_BYTES +
                           (size_t)i * BIG_DESC_PAGES * VBD_PAGE_SIZE;
-                b->next = v->big_free;
-                v->big_free = b;
+                b->next = q->big_free;
+                q->big_free = b;
         }
-        v->done_head = NULL;
-        v->done_tail = &v->done_head;
+        q->done_head = NULL;
+        q->done_tail = &q->done_head;
+        q->barrier = NULL;
+        q->inflight = 0;
         return 0;
 }
 
-int vbd_connect(struct vbd *v, const uint32_t *refs, unsigned nr_pages, uint32_t remote_port,
-                enum vbd_ring_abi abi)
+/* Undo what queue_setup did (whatever part of it). */
+static void queue_release(struct vbd_queue *q)
 {
+        struct vbd *v = q->vbd;
+
+        if (q->bound)
+                (void)vbd_xen_evtchn_unbind(v->xen, q->local_port);
+        if (q->mapped)
+                (void)vbd_xen_unmap(v->xen, q->ring_mem, q->ring_pages);
+        q->bound = q->mapped = false;
+        q->ring_mem = NULL;
+        q->local_port = 0;
+        pool_free(q);
+}
+
+/* Map queue q's ring pages, allocate its pool, bind its event channel. */
+static int queue_setup(struct vbd_queue *q, const struct vbd_ring_config *rc)
+{
+        const struct vbd_queue_config *qc = &rc->queue[q->idx];
+        struct vbd *v = q->vbd;
         int r;
+
+        q->ring_mem = vbd_xen_map_grants(v->xen, v->domid, rc->nr_pages, qc->refs);
+        if (!q->ring_mem)
+                return vbd_log_errno(
+                    errno, "cannot map %u ring page(s) of queue %u of domain %" PRIu32 ": %m",
+                    rc->nr_pages, q->idx, v->domid);
+        q->mapped = true;
+        q->ring_pages = rc->nr_pages;
+        r = vbd_ring_init(&q->ring, q->ring_mem, (size_t)rc->nr_pages * VBD_PAGE_SIZE, rc->abi);
+        if (r < 0)
+                return vbd_log_errno(r, "bad ring geometry: %m");
+        r = pool_alloc(q, q->ring.nr_ents, rc->nr_queues);
+        if (r < 0)
+                return vbd_log_errno(r, "cannot allocate the request pool of queue %u: %m", q->idx);
+        r = vbd_xen_evtchn_bind(v->xen, v->domid, qc->port, &q->local_port);
+        if (r < 0)
+                return vbd_log_errno(r,
+                                     "cannot bind event channel %" PRIu32 " (queue %u) of domain "
+                                     "%" PRIu32 ": %m",
+                                     qc->port, q->idx, v->domid);
+        q->bound = true;
+        q->remote_port = qc->port;
+        return 0;
+}
+
+int vbd_connect(struct vbd *v, const struct vbd_ring_config *rc)
+{
+        /* Room for a driver stacked later (a migration's mirror) too. */
+        size_t scratch = vbd_image_io_scratch_size(v->img) + VBD_IMAGE_STACK_SCRATCH;
+        char ports[VBD_RING_MAX_QUEUES * 11 + 1];
+        size_t pl = 0;
+        int r = 0;
 
         if (v->connected)
                 return -EALREADY;
-        v->ring_mem = vbd_xen_map_grants(v->xen, v->domid, nr_pages, refs);
-        if (!v->ring_mem)
-                return vbd_log_errno(errno, "cannot map %u ring page(s) of domain %" PRIu32 ": %m",
-                                     nr_pages, v->domid);
-        v->ring_pages = nr_pages;
-        r = vbd_ring_init(&v->ring, v->ring_mem, (size_t)nr_pages * VBD_PAGE_SIZE, abi);
-        if (r < 0) {
-                vbd_log_errno(r, "bad ring geometry: %m");
-                goto fail_unmap;
+        if (rc->nr_queues < 1 || rc->nr_queues > VBD_RING_MAX_QUEUES)
+                return -EINVAL;
+        v->scratch_size = (scratch + 63) & ~(size_t)63;
+        ports[0] = '\0';
+        for (unsigned i = 0; i < rc->nr_queues; i++) {
+                struct vbd_queue *q = &v->queue[i];
+
+                memset(q, 0, sizeof(*q));
+                q->vbd = v;
+                q->idx = i;
+                r = queue_setup(q, rc);
+                if (r < 0) {
+                        for (unsigned k = 0; k <= i; k++)
+                                queue_release(&v->queue[k]);
+                        return r;
+                }
+                pl += (size_t)snprintf(ports + pl, sizeof(ports) - pl, "%s%" PRIu32, i ? "," : "",
+                                       rc->queue[i].port);
         }
-        r = pool_alloc(v, v->ring.nr_ents);
-        if (r < 0) {
-                vbd_log_errno(r, "cannot allocate the request pool: %m");
-                goto fail_unmap;
-        }
-        r = vbd_xen_evtchn_bind(v->xen, v->domid, remote_port, &v->local_port);
-        if (r < 0) {
-                vbd_log_errno(r, "cannot bind event channel %" PRIu32 " of domain %" PRIu32 ": %m",
-                              remote_port, v->domid);
-                goto fail_pool;
-        }
+        v->nr_queues = rc->nr_queues;
         v->connected = true;
         v->closing = false;
         v->respond = true;
-        v->barrier = NULL;
-        v->inflight = 0;
+        v->stats.queues = v->nr_queues;
         ev_io_init(&v->evtchn_watcher, vbd_evtchn_cb, vbd_xen_evtchn_fd(v->xen), EV_READ);
         v->evtchn_watcher.data = v;
         ev_io_start(v->loop, &v->evtchn_watcher);
         ev_prepare_start(v->loop, &v->flush_watcher);
-        vbd_info("connected: %u ring page(s), %u slots, %s ABI, event channel %" PRIu32, nr_pages,
-                 v->ring.nr_ents, v->ring.abi == VBD_RING_ABI_X86_32 ? "x86_32" : "x86_64",
-                 remote_port);
+        vbd_info("connected: %u queue(s) of %u ring page(s), %u slots each, %s ABI, event "
+                 "channel(s) %s",
+                 v->nr_queues, rc->nr_pages, v->queue[0].ring.nr_ents,
+                 rc->abi == VBD_RING_ABI_X86_32 ? "x86_32" : "x86_64", ports);
         /* Requests may already be waiting. */
-        vbd_process_ring(v);
+        vbd_process_rings(v);
         return 0;
-
-fail_pool:
-        pool_free(v);
-fail_unmap:
-        (void)vbd_xen_unmap(v->xen, v->ring_mem, nr_pages);
-        v->ring_mem = NULL;
-        return r;
 }
 
 static void vbd_teardown(struct vbd *v)
@@ -298,10 +353,9 @@ static void vbd_teardown(struct vbd *v)
         ev_io_stop(v->loop, &v->evtchn_watcher);
         ev_prepare_stop(v->loop, &v->flush_watcher);
         ev_idle_stop(v->loop, &v->kick_watcher);
-        (void)vbd_xen_evtchn_unbind(v->xen, v->local_port);
-        (void)vbd_xen_unmap(v->xen, v->ring_mem, v->ring_pages);
-        v->ring_mem = NULL;
-        pool_free(v);
+        for (unsigned i = 0; i < v->nr_queues; i++)
+                queue_release(&v->queue[i]);
+        v->nr_queues = 0;
         v->connected = false;
 }
 
@@ -319,14 +373,27 @@ void vbd_disconnect(struct vbd *v, bool respond, void (*done)(void *opaque), voi
         vbd_maybe_closed(v);
 }
 
+/* Nothing taken from any ring is still being served. */
+static bool vbd_idle(const struct vbd *v)
+{
+        for (unsigned i = 0; i < v->nr_queues; i++) {
+                const struct vbd_queue *q = &v->queue[i];
+
+                if (q->inflight || q->done_head || q->barrier)
+                        return false;
+        }
+        return true;
+}
+
 static void vbd_maybe_closed(struct vbd *v)
 {
         void (*cb)(void *);
 
-        if (!v->closing || v->inflight || v->done_head || v->barrier)
+        if (!v->closing || !vbd_idle(v))
                 return;
-        if (v->respond && vbd_ring_push_responses(&v->ring))
-                (void)vbd_xen_evtchn_notify(v->xen, v->local_port);
+        for (unsigned i = 0; v->respond && i < v->nr_queues; i++)
+                if (vbd_ring_push_responses(&v->queue[i].ring))
+                        (void)vbd_xen_evtchn_notify(v->xen, v->queue[i].local_port);
         vbd_teardown(v);
         vbd_info("disconnected");
         pause_check(v);
@@ -343,13 +410,25 @@ bool vbd_is_connected(const struct vbd *v)
 
 unsigned vbd_inflight(const struct vbd *v)
 {
-        return v->inflight;
+        unsigned n = 0;
+
+        for (unsigned i = 0; i < v->nr_queues; i++)
+                n += v->queue[i].inflight;
+        return n;
+}
+
+unsigned vbd_queues(const struct vbd *v)
+{
+        return v->connected ? v->nr_queues : 0;
 }
 
 void vbd_get_stats(const struct vbd *v, struct vbd_stats *ret)
 {
         *ret = v->stats;
-        ret->inflight = v->connected ? vbd_ring_outstanding(&v->ring) : 0;
+        ret->inflight = 0;
+        for (unsigned i = 0; v->connected && i < v->nr_queues; i++)
+                ret->inflight += vbd_ring_outstanding(&v->queue[i].ring);
+        ret->queues = vbd_queues(v);
 }
 
 uint64_t vbd_stats_percentile(const struct vbd_op_stats *s, double p)
@@ -388,8 +467,12 @@ bool vbd_is_paused(const struct vbd *v)
 
 bool vbd_is_drained(const struct vbd *v)
 {
-        return v->paused && !v->inflight && !v->done_head && !v->barrier &&
-               (!v->connected || vbd_ring_outstanding(&v->ring) == 0);
+        if (!v->paused || !vbd_idle(v))
+                return false;
+        for (unsigned i = 0; v->connected && i < v->nr_queues; i++)
+                if (vbd_ring_outstanding(&v->queue[i].ring))
+                        return false;
+        return true;
 }
 
 static void pause_check(struct vbd *v)
@@ -472,19 +555,20 @@ static int16_t blkif_status(int status)
 
 static void req_finish(struct vbd_req *rq, int status)
 {
-        struct vbd *v = rq->vbd;
+        struct vbd_queue *q = rq->q;
 
         rq->status = blkif_status(status);
         rq->phase = PHASE_DONE;
         rq->next = NULL;
-        *v->done_tail = rq;
-        v->done_tail = &rq->next;
+        *q->done_tail = rq;
+        q->done_tail = &rq->next;
 }
 
 static void io_done(struct vbd_io *io, int status)
 {
         struct vbd_req *rq = io->opaque;
-        struct vbd *v = rq->vbd;
+        struct vbd_queue *q = rq->q;
+        struct vbd *v = q->vbd;
 
         if (status == 0 && rq->phase == PHASE_FLUSH_AFTER) {
                 /* WRITE_BARRIER: the write is done, now make it durable. */
@@ -497,16 +581,17 @@ static void io_done(struct vbd_io *io, int status)
         if (status < 0 && vbd_ratelimit_ok(&v->rl))
                 vbd_warn("%s of %" PRIu64 " bytes at %" PRIu64 " failed: %s", vbd_op_name(io->op),
                          io->len, io->offset, strerror(-status));
-        v->inflight--;
+        q->inflight--;
         req_finish(rq, status);
 }
 
 /* Hand a validated request to the image. */
-static void req_submit(struct vbd *v, struct vbd_req *rq)
+static void req_submit(struct vbd_queue *q, struct vbd_req *rq)
 {
+        struct vbd *v = q->vbd;
         bool barrier = rq->operation == BLKIF_OP_WRITE_BARRIER;
 
-        v->inflight++;
+        q->inflight++;
         rq->phase = PHASE_IO;
         if (rq->operation == BLKIF_OP_DISCARD) {
                 rq->io.op = VBD_OP_DISCARD;
@@ -553,13 +638,14 @@ static void bad_request(struct vbd *v, const struct vbd_ring_req *req, const cha
 }
 
 /* Append rq's segments to the copy batch (guest -> bounce or bounce -> guest). */
-static unsigned stage_copy(struct vbd *v, struct vbd_req *rq, unsigned n, bool to_guest)
+static unsigned stage_copy(struct vbd_queue *q, struct vbd_req *rq, unsigned n, bool to_guest)
 {
+        const struct vbd *v = q->vbd;
         uint32_t pos = 0;
 
         rq->copy_first = n;
         for (unsigned i = 0; i < rq->nr_segs; i++) {
-                xengnttab_grant_copy_segment_t *c = &v->copy[n++];
+                xengnttab_grant_copy_segment_t *c = &q->copy[n++];
                 const struct vbd_ring_seg *sg = &rq->segs[i];
                 uint16_t off = sg->first_sect * VBD_SECTOR_SIZE;
                 uint16_t len = (sg->last_sect - sg->first_sect + 1) * VBD_SECTOR_SIZE;
@@ -618,9 +704,9 @@ static bool copy_status_ok(struct vbd *v, struct vbd_req *rq,
         return true;
 }
 
-static bool copy_ok(struct vbd *v, struct vbd_req *rq, int batch_status)
+static bool copy_ok(struct vbd_queue *q, struct vbd_req *rq, int batch_status)
 {
-        return copy_status_ok(v, rq, &v->copy[rq->copy_first], rq->nr_segs, batch_status);
+        return copy_status_ok(q->vbd, rq, &q->copy[rq->copy_first], rq->nr_segs, batch_status);
 }
 
 /* The batch being built by one pass over the ring. */
@@ -630,8 +716,9 @@ struct pass {
 
 /* A READ/WRITE/WRITE_BARRIER with checked segments: set up its io, then
  * submit it (READ), stage its data copy (WRITE) or park it (BARRIER). */
-static void dispatch_rw(struct vbd *v, struct vbd_req *rq, struct pass *ps)
+static void dispatch_rw(struct vbd_queue *q, struct vbd_req *rq, struct pass *ps)
 {
+        struct vbd *v = q->vbd;
         rq->iov = (struct iovec){.iov_base = rq->bounce, .iov_len = rq->xfer.len};
         rq->io.offset = rq->xfer.offset;
         rq->io.len = rq->xfer.len;
@@ -639,24 +726,25 @@ static void dispatch_rw(struct vbd *v, struct vbd_req *rq, struct pass *ps)
         if (rq->operation == BLKIF_OP_WRITE_BARRIER) {
                 /* Everything before it completes first, nothing after it starts. */
                 rq->phase = PHASE_BARRIER_WAIT;
-                v->barrier = rq;
+                q->barrier = rq;
         } else if (rq->operation == BLKIF_OP_WRITE) {
-                ps->nsegs = stage_copy(v, rq, ps->nsegs, false);
-                v->copy_reqs[ps->nwrites++] = rq;
+                ps->nsegs = stage_copy(q, rq, ps->nsegs, false);
+                q->copy_reqs[ps->nwrites++] = rq;
         } else {
-                req_submit(v, rq);
+                req_submit(q, rq);
         }
 }
 
 /* Take one request off the ring and start it.  Indirect ones wait in the
  * pass for their descriptor pages. */
-static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
+static void take(struct vbd_queue *q, const struct vbd_ring_req *req, struct pass *ps)
 {
-        struct vbd_req *rq = v->free_list;
+        struct vbd *v = q->vbd;
+        struct vbd_req *rq = q->free_list;
         const char *why = NULL;
         int r;
 
-        v->free_list = rq->next;
+        q->free_list = rq->next;
         rq->id = req->id;
         rq->operation = req->operation;
         rq->nr_segs = 0;
@@ -672,6 +760,7 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
                 rq->operation = req->indirect_op;
         r = vbd_ring_check_request(req, &v->limits, &rq->xfer, &why);
         op_stats(v, rq->operation)->requests++;
+        v->stats.queue_requests[q->idx]++;
         if (r < 0) {
                 bad_request(v, req, why);
                 req_finish(rq, r);
@@ -683,19 +772,19 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
                 if (v->readonly)
                         req_finish(rq, 0); /* nothing to flush */
                 else
-                        req_submit(v, rq);
+                        req_submit(q, rq);
                 return;
         case BLKIF_OP_DISCARD:
                 op_stats(v, rq->operation)->bytes += rq->xfer.len;
                 if (rq->xfer.len == 0)
                         req_finish(rq, 0);
                 else
-                        req_submit(v, rq);
+                        req_submit(q, rq);
                 return;
         }
 
         if (req->operation == BLKIF_OP_INDIRECT) {
-                struct vbd_big *b = v->big_free;
+                struct vbd_big *b = q->big_free;
                 unsigned left = rq->xfer.nr_segs;
 
                 if (!b) { /* the guest changed the request after we peeked at it */
@@ -703,12 +792,12 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
                         req_finish(rq, -EBUSY);
                         return;
                 }
-                v->big_free = b->next;
+                q->big_free = b->next;
                 rq->big = b;
                 rq->segs = b->segs;
                 rq->bounce = b->bounce;
                 for (unsigned i = 0; i < rq->xfer.nr_indirect_pages; i++) {
-                        xengnttab_grant_copy_segment_t *c = &v->desc_copy[ps->ndesc++];
+                        xengnttab_grant_copy_segment_t *c = &q->desc_copy[ps->ndesc++];
                         unsigned n = left < VBD_RING_SEGS_PER_INDIRECT_PAGE
                                          ? left
                                          : VBD_RING_SEGS_PER_INDIRECT_PAGE;
@@ -721,7 +810,7 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
                         c->flags = GNTCOPY_source_gref;
                         left -= n;
                 }
-                v->desc_reqs[ps->nind++] = rq;
+                q->desc_reqs[ps->nind++] = rq;
                 return;
         }
 
@@ -733,22 +822,23 @@ static void take(struct vbd *v, const struct vbd_ring_req *req, struct pass *ps)
         }
         rq->nr_segs = (uint16_t)rq->xfer.nr_segs;
         memcpy(rq->seg, req->seg, rq->nr_segs * sizeof(rq->seg[0]));
-        dispatch_rw(v, rq, ps);
+        dispatch_rw(q, rq, ps);
 }
 
 /* Indirect requests of this pass: fetch their segment tables, check them. */
-static void finish_indirect(struct vbd *v, struct pass *ps)
+static void finish_indirect(struct vbd_queue *q, struct pass *ps)
 {
+        struct vbd *v = q->vbd;
         unsigned d = 0;
-        int st = run_copy(v, v->desc_copy, ps->ndesc);
+        int st = run_copy(v, q->desc_copy, ps->ndesc);
 
         for (unsigned i = 0; i < ps->nind; i++) {
-                struct vbd_req *rq = v->desc_reqs[i];
+                struct vbd_req *rq = q->desc_reqs[i];
                 unsigned pages = rq->xfer.nr_indirect_pages;
                 struct vbd_ring_req fake = {.id = rq->id, .operation = BLKIF_OP_INDIRECT};
                 const char *why = NULL;
 
-                if (!copy_status_ok(v, rq, &v->desc_copy[d], pages, st)) {
+                if (!copy_status_ok(v, rq, &q->desc_copy[d], pages, st)) {
                         d += pages;
                         req_finish(rq, -EFAULT);
                         continue;
@@ -762,7 +852,7 @@ static void finish_indirect(struct vbd *v, struct pass *ps)
                         continue;
                 }
                 rq->nr_segs = (uint16_t)rq->xfer.nr_segs;
-                dispatch_rw(v, rq, ps);
+                dispatch_rw(q, rq, ps);
         }
         ps->ndesc = ps->nind = 0;
 }
@@ -774,36 +864,37 @@ enum consumed {
 };
 
 /* Consume requests from the ring. */
-static enum consumed consume(struct vbd *v)
+static enum consumed consume(struct vbd_queue *q)
 {
+        struct vbd *v = q->vbd;
         enum consumed ret = CONSUMED_ALL;
         struct pass ps = {0};
         struct vbd_ring_req req;
         int r;
 
         for (;;) {
-                if (v->barrier || !v->free_list ||
-                    (!v->big_free && vbd_ring_peek_op(&v->ring) == BLKIF_OP_INDIRECT)) {
+                if (q->barrier || !q->free_list ||
+                    (!q->big_free && vbd_ring_peek_op(&q->ring) == BLKIF_OP_INDIRECT)) {
                         ret = CONSUMED_BLOCKED; /* resumed when requests complete */
                         break;
                 }
-                r = vbd_ring_get_request(&v->ring, &req);
+                r = vbd_ring_get_request(&q->ring, &req);
                 if (r == -EPROTO) {
                         ret = CONSUMED_BOGUS;
                         break;
                 }
                 if (r == 0)
                         break;
-                take(v, &req, &ps);
+                take(q, &req, &ps);
         }
         if (ps.nind)
-                finish_indirect(v, &ps);
+                finish_indirect(q, &ps);
         if (ps.nwrites) {
-                int st = run_copy(v, v->copy, ps.nsegs);
+                int st = run_copy(v, q->copy, ps.nsegs);
                 for (unsigned i = 0; i < ps.nwrites; i++) {
-                        struct vbd_req *rq = v->copy_reqs[i];
-                        if (copy_ok(v, rq, st))
-                                req_submit(v, rq);
+                        struct vbd_req *rq = q->copy_reqs[i];
+                        if (copy_ok(q, rq, st))
+                                req_submit(q, rq);
                         else
                                 req_finish(rq, -EFAULT);
                 }
@@ -812,33 +903,38 @@ static enum consumed consume(struct vbd *v)
 }
 
 /* Start a waiting barrier once nothing else is in flight. */
-static void barrier_try(struct vbd *v)
+static void barrier_try(struct vbd_queue *q)
 {
-        struct vbd_req *rq = v->barrier;
+        struct vbd *v = q->vbd;
+        struct vbd_req *rq = q->barrier;
 
-        if (!rq || v->inflight)
+        if (!rq || q->inflight)
                 return;
-        v->barrier = NULL;
+        q->barrier = NULL;
         if (rq->nr_segs) {
-                unsigned n = stage_copy(v, rq, 0, false);
-                if (!copy_ok(v, rq, run_copy(v, v->copy, n))) {
+                unsigned n = stage_copy(q, rq, 0, false);
+                if (!copy_ok(q, rq, run_copy(v, q->copy, n))) {
                         req_finish(rq, -EFAULT);
                         return;
                 }
         }
-        req_submit(v, rq);
+        req_submit(q, rq);
 }
 
-static void vbd_process_ring(struct vbd *v)
+/* Take what queue q's ring holds, as long as it can be served. */
+static void queue_process(struct vbd_queue *q)
 {
+        struct vbd *v = q->vbd;
+
         if (!v->connected || v->closing || v->paused)
                 return;
         for (;;) {
-                barrier_try(v);
-                switch (consume(v)) {
+                barrier_try(q);
+                switch (consume(q)) {
                 case CONSUMED_BOGUS:
-                        vbd_err("bogus ring: producer index more than a ring ahead of the "
-                                "responses; dropping the ring");
+                        vbd_err("bogus ring on queue %u: producer index more than a ring ahead "
+                                "of the responses; dropping the rings",
+                                q->idx);
                         v->closing = true; /* take no more requests */
                         if (v->fatal)
                                 v->fatal(v->fatal_opaque);
@@ -848,21 +944,37 @@ static void vbd_process_ring(struct vbd *v)
                 case CONSUMED_ALL:
                         break;
                 }
-                if (!vbd_ring_final_check(&v->ring))
+                if (!vbd_ring_final_check(&q->ring))
                         return;
         }
 }
 
-/* Copy out READ data and produce every pending response; notify once. */
-static void respond_all(struct vbd *v)
+/* Every queue (at connect, on resume): stops if one was found bogus. */
+static void vbd_process_rings(struct vbd *v)
 {
-        struct vbd_req *head = v->done_head, *rq;
+        for (unsigned i = 0; i < v->nr_queues && v->connected && !v->closing; i++)
+                queue_process(&v->queue[i]);
+}
+
+static bool any_done(const struct vbd *v)
+{
+        for (unsigned i = 0; i < v->nr_queues; i++)
+                if (v->queue[i].done_head)
+                        return true;
+        return false;
+}
+
+/* Copy out READ data and produce every pending response; notify once. */
+static void respond_all(struct vbd_queue *q)
+{
+        struct vbd *v = q->vbd;
+        struct vbd_req *head = q->done_head, *rq;
         unsigned nsegs = 0, nreads = 0;
         int st = 0;
         uint64_t t;
 
-        v->done_head = NULL;
-        v->done_tail = &v->done_head;
+        q->done_head = NULL;
+        q->done_tail = &q->done_head;
         if (!head)
                 return;
         t = vbd_now_ns();
@@ -871,31 +983,31 @@ static void respond_all(struct vbd *v)
                 for (rq = head; rq; rq = rq->next)
                         if (rq->operation == BLKIF_OP_READ && rq->status == BLKIF_RSP_OKAY &&
                             rq->nr_segs) {
-                                nsegs = stage_copy(v, rq, nsegs, true);
+                                nsegs = stage_copy(q, rq, nsegs, true);
                                 nreads++;
                         }
                 if (nreads)
-                        st = run_copy(v, v->copy, nsegs);
+                        st = run_copy(v, q->copy, nsegs);
         }
         while ((rq = head)) {
                 head = rq->next;
                 if (v->respond) {
                         if (rq->operation == BLKIF_OP_READ && rq->status == BLKIF_RSP_OKAY &&
-                            rq->nr_segs && !copy_ok(v, rq, st))
+                            rq->nr_segs && !copy_ok(q, rq, st))
                                 rq->status = BLKIF_RSP_ERROR;
                         if (rq->status != BLKIF_RSP_OKAY)
                                 op_stats(v, rq->operation)->errors++;
                         account_latency(op_stats(v, rq->operation), t - rq->start_ns);
-                        vbd_ring_put_response(&v->ring, rq->id, rq->operation, rq->status);
+                        vbd_ring_put_response(&q->ring, rq->id, rq->operation, rq->status);
                 }
                 rq->phase = PHASE_FREE;
                 if (rq->big) {
-                        rq->big->next = v->big_free;
-                        v->big_free = rq->big;
+                        rq->big->next = q->big_free;
+                        q->big_free = rq->big;
                         rq->big = NULL;
                 }
-                rq->next = v->free_list;
-                v->free_list = rq;
+                rq->next = q->free_list;
+                q->free_list = rq;
         }
 }
 
@@ -905,28 +1017,30 @@ static void vbd_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         unsigned pass;
 
         for (pass = 0; pass < MAX_PASSES && v->connected; pass++) {
-                bool more;
+                for (unsigned i = 0; i < v->nr_queues; i++) {
+                        struct vbd_queue *q = &v->queue[i];
 
-                respond_all(v);
-                if (v->respond && vbd_ring_push_responses(&v->ring)) {
-                        v->stats.notifies++;
-                        (void)vbd_xen_evtchn_notify(v->xen, v->local_port);
+                        respond_all(q);
+                        if (v->respond && vbd_ring_push_responses(&q->ring)) {
+                                v->stats.notifies++;
+                                (void)vbd_xen_evtchn_notify(v->xen, q->local_port);
+                        }
                 }
                 pause_check(v);
                 if (v->closing) {
-                        barrier_try(v);
+                        for (unsigned i = 0; i < v->nr_queues; i++)
+                                barrier_try(&v->queue[i]);
                         vbd_maybe_closed(v);
-                        if (!v->connected || !v->done_head)
+                        if (!v->connected || !any_done(v))
                                 return;
                         continue;
                 }
-                vbd_process_ring(v);
-                more = v->done_head != NULL;
-                if (!more)
+                vbd_process_rings(v);
+                if (!v->connected || !any_done(v))
                         break;
         }
         /* Still work to do: don't let the loop block. */
-        if (v->connected && v->done_head)
+        if (v->connected && any_done(v))
                 ev_idle_start(loop, &v->kick_watcher);
 }
 
@@ -935,12 +1049,25 @@ static void vbd_kick_cb(struct ev_loop *loop, ev_idle *w, int revents)
         ev_idle_stop(loop, w); /* the prepare watcher does the work */
 }
 
+/* The evtchn fd is readable: one pending port per call (more keep it
+ * readable), whose queue is looked at; EV_CUSTOM (resume): all of them. */
 static void vbd_evtchn_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
         struct vbd *v = w->data;
-        int r = vbd_xen_evtchn_ack(v->xen);
+        uint32_t port = 0;
+        int r = vbd_xen_evtchn_ack(v->xen, &port);
 
         if (r < 0 && vbd_ratelimit_ok(&v->rl))
                 vbd_log_errno(r, "reading the event channel failed: %m");
-        vbd_process_ring(v);
+        if (r > 0 && !(revents & EV_CUSTOM)) {
+                for (unsigned i = 0; i < v->nr_queues; i++)
+                        if (v->queue[i].local_port == port) {
+                                queue_process(&v->queue[i]);
+                                return;
+                        }
+                /* Not one of ours (a port just unbound): nothing to do. */
+                if (v->nr_queues > 0)
+                        return;
+        }
+        vbd_process_rings(v);
 }

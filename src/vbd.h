@@ -3,6 +3,10 @@
  * One virtual block device's data path: the connected ring, the request
  * pool with its bounce buffers, grant copies in batches, the image.
  *
+ * Multi-queue: one ring, event channel and request pool per frontend queue;
+ * a request is answered on the ring it came from.  The queues share the
+ * image, the AIO engine, the loop and the statistics.
+ *
  * Requests are consumed when the event channel fires; WRITE data is
  * grant-copied into bounce buffers in one batch per ring pass, then handed
  * to the image.  Completions are collected, and once per loop iteration
@@ -34,7 +38,9 @@ struct vbd_op_stats {
 struct vbd_stats {
         struct vbd_op_stats read, write, flush, discard, other;
         uint64_t bad_requests, grant_errors, notifies, batches;
-        unsigned inflight; /* requests taken from the ring and not yet answered */
+        unsigned inflight; /* requests taken from the rings and not yet answered */
+        unsigned queues;   /* rings connected (multi-queue), 0 when disconnected */
+        uint64_t queue_requests[VBD_RING_MAX_QUEUES]; /* taken from each queue's ring */
 };
 
 /* The latency (us) below which a fraction p (0..1) of completions fall, as the
@@ -48,9 +54,9 @@ struct vbd *vbd_new(struct ev_loop *loop, struct vbd_xen *x, struct vbd_image *i
                     uint32_t frontend_domid, bool readonly, vbd_fatal_fn fatal, void *opaque);
 void vbd_free(struct vbd *v); /* NULL-safe; disconnected only */
 
-/* Map the ring pages, bind the event channel, allocate the pool.  -errno. */
-int vbd_connect(struct vbd *v, const uint32_t *refs, unsigned nr_pages, uint32_t remote_port,
-                enum vbd_ring_abi abi);
+/* For every queue of rc: map its ring pages, bind its event channel,
+ * allocate its pool.  All or nothing: -errno (logged), nothing kept. */
+int vbd_connect(struct vbd *v, const struct vbd_ring_config *rc);
 
 /*
  * Stop taking requests; once every request in flight has completed and its
@@ -76,4 +82,5 @@ bool vbd_is_drained(const struct vbd *v);
  * caller owns both images and republishes the size. */
 int vbd_set_image(struct vbd *v, struct vbd_image *img);
 unsigned vbd_inflight(const struct vbd *v);
+unsigned vbd_queues(const struct vbd *v); /* rings connected; 0 when disconnected */
 void vbd_get_stats(const struct vbd *v, struct vbd_stats *ret);

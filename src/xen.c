@@ -122,13 +122,14 @@ int vbd_xen_evtchn_notify(struct vbd_xen *x, uint32_t local_port)
         return xenevtchn_notify(x->xce, local_port) < 0 ? -errno : 0;
 }
 
-int vbd_xen_evtchn_ack(struct vbd_xen *x)
+int vbd_xen_evtchn_ack(struct vbd_xen *x, uint32_t *ret_port)
 {
         xenevtchn_port_or_error_t p = xenevtchn_pending(x->xce);
 
         if (p < 0)
                 return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         (void)xenevtchn_unmask(x->xce, (evtchn_port_t)p);
+        *ret_port = (uint32_t)p;
         return 1;
 }
 

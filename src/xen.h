@@ -23,15 +23,16 @@ int vbd_xen_unmap(struct vbd_xen *x, void *addr, unsigned count);
 /* Returns 0 when the batch was processed: per-segment results in segs[i].status. */
 int vbd_xen_grant_copy(struct vbd_xen *x, unsigned count, xengnttab_grant_copy_segment_t *segs);
 
-/* Event channels: one local port at a time. */
+/* Event channels: one device, any number of local ports bound on it. */
 int vbd_xen_evtchn_fd(struct vbd_xen *x);
 int vbd_xen_evtchn_bind(struct vbd_xen *x, uint32_t domid, uint32_t remote_port,
                         uint32_t *ret_local_port);
 int vbd_xen_evtchn_unbind(struct vbd_xen *x, uint32_t local_port);
 int vbd_xen_evtchn_notify(struct vbd_xen *x, uint32_t local_port);
-/* Take one pending event and unmask its port: 1, 0 if none, or -errno.  Called
- * once per readiness of the fd: more events keep it readable. */
-int vbd_xen_evtchn_ack(struct vbd_xen *x);
+/* Take one pending event and unmask its port: 1 and *ret_port (the local
+ * port), 0 if none, or -errno.  Called once per readiness of the fd: more
+ * events keep it readable. */
+int vbd_xen_evtchn_ack(struct vbd_xen *x, uint32_t *ret_port);
 
 /* Domains: 1 running, 0 dying or gone, -errno if unknown (no libxenctrl access). */
 int vbd_xen_domain_alive(struct vbd_xen *x, uint32_t domid);

@@ -94,7 +94,7 @@ static int publish_size(struct vbd_xenbus *xb, struct vbd_image *img)
 static int publish(struct vbd_xenbus *xb)
 {
         const struct vbd_info *info = vbd_image_info(vbd_device_image(xb->dev));
-        char vinfo[12], order[4], indirect[8], gran[12], align[12];
+        char vinfo[12], order[4], indirect[8], gran[12], align[12], queues[4];
         bool flush = !xb->cfg.readonly && (info->caps & VBD_CAP_FLUSH);
         bool discard = !xb->cfg.readonly && (info->caps & VBD_CAP_DISCARD);
         const char *kv[] = {"sector-size",
@@ -119,6 +119,8 @@ static int publish(struct vbd_xenbus *xb)
                             align,
                             "discard-secure",
                             "0",
+                            "multi-queue-max-queues",
+                            queues,
                             "hotplug-status",
                             "connected",
                             NULL};
@@ -127,6 +129,8 @@ static int publish(struct vbd_xenbus *xb)
         snprintf(vinfo, sizeof(vinfo), "%u", xb->cfg.readonly ? VDISK_READONLY : 0);
         snprintf(order, sizeof(order), "%u", VBD_RING_MAX_ORDER);
         snprintf(indirect, sizeof(indirect), "%u", VBD_RING_MAX_INDIRECT_SEGMENTS);
+        /* Published even when 1, as blkback does: the frontend then uses one ring. */
+        snprintf(queues, sizeof(queues), "%u", xb->cfg.max_queues);
         snprintf(gran, sizeof(gran), "%" PRIu32,
                  info->discard_granularity ? info->discard_granularity : VBD_SECTOR_SIZE);
         snprintf(align, sizeof(align), "%" PRIu32, info->discard_alignment);
@@ -160,33 +164,112 @@ static int get_uint(vbd_xs_get_fn get, void *opaque, const char *name, unsigned 
         return r;
 }
 
-int vbd_xenbus_parse_ring(vbd_xs_get_fn get, void *opaque, struct vbd_ring_config *ret, char *msg,
-                          size_t msglen)
+/* One queue's ring-ref(s) and event-channel, under prefix ("" or "queue-N/"). */
+static int parse_queue(vbd_xs_get_fn get, void *opaque, const char *prefix, unsigned order,
+                       struct vbd_queue_config *q, char *msg, size_t msglen)
 {
-        unsigned long long order = 0, n;
-        char name[24], *proto;
+        unsigned long long n;
+        char name[40];
+        int r;
+
+        for (unsigned i = 0; i < (1u << order); i++) {
+                if (order)
+                        snprintf(name, sizeof(name), "%sring-ref%u", prefix, i);
+                else
+                        snprintf(name, sizeof(name), "%sring-ref", prefix);
+                r = get_uint(get, opaque, name, UINT32_MAX, &n, msg, msglen);
+                if (r == -ENOENT && order == 0) { /* some frontends number even one page */
+                        char alt[40];
+
+                        snprintf(alt, sizeof(alt), "%sring-ref0", prefix);
+                        r = get_uint(get, opaque, alt, UINT32_MAX, &n, msg, msglen);
+                        if (r == -ENOENT) /* name the key the protocol defines */
+                                snprintf(msg, msglen, "frontend published no %s", name);
+                }
+                if (r < 0)
+                        return r;
+                q->refs[i] = (uint32_t)n;
+        }
+        snprintf(name, sizeof(name), "%sevent-channel", prefix);
+        r = get_uint(get, opaque, name, UINT32_MAX, &n, msg, msglen);
+        if (r < 0)
+                return r;
+        q->port = (uint32_t)n;
+        return 0;
+}
+
+/* Two queues (or two pages of one) on the same grant, or two queues on one
+ * event channel, would serve one ring twice: refused. */
+static int check_distinct(const struct vbd_ring_config *rc, char *msg, size_t msglen)
+{
+        for (unsigned a = 0; a < rc->nr_queues; a++) {
+                const struct vbd_queue_config *qa = &rc->queue[a];
+
+                for (unsigned b = a; b < rc->nr_queues; b++) {
+                        const struct vbd_queue_config *qb = &rc->queue[b];
+
+                        if (b > a && qa->port == qb->port) {
+                                snprintf(msg, msglen,
+                                         "frontend published event channel %" PRIu32
+                                         " for queues %u and %u",
+                                         qa->port, a, b);
+                                return -EINVAL;
+                        }
+                        for (unsigned i = 0; i < rc->nr_pages; i++)
+                                for (unsigned j = b == a ? i + 1 : 0; j < rc->nr_pages; j++)
+                                        if (qa->refs[i] == qb->refs[j]) {
+                                                snprintf(msg, msglen,
+                                                         "frontend published ring grant %" PRIu32
+                                                         " twice (queue %u page %u, queue %u "
+                                                         "page %u)",
+                                                         qa->refs[i], a, i, b, j);
+                                                return -EINVAL;
+                                        }
+                }
+        }
+        return 0;
+}
+
+int vbd_xenbus_parse_ring(vbd_xs_get_fn get, void *opaque, unsigned max_queues,
+                          struct vbd_ring_config *ret, char *msg, size_t msglen)
+{
+        unsigned long long order = 0, nq = 1;
+        char prefix[24], *proto;
         int r;
 
         memset(ret, 0, sizeof(*ret));
+        if (max_queues < 1 || max_queues > VBD_RING_MAX_QUEUES)
+                max_queues = 1;
+        r = get_uint(get, opaque, "multi-queue-num-queues", max_queues, &nq, msg, msglen);
+        if (r == -ENOENT)
+                nq = 1;
+        else if (r < 0)
+                return r;
+        if (nq == 0) {
+                snprintf(msg, msglen, "frontend asked for 0 queues (multi-queue-num-queues)");
+                return -EINVAL;
+        }
+        ret->nr_queues = (unsigned)nq;
         r = get_uint(get, opaque, "ring-page-order", VBD_RING_MAX_ORDER, &order, msg, msglen);
         if (r == -ENOENT)
                 order = 0;
         else if (r < 0)
                 return r;
         ret->nr_pages = 1u << order;
-        for (unsigned i = 0; i < ret->nr_pages; i++) {
-                snprintf(name, sizeof(name), order ? "ring-ref%u" : "ring-ref", i);
-                r = get_uint(get, opaque, name, UINT32_MAX, &n, msg, msglen);
-                if (r == -ENOENT && order == 0) /* some frontends number even one page */
-                        r = get_uint(get, opaque, "ring-ref0", UINT32_MAX, &n, msg, msglen);
+        for (unsigned q = 0; q < ret->nr_queues; q++) {
+                /* One queue: the flat keys, as blkback reads them (even when
+                 * the frontend wrote multi-queue-num-queues = 1). */
+                if (ret->nr_queues == 1)
+                        prefix[0] = '\0';
+                else
+                        snprintf(prefix, sizeof(prefix), "queue-%u/", q);
+                r = parse_queue(get, opaque, prefix, (unsigned)order, &ret->queue[q], msg, msglen);
                 if (r < 0)
                         return r;
-                ret->refs[i] = (uint32_t)n;
         }
-        r = get_uint(get, opaque, "event-channel", UINT32_MAX, &n, msg, msglen);
+        r = check_distinct(ret, msg, msglen);
         if (r < 0)
                 return r;
-        ret->port = (uint32_t)n;
 
         proto = get(opaque, "protocol");
         if (!proto && errno != ENOENT) {
@@ -215,13 +298,13 @@ static int connect_ring(struct vbd_xenbus *xb)
 {
         struct vbd_ring_config rc;
         char msg[160];
-        int r = vbd_xenbus_parse_ring(fe_get, xb, &rc, msg, sizeof(msg));
+        int r = vbd_xenbus_parse_ring(fe_get, xb, xb->cfg.max_queues, &rc, msg, sizeof(msg));
 
         if (r < 0) {
                 vbd_err("%s", msg);
                 return r;
         }
-        return vbd_connect(xb->vbd, rc.refs, rc.nr_pages, rc.port, rc.abi);
+        return vbd_connect(xb->vbd, &rc);
 }
 
 /* The frontend's state, or Unknown if it is missing or garbage. */
@@ -434,6 +517,10 @@ struct vbd_xenbus *vbd_xenbus_new(struct ev_loop *loop, struct vbd_xen *x, struc
         xb->xen = x;
         xb->dev = dev;
         xb->cfg = *cfg;
+        if (xb->cfg.max_queues < 1)
+                xb->cfg.max_queues = 1;
+        if (xb->cfg.max_queues > VBD_RING_MAX_QUEUES)
+                xb->cfg.max_queues = VBD_RING_MAX_QUEUES;
         xb->state = XenbusStateUnknown;
         xb->rl = (struct vbd_ratelimit)VBD_RATELIMIT_INIT(5000, 5);
         snprintf(xb->be, sizeof(xb->be),
@@ -569,6 +656,11 @@ bool vbd_xenbus_connected(const struct vbd_xenbus *xb)
 unsigned vbd_xenbus_inflight(const struct vbd_xenbus *xb)
 {
         return vbd_inflight(xb->vbd);
+}
+
+unsigned vbd_xenbus_queues(const struct vbd_xenbus *xb)
+{
+        return vbd_queues(xb->vbd);
 }
 
 void vbd_xenbus_get_stats(const struct vbd_xenbus *xb, struct vbd_stats *ret)

@@ -20,30 +20,26 @@ struct vbd_device;
 struct vbd_stats;
 struct vbd_xenbus;
 
-/* What a frontend published for its ring, parsed and checked. */
-struct vbd_ring_config {
-        unsigned nr_pages; /* 1 << ring-page-order */
-        uint32_t refs[1u << VBD_RING_MAX_ORDER];
-        uint32_t port;
-        enum vbd_ring_abi abi;
-};
-
 /* Reads a frontend value by name: malloc'd string, or NULL with errno
  * (ENOENT when absent). */
 typedef char *(*vbd_xs_get_fn)(void *opaque, const char *name);
 
 /*
- * Parse ring-page-order, ring-ref / ring-ref%u, event-channel and protocol
- * (all guest-controlled) through get.  0, or -errno with msg set to the one
- * line to log.  Pure: used by the handshake and by the fuzzer.
+ * Parse multi-queue-num-queues (1..max_queues, absent: 1), ring-page-order,
+ * and per queue ring-ref / ring-ref%u and event-channel (flat keys for one
+ * queue, queue-N/... for more), and protocol (all guest-controlled) through
+ * get.  No grant reference or event channel may appear twice.  0, or -errno
+ * with msg set to the one line to log.  Pure: used by the handshake and by
+ * the fuzzer.
  */
-int vbd_xenbus_parse_ring(vbd_xs_get_fn get, void *opaque, struct vbd_ring_config *ret, char *msg,
-                          size_t msglen);
+int vbd_xenbus_parse_ring(vbd_xs_get_fn get, void *opaque, unsigned max_queues,
+                          struct vbd_ring_config *ret, char *msg, size_t msglen);
 
 struct vbd_xenbus_config {
         uint32_t domid, devid, backend_domid;
         const char *type; /* backend directory name, "vbd3" */
         bool readonly;
+        unsigned max_queues; /* multi-queue-max-queues offered, 1..VBD_RING_MAX_QUEUES */
 };
 
 /*
@@ -65,6 +61,7 @@ int vbd_xenbus_state(const struct vbd_xenbus *xb);    /* ours, XenbusState */
 int vbd_xenbus_frontend_state(struct vbd_xenbus *xb); /* as xenstore says now */
 bool vbd_xenbus_connected(const struct vbd_xenbus *xb);
 unsigned vbd_xenbus_inflight(const struct vbd_xenbus *xb); /* taken from the ring, unanswered */
+unsigned vbd_xenbus_queues(const struct vbd_xenbus *xb);   /* rings connected; 0 if none */
 void vbd_xenbus_get_stats(const struct vbd_xenbus *xb, struct vbd_stats *ret);
 
 /* Set once the VBD's job is over and the loop should end. */

@@ -52,9 +52,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 d.values[d.n++] = eq + 1;
         }
         msg[0] = '\0';
-        if (vbd_xenbus_parse_ring(get, &d, &rc, msg, sizeof(msg)) == 0) {
-                if (rc.nr_pages < 1 || rc.nr_pages > (1u << VBD_RING_MAX_ORDER))
+        if (vbd_xenbus_parse_ring(get, &d, 4, &rc, msg, sizeof(msg)) == 0) {
+                if (rc.nr_pages < 1 || rc.nr_pages > (1u << VBD_RING_MAX_ORDER) ||
+                    rc.nr_queues < 1 || rc.nr_queues > 4)
                         abort();
+                for (unsigned a = 0; a < rc.nr_queues; a++)
+                        for (unsigned b = a + 1; b < rc.nr_queues; b++)
+                                if (rc.queue[a].port == rc.queue[b].port)
+                                        abort(); /* one event channel for two queues */
         } else if (!msg[0]) {
                 abort(); /* every refusal has its log line */
         }

@@ -58,11 +58,17 @@ static int victim_alive_check(void *opaque)
 }
 
 static struct simfront_vbd *add_vbd(struct hostile *h, uint32_t domid, const char *img,
-                                    const char *mode)
+                                    const char *mode, unsigned max_queues)
 {
         struct simfront_vbd_opts o = {.domid = domid, .devid = DEVID, .mode = mode};
         struct simfront_vbd *vbd;
-        char spec[4200];
+        char spec[4200], mq[16];
+        const char *args[] = {"--max-queues", mq, NULL};
+
+        if (max_queues) {
+                snprintf(mq, sizeof(mq), "%u", max_queues);
+                o.extra_args = args;
+        }
 
         snprintf(spec, sizeof(spec), "raw:%s", img);
         o.image = spec;
@@ -77,8 +83,23 @@ void h_setup(struct hostile *h, const char *name, const char *victim_mode, bool 
         h_setup_protocol(h, name, victim_mode, connect, NULL);
 }
 
+static void setup(struct hostile *h, const char *name, const char *victim_mode, bool connect,
+                  const char *victim_protocol, unsigned max_queues, unsigned queues);
+
 void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mode, bool connect,
                       const char *victim_protocol)
+{
+        setup(h, name, victim_mode, connect, victim_protocol, 0, 0);
+}
+
+void h_setup_queues(struct hostile *h, const char *name, bool connect, unsigned max_queues,
+                    unsigned queues)
+{
+        setup(h, name, "w", connect, NULL, max_queues, queues);
+}
+
+static void setup(struct hostile *h, const char *name, const char *victim_mode, bool connect,
+                  const char *victim_protocol, unsigned max_queues, unsigned queues)
 {
         struct simfront_opts fo = {.devid = DEVID};
 
@@ -92,8 +113,8 @@ void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mo
                  simfront_env_dir(h->env));
         make_image(h->victim_img, 1);
         make_image(h->bystander_img, 2);
-        h->victim_vbd = add_vbd(h, VICTIM_DOMID, h->victim_img, victim_mode);
-        h->bystander_vbd = add_vbd(h, BYSTANDER_DOMID, h->bystander_img, "w");
+        h->victim_vbd = add_vbd(h, VICTIM_DOMID, h->victim_img, victim_mode, max_queues);
+        h->bystander_vbd = add_vbd(h, BYSTANDER_DOMID, h->bystander_img, "w", 0);
 
         fo.domid = BYSTANDER_DOMID;
         h->bystander = simfront_new(h->env, &fo);
@@ -104,6 +125,7 @@ void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mo
 
         fo.domid = VICTIM_DOMID;
         fo.protocol = victim_protocol;
+        fo.queues = queues;
         h->victim = simfront_new(h->env, &fo);
         CHECK_MSG(h->victim, "simfront_new: %s", strerror(errno));
         simfront_set_check(h->victim, victim_alive_check, h->victim_vbd);

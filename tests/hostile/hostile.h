@@ -35,6 +35,10 @@ void h_setup(struct hostile *h, const char *name, const char *victim_mode, bool 
 /* The same, the victim's ring in the given protocol ("x86_32-abi"...). */
 void h_setup_protocol(struct hostile *h, const char *name, const char *victim_mode, bool connect,
                       const char *victim_protocol);
+/* The victim's vbdd offers max_queues (--max-queues) and its frontend asks
+ * for queues (simfront_opts.queues); read-write. */
+void h_setup_queues(struct hostile *h, const char *name, bool connect, unsigned max_queues,
+                    unsigned queues);
 /* Both daemons detached; each must exit 0 (a sanitizer report or a crash fails). */
 void h_teardown(struct hostile *h);
 

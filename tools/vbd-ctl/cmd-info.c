@@ -28,6 +28,9 @@ static int run(struct vbdctl *o, int argc, char **argv)
         printf("backend     %s\n", vbdctl_jstr(res, "backend"));
         printf("xenbus      backend %s, frontend %s\n", vbdctl_jstr(res, "xenbus_state_name"),
                vbdctl_jstr(res, "frontend_state_name"));
+        if (json_object_get(res, "queues"))
+                printf("queues      %lld connected (at most %lld offered)\n",
+                       vbdctl_jint(res, "queues"), vbdctl_jint(res, "max_queues"));
         printf("inflight    %lld\n", vbdctl_jint(res, "inflight"));
         printf("uptime      %lld s\n", vbdctl_jint(res, "uptime_s"));
         printf("log level   %s%s%s\n", vbdctl_jstr(res, "log_level"),

@@ -36,6 +36,13 @@ static void print_human(json_t *s)
         printf("  bad requests %lld, grant errors %lld, notifies %lld, batches %lld\n",
                vbdctl_jint(s, "bad_requests"), vbdctl_jint(s, "grant_errors"),
                vbdctl_jint(s, "notifies"), vbdctl_jint(s, "batches"));
+        json_t *qr = json_object_get(s, "queue_requests");
+        if (json_is_array(qr) && json_array_size(qr) > 0) {
+                printf("  queues %lld, requests per queue", vbdctl_jint(s, "queues"));
+                for (size_t i = 0; i < json_array_size(qr); i++)
+                        printf(" %lld", (long long)json_integer_value(json_array_get(qr, i)));
+                printf("\n");
+        }
 }
 
 static void prom_header(const char *name, const char *type, const char *help)

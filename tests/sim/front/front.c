@@ -75,6 +75,17 @@ struct raw_grant {
         bool ended;
 };
 
+/* One queue (blkif multi-queue): its ring, event channel and free ios. */
+struct fq {
+        uint32_t ring_pfn[MAX_RING_PAGES], ring_gref[MAX_RING_PAGES];
+        unsigned ring_granted, ring_allocated;
+        blkif_sring_t *sring;
+        blkif_front_ring_t ring; /* indices only; entries via ring_entry() */
+        evtchn_port_t port;
+        bool port_bound;
+        unsigned *free_stack, nr_free; /* its ios: slot i is on queue i % nq */
+};
+
 struct simfront {
         struct simfront_env *env;
         struct simxen *sx;
@@ -89,16 +100,14 @@ struct simfront {
         bool prepared, connected;
 
         unsigned ring_order, ring_pages;
-        uint32_t ring_pfn[MAX_RING_PAGES], ring_gref[MAX_RING_PAGES];
-        unsigned ring_granted, ring_allocated;
-        blkif_sring_t *sring;
-        blkif_front_ring_t ring; /* indices only; entries via ring_entry() */
+        struct fq q[SIMFRONT_MAX_QUEUES];
+        unsigned nq;     /* queues in use (1 until prepared) */
+        unsigned rawq;   /* the queue the raw_* calls act on */
+        unsigned next_q; /* simfront_io_get: round robin */
         enum simfront_abi abi;
         size_t ent_size;
 
-        xenevtchn_handle *xce;
-        evtchn_port_t port;
-        bool port_bound;
+        xenevtchn_handle *xce; /* every queue's port */
         int evfd;
 
         unsigned nr_slots, segs;
@@ -107,8 +116,8 @@ struct simfront {
         uint32_t *ind_pfn, *ind_gref; /* nr_slots * ind_per_slot */
         unsigned ind_allocated, ind_granted;
         char notice[256];
+        char mq_notice[96];
         struct slot *slots;
-        unsigned *free_stack, nr_free;
         void **pages;                /* nr_slots * segs */
         uint32_t *pfns;              /* nr_slots * segs */
         uint32_t *gref_rw, *gref_ro; /* per-request mode: gref_rw = current grants */
@@ -168,7 +177,7 @@ uint64_t simfront_size(struct simfront *fe)
 
 unsigned simfront_ring_size(struct simfront *fe)
 {
-        return fe->prepared ? fe->ring.nr_ents : 0;
+        return fe->prepared ? fe->q[0].ring.nr_ents : 0;
 }
 
 unsigned simfront_inflight(struct simfront *fe)
@@ -201,10 +210,29 @@ const char *simfront_notice(struct simfront *fe)
         return fe->notice;
 }
 
-static inline void *ring_entry(struct simfront *fe, RING_IDX i)
+static inline void *ring_entry(struct simfront *fe, struct fq *q, RING_IDX i)
 {
-        return (char *)fe->sring + SRING_HDR_SIZE +
-               (size_t)(i & (fe->ring.nr_ents - 1)) * fe->ent_size;
+        return (char *)q->sring + SRING_HDR_SIZE +
+               (size_t)(i & (q->ring.nr_ents - 1)) * fe->ent_size;
+}
+
+/* The queue of the raw_* calls. */
+static inline struct fq *rawq(struct simfront *fe)
+{
+        return &fe->q[fe->rawq];
+}
+
+unsigned simfront_queues(struct simfront *fe)
+{
+        return fe->nq;
+}
+
+int simfront_raw_select_queue(struct simfront *fe, unsigned q)
+{
+        if (q >= fe->nq)
+                return seterr(fe, -EINVAL, "queue %u of %u", q, fe->nq);
+        fe->rawq = q;
+        return 0;
 }
 
 bool simfront_connected(struct simfront *fe)
@@ -384,7 +412,8 @@ struct simfront *simfront_new(struct simfront_env *env, const struct simfront_op
         unsigned len;
         int e;
 
-        if (o->ring_order > MAX_RING_ORDER || o->max_segments > SIMFRONT_MAX_INDIRECT_SEG) {
+        if (o->ring_order > MAX_RING_ORDER || o->max_segments > SIMFRONT_MAX_INDIRECT_SEG ||
+            o->queues > SIMFRONT_MAX_QUEUES) {
                 errno = EINVAL;
                 return NULL;
         }
@@ -404,6 +433,7 @@ struct simfront *simfront_new(struct simfront_env *env, const struct simfront_op
                                                                     : SIMFRONT_ABI_X86_64;
         fe->ent_size = fe->abi == SIMFRONT_ABI_X86_32 ? ENT_SIZE_32 : ENT_SIZE_64;
         fe->evfd = -1;
+        fe->nq = 1;
         snprintf(fe->fe, sizeof(fe->fe), "/local/domain/%u/device/vbd/%u", o->domid, o->devid);
 
         /* libxenstore takes the socket from the environment at open. */
@@ -470,11 +500,13 @@ static int teardown(struct simfront *fe)
                 fe->watching = false;
         }
         if (fe->xce) {
-                if (fe->port_bound)
-                        (void)xenevtchn_unbind(fe->xce, fe->port);
+                for (unsigned k = 0; k < SIMFRONT_MAX_QUEUES; k++) {
+                        if (fe->q[k].port_bound)
+                                (void)xenevtchn_unbind(fe->xce, fe->q[k].port);
+                        fe->q[k].port_bound = false;
+                }
                 xenevtchn_close(fe->xce);
                 fe->xce = NULL;
-                fe->port_bound = false;
                 fe->evfd = -1;
         }
         for (i = 0; !fe->pregranted && i < fe->nr_slots; i++) {
@@ -509,12 +541,22 @@ static int teardown(struct simfront *fe)
                 }
                 (void)simxen_page_free(fe->sx, fe->o.domid, fe->ind_pfn[i]);
         }
-        for (i = 0; i < fe->ring_allocated; i++) {
-                if (i < fe->ring_granted && end_grant(fe, fe->ring_gref[i], deadline) == -EBUSY) {
-                        leaked++;
-                        continue;
+        for (unsigned k = 0; k < SIMFRONT_MAX_QUEUES; k++) {
+                struct fq *q = &fe->q[k];
+
+                for (i = 0; i < q->ring_allocated; i++) {
+                        if (i < q->ring_granted &&
+                            end_grant(fe, q->ring_gref[i], deadline) == -EBUSY) {
+                                leaked++;
+                                continue;
+                        }
+                        (void)simxen_page_free(fe->sx, fe->o.domid, q->ring_pfn[i]);
                 }
-                (void)simxen_page_free(fe->sx, fe->o.domid, fe->ring_pfn[i]);
+                q->ring_allocated = q->ring_granted = 0;
+                q->sring = NULL;
+                free(q->free_stack);
+                q->free_stack = NULL;
+                q->nr_free = 0;
         }
         for (i = 0; i < fe->nr_raw; i++) {
                 if (!fe->raw[i].ended && end_grant(fe, fe->raw[i].gref, deadline) == -EBUSY) {
@@ -526,7 +568,6 @@ static int teardown(struct simfront *fe)
         free(fe->raw);
         fe->raw = NULL;
         fe->nr_raw = 0;
-        fe->ring_allocated = fe->ring_granted = 0;
         fe->pages_allocated = fe->grants_rw = fe->grants_ro = 0;
         fe->ind_allocated = fe->ind_granted = 0;
         free(fe->ind_pfn);
@@ -534,18 +575,17 @@ static int teardown(struct simfront *fe)
         fe->ind_pfn = fe->ind_gref = NULL;
         fe->ind_per_slot = 0;
         fe->use_indirect = false;
-        fe->sring = NULL;
         free(fe->slots);
-        free(fe->free_stack);
         free(fe->pages);
         free(fe->pfns);
         free(fe->gref_rw);
         free(fe->gref_ro);
         fe->slots = NULL;
-        fe->free_stack = NULL;
         fe->pages = NULL;
         fe->pfns = fe->gref_rw = fe->gref_ro = NULL;
-        fe->nr_slots = fe->nr_free = fe->inflight = 0;
+        fe->nr_slots = fe->inflight = 0;
+        fe->nq = 1;
+        fe->rawq = fe->next_q = 0;
         fe->prepared = fe->connected = fe->pregranted = false;
         r = 0;
         if (leaked)
@@ -555,7 +595,7 @@ static int teardown(struct simfront *fe)
 }
 
 /* 2^order guest pages whose mappings in this process are contiguous. */
-static int alloc_ring(struct simfront *fe)
+static int alloc_ring(struct simfront *fe, struct fq *q)
 {
         uint32_t junk[8 * MAX_RING_PAGES];
         unsigned nj = 0, i, attempt;
@@ -565,23 +605,23 @@ static int alloc_ring(struct simfront *fe)
                 bool ok = true;
 
                 for (i = 0; i < fe->ring_pages; i++) {
-                        r = simxen_page_alloc(fe->sx, fe->o.domid, &fe->ring_pfn[i]);
+                        r = simxen_page_alloc(fe->sx, fe->o.domid, &q->ring_pfn[i]);
                         if (r < 0) {
-                                fe->ring_allocated = i;
+                                q->ring_allocated = i;
                                 seterr(fe, r, "allocating ring page: %s", strerror(-r));
                                 goto out;
                         }
                 }
-                fe->ring_allocated = fe->ring_pages;
+                q->ring_allocated = fe->ring_pages;
                 for (i = 1; i < fe->ring_pages; i++)
-                        if ((char *)simxen_page(fe->sx, fe->ring_pfn[i]) !=
-                            (char *)simxen_page(fe->sx, fe->ring_pfn[0]) + i * SIMFRONT_PAGE)
+                        if ((char *)simxen_page(fe->sx, q->ring_pfn[i]) !=
+                            (char *)simxen_page(fe->sx, q->ring_pfn[0]) + i * SIMFRONT_PAGE)
                                 ok = false;
-                if (ok && simxen_page(fe->sx, fe->ring_pfn[0]))
+                if (ok && simxen_page(fe->sx, q->ring_pfn[0]))
                         goto out;
                 for (i = 0; i < fe->ring_pages; i++)
-                        junk[nj++] = fe->ring_pfn[i];
-                fe->ring_allocated = 0;
+                        junk[nj++] = q->ring_pfn[i];
+                q->ring_allocated = 0;
         }
         r = seterr(fe, -ENOMEM, "no %u contiguous guest pages for the ring", fe->ring_pages);
 out:
@@ -603,7 +643,8 @@ static int read_disk_info(struct simfront *fe)
                                            "feature-discard",
                                            "discard-granularity",
                                            "discard-alignment",
-                                           "discard-secure"};
+                                           "discard-secure",
+                                           "multi-queue-max-queues"};
         enum { NKEYS = VBD_ARRAY_SIZE(keys) };
         uint64_t val[NKEYS];
         bool have[NKEYS];
@@ -641,6 +682,7 @@ static int read_disk_info(struct simfront *fe)
         fe->disk.discard_granularity = have[9] ? (uint32_t)(val[9] > UINT32_MAX ? 0 : val[9]) : 0;
         fe->disk.discard_alignment = have[10] ? (uint32_t)(val[10] > UINT32_MAX ? 0 : val[10]) : 0;
         fe->disk.discard_secure = have[11] && val[11];
+        fe->disk.max_queues = have[12] ? (unsigned)(val[12] > 65535 ? 65535 : val[12]) : 0;
         v = simfront_xs_read_backend(fe, "mode");
         if (v) {
                 snprintf(fe->disk.mode, sizeof(fe->disk.mode), "%s", v);
@@ -730,54 +772,76 @@ int simfront_prepare(struct simfront *fe)
         fe->prepared = true; /* from here on, teardown() undoes */
         fe->ring_order = fe->o.ring_order;
         fe->ring_pages = 1u << fe->ring_order;
-        r = alloc_ring(fe);
-        if (r < 0)
-                goto fail;
-        for (i = 0; i < fe->ring_pages; i++) {
-                r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid, fe->ring_pfn[i],
-                                        false, &fe->ring_gref[i]);
-                if (r < 0) {
-                        seterr(fe, r, "granting ring page: %s", strerror(-r));
-                        goto fail;
-                }
-                fe->ring_granted = i + 1;
-        }
-        fe->sring = simxen_page(fe->sx, fe->ring_pfn[0]);
-        memset(fe->sring, 0, (size_t)fe->ring_pages * SIMFRONT_PAGE);
-        SHARED_RING_INIT(fe->sring);
-        FRONT_RING_INIT(&fe->ring, fe->sring, (size_t)fe->ring_pages * SIMFRONT_PAGE);
-        {
-                /* Entries of this ABI's size after the header, rounded down
-                 * to a power of two (the macro assumed the native size). */
-                size_t ents =
-                    ((size_t)fe->ring_pages * SIMFRONT_PAGE - SRING_HDR_SIZE) / fe->ent_size;
+        /* Queues: what was asked, at most what the backend offers (as
+         * Linux's blkfront does); one without multi-queue-max-queues. */
+        fe->nq = fe->o.queues ? fe->o.queues : 1;
+        if (fe->nq > 1 && fe->nq > fe->disk.max_queues) {
+                unsigned want = fe->nq;
 
-                while (ents & (ents - 1))
-                        ents &= ents - 1;
-                fe->ring.nr_ents = (unsigned)ents;
+                fe->nq = fe->disk.max_queues ? fe->disk.max_queues : 1;
+                snprintf(fe->mq_notice, sizeof(fe->mq_notice),
+                         "queues %u clamped to %u: the backend offers %s%u", want, fe->nq,
+                         fe->disk.max_queues ? "multi-queue-max-queues " : "no multi-queue, ",
+                         fe->disk.max_queues ? fe->disk.max_queues : 1u);
+        } else {
+                fe->mq_notice[0] = 0;
         }
-
+        fe->rawq = fe->next_q = 0;
         fe->xce = simxen_evtchn_open_as(fe->sx, fe->o.domid);
         if (!fe->xce) {
                 r = seterr(fe, -errno, "opening event channel as dom%u: %s", fe->o.domid,
                            strerror(errno));
                 goto fail;
         }
-        r = xenevtchn_bind_unbound_port(fe->xce, fe->o.backend_domid);
-        if (r < 0) {
-                r = seterr(fe, -errno, "allocating unbound event channel: %s", strerror(errno));
-                goto fail;
-        }
-        fe->port = (evtchn_port_t)r;
-        fe->port_bound = true;
         fe->evfd = xenevtchn_fd(fe->xce);
         /* Polled, so non-blocking, as a real evtchn user must set it. */
         (void)fcntl(fe->evfd, F_SETFL, fcntl(fe->evfd, F_GETFL) | O_NONBLOCK);
+        for (unsigned k = 0; k < fe->nq; k++) {
+                struct fq *q = &fe->q[k];
+                size_t ents;
+
+                r = alloc_ring(fe, q);
+                if (r < 0)
+                        goto fail;
+                for (i = 0; i < fe->ring_pages; i++) {
+                        r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid,
+                                                q->ring_pfn[i], false, &q->ring_gref[i]);
+                        if (r < 0) {
+                                seterr(fe, r, "granting ring page: %s", strerror(-r));
+                                goto fail;
+                        }
+                        q->ring_granted = i + 1;
+                }
+                q->sring = simxen_page(fe->sx, q->ring_pfn[0]);
+                memset(q->sring, 0, (size_t)fe->ring_pages * SIMFRONT_PAGE);
+                SHARED_RING_INIT(q->sring);
+                FRONT_RING_INIT(&q->ring, q->sring, (size_t)fe->ring_pages * SIMFRONT_PAGE);
+                /* Entries of this ABI's size after the header, rounded down
+                 * to a power of two (the macro assumed the native size). */
+                ents = ((size_t)fe->ring_pages * SIMFRONT_PAGE - SRING_HDR_SIZE) / fe->ent_size;
+                while (ents & (ents - 1))
+                        ents &= ents - 1;
+                q->ring.nr_ents = (unsigned)ents;
+
+                r = xenevtchn_bind_unbound_port(fe->xce, fe->o.backend_domid);
+                if (r < 0) {
+                        r = seterr(fe, -errno, "allocating unbound event channel: %s",
+                                   strerror(errno));
+                        goto fail;
+                }
+                q->port = (evtchn_port_t)r;
+                q->port_bound = true;
+        }
 
         /* The ios: one per ring slot, or as many as max_data_pages holds. */
         choose_segments(fe);
+        if (fe->mq_notice[0]) {
+                nl = strlen(fe->notice);
+                snprintf(fe->notice + nl, sizeof(fe->notice) - nl, "%s%s", nl ? "; " : "",
+                         fe->mq_notice);
+        }
         per = fe->segs; /* descriptor pages are not counted */
-        fe->nr_slots = RING_SIZE(&fe->ring);
+        fe->nr_slots = RING_SIZE(&fe->q[0].ring) * fe->nq;
         if ((uint64_t)fe->nr_slots * per > fe->o.max_data_pages) {
                 fe->nr_slots = fe->o.max_data_pages / per;
                 if (!fe->nr_slots) {
@@ -790,20 +854,26 @@ int simfront_prepare(struct simfront *fe)
                 snprintf(fe->notice + nl, sizeof(fe->notice) - nl,
                          "%s%u ios of %u data pages (max_data_pages %u) for %u ring slots",
                          nl ? "; " : "", fe->nr_slots, per, fe->o.max_data_pages,
-                         RING_SIZE(&fe->ring));
+                         RING_SIZE(&fe->q[0].ring) * fe->nq);
         }
         n = fe->nr_slots * fe->segs;
         n_ind = fe->nr_slots * fe->ind_per_slot;
         fe->slots = calloc(fe->nr_slots, sizeof(*fe->slots));
-        fe->free_stack = calloc(fe->nr_slots, sizeof(*fe->free_stack));
+        for (unsigned k = 0; k < fe->nq; k++) {
+                fe->q[k].free_stack = calloc(fe->nr_slots, sizeof(*fe->q[k].free_stack));
+                if (!fe->q[k].free_stack) {
+                        r = seterr(fe, -ENOMEM, "out of memory");
+                        goto fail;
+                }
+        }
         fe->pages = calloc(n, sizeof(*fe->pages));
         fe->pfns = calloc(n, sizeof(*fe->pfns));
         fe->gref_rw = calloc(n, sizeof(*fe->gref_rw));
         fe->gref_ro = calloc(n, sizeof(*fe->gref_ro));
         fe->ind_pfn = calloc(n_ind + 1, sizeof(*fe->ind_pfn));
         fe->ind_gref = calloc(n_ind + 1, sizeof(*fe->ind_gref));
-        if (!fe->slots || !fe->free_stack || !fe->pages || !fe->pfns || !fe->gref_rw ||
-            !fe->gref_ro || !fe->ind_pfn || !fe->ind_gref) {
+        if (!fe->slots || !fe->pages || !fe->pfns || !fe->gref_rw || !fe->gref_ro || !fe->ind_pfn ||
+            !fe->ind_gref) {
                 r = seterr(fe, -ENOMEM, "out of memory");
                 goto fail;
         }
@@ -836,8 +906,9 @@ int simfront_prepare(struct simfront *fe)
         }
         /* Pre-grant every data page twice (read-write for reads, read-only
          * for writes) if the grant table has room; else grant per request. */
-        fe->pregranted = !fe->o.grant_per_request &&
-                         2ull * n + n_ind + fe->ring_pages + RAW_GRANT_RESERVE <= SIM_NR_GRANTS;
+        fe->pregranted =
+            !fe->o.grant_per_request &&
+            2ull * n + n_ind + fe->ring_pages * fe->nq + RAW_GRANT_RESERVE <= SIM_NR_GRANTS;
         for (i = 0; fe->pregranted && i < n; i++) {
                 r = simxen_grant_access(fe->sx, fe->o.domid, fe->o.backend_domid, fe->pfns[i],
                                         false, &fe->gref_rw[i]);
@@ -862,20 +933,44 @@ int simfront_prepare(struct simfront *fe)
                         goto fail;
                 }
         }
-        for (i = 0; i < fe->nr_slots; i++) {
+        for (i = fe->nr_slots; i-- > 0;) {
                 struct slot *s = &fe->slots[i];
+                struct fq *q = &fe->q[i % fe->nq];
 
                 s->io.slot = i;
                 s->io.nr_pages = fe->segs;
                 s->io.page = &fe->pages[i * fe->segs];
                 s->state = IO_FREE;
-                fe->free_stack[fe->nr_slots - 1 - i] = i;
+                q->free_stack[q->nr_free++] = i;
         }
-        fe->nr_free = fe->nr_slots;
         return 0;
 fail:
         (void)teardown(fe);
         return r;
+}
+
+/* A queue's ring-ref(s) and event-channel under prefix ("" or "queue-N/"). */
+static bool put_queue_keys(struct simfront *fe, xs_transaction_t t, struct fq *q,
+                           const char *prefix)
+{
+        char path[512], v[32];
+
+        for (unsigned i = 0; i < fe->ring_pages; i++) {
+                if (fe->ring_order == 0)
+                        snprintf(path, sizeof(path), "%s/%sring-ref", fe->fe, prefix);
+                else
+                        snprintf(path, sizeof(path), "%s/%sring-ref%u", fe->fe, prefix, i);
+                snprintf(v, sizeof(v), "%u", q->ring_gref[i]);
+                if (!xs_write(fe->xsh, t, path, v, strlen(v)))
+                        return false;
+        }
+        if (fe->ring_order > 0 && !*prefix) {
+                snprintf(path, sizeof(path), "%s/ring-ref", fe->fe);
+                (void)xs_rm(fe->xsh, t, path);
+        }
+        snprintf(path, sizeof(path), "%s/%sevent-channel", fe->fe, prefix);
+        snprintf(v, sizeof(v), "%u", q->port);
+        return xs_write(fe->xsh, t, path, v, strlen(v));
 }
 
 int simfront_publish(struct simfront *fe)
@@ -896,21 +991,44 @@ int simfront_publish(struct simfront *fe)
          xs_write(fe->xsh, t, path, v, strlen(v)))
                 ok = true;
                 if (fe->ring_order == 0) {
-                        ok = ok && PUT("ring-ref", "%u", fe->ring_gref[0]);
                         snprintf(path, sizeof(path), "%s/ring-page-order", fe->fe);
                         (void)xs_rm(fe->xsh, t, path);
                 } else {
                         ok = ok && PUT("ring-page-order", "%u", fe->ring_order);
-                        for (i = 0; ok && i < fe->ring_pages; i++) {
-                                char key[32];
-
-                                snprintf(key, sizeof(key), "ring-ref%u", i);
-                                ok = PUT(key, "%u", fe->ring_gref[i]);
-                        }
-                        snprintf(path, sizeof(path), "%s/ring-ref", fe->fe);
-                        (void)xs_rm(fe->xsh, t, path);
                 }
-                ok = ok && PUT("event-channel", "%u", fe->port);
+                if (fe->nq == 1) {
+                        /* One queue: the flat keys, no multi-queue-num-queues (as
+                         * Linux); what an earlier connection left is removed. */
+                        snprintf(path, sizeof(path), "%s/multi-queue-num-queues", fe->fe);
+                        (void)xs_rm(fe->xsh, t, path);
+                        for (unsigned k = 0; k < SIMFRONT_MAX_QUEUES; k++) {
+                                snprintf(path, sizeof(path), "%s/queue-%u", fe->fe, k);
+                                (void)xs_rm(fe->xsh, t, path);
+                        }
+                        ok = ok && put_queue_keys(fe, t, &fe->q[0], "");
+                } else {
+                        static const char *const flat[] = {"ring-ref", "event-channel"};
+
+                        for (unsigned k = 0; k < VBD_ARRAY_SIZE(flat); k++) {
+                                snprintf(path, sizeof(path), "%s/%s", fe->fe, flat[k]);
+                                (void)xs_rm(fe->xsh, t, path);
+                        }
+                        for (i = 0; i < MAX_RING_PAGES; i++) {
+                                snprintf(path, sizeof(path), "%s/ring-ref%u", fe->fe, i);
+                                (void)xs_rm(fe->xsh, t, path);
+                        }
+                        for (unsigned k = fe->nq; k < SIMFRONT_MAX_QUEUES; k++) {
+                                snprintf(path, sizeof(path), "%s/queue-%u", fe->fe, k);
+                                (void)xs_rm(fe->xsh, t, path);
+                        }
+                        ok = ok && PUT("multi-queue-num-queues", "%u", fe->nq);
+                        for (unsigned k = 0; ok && k < fe->nq; k++) {
+                                char prefix[24];
+
+                                snprintf(prefix, sizeof(prefix), "queue-%u/", k);
+                                ok = put_queue_keys(fe, t, &fe->q[k], prefix);
+                        }
+                }
                 if (ok && fe->o.protocol) {
                         snprintf(path, sizeof(path), "%s/protocol", fe->fe);
                         ok = xs_write(fe->xsh, t, path, fe->o.protocol, strlen(fe->o.protocol));
@@ -1030,13 +1148,36 @@ void simfront_free(struct simfront *fe)
 /* ------------------------------------------------------------------------ */
 /* I/O */
 
+static inline struct fq *slot_queue(struct simfront *fe, unsigned slot)
+{
+        return &fe->q[slot % fe->nq];
+}
+
+unsigned simfront_io_queue_index(struct simfront *fe, const struct simfront_io *io)
+{
+        return io->slot % fe->nq;
+}
+
 struct simfront_io *simfront_io_get(struct simfront *fe)
 {
         struct slot *s;
 
-        if (!fe->connected || !fe->nr_free)
+        struct fq *q = NULL;
+
+        if (!fe->connected)
                 return NULL;
-        s = &fe->slots[fe->free_stack[--fe->nr_free]];
+        /* Round robin over the queues that have a free io. */
+        for (unsigned k = 0; k < fe->nq && !q; k++) {
+                struct fq *c = &fe->q[(fe->next_q + k) % fe->nq];
+
+                if (c->nr_free) {
+                        q = c;
+                        fe->next_q = (fe->next_q + k + 1) % fe->nq;
+                }
+        }
+        if (!q)
+                return NULL;
+        s = &fe->slots[q->free_stack[--q->nr_free]];
         s->state = IO_OWNED;
         s->io.done = NULL;
         s->io.opaque = NULL;
@@ -1053,7 +1194,7 @@ void simfront_io_put(struct simfront *fe, struct simfront_io *io)
         if (s->state != IO_OWNED)
                 return;
         s->state = IO_FREE;
-        fe->free_stack[fe->nr_free++] = io->slot;
+        slot_queue(fe, io->slot)->free_stack[slot_queue(fe, io->slot)->nr_free++] = io->slot;
 }
 
 uint32_t simfront_io_gref(struct simfront *fe, struct simfront_io *io, unsigned seg, bool readonly)
@@ -1139,22 +1280,24 @@ static void decode_rsp(const void *ent, blkif_response_t *ret)
 }
 
 /* Encode into the next request slot (the whole entry rewritten). */
-static void put_encoded(struct simfront *fe, const union simfront_req *req, enum simfront_abi abi)
+static void put_encoded(struct simfront *fe, struct fq *q, const union simfront_req *req,
+                        enum simfront_abi abi)
 {
         uint8_t buf[ENT_SIZE_64];
         size_t n = simfront_encode_req(req, abi, buf);
-        void *slot = ring_entry(fe, fe->ring.req_prod_pvt);
+        void *slot = ring_entry(fe, q, q->ring.req_prod_pvt);
 
         if (n > fe->ent_size)
                 n = fe->ent_size;
         memset(slot, 0, fe->ent_size);
         memcpy(slot, buf, n);
-        fe->ring.req_prod_pvt++;
+        q->ring.req_prod_pvt++;
 }
 
 int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
 {
         struct slot *s = &fe->slots[io->slot];
+        struct fq *q = slot_queue(fe, io->slot);
         union simfront_req u;
         unsigned nseg, i, base;
         bool ro, indirect;
@@ -1162,7 +1305,7 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
 
         if (s->state != IO_OWNED)
                 return seterr(fe, -EINVAL, "io %u not owned", io->slot);
-        if (RING_FULL(&fe->ring))
+        if (RING_FULL(&q->ring))
                 return seterr(fe, -EBUSY, "ring full");
         switch (io->op) {
         case BLKIF_OP_READ:
@@ -1188,11 +1331,12 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
                 u.discard.id = id;
                 u.discard.sector_number = io->offset / SIMFRONT_SECTOR;
                 u.discard.nr_sectors = io->len / SIMFRONT_SECTOR;
-                put_encoded(fe, &u, fe->abi);
+                put_encoded(fe, q, &u, fe->abi);
                 s->indirect = false;
                 s->state = IO_INFLIGHT;
                 fe->inflight++;
                 fe->st.requests++;
+                fe->st.queue_requests[io->slot % fe->nq]++;
                 fe->st.discards++;
                 return 0;
         default:
@@ -1272,58 +1416,72 @@ int simfront_io_queue(struct simfront *fe, struct simfront_io *io)
                         u.rw.seg[i].last_sect = (uint8_t)(bytes / SIMFRONT_SECTOR - 1);
                 }
         }
-        put_encoded(fe, &u, fe->abi);
+        put_encoded(fe, q, &u, fe->abi);
         s->indirect = indirect;
         s->state = IO_INFLIGHT;
         fe->inflight++;
         fe->st.requests++;
+        fe->st.queue_requests[io->slot % fe->nq]++;
         return 0;
 }
 
 int simfront_push(struct simfront *fe)
 {
-        int notify;
+        int notify, any = 0;
 
         if (!fe->prepared)
                 return seterr(fe, -ENOTCONN, "not connected");
-        RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&fe->ring, notify);
         fe->st.pushes++;
-        if (!notify)
-                return 0;
-        fe->st.notifies++;
-        if (xenevtchn_notify(fe->xce, fe->port) < 0)
-                return seterr(fe, -errno, "event channel notify: %s", strerror(errno));
-        return 1;
+        for (unsigned k = 0; k < fe->nq; k++) {
+                struct fq *q = &fe->q[k];
+
+                if (q->ring.req_prod_pvt == q->sring->req_prod)
+                        continue;
+                RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&q->ring, notify);
+                if (!notify)
+                        continue;
+                fe->st.notifies++;
+                if (xenevtchn_notify(fe->xce, q->port) < 0)
+                        return seterr(fe, -errno, "event channel notify: %s", strerror(errno));
+                any = 1;
+        }
+        return any;
 }
 
-static int consume(struct simfront *fe)
+static int consume_queue(struct simfront *fe, unsigned qi)
 {
+        struct fq *q = &fe->q[qi];
         int n = 0, more;
 
         do {
-                RING_IDX rp = fe->ring.sring->rsp_prod, i;
+                RING_IDX rp = q->ring.sring->rsp_prod, i;
 
                 xen_rmb();
-                if (rp - fe->ring.rsp_cons > fe->ring.req_prod_pvt - fe->ring.rsp_cons)
+                if (rp - q->ring.rsp_cons > q->ring.req_prod_pvt - q->ring.rsp_cons)
                         return seterr(fe, -EPROTO,
                                       "backend rsp_prod %u ahead of requests (rsp_cons %u, "
                                       "req_prod %u)",
-                                      rp, fe->ring.rsp_cons, fe->ring.req_prod_pvt);
-                for (i = fe->ring.rsp_cons; i != rp; i++) {
+                                      rp, q->ring.rsp_cons, q->ring.req_prod_pvt);
+                for (i = q->ring.rsp_cons; i != rp; i++) {
                         blkif_response_t rsp;
                         unsigned idx;
                         struct slot *s;
 
-                        decode_rsp(ring_entry(fe, i), &rsp);
+                        decode_rsp(ring_entry(fe, q, i), &rsp);
                         idx = (unsigned)(rsp.id & 0xffff);
 
-                        fe->ring.rsp_cons = i + 1;
+                        q->ring.rsp_cons = i + 1;
                         fe->st.responses++;
                         if (idx >= fe->nr_slots || fe->slots[idx].state != IO_INFLIGHT ||
                             (uint16_t)(rsp.id >> 16) != fe->slots[idx].gen || rsp.id >> 32)
                                 return seterr(fe, -EPROTO, "response with unknown id %#" PRIx64,
                                               rsp.id);
                         s = &fe->slots[idx];
+                        if (idx % fe->nq != qi)
+                                return seterr(fe, -EPROTO,
+                                              "response for id %#" PRIx64
+                                              " on queue %u: it was sent on queue %u",
+                                              rsp.id, qi, idx % fe->nq);
                         if (s->indirect && rsp.operation == BLKIF_OP_INDIRECT)
                                 fe->st.indirect_rsp_op_indirect++;
                         else if (rsp.operation != s->io.op)
@@ -1356,11 +1514,25 @@ static int consume(struct simfront *fe)
                                 s->io.done(fe, &s->io);
                         if (s->state == IO_OWNED) {
                                 s->state = IO_FREE;
-                                fe->free_stack[fe->nr_free++] = idx;
+                                q->free_stack[q->nr_free++] = idx;
                         }
                 }
-                RING_FINAL_CHECK_FOR_RESPONSES(&fe->ring, more);
+                RING_FINAL_CHECK_FOR_RESPONSES(&q->ring, more);
         } while (more);
+        return n;
+}
+
+static int consume(struct simfront *fe)
+{
+        int n = 0;
+
+        for (unsigned k = 0; k < fe->nq; k++) {
+                int r = consume_queue(fe, k);
+
+                if (r < 0)
+                        return r;
+                n += r;
+        }
         return n;
 }
 
@@ -1741,31 +1913,31 @@ int simfront_barrier(struct simfront *fe)
 
 blkif_front_ring_t *simfront_raw_ring(struct simfront *fe)
 {
-        return fe->prepared ? &fe->ring : NULL;
+        return fe->prepared ? &rawq(fe)->ring : NULL;
 }
 
 blkif_sring_t *simfront_raw_sring(struct simfront *fe)
 {
-        return fe->sring;
+        return rawq(fe)->sring;
 }
 
 unsigned simfront_raw_ring_grefs(struct simfront *fe, uint32_t *grefs, unsigned max)
 {
         unsigned i;
 
-        for (i = 0; i < fe->ring_granted && i < max; i++)
-                grefs[i] = fe->ring_gref[i];
-        return fe->ring_granted;
+        for (i = 0; i < rawq(fe)->ring_granted && i < max; i++)
+                grefs[i] = rawq(fe)->ring_gref[i];
+        return rawq(fe)->ring_granted;
 }
 
 uint32_t simfront_raw_port(struct simfront *fe)
 {
-        return fe->port;
+        return rawq(fe)->port;
 }
 
 void *simfront_raw_slot(struct simfront *fe, uint32_t idx)
 {
-        return fe->prepared ? ring_entry(fe, idx) : NULL;
+        return fe->prepared ? ring_entry(fe, rawq(fe), idx) : NULL;
 }
 
 size_t simfront_raw_slot_size(struct simfront *fe)
@@ -1781,10 +1953,10 @@ int simfront_raw_put(struct simfront *fe, const void *req, size_t len)
                 return seterr(fe, -ENOTCONN, "not prepared");
         if (len > sizeof(blkif_request_t))
                 return seterr(fe, -EINVAL, "raw request of %zu bytes", len);
-        slot = ring_entry(fe, fe->ring.req_prod_pvt);
+        slot = ring_entry(fe, rawq(fe), rawq(fe)->ring.req_prod_pvt);
         memset(slot, 0, fe->ent_size);
         memcpy(slot, req, len < fe->ent_size ? len : fe->ent_size);
-        fe->ring.req_prod_pvt++;
+        rawq(fe)->ring.req_prod_pvt++;
         return 0;
 }
 
@@ -1793,7 +1965,7 @@ int simfront_raw_put_req_as(struct simfront *fe, const union simfront_req *req,
 {
         if (!fe->prepared)
                 return seterr(fe, -ENOTCONN, "not prepared");
-        put_encoded(fe, req, abi == SIMFRONT_ABI_RING ? fe->abi : abi);
+        put_encoded(fe, rawq(fe), req, abi == SIMFRONT_ABI_RING ? fe->abi : abi);
         return 0;
 }
 
@@ -1870,14 +2042,14 @@ int simfront_raw_indirect(struct simfront *fe, uint8_t indirect_op, unsigned nr_
 void simfront_raw_push(struct simfront *fe)
 {
         xen_wmb();
-        fe->sring->req_prod = fe->ring.req_prod_pvt;
+        rawq(fe)->sring->req_prod = rawq(fe)->ring.req_prod_pvt;
         xen_mb();
 }
 
 void simfront_raw_set_req_prod(struct simfront *fe, uint32_t req_prod)
 {
         xen_wmb();
-        fe->sring->req_prod = req_prod;
+        rawq(fe)->sring->req_prod = req_prod;
         xen_mb();
 }
 
@@ -1885,7 +2057,7 @@ int simfront_raw_notify(struct simfront *fe)
 {
         if (!fe->xce)
                 return seterr(fe, -ENOTCONN, "no event channel");
-        if (xenevtchn_notify(fe->xce, fe->port) < 0)
+        if (xenevtchn_notify(fe->xce, rawq(fe)->port) < 0)
                 return seterr(fe, -errno, "notify: %s", strerror(errno));
         fe->st.notifies++;
         return 0;
@@ -1898,20 +2070,20 @@ int simfront_raw_get_response(struct simfront *fe, blkif_response_t *ret, int ti
         if (!fe->prepared)
                 return seterr(fe, -ENOTCONN, "not prepared");
         for (;;) {
-                RING_IDX rp = fe->sring->rsp_prod;
+                RING_IDX rp = rawq(fe)->sring->rsp_prod;
                 uint64_t now;
                 int r, ms;
 
                 xen_rmb();
-                if (rp != fe->ring.rsp_cons) {
-                        decode_rsp(ring_entry(fe, fe->ring.rsp_cons), ret);
-                        fe->ring.rsp_cons++;
+                if (rp != rawq(fe)->ring.rsp_cons) {
+                        decode_rsp(ring_entry(fe, rawq(fe), rawq(fe)->ring.rsp_cons), ret);
+                        rawq(fe)->ring.rsp_cons++;
                         fe->st.responses++;
                         return 1;
                 }
-                fe->sring->rsp_event = fe->ring.rsp_cons + 1;
+                rawq(fe)->sring->rsp_event = rawq(fe)->ring.rsp_cons + 1;
                 xen_mb();
-                if (fe->sring->rsp_prod != fe->ring.rsp_cons)
+                if (rawq(fe)->sring->rsp_prod != rawq(fe)->ring.rsp_cons)
                         continue;
                 now = vbd_now_ns();
                 if (timeout_ms >= 0 && now >= deadline)

@@ -35,6 +35,7 @@
 /* Default cap on the data pages of one frontend (the indirect descriptor
  * pages, one per io, come on top). */
 #define SIMFRONT_DEFAULT_DATA_PAGES 8192u
+#define SIMFRONT_MAX_QUEUES         16u /* blkif multi-queue */
 
 /* The ring layouts of blkif.h: x86_64 (the native structs, 112-byte ring
  * entries) and i386 (64-bit fields 4-byte aligned, 108-byte entries). */
@@ -167,6 +168,15 @@ struct simfront_opts {
                                   * number of ios (simfront_queue_depth) is the
                                   * ring size or what fits this cap, if fewer */
         int timeout_ms;          /* handshake waits; 0: 10000 */
+        unsigned queues;         /* blkif multi-queue rings, 0..16 (0: 1).  More than 1
+                                  * is clamped at prepare to the backend's
+                                  * multi-queue-max-queues (simfront_notice() says so)
+                                  * and published as multi-queue-num-queues and
+                                  * queue-N/ring-ref(s), queue-N/event-channel; one
+                                  * queue uses the flat keys.  Io slot i is on queue
+                                  * i % queues; simfront_io_get() takes the queues in
+                                  * turn; a response on another queue than its
+                                  * request's is -EPROTO */
 };
 
 struct simfront *simfront_new(struct simfront_env *env, const struct simfront_opts *o);
@@ -200,10 +210,12 @@ struct simfront_disk {
         uint32_t discard_granularity;   /* bytes; 0 if absent */
         uint32_t discard_alignment;     /* bytes */
         bool discard_secure;            /* discard-secure */
+        unsigned max_queues;            /* multi-queue-max-queues; 0 if absent */
 };
 const struct simfront_disk *simfront_disk(struct simfront *fe);
 uint64_t simfront_size(struct simfront *fe);      /* bytes */
-unsigned simfront_ring_size(struct simfront *fe); /* ring entries (request slots) */
+unsigned simfront_ring_size(struct simfront *fe); /* ring entries (request slots) per queue */
+unsigned simfront_queues(struct simfront *fe);    /* queues in use (after clamping) */
 unsigned simfront_inflight(struct simfront *fe);
 /* Ios available (<= ring size; fewer if the data pages did not fit). */
 unsigned simfront_queue_depth(struct simfront *fe);
@@ -245,6 +257,8 @@ struct simfront_io {
 /* A free io (done, opaque, tag, status, flags cleared), or NULL if all are
  * in flight (or not connected). */
 struct simfront_io *simfront_io_get(struct simfront *fe);
+/* The queue an io goes on. */
+unsigned simfront_io_queue_index(struct simfront *fe, const struct simfront_io *io);
 /* Give an io back without submitting it. */
 void simfront_io_put(struct simfront *fe, struct simfront_io *io);
 /* Put the request in the ring (not yet visible to the backend).  Checks
@@ -285,6 +299,7 @@ struct simfront_stats {
         uint64_t grants;                   /* per-request grant operations */
         uint64_t indirect, discards;       /* requests sent as BLKIF_OP_INDIRECT, DISCARD */
         uint64_t indirect_rsp_op_indirect; /* indirect responses that carried op 6 */
+        uint64_t queue_requests[SIMFRONT_MAX_QUEUES]; /* requests sent on each queue */
 };
 void simfront_get_stats(struct simfront *fe, struct simfront_stats *ret);
 
@@ -309,6 +324,10 @@ int simfront_backend_state(struct simfront *fe);
 int simfront_wait_backend_state(struct simfront *fe, int state, int timeout_ms);
 const char *simfront_frontend_path(struct simfront *fe);
 const char *simfront_backend_path(struct simfront *fe);
+
+/* Which queue the raw_* calls below act on (default 0, reset at prepare):
+ * its ring, ring grants and event channel.  -EINVAL if q >= queues. */
+int simfront_raw_select_queue(struct simfront *fe, unsigned q);
 
 /* Ring internals (valid between prepare and disconnect).  The indices of
  * raw_ring (req_prod_pvt, rsp_cons, nr_ents) and the header of raw_sring

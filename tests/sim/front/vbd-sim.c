@@ -74,7 +74,9 @@ static void usage(FILE *f)
                    "  --vbdd PATH       vbdd-sim to run (default: $VBD_SIM_VBDD, or vbdd-sim\n"
                    "                    next to this program)\n"
                    "  --mode r|w        attach read-only or read-write (default w)\n"
-                   "  --ring-order K    use a ring of 2^K pages (0..4, default 0)\n"
+                   "  --ring-order K    use a ring of 2^K pages (0..4, default 0), per queue\n"
+                   "  --queues N        blkif multi-queue: N rings (1..16, default 1), ios\n"
+                   "                    spread over them in turn; vbdd-sim gets --max-queues N\n"
                    "  --protocol P      x86_64-abi or x86_32-abi: the ring layout (written to\n"
                    "                    xenstore; default: none written, native x86_64)\n"
                    "  --max-segments N  data pages per request, 1..256 (default: dd 11, bench\n"
@@ -143,6 +145,7 @@ static uint64_t opt_size(const char *name, const char *v)
 struct gopts {
         const char *image, *vbdd, *mode, *protocol;
         unsigned ring_order, max_segments; /* 0: the command's default */
+        unsigned queues;                   /* 0: one, no --max-queues for vbdd-sim */
         bool keep, indirect_always;
 };
 
@@ -211,14 +214,16 @@ static void session_abort(struct session *s)
 static int session_start(struct session *s, const struct gopts *g, unsigned max_segments)
 {
         struct simfront_env_opts eo = {.keep = g->keep, .nr_pages = 16384};
-        const char *vflag[] = {"-v", NULL};
+        const char *extra[4] = {NULL};
+        char nq[16];
+        unsigned ne = 0;
         struct simfront_vbd_opts vo = {
             .domid = DOMID,
             .devid = DEVID,
             .image = g->image,
             .mode = g->mode,
             .vbdd = g->vbdd,
-            .extra_args = verbose ? vflag : NULL,
+            .extra_args = extra,
         };
         struct simfront_opts fo = {
             .domid = DOMID,
@@ -227,10 +232,18 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
             .max_segments = max_segments,
             .protocol = g->protocol,
             .indirect_always = g->indirect_always,
+            .queues = g->queues,
         };
         char *vbdd;
         int r;
 
+        if (verbose)
+                extra[ne++] = "-v";
+        if (g->queues) {
+                snprintf(nq, sizeof(nq), "%u", g->queues);
+                extra[ne++] = "--max-queues";
+                extra[ne++] = nq;
+        }
         memset(s, 0, sizeof(*s));
         s->keep = g->keep;
         vbdd = simfront_find_vbdd(g->vbdd);
@@ -245,7 +258,7 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
         }
         free(vbdd);
         /* Enough guest memory for the ring and every slot's data pages. */
-        eo.nr_pages = (32u << g->ring_order) * (max_segments + 1);
+        eo.nr_pages = (32u << g->ring_order) * (max_segments + 1) * (g->queues ? g->queues : 1);
         if (eo.nr_pages > SIMFRONT_DEFAULT_DATA_PAGES)
                 eo.nr_pages = SIMFRONT_DEFAULT_DATA_PAGES; /* the frontend's cap */
         eo.nr_pages += 1024;
@@ -285,10 +298,11 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
                 const struct simfront_disk *d = simfront_disk(s->fe);
 
                 info("connected: %" PRIu64 " sectors (%" PRIu64
-                     " bytes), sector-size %u, info %#x, mode %s, ring %u slots (%s), %u ios of "
+                     " bytes), sector-size %u, info %#x, mode %s, %u queue(s) of %u slots (%s), "
+                     "%u ios of "
                      "%u segments%s, backend max-indirect-segments %u, discard %d",
                      d->sectors, simfront_size(s->fe), d->sector_size, d->info, d->mode,
-                     simfront_ring_size(s->fe),
+                     simfront_queues(s->fe), simfront_ring_size(s->fe),
                      simfront_abi(s->fe) == SIMFRONT_ABI_X86_32 ? "x86_32" : "x86_64",
                      simfront_queue_depth(s->fe), simfront_max_segments(s->fe),
                      simfront_indirect(s->fe) ? " (indirect)" : "", d->max_indirect_segments,
@@ -1026,9 +1040,10 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                 ret = -EINVAL;
                 goto out;
         }
-        if (o->iodepth > simfront_ring_size(s.fe)) {
-                err("bench: --iodepth %u exceeds the ring's %u slots (use --ring-order)",
-                    o->iodepth, simfront_ring_size(s.fe));
+        if (o->iodepth > simfront_ring_size(s.fe) * simfront_queues(s.fe)) {
+                err("bench: --iodepth %u exceeds the %u slots of %u ring(s) (use --ring-order)",
+                    o->iodepth, simfront_ring_size(s.fe) * simfront_queues(s.fe),
+                    simfront_queues(s.fe));
                 ret = -EINVAL;
                 goto out;
         }
@@ -1116,12 +1131,16 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                              (double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
                              (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6 +
                              (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
-                char p50[32], p90[32], p99[32], p999[32], mx[32];
+                char p50[32], p90[32], p99[32], p999[32], mx[32], qreq[16 * 21];
                 double be_cpu = be_ok ? (double)(be1 - be0) / 1e9 : -1;
                 double be_pct = be_ok ? 100.0 * be_cpu / secs : -1;
                 double be_ns_io = be_ok && ios > 0 ? (double)(be1 - be0) / ios : -1;
 
                 simfront_get_stats(s.fe, &st);
+                qreq[0] = 0;
+                for (unsigned k = 0, l = 0; k < simfront_queues(s.fe); k++)
+                        l += (unsigned)snprintf(qreq + l, sizeof(qreq) - l, "%s%" PRIu64,
+                                                k ? "," : "", st.queue_requests[k]);
                 us(p50, sizeof(p50), hist_pct(&b.hist, 500));
                 us(p90, sizeof(p90), hist_pct(&b.hist, 900));
                 us(p99, sizeof(p99), hist_pct(&b.hist, 990));
@@ -1141,7 +1160,8 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                             ",\"front_cpu_pct\":%.0f,\"protocol\":\"%s\",\"max_segments\":%u,"
                             "\"indirect\":%s,\"indirect_requests\":%" PRIu64
                             ",\"queue_depth\":%u,\"backend_cpu_s\":%.3f,"
-                            "\"backend_cpu_pct\":%.1f,\"backend_cpu_ns_per_io\":%.0f}\n",
+                            "\"backend_cpu_pct\":%.1f,\"backend_cpu_ns_per_io\":%.0f,"
+                            "\"queues\":%u,\"queue_requests\":[%s]}\n",
                             rw_names[o->rw], o->bs, o->iodepth, g->ring_order, secs, g->image,
                             b.reads + b.writes, b.reads, b.writes, b.bytes, ios / secs,
                             (double)b.bytes / secs / 1e6,
@@ -1151,14 +1171,16 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                             100.0 * cpu / secs,
                             simfront_abi(s.fe) == SIMFRONT_ABI_X86_32 ? "x86_32-abi" : "x86_64-abi",
                             simfront_max_segments(s.fe), simfront_indirect(s.fe) ? "true" : "false",
-                            st.indirect, simfront_queue_depth(s.fe), be_cpu, be_pct, be_ns_io);
+                            st.indirect, simfront_queue_depth(s.fe), be_cpu, be_pct, be_ns_io,
+                            simfront_queues(s.fe), qreq);
                 } else {
-                        printf("%s bs=%" PRIu64 " iodepth=%u ring-order=%u: %.0f IOPS, %.1f MB/s"
+                        printf("%s bs=%" PRIu64 " iodepth=%u ring-order=%u queues=%u: %.0f IOPS, "
+                               "%.1f MB/s"
                                " in %.2f s; lat us p50 %s p90 %s p99 %s p99.9 %s max %s; "
                                "%" PRIu64 " reads %" PRIu64 " writes %" PRIu64 " errors",
-                               rw_names[o->rw], o->bs, o->iodepth, g->ring_order, ios / secs,
-                               (double)b.bytes / secs / 1e6, secs, p50, p90, p99, p999, mx, b.reads,
-                               b.writes, b.errors);
+                               rw_names[o->rw], o->bs, o->iodepth, g->ring_order,
+                               simfront_queues(s.fe), ios / secs, (double)b.bytes / secs / 1e6,
+                               secs, p50, p90, p99, p999, mx, b.reads, b.writes, b.errors);
                         if (be_ok)
                                 printf("; backend CPU %.1f%% (%.0f ns/IO)", be_pct, be_ns_io);
                         else
@@ -1216,6 +1238,7 @@ enum {
         OPT_SIZE,
         OPT_SEED,
         OPT_RING_ORDER,
+        OPT_QUEUES,
         OPT_VBDD,
         OPT_MODE,
         OPT_KEEP,
@@ -1240,6 +1263,7 @@ static const struct option long_opts[] = {
     {"size", required_argument, NULL, OPT_SIZE},
     {"seed", required_argument, NULL, OPT_SEED},
     {"ring-order", required_argument, NULL, OPT_RING_ORDER},
+    {"queues", required_argument, NULL, OPT_QUEUES},
     {"vbdd", required_argument, NULL, OPT_VBDD},
     {"mode", required_argument, NULL, OPT_MODE},
     {"keep", no_argument, NULL, OPT_KEEP},
@@ -1337,6 +1361,13 @@ int main(int argc, char **argv)
                         g.ring_order = (unsigned)strtoul(optarg, &end, 10);
                         if (errno || *end || !*optarg || *optarg == '-' || g.ring_order > 4)
                                 die_usage("--ring-order '%s': give 0..4", optarg);
+                        break;
+                case OPT_QUEUES:
+                        errno = 0;
+                        g.queues = (unsigned)strtoul(optarg, &end, 10);
+                        if (errno || *end || !*optarg || *optarg == '-' || g.queues < 1 ||
+                            g.queues > SIMFRONT_MAX_QUEUES)
+                                die_usage("--queues '%s': give 1..%u", optarg, SIMFRONT_MAX_QUEUES);
                         break;
                 case OPT_VBDD:
                         g.vbdd = optarg;

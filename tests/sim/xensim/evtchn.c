@@ -529,10 +529,16 @@ static xenevtchn_port_or_error_t pending_once(xenevtchn_handle *h)
         unsigned i, n, start;
 
         hh = &h->sx->sh->handles[h->slot];
-        if (hh->id == h->id)
-                __atomic_store_n(&hh->doorbell, 0, __ATOMIC_SEQ_CST);
+        /* Drain first, then clear the doorbell: a datagram sent after the
+         * clear stays queued (a spurious wakeup at worst).  The other order
+         * ate a datagram sent between the two, leaving the doorbell set with
+         * nothing queued: the re-ring below for a second pending port (two
+         * queues on one handle) then sent nothing, and the fd stayed quiet
+         * with that port pending. */
         while (recv(h->fd, buf, sizeof(buf), MSG_DONTWAIT) >= 0)
                 ;
+        if (hh->id == h->id)
+                __atomic_store_n(&hh->doorbell, 0, __ATOMIC_SEQ_CST);
         sx_lock(h->sx);
         n = h->nr_ports;
         start = h->rr;

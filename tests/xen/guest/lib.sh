@@ -119,7 +119,7 @@ kernel="$DOMU_KERNEL"
 ramdisk="$DOMU_RAMDISK"
 extra="console=hvc0 loglevel=4 mitigations=off vbdt=$mode $extra ${DOMU_EXTRA:-}"
 memory=256
-vcpus=1
+vcpus=${DOMU_VCPUS:-1}
 on_poweroff="destroy"
 on_reboot="restart"
 on_crash="destroy"

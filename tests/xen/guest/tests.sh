@@ -16,7 +16,7 @@ HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw reboot rebind ro flush backup detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw mq reboot rebind ro flush backup detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -65,6 +65,54 @@ t_rw() { # t_rw BACKEND
         reap "$b" "$DOMID" "guest poweroff"
         check "guest sees 131072 sectors" eq "$(vbdt_val "$name" sectors)" 131072
         check "guest sees a writable disk (ro=0)" eq "$(vbdt_val "$name" ro)" 0
+        check "guest reads the data dom0 wrote (md5 $r8)" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
+        pat=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p')
+        check "guest write succeeded" eq "$(console_of "$name" | sed -n 's/^VBDT write rc=\([0-9]*\).*/\1/p')" 0
+        check "guest reads back what it wrote" eq "$(console_of "$name" | sed -n 's/^VBDT readback md5=//p')" "$pat"
+        check "image in dom0 holds the guest's 4 MiB (md5 $pat)" eq "$(img_md5 "$img" 1 4 1M)" "$pat"
+        local small back
+        small=$(console_of "$name" | sed -n 's/^VBDT small md5=\([0-9a-f]*\).*/\1/p')
+        back=$(console_of "$name" | sed -n 's/^VBDT small .*back=\([0-9a-f]*\).*/\1/p')
+        check "7-sector write at sector 20001 read back by the guest" eq "$back" "$small"
+        check "7-sector write at sector 20001 is in the image" eq "$(img_md5 "$img" 20001 7 512)" "$small"
+        [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (1b) multi-queue: a 2-vCPU guest's blkfront opens 2 rings ------------
+t_mq() { # t_mq BACKEND
+        local b=$1 name=mq-$1 img=$IMGDIR/mq-$1.img r8 pat fe be
+        test_begin "mq-$b"
+        mkimg "$img" 64
+        r8=$(put_random "$img" 8 4)
+        DOMU_VCPUS=2 domu_create "$name" rw "vbdt_timeout=120" || return
+        VBDD_ARGS="${VBDD_ARGS:-} --max-queues 2" attach "$b" "$DOMID" "$img" w "$CUR_TEST"
+        if hold_wait "$name" connected 60; then
+                xs_dump "$DOMID" connected
+                be=$(be_of "$b" "$DOMID")
+                fe=$(vbdd_fe "$DOMID")
+                check_xs "frontend state 4 (Connected)" "$fe/state" 4
+                [ "$b" = vbdd ] && check_xs "backend multi-queue-max-queues = 2" "$be/multi-queue-max-queues" 2
+                check_xs "frontend multi-queue-num-queues = 2" "$fe/multi-queue-num-queues" 2
+                for q in 0 1; do
+                        check_live "frontend queue-$q/ring-ref published" xenstore-read "$fe/queue-$q/ring-ref"
+                        check_live "frontend queue-$q/event-channel published" xenstore-read "$fe/queue-$q/event-channel"
+                done
+                check_xs_gone "no flat ring-ref with 2 queues" "$fe/ring-ref"
+                if [ "$b" = vbdd ]; then
+                        check "vbdd connected 2 queues" grep -q "connected: 2 queue(s)" "$VBDD_LOG"
+                        local info
+                        info=$(/share/bin/vbd-ctl info -d "$DOMID" -n "$DEVID" 2>&1)
+                        log "vbd-ctl info: $(echo "$info" | grep -E '^(queues|xenbus|error)' | tr '\n' ';')"
+                        check "vbd-ctl info: 2 queues" eq "$(echo "$info" | sed -n 's/^queues *\([0-9]*\) connected.*/\1/p')" 2
+                fi
+        fi
+        release "$name" connected
+        guest_done "$name" 130
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap "$b" "$DOMID" "guest poweroff"
         check "guest reads the data dom0 wrote (md5 $r8)" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
         pat=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p')
         check "guest write succeeded" eq "$(console_of "$name" | sed -n 's/^VBDT write rc=\([0-9]*\).*/\1/p')" 0
