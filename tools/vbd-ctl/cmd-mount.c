@@ -628,8 +628,8 @@ static int attach_loop(struct mnt *m, char *msg, size_t size)
         return 0;
 }
 
-/* The kernel's NBD client: the first free /dev/nbdN.  (Untested: neither
- * the machine the tests ran on nor CI has the nbd module.) */
+/* The kernel's NBD client: the first free /dev/nbdN (tests/xen's mount
+ * test runs this in a Debian dom0: nbd-client 3.24, netlink, kernel 6.1). */
 static int attach_nbd(struct mnt *m, char *msg, size_t size)
 {
         for (unsigned i = 0; i < 128; i++) {
