@@ -628,6 +628,21 @@ static int attach_loop(struct mnt *m, char *msg, size_t size)
         return 0;
 }
 
+/* The nbd module's max_part (partitions per device; 0: the kernel shows
+ * none), -1 when it cannot be read. */
+static int nbd_max_part(void)
+{
+        FILE *f = fopen("/sys/module/nbd/parameters/max_part", "re");
+        int v = -1;
+
+        if (f) {
+                if (fscanf(f, "%d", &v) != 1)
+                        v = -1;
+                fclose(f);
+        }
+        return v;
+}
+
 /* The kernel's NBD client: the first free /dev/nbdN (tests/xen's mount
  * test runs this in a Debian dom0: nbd-client 3.24, netlink, kernel 6.1). */
 static int attach_nbd(struct mnt *m, char *msg, size_t size)
@@ -669,6 +684,19 @@ static int mount_fs(struct mnt *m, unsigned want, const char *fstype, char *msg,
 
                 run(px, out, sizeof(out), err, sizeof(err));
                 n = partitions(m->disk, parts);
+        }
+        if (!n && !strcmp(m->via, "nbd") && nbd_max_part() == 0) {
+                const char *bk[] = {"blkid", "-p", "-o", "value", "-s", "PTTYPE", m->disk, NULL};
+                char pt[64];
+
+                if (run(bk, pt, sizeof(pt), err, sizeof(err)) == 0 && *pt) {
+                        snprintf(msg, size,
+                                 "%s has a partition table (%s) the kernel cannot show on %s: "
+                                 "the nbd module was loaded with max_part=0 (reload it with "
+                                 "max_part=16, or install nbdfuse)",
+                                 m->image, pt, m->disk);
+                        return -EINVAL;
+                }
         }
         if (want) {
                 bool found = false;
@@ -891,8 +919,11 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
         if ((r = vbdctl_image_spec(m.image, m.spec, sizeof(m.spec))) < 0)
                 return vbdctl_fail(o, r, false, "%s: %s", m.image, strerror(-r));
         m.rw = a.rw;
+        /* nbd where it shows partitions; with max_part=0 only when there is
+         * no FUSE way (then a partitioned image is refused, saying why) */
         if (access("/sys/block/nbd0", F_OK) == 0 && have_program("nbd-client") &&
-            !(via && !strcmp(via, "fuse")))
+            !(via && !strcmp(via, "fuse")) &&
+            (nbd_max_part() != 0 || !have_program("nbdfuse") || !have_program("losetup")))
                 m.via = "nbd";
         else if (!have_program("nbdfuse") || !have_program("losetup"))
                 return vbdctl_fail(o, -EIO, false,
