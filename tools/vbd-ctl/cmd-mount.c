@@ -628,8 +628,8 @@ static int attach_loop(struct mnt *m, char *msg, size_t size)
         return 0;
 }
 
-/* The nbd module's max_part (partitions per device; 0: the kernel shows
- * none), -1 when it cannot be read. */
+/* The nbd module's max_part (partitions per device; with 0 an older
+ * kernel shows none, 6.1 still adds them), -1 when it cannot be read. */
 static int nbd_max_part(void)
 {
         FILE *f = fopen("/sys/module/nbd/parameters/max_part", "re");
@@ -693,7 +693,7 @@ static int mount_fs(struct mnt *m, unsigned want, const char *fstype, char *msg,
                         snprintf(msg, size,
                                  "%s has a partition table (%s) the kernel cannot show on %s: "
                                  "the nbd module was loaded with max_part=0 (reload it with "
-                                 "max_part=16, or install nbdfuse)",
+                                 "max_part=16, or use VBD_MOUNT_VIA=fuse)",
                                  m->image, pt, m->disk);
                         return -EINVAL;
                 }
@@ -919,11 +919,8 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
         if ((r = vbdctl_image_spec(m.image, m.spec, sizeof(m.spec))) < 0)
                 return vbdctl_fail(o, r, false, "%s: %s", m.image, strerror(-r));
         m.rw = a.rw;
-        /* nbd where it shows partitions; with max_part=0 only when there is
-         * no FUSE way (then a partitioned image is refused, saying why) */
         if (access("/sys/block/nbd0", F_OK) == 0 && have_program("nbd-client") &&
-            !(via && !strcmp(via, "fuse")) &&
-            (nbd_max_part() != 0 || !have_program("nbdfuse") || !have_program("losetup")))
+            !(via && !strcmp(via, "fuse")))
                 m.via = "nbd";
         else if (!have_program("nbdfuse") || !have_program("losetup"))
                 return vbdctl_fail(o, -EIO, false,
