@@ -8,7 +8,12 @@
 #   $CACHE/dom0.img            dom0 root filesystem, raw ext4
 #   $CACHE/domu/vmlinux        domU kernel (same kernel, uncompressed ELF)
 #   $CACHE/domu/initrd.cpio.gz domU busybox initramfs: guest/domu-init,
-#                              xen-blkfront.ko (+deps), static vbdbench
+#                              xen-blkfront.ko (+deps), static vbdbench, and
+#                              ext4 (+deps, loaded only by the tests that
+#                              mount a filesystem)
+#   $CACHE/dom0-tools/         programs the dom0 image lacks, shipped over the
+#                              9p share by run.sh: nbd-client (+libnl), for
+#                              vbd-ctl mount through the kernel's NBD client
 #
 # Cache dir: $VBD_XEN_CACHE (default /var/cache/vbd-xen). Three stages, each
 # with a stamp holding the sha256 of its inputs; a stage is rebuilt only when
@@ -17,6 +22,9 @@
 #   image   dom0.img + boot/     <- rootfs stamp, dom0 boot stub, IMAGE_REV
 #   domu    domU initramfs       <- rootfs stamp, guest/domu-init,
 #                                   guest/vbdbench.c, host busybox, DOMU_REV
+#   tools   dom0-tools/          <- TOOLS_PACKAGES, TOOLS_REV (apt-get download
+#                                   from the host's archive, unpacked; not
+#                                   installed on the host, not in the image)
 # Needs root (debootstrap, chroot). Host packages are installed with apt-get
 # when missing. Prints nothing but progress; exits non-zero on failure.
 set -euo pipefail
@@ -28,7 +36,8 @@ SUITE=bookworm
 
 ROOTFS_REV=1
 IMAGE_REV=1
-DOMU_REV=1
+DOMU_REV=2
+TOOLS_REV=1
 # dom0 runtime: Debian kernel, Xen 4.17 + toolstack, qemu for qdisk, and the
 # shared libraries vbdd links (libxengnttab/evtchn/ctrl/store, libaio, libev,
 # jansson, inih, systemd). run.sh also ships any library a newer vbdd needs
@@ -38,6 +47,9 @@ ROOTFS_PACKAGES="linux-image-amd64 initramfs-tools kmod udev
  libxengnttab1 libxenevtchn1 libxenmisc4.17 libxenstore4 libaio1 libev4
  libjansson4 libinih1 libsystemd0
  busybox iproute2 procps util-linux e2fsprogs strace"
+# unpacked into dom0-tools/ (same Debian release as dom0): the nbd-client a
+# vbd-ctl mount uses where the kernel has the nbd module
+TOOLS_PACKAGES="nbd-client libnl-3-200 libnl-genl-3-200"
 HOST_PACKAGES="debootstrap busybox-static cpio e2fsprogs gzip xz-utils file gcc libc6-dev libxen-dev"
 
 log() { echo "[build-images] $*"; }
@@ -237,6 +249,18 @@ mk_initramfs() {
                 cp "$R/lib/modules/$kver/$mod" "$t/lib/modules/"
                 basename "$mod" >>"$t/lib/modules/load-order"
         done
+        # EXTRA_MODS: more modules (+deps not already there), their load
+        # order in /lib/modules/extra-order, for /init to load when needed
+        : >"$t/lib/modules/extra-order"
+        if [ -n "${EXTRA_MODS:-}" ]; then
+                # shellcheck disable=SC2086
+                order=$(mod_order "$kver" $EXTRA_MODS) || die "kernel modules not found: $order"
+                for mod in $order; do
+                        [ -e "$t/lib/modules/$(basename "$mod")" ] && continue
+                        cp "$R/lib/modules/$kver/$mod" "$t/lib/modules/"
+                        basename "$mod" >>"$t/lib/modules/extra-order"
+                done
+        fi
         [ -z "${EXTRA_BIN:-}" ] || cp "$EXTRA_BIN" "$t/bin/"
         (cd "$t" && find . | cpio -o -H newc --quiet | gzip -6) >"$out.tmp"
         mv "$out.tmp" "$out"
@@ -260,10 +284,41 @@ build_domu() {
         t=$(mktemp -d)
         gcc -static -O2 -Wall -Wextra -pthread -o "$t/vbdbench" "$HERE/guest/vbdbench.c"
         mkdir -p "$CACHE/domu"
-        EXTRA_BIN=$t/vbdbench mk_initramfs "$CACHE/domu/initrd.cpio.gz" "$HERE/guest/domu-init" "$kver" \
+        # ext4 for the mount test (crc32c: its metadata checksums)
+        EXTRA_BIN=$t/vbdbench EXTRA_MODS="kernel/crypto/crc32c_generic.ko kernel/fs/ext4/ext4.ko" \
+                mk_initramfs "$CACHE/domu/initrd.cpio.gz" "$HERE/guest/domu-init" "$kver" \
                 kernel/drivers/block/xen-blkfront.ko
         vmlinux_from_bzimage "$R/boot/vmlinuz-$kver" "$CACHE/domu/vmlinux"
         rm -rf "$t"
+}
+
+# dom0 tools: the packages' files unpacked into dom0-tools/ (no maintainer
+# scripts run, nothing installed on the host). A failure is not fatal: the
+# tests that need a tool say it is missing.
+build_tools() {
+        local t d
+        log "stage tools: apt-get download $TOOLS_PACKAGES, unpacked into $CACHE/dom0-tools"
+        t=$(mktemp -d)
+        chmod 755 "$t" # apt's _apt user writes the .debs here
+        # shellcheck disable=SC2086
+        if ! (cd "$t" && apt-get download -q $TOOLS_PACKAGES) >"$CACHE/tools-apt.log" 2>&1; then
+                apt-get update -q >>"$CACHE/tools-apt.log" 2>&1
+                # shellcheck disable=SC2086
+                if ! (cd "$t" && apt-get download -q $TOOLS_PACKAGES) >>"$CACHE/tools-apt.log" 2>&1; then
+                        log "WARNING: apt-get download $TOOLS_PACKAGES failed (see $CACHE/tools-apt.log)"
+                        rm -rf "$t"
+                        return 1
+                fi
+        fi
+        rm -rf "$CACHE/dom0-tools.tmp"
+        for d in "$t"/*.deb; do
+                dpkg-deb -x "$d" "$CACHE/dom0-tools.tmp" || {
+                        rm -rf "$t" "$CACHE/dom0-tools.tmp"
+                        return 1
+                }
+        done
+        rm -rf "$t" "$CACHE/dom0-tools"
+        mv "$CACHE/dom0-tools.tmp" "$CACHE/dom0-tools"
 }
 
 need_host_packages
@@ -295,5 +350,11 @@ if ! stamp_ok domu "$H_DOMU" || [ ! -f "$CACHE/domu/initrd.cpio.gz" ] || [ ! -f 
         stamp_set domu "$H_DOMU"
 else
         log "stage domu: cached"
+fi
+H_TOOLS=$(printf '%s\n' "$TOOLS_REV" $TOOLS_PACKAGES | hash_of)
+if ! stamp_ok tools "$H_TOOLS" || [ ! -d "$CACHE/dom0-tools" ]; then
+        build_tools && stamp_set tools "$H_TOOLS"
+else
+        log "stage tools: cached"
 fi
 log "images ready in $CACHE (kernel $(cat "$CACHE/boot/kernel-version"))"

@@ -14,8 +14,8 @@
 #   VBD_XEN_WORK      work dir: share + logs (default $VBD_XEN_CACHE/run)
 #   VBD_XEN_BACKENDS  backends for the functional tests (default "vbdd";
 #                     "vbdd blkback" also runs them on the in-kernel reference)
-#   VBD_XEN_TESTS     subset of "rw mq reboot rebind ro flush backup detach destroy xl
-#                     xldetach xldestroy xlcrash bench"
+#   VBD_XEN_TESTS     subset of "rw mq reboot rebind ro flush backup mount detach
+#                     destroy xl xldetach xldestroy xlcrash bench"
 #   VBD_XEN_BENCH     "MIB SECS ROUNDS" for the benchmark (default "64 8 2")
 #   VBD_XEN_VBDD_ARGS extra vbdd arguments (e.g. "-D xenbus,ring")
 #   VBD_XEN_DOMU_EXTRA extra domU kernel arguments (vbdt_debug=1: full dmesg)
@@ -93,12 +93,22 @@ if [ -n "$VBDD" ]; then
         # Debian release on both sides): shipped in the share, installed in
         # dom0's /usr/local/lib by guest/lib.sh
         mkdir -p "$SHARE/lib"
-        for lib in $(ldd "$VBDD" "$SHARE/bin/vbd-ctl" 2>/dev/null | awk '/=> \//{print $3}' | sort -u); do
+        # nbd-client (the mount test: vbd-ctl mount through the kernel's NBD
+        # client), unpacked by build-images.sh with its libraries
+        TOOLS=$CACHE/dom0-tools
+        if [ -x "$TOOLS/sbin/nbd-client" ]; then
+                cp "$TOOLS/sbin/nbd-client" "$SHARE/bin/nbd-client"
+        else
+                say "WARNING: no nbd-client in $TOOLS: the mount test will fail"
+        fi
+        for lib in $(LD_LIBRARY_PATH=$TOOLS/lib/x86_64-linux-gnu:$TOOLS/usr/lib/x86_64-linux-gnu \
+                ldd "$VBDD" "$SHARE/bin/vbd-ctl" "$SHARE/bin/nbd-client" 2>/dev/null |
+                awk '/=> \//{print $3}' | sort -u); do
                 n=$(basename "$lib")
                 if [ ! -e "$CACHE/dom0-root/usr/lib/x86_64-linux-gnu/$n" ] &&
                         [ ! -e "$CACHE/dom0-root/lib/x86_64-linux-gnu/$n" ]; then
                         cp -L "$lib" "$SHARE/lib/$n"
-                        say "vbdd/vbd-ctl need $n, not in the dom0 image: shipped in the share"
+                        say "vbdd/vbd-ctl/nbd-client need $n, not in the dom0 image: shipped in the share"
                 fi
         done
         if "$VBDD" --help 2>&1 | grep -q -- '--domid'; then

@@ -335,7 +335,7 @@ xs_attach_vbd3() {
         xenstore-write "$be" ""
         xenstore-chmod "$be" n0 "r$d"
         xenstore-write "$be/frontend" "$fe" "$be/frontend-id" "$d" "$be/online" 1 \
-                "$be/removable" 0 "$be/bootable" 1 "$be/mode" "$mode" "$be/params" "raw:$img" \
+                "$be/removable" 0 "$be/bootable" 1 "$be/mode" "$mode" "$be/params" "${VBDD_FORMAT:-raw}:$img" \
                 "$be/type" vbd3 "$be/device-type" disk "$be/dev" xvda
         xenstore-write "$fe" ""
         xenstore-chmod "$fe" "n$d" r0
@@ -353,13 +353,14 @@ xs_remove_vbd3() {
         return 0
 }
 # vbdd_attach DOMID IMAGE MODE TAG: nodes, then start vbdd in the background
-# (VBDD_FILTERS: filters over the raw image, e.g. "cbt:")
+# (VBDD_FORMAT: the image's format, default raw; VBDD_FILTERS: filters over
+# it, e.g. "cbt:")
 vbdd_attach() {
         local d=$1 img=$2 mode=$3 tag=$4
         xs_attach_vbd3 "$d" "$img" "$mode"
         VBDD_LOG=$OUT/$tag.vbdd.log
         # shellcheck disable=SC2086
-        "$VBDD" --domid "$d" --devid "$DEVID" --image "${VBDD_FILTERS:-}raw:$img" --mode "$mode" ${VBDD_ARGS:-} >"$VBDD_LOG" 2>&1 &
+        "$VBDD" --domid "$d" --devid "$DEVID" --image "${VBDD_FILTERS:-}${VBDD_FORMAT:-raw}:$img" --mode "$mode" ${VBDD_ARGS:-} >"$VBDD_LOG" 2>&1 &
         VBDD_PID=$!
         VBDD_RC=""
         log "vbdd pid $VBDD_PID serving domain $d ($img, mode $mode), log $VBDD_LOG"

@@ -9,14 +9,14 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw reboot rebind ro flush backup detach destroy xl
-#                 xldetach xldestroy xlcrash bench
+#   VBD_TESTS     subset of: rw reboot rebind ro flush backup mount detach destroy
+#                 xl xldetach xldestroy xlcrash bench
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw mq reboot rebind ro flush backup detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw mq reboot rebind ro flush backup mount detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -359,6 +359,160 @@ t_backup() {
         rm -f "$IMGDIR"/restored-*.raw
         test_end
 }
+
+# --- (4b) cold mounting: vbd-ctl mount in dom0, the guest reads it --------
+# A guest disk (MBR, one ext4 partition; a qcow2 clone over a raw base) gets
+# a file through `vbd-ctl mount --rw` in dom0 (the kernel's NBD client:
+# nbd-client from the share), then a guest mounts the same disk served by
+# vbdd and reads the file; while it runs, vbd-ctl mount of its disk is
+# refused naming its vbdd; the file it wrote back is read by a read-only
+# vbd-ctl mount. After every mount, umount and refusal nothing may be left.
+MNT_DIR=/mnt/vbdt
+# mount_clean WHAT [PID]: nothing of a vbd-ctl mount is left: no vbdd but
+# PID (a guest's), no nbd device connected or sized, no loop device, no FUSE
+# mount, MNT_DIR not a mount point, no state, `mount --list` empty. (Shell
+# builtins where they do: every fork costs under TCG.)
+mount_clean() {
+        local what=$1 keep=${2:-none} v="" nbd="" loops="" fuse="" mnt="" p c d sz dev mp fs rest st
+        for p in /proc/[0-9]*; do
+                read -r c 2>/dev/null <"$p/comm" || continue
+                [ "$c" = vbdd ] && [ "${p#/proc/}" != "$keep" ] && v="$v ${p#/proc/}"
+        done
+        check "$what: no vbdd left${v:+ (pids$v)}" test -z "$v"
+        for d in /sys/block/nbd*; do
+                [ -d "$d" ] || continue
+                read -r sz <"$d/size"
+                [ -e "$d/pid" ] || [ "$sz" != 0 ] && nbd="$nbd ${d##*/}"
+        done
+        check "$what: no nbd device connected${nbd:+ ($nbd )}" test -z "$nbd"
+        for d in /sys/block/loop*/loop; do [ -d "$d" ] && loops="$loops ${d%/loop}"; done
+        check "$what: no loop device bound${loops:+ ($loops )}" test -z "$loops"
+        while read -r dev mp fs rest; do
+                [[ $fs == fuse* ]] && fuse="$fuse $mp"
+                [ "$mp" = "$MNT_DIR" ] && mnt="$dev"
+        done </proc/mounts
+        check "$what: no FUSE mount${fuse:+ ($fuse )}" test -z "$fuse"
+        check "$what: $MNT_DIR is not a mount point${mnt:+ ($mnt)}" test -z "$mnt"
+        st=$(shopt -s nullglob; echo /run/vbd/mounts/*)
+        check "$what: no mount state in /run/vbd/mounts${st:+ ($st)}" test -z "$st"
+        check "$what: vbd-ctl mount --list is empty" eq "$(vbd-ctl mount --list --json 2>&1 | tr -d ' \n')" "[]"
+}
+# vmount TAG ARGS...: vbd-ctl mount, its output in $OUT/$CUR_TEST.TAG.*;
+# sets VM_RC, VM_OUT, VM_ERR
+vmount() {
+        local tag=$1 t0
+        shift
+        t0=$(ts)
+        VBD_VBDD=/usr/local/sbin/vbdd vbd-ctl "$@" >"$OUT/$CUR_TEST.$tag.out" 2>"$OUT/$CUR_TEST.$tag.err"
+        VM_RC=$?
+        VM_OUT=$(cat "$OUT/$CUR_TEST.$tag.out")
+        VM_ERR=$(cat "$OUT/$CUR_TEST.$tag.err")
+        log "vbd-ctl $* -> rc $VM_RC in $(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.2f", b-a}')s: $VM_OUT $VM_ERR"
+}
+t_mount() {
+        local b=$1 name=mount-$1 base=$IMGDIR/mount-base.raw img=$IMGDIR/mount.qcow2
+        local base_md5 sha gsha mp
+        if [ "$b" != vbdd ]; then
+                test_skip "mount-$b" "vbdd only"
+                return
+        fi
+        test_begin "mount-$b"
+        # the kernel's NBD client (modprobe meanwhile: seconds under TCG)
+        modprobe nbd &
+        mp=$!
+        install -m 755 "$VBDD" /usr/local/sbin/vbdd
+        install -m 755 /share/bin/vbd-ctl /usr/local/sbin/vbd-ctl
+        if [ -x /share/bin/nbd-client ]; then
+                install -m 755 /share/bin/nbd-client /usr/local/sbin/nbd-client
+        else
+                fail "no nbd-client in the share (build-images.sh's tools stage)"
+        fi
+        mkdir -p "$MNT_DIR"
+        # the base: 32 MiB, an MBR with one Linux partition (1 MiB to the
+        # end: 63488 sectors from 2048), ext4 in it; the guest's disk: a
+        # qcow2 clone of it
+        mkimg "$base" 32
+        printf '\000\040\041\000\203\377\377\377\000\010\000\000\000\370\000\000' |
+                dd of="$base" bs=1 seek=446 conv=notrunc status=none
+        printf '\125\252' | dd of="$base" bs=1 seek=510 conv=notrunc status=none
+        mke2fs -q -F -t ext4 -b 4096 -L vbdt -E offset=1048576 "$base" 31M || fail "mke2fs"
+        base_md5=$(md5sum <"$base" | cut -d' ' -f1)
+        rm -f "$img"
+        vbd-ctl layer clone "$base" -o "$img" >"$OUT/$CUR_TEST.clone.log" 2>&1 ||
+                fail "vbd-ctl layer clone: $(cat "$OUT/$CUR_TEST.clone.log")"
+        wait "$mp"
+        check "the nbd module loads (modprobe nbd, max_part=$(cat /sys/module/nbd/parameters/max_part 2>/dev/null))" \
+                test -e /sys/block/nbd0
+        # (1) cold mount read-write, write a file, umount
+        vmount rw mount "$img" "$MNT_DIR" --rw
+        check "vbd-ctl mount --rw succeeds (rc $VM_RC)" eq "$VM_RC" 0
+        check "it went through the kernel's NBD client, partition 1" \
+                grep -q "(partition 1, ext4) on $MNT_DIR read-write through nbd (/dev/nbd[0-9]*p1)" "$OUT/$CUR_TEST.rw.out"
+        vbd-ctl mount --list --json >"$OUT/$CUR_TEST.list.json" 2>&1
+        log "mount --list: $(tr -d ' \n' <"$OUT/$CUR_TEST.list.json")"
+        check "mount --list shows it" grep -q "\"image\": \"$img\"" "$OUT/$CUR_TEST.list.json"
+        dd if=/dev/urandom of="$MNT_DIR/data.bin" bs=1M count=4 status=none
+        sha=$(sha256sum <"$MNT_DIR/data.bin" | cut -d' ' -f1)
+        log "wrote $MNT_DIR/data.bin, sha256 $sha"
+        vmount umount1 umount "$MNT_DIR"
+        check "vbd-ctl umount succeeds (rc $VM_RC)" eq "$VM_RC" 0
+        mount_clean "after umount"
+        check "the base is untouched (writes went to the qcow2)" eq "$(md5sum <"$base" | cut -d' ' -f1)" "$base_md5"
+        # (2) a guest on the same disk
+        domu_create "$name" fs "vbdt_timeout=120 vbdt_part=1 vbdt_file=data.bin" || return
+        VBDD_FORMAT=qcow2 attach vbdd "$DOMID" "$img" w "$CUR_TEST"
+        if hold_wait "$name" connected 60; then
+                # the guest's vbdd has the image: a mount (even read-only) is refused
+                vmount busy mount "$img" "$MNT_DIR"
+                check_live "vbd-ctl mount of the served image is refused (rc $VM_RC)" test "$VM_RC" != 0
+                check_live "the refusal names the guest's vbdd (pid $VBDD_PID): $VM_ERR" \
+                        grep -q "pid $VBDD_PID (vbdd)" "$OUT/$CUR_TEST.busy.err"
+                mount_clean "after the refusal" "$VBDD_PID"
+                check_live "the guest's vbdd still runs" vbdd_running
+        fi
+        release "$name" connected
+        guest_done "$name" 120
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap vbdd "$DOMID" "guest poweroff"
+        check "the guest mounted the partition" eq "$(console_of "$name" | sed -n 's/^VBDT fs mount rc=\([0-9]*\).*/\1/p')" 0
+        check "the guest reads the file dom0 wrote (sha256 $sha)" \
+                eq "$(console_of "$name" | sed -n 's/^VBDT fs read size=4194304 sha256=//p')" "$sha"
+        gsha=$(console_of "$name" | sed -n 's/^VBDT fs wrote size=1048576 sha256=//p')
+        check "the guest wrote its file" test -n "$gsha"
+        check "the guest unmounted cleanly" eq "$(console_of "$name" | sed -n 's/^VBDT fs umount rc=\([0-9]*\).*/\1/p')" 0
+        # (3) read-only cold mount: the guest's file
+        vmount ro mount "$img" "$MNT_DIR"
+        check "read-only vbd-ctl mount succeeds (rc $VM_RC)" eq "$VM_RC" 0
+        check "read-only, through nbd" grep -q "on $MNT_DIR read-only through nbd" "$OUT/$CUR_TEST.ro.out"
+        check "dom0 reads the guest's file (sha256 $gsha)" \
+                eq "$(sha256sum <"$MNT_DIR/from-guest.bin" 2>/dev/null | cut -d' ' -f1)" "$gsha"
+        check "and its own (sha256 $sha)" eq "$(sha256sum <"$MNT_DIR/data.bin" 2>/dev/null | cut -d' ' -f1)" "$sha"
+        check "a write to the read-only mount fails" not_touch "$MNT_DIR/x"
+        vmount umount2 umount "$MNT_DIR"
+        check "vbd-ctl umount succeeds (rc $VM_RC)" eq "$VM_RC" 0
+        mount_clean "after the read-only umount"
+        # (4) the nbd module loaded with max_part=0 (older kernels show no
+        # partitions then; 6.1 still adds them): the mount must find the
+        # partition or say why not, never "no filesystem found"
+        if rmmod nbd && modprobe nbd max_part=0 && eq "$(cat /sys/module/nbd/parameters/max_part)" 0; then
+                vmount mp0 mount "$img" "$MNT_DIR"
+                if [ "$VM_RC" = 0 ]; then
+                        check "max_part=0: partition 1 found all the same" \
+                                grep -q "(partition 1, ext4)" "$OUT/$CUR_TEST.mp0.out"
+                        vmount umount3 umount "$MNT_DIR"
+                else
+                        check "max_part=0: the refusal says why" grep -q "max_part=0" "$OUT/$CUR_TEST.mp0.err"
+                fi
+                mount_clean "after the mount with max_part=0"
+        else
+                fail "cannot reload the nbd module with max_part=0"
+        fi
+        rmmod nbd
+        test_end
+}
+not_touch() { ! touch "$1" 2>/dev/null; }
 
 # --- (5) detach while the guest runs -------------------------------------
 t_detach() {
