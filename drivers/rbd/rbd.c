@@ -412,6 +412,28 @@ static int check_file(const char *what, const char *path, struct vbd_err *err)
         return 0;
 }
 
+/* Does the keyring file have a section [name]?  1 yes, 0 no, -errno. */
+static int keyring_has(const char *path, const char *name)
+{
+        char line[512];
+        size_t n = strlen(name);
+        int found = 0;
+        FILE *f = fopen(path, "re");
+
+        if (!f)
+                return -errno;
+        while (!found && fgets(line, sizeof(line), f)) {
+                const char *p = line;
+
+                while (*p == ' ' || *p == '\t')
+                        p++;
+                if (*p == '[' && strncmp(p + 1, name, n) == 0 && p[1 + n] == ']')
+                        found = 1;
+        }
+        fclose(f);
+        return found;
+}
+
 static bool valid_id(const char *id)
 {
         for (const char *p = id; *p; p++)
@@ -451,6 +473,9 @@ static int rbd_connect(struct rbd_state *s, const struct vbd_opts *o, struct vbd
         if (keyring && (r = check_file("keyring", keyring, err)) < 0)
                 return r;
         snprintf(name, sizeof(name), "client.%s", id);
+        if (keyring && (r = keyring_has(keyring, name)) <= 0)
+                return vbd_err_set(err, r < 0 ? r : -ENOKEY, "rbd: keyring %s: %s", keyring,
+                                   r < 0 ? strerror(-r) : "no key for the user");
         r = rados_create2(&s->cluster, "ceph", name, 0);
         if (r < 0)
                 return vbd_err_set(err, r, "rbd: librados: %s", strerror(-r));
@@ -472,7 +497,9 @@ static int rbd_connect(struct rbd_state *s, const struct vbd_opts *o, struct vbd
                 return vbd_err_set(err, r, "rbd: cannot connect as %s: no key for it (keyring %s)",
                                    name, keyring ? keyring : "from the conf");
         if (r == -EACCES || r == -EPERM)
-                return vbd_err_set(err, r, "rbd: the monitors refused %s: wrong key (keyring %s)",
+                return vbd_err_set(err, r,
+                                   "rbd: the monitors refused %s: wrong key or no such user "
+                                   "(keyring %s)",
                                    name, keyring ? keyring : "from the conf");
         if (r < 0)
                 return vbd_err_set(err, r, "rbd: cannot connect as %s (conf %s): %s", name,
