@@ -489,6 +489,15 @@ static int rbd_connect(struct rbd_state *s, const struct vbd_opts *o, struct vbd
             (r = conf_set(s, "rados_mon_op_timeout", tbuf, err)) < 0)
                 return r;
         r = rados_connect(s->cluster);
+        if (r == -ENOENT && !conf) {
+                char mons[8] = "";
+
+                if (rados_conf_get(s->cluster, "mon_host", mons, sizeof(mons)) < 0 ||
+                    mons[0] == '\0')
+                        return vbd_err_set(err, r,
+                                           "rbd: no monitors known: give conf=FILE (librados "
+                                           "found no configuration with mon_host)");
+        }
         if (r == -ETIMEDOUT || r == -EINTR)
                 return vbd_err_set(err, -ETIMEDOUT,
                                    "rbd: no answer from the monitors within %u s (conf %s)",

@@ -247,10 +247,11 @@ print(o["up_from"] if o["up"] else 0)' 2>/dev/null
 
 cmd_osd_kill() {
         dir=$1
-        osd_up_from >"$dir/osd.up_from"
         pidfile_kill KILL "$dir/osd.pid" || die "no OSD running in $dir"
         wait_gone "$dir/osd.pid" 10
         rm -f "$dir/osd.pid"
+        # the monitor still lists the killed OSD as up, with its up_from
+        osd_up_from >"$dir/osd.up_from"
 }
 
 # Start it again and wait until it booted: the monitor still lists the
