@@ -35,6 +35,7 @@
 
 static const char *prog = "vbd-sim";
 static int verbose;
+static unsigned stall_timeout_s = 10; /* bench: --stall-timeout */
 static volatile sig_atomic_t interrupted;
 
 static void on_signal(int sig)
@@ -83,6 +84,8 @@ static void usage(FILE *f)
                    "                    --bs / 4096); above 11 uses BLKIF_OP_INDIRECT, which\n"
                    "                    the backend must offer (feature-max-indirect-segments)\n"
                    "  --indirect-always send every read/write as BLKIF_OP_INDIRECT\n"
+                   "  --stall-timeout S bench: fail when no request is answered for S seconds\n"
+                   "                    (1..3600, default 10)\n"
                    "  --keep            keep the simulation directory (logs, xen.shm)\n"
                    "  -v, --verbose     say what happens; pass -v to vbdd-sim\n"
                    "  -h, --help        this help\n"
@@ -925,13 +928,14 @@ static int bench_run(struct bench *b, int rw, uint64_t runtime_ns, uint64_t max_
                         continue;
                 }
                 b->now = 0;
-                r = simfront_poll(fe, 10000);
+                r = simfront_poll(fe, (int)stall_timeout_s * 1000);
                 if (r < 0) {
                         err("bench: %s", simfront_errmsg(fe));
                         return r;
                 }
                 if (r == 0) {
-                        err("bench: %u requests unanswered for 10 s", simfront_inflight(fe));
+                        err("bench: %u requests unanswered for %u s", simfront_inflight(fe),
+                            stall_timeout_s);
                         return -ETIMEDOUT;
                 }
                 t = b->now ? b->now : vbd_now_ns();
@@ -1245,6 +1249,7 @@ enum {
         OPT_PROTOCOL,
         OPT_MAX_SEGMENTS,
         OPT_INDIRECT_ALWAYS,
+        OPT_STALL_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -1270,6 +1275,7 @@ static const struct option long_opts[] = {
     {"protocol", required_argument, NULL, OPT_PROTOCOL},
     {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
     {"indirect-always", no_argument, NULL, OPT_INDIRECT_ALWAYS},
+    {"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -1396,6 +1402,14 @@ int main(int argc, char **argv)
                 case OPT_INDIRECT_ALWAYS:
                         g.indirect_always = true;
                         break;
+                case OPT_STALL_TIMEOUT: {
+                        unsigned long v = strtoul(optarg, &end, 10);
+
+                        if (!*optarg || *end || v < 1 || v > 3600)
+                                die_usage("--stall-timeout '%s': seconds, 1..3600", optarg);
+                        stall_timeout_s = (unsigned)v;
+                        break;
+                }
                 case 'v':
                         verbose++;
                         break;
