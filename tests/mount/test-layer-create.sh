@@ -33,18 +33,7 @@ cleanup_all() {
 }
 cleanup_fn cleanup_all
 
-# leftovers WHAT: no process, loop device, mount or state of ours left.
-leftovers() {
-        local p bad=""
-        for p in $(grep -las -- "$tmp/ru[n]" /proc/[0-9]*/cmdline); do
-                bad="$bad process $(tr '\0' ' ' 2>/dev/null <"$p");"
-        done
-        losetup -a | grep -q -- "$tmp" && bad="$bad loop: $(losetup -a | grep -- "$tmp");"
-        grep -q -- "$tmp" /proc/mounts && bad="$bad mount: $(grep -- "$tmp" /proc/mounts);"
-        [ -z "$(ls -A "$tmp/run/mounts" 2>/dev/null)" ] ||
-                bad="$bad state: $(ls -A "$tmp/run/mounts");"
-        [ -z "$bad" ] || fail "$1: left behind:$bad"
-}
+. "$(dirname "$0")/mount-lib.sh"
 
 # must_fail WHAT PATTERN OUTPUT ARGS...: vbd-ctl ARGS fails saying PATTERN,
 # OUTPUT does not exist afterwards, nothing is left behind.

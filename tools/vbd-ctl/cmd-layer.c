@@ -30,7 +30,6 @@
  * symlink to the current version of a layer stays one).  QEMU resolves
  * both the same way.  Formats are stored, never left to probing.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -116,11 +115,7 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                         return vbdctl_usage_error(o, "--partition: a number from 1: %s", arg);
                 break;
         case 'Y':
-                for (const char *s = arg; *s; s++)
-                        if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_')
-                                return vbdctl_usage_error(o, "--fstype: a filesystem type: %s",
-                                                          arg);
-                if (!*arg || strlen(arg) > 31)
+                if (!vbdctl_fstype_ok(arg))
                         return vbdctl_usage_error(o, "--fstype: a filesystem type: %s", arg);
                 a->fstype = arg;
                 break;

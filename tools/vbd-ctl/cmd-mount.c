@@ -778,6 +778,14 @@ struct args {
         bool rw, list;
 };
 
+bool vbdctl_fstype_ok(const char *t)
+{
+        for (const char *s = t; *s; s++)
+                if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_')
+                        return false;
+        return *t && strlen(t) <= 31;
+}
+
 static int opt(struct vbdctl *o, int c, const char *arg, void *data)
 {
         struct args *a = data;
@@ -793,11 +801,7 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                 a->rw = true;
                 break;
         case 'T':
-                for (const char *s = arg; *s; s++)
-                        if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_')
-                                return vbdctl_usage_error(o, "--fstype: a filesystem type: %s",
-                                                          arg);
-                if (!*arg || strlen(arg) > 31)
+                if (!vbdctl_fstype_ok(arg))
                         return vbdctl_usage_error(o, "--fstype: a filesystem type: %s", arg);
                 a->fstype = arg;
                 break;

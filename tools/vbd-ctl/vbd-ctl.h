@@ -149,6 +149,8 @@ int vbdctl_mount_start(struct vbdctl *o, const char *image, bool rw, unsigned pa
                        const char *fstype, struct vbdctl_mount **ret, char *msg, size_t size);
 const char *vbdctl_mount_dir(const struct vbdctl_mount *vm);
 const char *vbdctl_mount_fstype(const struct vbdctl_mount *vm);
+/* A --fstype value: letters, digits, '.' and '_', 1 to 31 of them. */
+bool vbdctl_fstype_ok(const char *t);
 int vbdctl_mount_stop(struct vbdctl_mount *vm, char *msg, size_t size);
 
 /* A VBD name for messages: "5/51712". */
