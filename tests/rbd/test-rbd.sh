@@ -188,7 +188,8 @@ head -c $((8 * MiB)) /dev/urandom >"$tmp/chunk"
 (sleep 1; "$_rbd_dir/ceph-cluster.sh" osd-kill "$cdir"; sleep 2
         "$_rbd_dir/ceph-cluster.sh" osd-start "$cdir") &
 fault_pid=$!
-vbd_sim "$(rspec f)" dd --if "$tmp/chunk" --seek $MiB 2>"$tmp/err" ||
+# (an OSD restart on a loaded 2-core machine can take longer than dd's 10 s default)
+vbd_sim "$(rspec f)" dd --stall-timeout 90 --if "$tmp/chunk" --seek $MiB 2>"$tmp/err" ||
         { fail "dd across the outage"; cat "$tmp/err" >&2; }
 wait $fault_pid || fail "OSD restart (dd)"
 vbd_sim "$(rspec f)" dd --mode r --of "$tmp/back" --skip $MiB --count $((8 * MiB)) 2>"$tmp/err" ||
@@ -208,7 +209,8 @@ cmp -s "$tmp/back" "$tmp/chunk" || fail "data written across the outage lost"
 resize_pid=$!
 VBD_WRAPPER_LOG=$tmp/resize.log VBD_REAL_VBDD=$VBD_SIM_VBDD timeout 60 "$VBD_SIM" \
         --vbdd "$_lib_dir/vbdd-wrapper.sh" bench --image "$(rspec f)" --rw randread --bs 4096 \
-        --iodepth 8 --runtime 3 >"$tmp/out" 2>&1 || { fail "bench during resize"; tail "$tmp/out" >&2; }
+        --iodepth 8 --runtime 3 >"$tmp/out" 2>&1 ||
+        { fail "bench during resize"; tail "$tmp/out" >&2; tail -n 40 "$tmp/resize.log" >&2; }
 wait $resize_pid || fail "rbd resize"
 grep -q "resized from 67108864 to 100663296 bytes" "$tmp/resize.log" ||
         { fail "resize: not logged"; tail "$tmp/resize.log" >&2; }

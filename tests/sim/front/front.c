@@ -1726,6 +1726,21 @@ static const char *op_name(uint8_t op)
         }
 }
 
+/* A synchronous call gives up with ios of its job still in flight (a
+ * timeout): their answers, if they ever come, must not reach the job, which
+ * lives on the caller's stack. */
+static void forget_job(struct simfront *fe, struct sync_job *j)
+{
+        for (unsigned i = 0; i < fe->nr_slots; i++) {
+                struct slot *s = &fe->slots[i];
+
+                if (s->state == IO_INFLIGHT && s->io.opaque == j) {
+                        s->io.done = NULL;
+                        s->io.opaque = NULL;
+                }
+        }
+}
+
 static int run_job(struct simfront *fe, struct sync_job *j, uint8_t op)
 {
         uint64_t next = j->a;
@@ -1821,6 +1836,8 @@ static int sync_rw(struct simfront *fe, bool write, uint64_t off, void *buf, siz
         r = run_job(fe, &j, write ? BLKIF_OP_WRITE : BLKIF_OP_READ);
         if (r < 0 && j.inflight)
                 (void)simfront_drain(fe, fe->o.timeout_ms);
+        if (j.inflight)
+                forget_job(fe, &j);
         return r;
 }
 
@@ -1859,14 +1876,18 @@ static int sync_op(struct simfront *fe, uint8_t op)
         }
         j.inflight = 1;
         r = simfront_push(fe);
-        if (r < 0)
+        if (r < 0) {
+                forget_job(fe, &j);
                 return r;
+        }
         while (j.inflight) {
                 r = simfront_poll(fe, fe->o.timeout_ms);
-                if (r < 0)
-                        return r;
-                if (r == 0)
-                        return seterr(fe, -ETIMEDOUT, "no response within %d ms", fe->o.timeout_ms);
+                if (r <= 0) {
+                        forget_job(fe, &j);
+                        return r < 0 ? r
+                                     : seterr(fe, -ETIMEDOUT, "no response within %d ms",
+                                              fe->o.timeout_ms);
+                }
         }
         if (j.error)
                 return seterr(fe, -EIO, "%s failed: backend answered %d (%s)",
@@ -1895,6 +1916,8 @@ int simfront_discard(struct simfront *fe, uint64_t offset, uint64_t len)
         r = run_job(fe, &j, BLKIF_OP_DISCARD);
         if (r < 0 && j.inflight)
                 (void)simfront_drain(fe, fe->o.timeout_ms);
+        if (j.inflight)
+                forget_job(fe, &j);
         return r;
 }
 

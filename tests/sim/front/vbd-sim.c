@@ -84,7 +84,7 @@ static void usage(FILE *f)
                    "                    --bs / 4096); above 11 uses BLKIF_OP_INDIRECT, which\n"
                    "                    the backend must offer (feature-max-indirect-segments)\n"
                    "  --indirect-always send every read/write as BLKIF_OP_INDIRECT\n"
-                   "  --stall-timeout S bench: fail when no request is answered for S seconds\n"
+                   "  --stall-timeout S bench, dd: fail when no request is answered for S seconds\n"
                    "                    (1..3600, default 10)\n"
                    "  --keep            keep the simulation directory (logs, xen.shm)\n"
                    "  -v, --verbose     say what happens; pass -v to vbdd-sim\n"
@@ -236,6 +236,8 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
             .protocol = g->protocol,
             .indirect_always = g->indirect_always,
             .queues = g->queues,
+            /* the synchronous requests (dd) wait as long as bench does */
+            .timeout_ms = (int)stall_timeout_s * 1000,
         };
         char *vbdd;
         int r;
