@@ -243,6 +243,14 @@ static int parse_to(struct mig *m, const char *arg)
         if (len == 0 || len >= MIG_TO_MAX)
                 return vbdctl_usage_error(o, "--to: give an NBD URI of at most %d bytes",
                                           MIG_TO_MAX - 1);
+        m->spec[0] = '\0';
+        if (mig_is_spec(arg)) { /* served by a bridge (migrate-bridge.c) */
+                if (strchr(arg, '\n'))
+                        return vbdctl_usage_error(o, "--to: a newline in the spec");
+                snprintf(m->spec, sizeof(m->spec), "%s", arg);
+                m->to[0] = '\0';
+                return 0;
+        }
         if (strncmp(arg, "nbd://", 6) == 0 || strncmp(arg, "nbd+unix://", 11) == 0 ||
             strncmp(arg, "nbds://", 7) == 0 || strncmp(arg, "nbds+unix://", 12) == 0) {
                 snprintf(m->to, sizeof(m->to), "%s", arg);
@@ -279,7 +287,8 @@ static int parse_to(struct mig *m, const char *arg)
         }
         return vbdctl_usage_error(o,
                                   "--to '%s' is not an NBD URI (nbd://HOST[:PORT][/NAME], "
-                                  "nbd+unix:///NAME?socket=PATH, unix:PATH or tcp:HOST:PORT)",
+                                  "nbd+unix:///NAME?socket=PATH, unix:PATH or tcp:HOST:PORT) "
+                                  "nor an image spec (raw:FILE, qcow2:FILE, rbd:POOL/IMAGE)",
                                   arg);
 }
 
