@@ -347,12 +347,14 @@ static void bg_flush_done(struct nop *op)
                 mirror_fail(m, op->err, "partner: flush failed: %s", strerror(op->err));
 }
 
-/* Flush the partner now and then (every BG_FLUSH_BYTES written to it), so
- * that its cache holds little at cut-over: the final flush is downtime. */
+/* Flush the partner now and then (every BG_FLUSH_BYTES written to it while
+ * copying; once ready, every tick that wrote something), so that its cache
+ * holds little at cut-over: the final flush is downtime (a partner with a
+ * writeback cache, such as librbd's, may hold tens of MiB). */
 static void bg_flush(struct mirror *m)
 {
-        if (!mirror_linked(m) || m->bg_flushing || m->fail_pending ||
-            m->bg_bytes < BG_FLUSH_BYTES ||
+        if (!mirror_linked(m) || m->bg_flushing || m->fail_pending || !m->bg_bytes ||
+            (m->state == VBD_MIRROR_COPYING && m->bg_bytes < BG_FLUSH_BYTES) ||
             (m->state != VBD_MIRROR_COPYING && m->state != VBD_MIRROR_READY))
                 return;
         m->bg_flushing = true;
