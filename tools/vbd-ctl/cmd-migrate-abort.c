@@ -77,6 +77,7 @@ const struct mig_sub mig_sub_abort = {
             "Drop the partner at once; the source image is untouched and the guest goes on\n"
             "using it.  After a cutover this resumes the VBD here.  State aborted; a new\n"
             "start begins from scratch.  Exit 1 if no migration is running (ENOENT).\n"
+            "A bridge (--to SPEC) is stopped, also that of a migration that failed.\n"
             "Common options: -d D -n N, -t/--timeout S (default 30), --ctl-dir DIR\n"
             "(see vbd-ctl --help).\n",
 };

@@ -132,7 +132,7 @@ const struct mig_sub mig_sub_start = {
     .name = "start",
     .verb = "migrate start",
     .run = run_start,
-    .help = "Usage: vbd-ctl migrate start -d D -n N --to URI [--mode pasm|precopy]\n"
+    .help = "Usage: vbd-ctl migrate start -d D -n N --to URI|SPEC [--mode pasm|precopy]\n"
             "         [--share PCT] [--rate BYTES/S] [--region SIZE] [--timeout S] [--zeroed]\n"
             "         [--depth N] [--wait [--interval S]] [--json]\n"
             "Start copying the VBD's disk to an NBD server while the guest runs.  The\n"
@@ -143,6 +143,12 @@ const struct mig_sub mig_sub_start = {
             "                 nbd://HOST[:PORT][/NAME], nbd+unix:///NAME?socket=PATH, or\n"
             "                 unix:PATH and tcp:HOST:PORT (vbdd --nbd's forms), turned into\n"
             "                 those URIs (a relative PATH is taken from this directory)\n"
+            "  --to SPEC      an image: raw:FILE, qcow2:FILE, rbd:POOL/IMAGE[,conf=F,id=U,\n"
+            "                 keyring=K]; vbd-ctl starts a bridge (an export-only vbdd\n"
+            "                 serving SPEC on DIR/partners/D-N/nbd.sock, bridge.json beside\n"
+            "                 it) and migrates to it; cutover and abort stop it.  A missing\n"
+            "                 target is created with the disk's size (rbd: rbd create), a\n"
+            "                 smaller one refused\n"
             "  --mode M       pasm (default): guest writes to copied regions are forwarded\n"
             "                 to the partner; precopy: they are copied again, in passes, and\n"
             "                 what is left at cutover (the guest is paused meanwhile)\n"

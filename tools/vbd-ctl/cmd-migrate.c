@@ -386,10 +386,11 @@ static const struct mig_sub *const subs[] = {&mig_sub_start, &mig_sub_status, &m
 static void print_help(FILE *f)
 {
         fprintf(f, "Usage: vbd-ctl migrate start|status|cutover|abort -d D -n N [OPTIONS]\n"
-                   "Move a running guest's disk to an NBD server (the partner) with the\n"
-                   "daemon's mirror.\n"
+                   "Move a running guest's disk to an NBD server (the partner), or into an\n"
+                   "image (raw:, qcow2:, rbd:), with the daemon's mirror.\n"
                    "\n"
-                   "  start    start copying (--to URI); --wait follows it until ready\n"
+                   "  start    start copying (--to URI, or --to SPEC through a bridge);\n"
+                   "           --wait follows it until ready\n"
                    "  status   state, progress, rate, ETA; --watch follows it\n"
                    "  cutover  pause the VBD and flush both sides: the partner has the disk\n"
                    "  abort    drop the partner; the guest goes on with the local image\n"
@@ -425,5 +426,5 @@ const struct vbdctl_verb vbdctl_verb_migrate = {
     .name = "migrate",
     .run = run,
     .args = "start|status|cutover|abort -d D -n N [OPTIONS] (see vbd-ctl migrate --help)",
-    .summary = "copy the disk to an NBD server while the guest runs, then cut over",
+    .summary = "copy the disk to an NBD server or an image while the guest runs, then cut over",
 };
