@@ -14,6 +14,8 @@
 #    qemu-img check clean; an existing, larger qcow2 too;
 #  - abort while copying (the copy slowed with --rate): the source goes on
 #    serving, no bridge process is left;
+#  - the bridge killed while copying: the migration fails, the guest goes
+#    on, status says the bridge was killed;
 #  - the guest sees no I/O error and no verify mismatch.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/mig-lib.sh"
@@ -170,6 +172,26 @@ no_bridge || fail "abort: a bridge process is left"
 wait_writes 300 20 || fail "abort: the source does not serve the guest any more"
 status "$tmp/ab.after.json"
 check "$tmp/ab.after.json" "state == 'aborted' and not paused" "abort: the source serves"
+
+# ---- the bridge killed while copying: the migration fails, the source goes
+# on, status tells the bridge's fate, a new start replaces the record ----
+ones "$tmp/kill.raw" $size
+vc migrate start "${V[@]}" --to "raw:$tmp/kill.raw" --rate 2M >"$tmp/kill.start" 2>&1 ||
+        fail "kill: start: $(cat "$tmp/kill.start")"
+bpid=$(bridge_pid)
+sleep 0.5
+kill -KILL "$bpid"
+wait_state failed 30 "$tmp/kill.failed.json"
+vcj "$tmp/kill.st.json" migrate status "${V[@]}"
+check "$tmp/kill.st.json" \
+        "state == 'failed' and bridge['state'] == 'exited' and not bridge['running'] and bridge['exit_status'] == 9" \
+        "kill: status after the bridge was killed"
+vc migrate status "${V[@]}" >"$tmp/kill.st.txt"
+grep -q "bridge .*exited on its own (killed by signal 9" "$tmp/kill.st.txt" ||
+        fail "kill: status text: $(cat "$tmp/kill.st.txt")"
+wait_writes 300 20 || fail "kill: the source does not serve the guest any more"
+vc migrate abort "${V[@]}" >/dev/null 2>&1 && fail "kill: abort of a failed migration succeeded"
+no_bridge || fail "kill: a bridge process is left"
 
 stop_guest g
 finish
