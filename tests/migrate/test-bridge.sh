@@ -162,6 +162,13 @@ ones "$tmp/ab.raw" $size
 vc migrate start "${V[@]}" --to "raw:$tmp/ab.raw" --rate 2M >"$tmp/ab.start" 2>&1 ||
         fail "abort: start: $(cat "$tmp/ab.start")"
 sleep 1
+# a second start while this one runs is refused; its bridge stays
+bpid=$(bridge_pid)
+vc migrate start "${V[@]}" --to "raw:$tmp/other.raw" >"$tmp/ab.again" 2>&1 &&
+        fail "abort: a second start while copying was accepted"
+grep -q "abort it first" "$tmp/ab.again" || fail "abort: second start: $(cat "$tmp/ab.again")"
+[ "$(bridge_pid)" = "$bpid" ] && kill -0 "$bpid" || fail "abort: the second start touched the bridge"
+[ -e "$tmp/other.raw" ] && fail "abort: the second start created its target"
 vcj "$tmp/ab.st.json" migrate status "${V[@]}"
 check "$tmp/ab.st.json" "state in ('connecting', 'copying') and bridge['running']" \
         "abort: copying through the bridge"

@@ -506,6 +506,8 @@ int mig_bridge_start(struct mig *m, uint64_t vbd_size, bool *ret_created)
         j = json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:b,s:I,s:s}", "pid", (json_int_t)pid, "spec", spec,
                       "socket", p.sock, "uri", m->to, "control", p.ctl, "log", p.log, "created",
                       created, "size", (json_int_t)tsize, "state", "running");
+        if (created && path[0]) /* removed again if the daemon refuses the start */
+                json_object_set_new(j, "file", json_string(path));
         if (write_json(p.json, j) < 0) {
                 json_decref(j);
                 stop_pid(pid, p.sock, p.exit, &killed);
@@ -565,6 +567,9 @@ json_t *mig_bridge_stop(struct mig *m, const char *why)
         json_object_set_new(j, "killed", json_boolean(killed));
         json_object_set_new(j, "how", json_string(how));
         json_object_del(j, "running");
+        if (!strcmp(why, "refused start") && json_is_string(json_object_get(j, "file")) &&
+            unlink(vbdctl_jstr(j, "file")) == 0)
+                json_object_set_new(j, "removed", json_true()); /* it was made for this */
         write_json(p.json, j);
         json_object_set_new(j, "running", json_false());
         unlink(p.sock);
