@@ -54,20 +54,15 @@ vcj() {
 # Whatever happens, no bridge outlives the test.
 kill_bridges() {
         local p
-        for p in $(pgrep -f -- "$bdir/nbd.sock" 2>/dev/null); do
+        for p in $(pids_with "$bdir/nbd.sock"); do
                 kill -KILL "$p" 2>/dev/null
         done
 }
 cleanup_fn kill_bridges
 
-# no vbdd serves the bridge socket (pgrep on its command line; zombies do
-# not count: a reaped process has no cmdline)
+# no vbdd serves the bridge socket (a zombie has no command line)
 no_bridge() {
-        local p
-        for p in $(pgrep -f -- "$bdir/nbd.sock" 2>/dev/null); do
-                grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null || return 1
-        done
-        return 0
+        [ -z "$(pids_with "$bdir/nbd.sock")" ]
 }
 
 bridge_pid() {

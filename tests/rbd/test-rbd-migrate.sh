@@ -42,17 +42,14 @@ vcj() {
 }
 kill_bridges() {
         local p
-        for p in $(pgrep -f -- "$run/.*/partners/1-51712/nbd.sock" 2>/dev/null); do
+        for p in $(pids_with "$run/g/partners/1-51712/nbd.sock") \
+                $(pids_with "$run/h/partners/1-51712/nbd.sock"); do
                 kill -KILL "$p" 2>/dev/null
         done
 }
 cleanup_fn kill_bridges
-no_bridge() { # NAME
-        local p
-        for p in $(pgrep -f -- "$run/$1/partners/1-51712/nbd.sock" 2>/dev/null); do
-                grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null || return 1
-        done
-        return 0
+no_bridge() { # NAME: no vbdd serves its bridge socket (a zombie has no command line)
+        [ -z "$(pids_with "$run/$1/partners/1-51712/nbd.sock")" ]
 }
 ios() { # the guest's completed requests
         ctl "$gsock" stats | "$PY" -c 'import json, sys
