@@ -172,6 +172,9 @@ void mirror_nbd_disconnect(struct mirror *m)
         if (nbd_aio_disconnect(m->nbd, 0) < 0) {
                 vbd_debug("migration to %s: disconnect: %s", m->to, nbd_get_error());
                 mirror_nbd_drop(m);
+        } else if (nbd_aio_is_closed(m->nbd) || nbd_aio_is_dead(m->nbd)) {
+                /* Sent and shut at once: no watcher would see it close. */
+                mirror_nbd_drop(m);
         }
 }
 
