@@ -24,7 +24,7 @@ static int start_bridge(struct mig *m)
         state = vbdctl_jstr(cur, "state");
         if (!strcmp(state, "connecting") || !strcmp(state, "copying") || !strcmp(state, "ready") ||
             !strcmp(state, "cutting") || !strcmp(state, "cutover")) {
-                r = vbdctl_fail(o, -EBUSY, false, "%s: a migration to %s is %s; abort it first",
+                r = vbdctl_fail(o, -EBUSY, true, "%s: a migration to %s is %s; abort it first",
                                 vbdctl_name(o->domid, o->devid), vbdctl_jstr(cur, "to"), state);
                 json_decref(cur);
                 return r;
@@ -32,7 +32,7 @@ static int start_bridge(struct mig *m)
         size = (uint64_t)vbdctl_jint(cur, "size");
         json_decref(cur);
         if (!size)
-                return vbdctl_fail(o, -EIO, false, "%s: the daemon gave no disk size",
+                return vbdctl_fail(o, -EIO, true, "%s: the daemon gave no disk size",
                                    vbdctl_name(o->domid, o->devid));
         if ((r = mig_bridge_start(m, size, &created)))
                 return r;

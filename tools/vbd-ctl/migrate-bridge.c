@@ -443,7 +443,7 @@ int mig_bridge_start(struct mig *m, uint64_t vbd_size, bool *ret_created)
 
         *ret_created = false;
         if (paths(m, &p) < 0)
-                return vbdctl_fail(o, -ENAMETOOLONG, false,
+                return vbdctl_fail(o, -ENAMETOOLONG, true,
                                    "%s: --ctl-dir is too long for the bridge's sockets",
                                    vbdctl_name(o->domid, o->devid));
         /* A bridge left from a migration that is over (the daemon said no
@@ -456,27 +456,27 @@ int mig_bridge_start(struct mig *m, uint64_t vbd_size, bool *ret_created)
         snprintf(parts, sizeof(parts), "%s/partners", o->dir);
         if ((mkdir(parts, 0700) < 0 && errno != EEXIST) ||
             (mkdir(p.dir, 0700) < 0 && errno != EEXIST))
-                return vbdctl_fail(o, -errno, false, "%s: %s", p.dir, strerror(errno));
+                return vbdctl_fail(o, -errno, true, "%s: %s", p.dir, strerror(errno));
         unlink(p.json);
         path[0] = '\0';
         if (!rbd) {
                 r = file_create(spec, vbd_size, path, sizeof(path), msg, sizeof(msg));
                 if (r < 0)
-                        return vbdctl_fail(o, r, false, "%s: %s", spec, msg);
+                        return vbdctl_fail(o, r, true, "%s: %s", spec, msg);
                 created = r == 1;
         }
         r = bridge_run(m, &p, spec, &pid, msg, sizeof(msg));
         if (r < 0 && rbd && strstr(msg, "rbd: no image ")) {
                 /* The image does not exist: make one of the VBD's size. */
                 if ((r = rbd_create(spec, vbd_size, msg, sizeof(msg))) < 0)
-                        return vbdctl_fail(o, r, false, "%s", msg);
+                        return vbdctl_fail(o, r, true, "%s", msg);
                 created = true;
                 r = bridge_run(m, &p, spec, &pid, msg, sizeof(msg));
         }
         if (r < 0) {
                 if (created && path[0])
                         unlink(path);
-                return vbdctl_fail(o, r, false, "the bridge to %s did not start: %s", spec, msg);
+                return vbdctl_fail(o, r, true, "the bridge to %s did not start: %s", spec, msg);
         }
         if (bridge_size(&p, &tsize) < 0 || tsize < vbd_size) {
                 stop_pid(pid, p.sock, p.exit, &killed);
@@ -484,9 +484,8 @@ int mig_bridge_start(struct mig *m, uint64_t vbd_size, bool *ret_created)
                 if (created && path[0])
                         unlink(path);
                 if (!tsize)
-                        return vbdctl_fail(o, -EIO, false, "the bridge to %s does not answer",
-                                           spec);
-                return vbdctl_fail(o, -ENOSPC, false,
+                        return vbdctl_fail(o, -EIO, true, "the bridge to %s does not answer", spec);
+                return vbdctl_fail(o, -ENOSPC, true,
                                    "%s: %llu bytes, smaller than the VBD's %llu: not migrating",
                                    spec, (unsigned long long)tsize, (unsigned long long)vbd_size);
         }
@@ -511,7 +510,7 @@ int mig_bridge_start(struct mig *m, uint64_t vbd_size, bool *ret_created)
         if (write_json(p.json, j) < 0) {
                 json_decref(j);
                 stop_pid(pid, p.sock, p.exit, &killed);
-                return vbdctl_fail(o, -EIO, false, "%s: cannot write it", p.json);
+                return vbdctl_fail(o, -EIO, true, "%s: cannot write it", p.json);
         }
         json_decref(j);
         *ret_created = created;
