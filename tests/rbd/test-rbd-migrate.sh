@@ -4,7 +4,8 @@
 # vbd-ctl migrate start --to rbd:POOL/IMAGE (through the bridge, an
 # export-only vbdd on the image) while a simulated guest (vbd-sim bench
 # --verify) writes the whole time:
-#  - an image smaller than the disk is refused before anything starts;
+#  - an image smaller than the disk is refused before anything starts, and
+#    so is a pool that does not exist (the driver's message);
 #  - an image that does not exist is created (rbd create, the disk's size),
 #    ready, cutover: the bridge stopped cleanly, `rbd export` equals the
 #    paused source byte for byte; status says so (text and --json);
@@ -70,6 +71,15 @@ grep -q "smaller than the VBD" "$tmp/small.out" || fail "too small: $(cat "$tmp/
 status "$tmp/small.json"
 check "$tmp/small.json" "state == 'none'" "too small: a migration was started"
 no_bridge g || fail "too small: a bridge is left"
+
+# ---- a pool that does not exist: refused with the driver's words ----
+nopool=$(rspec x | sed 's|^rbd:rbd/|rbd:nopool/|')
+rc=0
+vc g migrate start "${V[@]}" --to "$nopool" >"$tmp/nopool.out" 2>&1 || rc=$?
+[ $rc = 1 ] || fail "no pool: exit $rc, not 1"
+grep -q "did not start: .*rbd: no pool nopool" "$tmp/nopool.out" ||
+        fail "no pool: message: $(cat "$tmp/nopool.out")"
+no_bridge g || fail "no pool: a bridge is left"
 
 # ---- into rbd/mig, which does not exist yet ----
 spec=$(rspec mig)
