@@ -61,6 +61,15 @@ void mirror_fail(struct mirror *m, int err, const char *fmt, ...)
 
         if (!mirror_running(m) || m->fail_pending)
                 return;
+        if (mirror_partner_done(m)) {
+                /* What the partner says now (its connection closing, a late
+                 * background flush) cannot undo a complete, flushed copy. */
+                va_start(ap, fmt);
+                vsnprintf(m->fail_msg, sizeof(m->fail_msg), fmt, ap);
+                va_end(ap);
+                vbd_info("migration to %s: after the final flush: %s", m->to, m->fail_msg);
+                return;
+        }
         m->fail_pending = true;
         m->fail_err = err ? err : EIO;
         va_start(ap, fmt);
@@ -338,12 +347,14 @@ static void bg_flush_done(struct nop *op)
                 mirror_fail(m, op->err, "partner: flush failed: %s", strerror(op->err));
 }
 
-/* Flush the partner now and then (every BG_FLUSH_BYTES written to it), so
- * that its cache holds little at cut-over: the final flush is downtime. */
+/* Flush the partner now and then (every BG_FLUSH_BYTES written to it while
+ * copying; once ready, every tick that wrote something), so that its cache
+ * holds little at cut-over: the final flush is downtime (a partner with a
+ * writeback cache, such as librbd's, may hold tens of MiB). */
 static void bg_flush(struct mirror *m)
 {
-        if (!mirror_linked(m) || m->bg_flushing || m->fail_pending ||
-            m->bg_bytes < BG_FLUSH_BYTES ||
+        if (!mirror_linked(m) || m->bg_flushing || m->fail_pending || !m->bg_bytes ||
+            (m->state == VBD_MIRROR_COPYING && m->bg_bytes < BG_FLUSH_BYTES) ||
             (m->state != VBD_MIRROR_COPYING && m->state != VBD_MIRROR_READY))
                 return;
         m->bg_flushing = true;
@@ -368,6 +379,7 @@ static void cut_flushed(struct mirror *m)
         if (--m->cut_flush > 0)
                 return;
         if (m->cut_status < 0) {
+                m->cut_partner_done = false; /* a local failure still fails */
                 mirror_fail(m, -m->cut_status, "final flush failed: %s", strerror(-m->cut_status));
                 return;
         }
@@ -378,6 +390,9 @@ static void cut_flushed(struct mirror *m)
         vbd_info("migration to %s cut over: %" PRIu64 " bytes copied, %" PRIu64
                  " forwarded, downtime %" PRId64 " ms",
                  m->to, m->bytes_copied, m->bytes_forwarded, m->downtime_ms);
+        /* The partner has it all: end the connection, so that it may go
+         * (vbd-ctl stops a bridge it started once this is closed). */
+        mirror_nbd_disconnect(m);
         if (m->cut_done) {
                 void (*done)(void *, int) = m->cut_done;
 
@@ -403,6 +418,8 @@ static void cut_nbd_done(struct nop *op)
 
         if (op->err && m->cut_status == 0)
                 m->cut_status = -op->err;
+        if (!op->err)
+                m->cut_partner_done = true;
         cut_flushed(m);
 }
 
@@ -434,6 +451,7 @@ int vbd_mirror_cutover(struct vbd_image *img, uint64_t pause_ns,
         m->cut_opaque = opaque;
         m->cut_pause_ns = pause_ns;
         m->cut_flush = -1;
+        m->cut_partner_done = false;
         vbd_info("migration to %s: cut-over, %" PRIu64 " region(s) left", m->to,
                  m->nunsent + m->ninflight);
         mirror_progress(m);
@@ -559,6 +577,7 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         m->cut_done = NULL;
         m->cut_flush = -1;
         m->cut_status = 0;
+        m->cut_partner_done = false;
         m->fail_pending = false;
         m->end_ns = m->bytes_copied = m->bytes_zeroed = m->bytes_forwarded = 0;
         m->writes_forwarded = m->writes_waited = m->passes = m->dirty_bytes = 0;
@@ -651,6 +670,7 @@ void vbd_mirror_get_status(struct vbd_image *img, struct vbd_mirror_status *st)
         st->passes = m->passes;
         st->dirty_bytes = m->dirty_bytes;
         st->partner_inflight = m->nnops;
+        st->partner_connected = mirror_linked(m);
         st->elapsed_ms = m->start_ns && end > m->start_ns ? (end - m->start_ns) / 1000000u : 0;
         if (m->rate_n >= 2 && mirror_running(m)) {
                 unsigned n = m->rate_n < RATE_WINDOW ? m->rate_n : RATE_WINDOW;

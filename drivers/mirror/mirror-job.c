@@ -179,6 +179,7 @@ static void fill_status(struct vbd_device *dev, json_t *obj)
                       (json_int_t)st.writes_waited, "elapsed_ms", (json_int_t)st.elapsed_ms, "rate",
                       (json_int_t)st.rate, "eta_s", (json_int_t)st.eta_s, "downtime_ms",
                       (json_int_t)st.downtime_ms, "paused", (int)vbd_device_paused(dev)));
+        json_object_set_new(obj, "partner_connected", json_boolean(st.partner_connected));
 }
 
 static void migrate_status(struct vbd_job *job, json_t *obj)

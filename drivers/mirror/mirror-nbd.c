@@ -163,6 +163,21 @@ void mirror_nbd_drop(struct mirror *m)
         mirror_nbd_process_done(m);
 }
 
+void mirror_nbd_disconnect(struct mirror *m)
+{
+        if (!m->nbd)
+                return;
+        /* NBD_CMD_DISC: the server sees a clean end; libnbd closes the socket
+         * once it is sent, and nbd_io_cb() then drops the handle. */
+        if (nbd_aio_disconnect(m->nbd, 0) < 0) {
+                vbd_debug("migration to %s: disconnect: %s", m->to, nbd_get_error());
+                mirror_nbd_drop(m);
+        } else if (nbd_aio_is_closed(m->nbd) || nbd_aio_is_dead(m->nbd)) {
+                /* Sent and shut at once: no watcher would see it close. */
+                mirror_nbd_drop(m);
+        }
+}
+
 /* ---- connecting ---- */
 
 int mirror_nbd_open(struct mirror *m, struct vbd_err *err)
@@ -238,7 +253,14 @@ static void nbd_io_cb(struct ev_loop *loop, ev_io *w, int revents)
                 r = nbd_aio_notify_read(m->nbd);
         if (r >= 0 && (revents & EV_WRITE) && m->nbd)
                 r = nbd_aio_notify_write(m->nbd);
-        if (r < 0 || nbd_aio_is_dead(m->nbd) || nbd_aio_is_closed(m->nbd)) {
+        if (mirror_partner_done(m) &&
+            (r < 0 || nbd_aio_is_dead(m->nbd) || nbd_aio_is_closed(m->nbd))) {
+                /* Cut over: the partner has it all, flushed.  It going away
+                 * now (our disconnect answered, or it exited) is no failure. */
+                vbd_info("migration to %s: the partner's connection closed after the cut-over",
+                         m->to);
+                mirror_nbd_drop(m);
+        } else if (r < 0 || nbd_aio_is_dead(m->nbd) || nbd_aio_is_closed(m->nbd)) {
                 const char *e = nbd_get_error();
 
                 mirror_fail(m, nbd_get_errno() ? nbd_get_errno() : ECONNRESET, "partner: %s",

@@ -97,6 +97,7 @@ struct vbd_mirror_status {
         uint64_t bytes_synced, bytes_copied, bytes_zeroed, bytes_forwarded;
         uint64_t writes_forwarded, writes_waited, passes, dirty_bytes;
         unsigned partner_inflight;
+        bool partner_connected;    /* the NBD connection is up (it ends after a cut-over) */
         uint64_t elapsed_ms, rate; /* rate: bytes/s of progress, recent */
         int64_t eta_s;             /* -1: unknown */
         int64_t downtime_ms;       /* cut-over: pause to flushed; -1 before */
@@ -258,7 +259,8 @@ struct mirror {
         uint64_t cut_pause_ns;
         int cut_flush; /* -1: not started; else halves outstanding */
         int cut_status;
-        bool cut_local; /* the local flush is in flight */
+        bool cut_partner_done; /* the final NBD flush was answered: the partner has it all */
+        bool cut_local;        /* the local flush is in flight */
         struct vbd_io cut_io;
         void *cut_scratch;
         struct nop cut_nop;
@@ -298,6 +300,14 @@ static inline bool mirror_running(const struct mirror *m)
 static inline bool mirror_linked(const struct mirror *m)
 {
         return mirror_running(m) && m->state != VBD_MIRROR_CONNECTING && m->nbd;
+}
+
+/* The partner has everything, flushed (cut over, or the final flush was
+ * answered): its connection ending now fails nothing. */
+static inline bool mirror_partner_done(const struct mirror *m)
+{
+        return m->state == VBD_MIRROR_CUTOVER ||
+               (m->state == VBD_MIRROR_CUTTING && m->cut_partner_done);
 }
 
 static inline uint64_t mirror_region_off(const struct mirror *m, uint64_t r)
@@ -361,6 +371,9 @@ void mirror_nbd_flush(struct mirror *m, struct nop *op, void (*complete)(struct 
 void mirror_nbd_process_done(struct mirror *m);
 /* Watch libnbd's fd for what it waits for now (nothing without a handle). */
 void mirror_nbd_watch(struct mirror *m);
+/* After the cut-over: end the connection cleanly (NBD_CMD_DISC), without
+ * failing the migration; the handle is dropped once it is closed. */
+void mirror_nbd_disconnect(struct mirror *m);
 /* Close the handle; its commands complete with ECONNABORTED. */
 void mirror_nbd_drop(struct mirror *m);
 /* Timers that do not keep the loop alive. */

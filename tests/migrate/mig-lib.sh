@@ -37,6 +37,8 @@
 #   require_migrate             skip (77) if built without libnbd; fail if
 #                               migrate-status is not served at all
 #   now_ms                      a timestamp in ms
+#   pids_with STRING            the live processes whose command line has
+#                               STRING (from /proc: zombies have none)
 #
 # Environment (meson): VBDD, VBD_SIM, VBD_SIM_VBDD.
 
@@ -255,4 +257,13 @@ require_migrate() {
 
 now_ms() {
         date +%s%3N
+}
+
+pids_with() {
+        local d cmd
+        for d in /proc/[0-9]*; do
+                cmd=$(tr '\0' ' ' 2>/dev/null <"$d/cmdline") || continue
+                [[ $cmd == *"$1"* ]] && echo "${d#/proc/}"
+        done
+        return 0
 }

@@ -42,6 +42,11 @@ static int run_cutover(struct mig *m, int argc, char **argv)
                 json_decref(st);
                 return r;
         }
+        /* Cut over (the partner has it all, flushed) or failed: either way a
+         * bridge's work is done; it is stopped once the mirror has closed
+         * its connection. */
+        mig_bridge_attach(
+            m, st, strcmp(vbdctl_jstr(st, "state"), "cutover") == 0 ? "cutover" : "failed cutover");
         if (m->stream)
                 mig_print_line_json(st);
         else if (o->json)
@@ -50,8 +55,16 @@ static int run_cutover(struct mig *m, int argc, char **argv)
                 printf("%s: cut over to %s in %lld ms of downtime: the partner has the whole "
                        "disk; the VBD stays paused (detach it, or 'vbd-ctl migrate abort' to "
                        "resume it here)\n",
-                       vbdctl_name(o->domid, o->devid), vbdctl_jstr(st, "to"),
+                       vbdctl_name(o->domid, o->devid),
+                       json_object_get(st, "target") ? vbdctl_jstr(st, "target")
+                                                     : vbdctl_jstr(st, "to"),
                        vbdctl_jint(st, "downtime_ms"));
+        if (!o->json && json_object_get(st, "bridge")) {
+                char line[1024];
+
+                mig_bridge_describe(json_object_get(st, "bridge"), line, sizeof(line));
+                printf("%s: bridge: %s\n", vbdctl_name(o->domid, o->devid), line);
+        }
         r = strcmp(vbdctl_jstr(st, "state"), "cutover") == 0 ? 0 : mig_report_lost(m, st);
         json_decref(st);
         return r;
@@ -67,7 +80,8 @@ const struct mig_sub mig_sub_cutover = {
             "then complete and consistent, and the VBD stays paused for the toolstack to\n"
             "detach it ('vbd-ctl migrate abort' resumes it here instead).  Exit 0 in state\n"
             "cutover; 1 if the migration is not ready (EAGAIN) or the final flush failed (the\n"
-            "state is then failed and the VBD resumed).\n"
+            "state is then failed and the VBD resumed).  A bridge (--to SPEC) is stopped once\n"
+            "the daemon has closed its connection: the target then has the disk, flushed.\n"
             "\n"
             "  --wait-ready   first show the progress until the state is ready (exit 1 if it\n"
             "                 fails or is aborted instead), then cut over\n"

@@ -1,9 +1,45 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* vbd-ctl migrate start: stack the mirror over the image and start copying
  * (migrate-start); --wait follows it until ready. */
+#include <errno.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cmd-migrate.h"
+
+/* --to SPEC: no migration may be running (its bridge would be replaced);
+ * start the bridge with the VBD's size, and take a target made here as
+ * reading zeroes. */
+static int start_bridge(struct mig *m)
+{
+        struct vbdctl *o = m->o;
+        const char *state;
+        bool created = false;
+        json_t *cur;
+        uint64_t size;
+        int r;
+
+        if ((r = mig_call(m, "migrate-status", NULL, MIG_POLL_WAIT_MS, &cur)))
+                return r;
+        state = vbdctl_jstr(cur, "state");
+        if (!strcmp(state, "connecting") || !strcmp(state, "copying") || !strcmp(state, "ready") ||
+            !strcmp(state, "cutting") || !strcmp(state, "cutover")) {
+                r = vbdctl_fail(o, -EBUSY, true, "%s: a migration to %s is %s; abort it first",
+                                vbdctl_name(o->domid, o->devid), vbdctl_jstr(cur, "to"), state);
+                json_decref(cur);
+                return r;
+        }
+        size = (uint64_t)vbdctl_jint(cur, "size");
+        json_decref(cur);
+        if (!size)
+                return vbdctl_fail(o, -EIO, true, "%s: the daemon gave no disk size",
+                                   vbdctl_name(o->domid, o->devid));
+        if ((r = mig_bridge_start(m, size, &created)))
+                return r;
+        if (created)
+                m->zeroed = true; /* a new image reads zeroes: holes need not be sent */
+        return 0;
+}
 
 static int run_start(struct mig *m, int argc, char **argv)
 {
@@ -26,7 +62,7 @@ static int run_start(struct mig *m, int argc, char **argv)
 
         if ((r = mig_parse(m, &mig_sub_start, argc, argv, extra)))
                 return r;
-        if (!m->to[0])
+        if (!m->to[0] && !m->spec[0])
                 return vbdctl_usage_error(o, "--to URI is required");
         /* The common --timeout is the partner's timeout here. */
         if (o->timeout_ms >= 0) {
@@ -37,6 +73,8 @@ static int run_start(struct mig *m, int argc, char **argv)
         }
         if (m->have_interval && !m->follow)
                 return vbdctl_usage_error(o, "--interval goes with --wait");
+        if (m->spec[0] && (r = start_bridge(m)))
+                return r;
         args = json_pack("{s:s}", "to", m->to);
         if (m->mode)
                 json_object_set_new(args, "mode", json_string(m->mode));
@@ -52,28 +90,41 @@ static int run_start(struct mig *m, int argc, char **argv)
                 json_object_set_new(args, "zeroed", json_true());
         if (m->have_depth)
                 json_object_set_new(args, "depth", json_integer(m->depth));
-        if ((r = mig_call(m, "migrate-start", args, MIG_START_WAIT_MS, &st)))
-                return r;
-        if ((r = mig_check_state(m, st))) {
-                json_decref(st);
+        if ((r = mig_call(m, "migrate-start", args, MIG_START_WAIT_MS, &st))) {
+                if (m->spec[0])
+                        json_decref(mig_bridge_stop(m, "refused start"));
                 return r;
         }
+        if ((r = mig_check_state(m, st))) {
+                json_decref(st);
+                if (m->spec[0])
+                        json_decref(mig_bridge_stop(m, "refused start"));
+                return r;
+        }
+        if (m->spec[0])
+                mig_bridge_attach(m, st, NULL);
         if (!m->follow) {
                 if (o->json) {
                         vbdctl_print_json(st);
                         return 0;
                 }
                 printf("%s: migration to %s started (%s, %s in regions of %s): %s\n",
-                       vbdctl_name(o->domid, o->devid), vbdctl_jstr(st, "to"),
-                       vbdctl_jstr(st, "mode"), mig_fmt_bytes(a, sizeof(a), mig_jnum(st, "size")),
+                       vbdctl_name(o->domid, o->devid),
+                       m->spec[0] ? m->spec : vbdctl_jstr(st, "to"), vbdctl_jstr(st, "mode"),
+                       mig_fmt_bytes(a, sizeof(a), mig_jnum(st, "size")),
                        mig_fmt_bytes(b, sizeof(b), mig_jnum(st, "region_size")),
                        vbdctl_jstr(st, "state"));
+                if (m->spec[0])
+                        printf("%s: bridge: vbdd pid %lld serves %s on %s\n",
+                               vbdctl_name(o->domid, o->devid),
+                               vbdctl_jint(json_object_get(st, "bridge"), "pid"), m->spec,
+                               vbdctl_jstr(json_object_get(st, "bridge"), "socket"));
                 json_decref(st);
                 return 0;
         }
         if (!m->stream)
                 printf("%s: migrating to %s (%s)\n", vbdctl_name(o->domid, o->devid),
-                       vbdctl_jstr(st, "to"), vbdctl_jstr(st, "mode"));
+                       m->spec[0] ? m->spec : vbdctl_jstr(st, "to"), vbdctl_jstr(st, "mode"));
         return mig_follow_report(m, st);
 }
 
@@ -81,7 +132,7 @@ const struct mig_sub mig_sub_start = {
     .name = "start",
     .verb = "migrate start",
     .run = run_start,
-    .help = "Usage: vbd-ctl migrate start -d D -n N --to URI [--mode pasm|precopy]\n"
+    .help = "Usage: vbd-ctl migrate start -d D -n N --to URI|SPEC [--mode pasm|precopy]\n"
             "         [--share PCT] [--rate BYTES/S] [--region SIZE] [--timeout S] [--zeroed]\n"
             "         [--depth N] [--wait [--interval S]] [--json]\n"
             "Start copying the VBD's disk to an NBD server while the guest runs.  The\n"
@@ -92,6 +143,12 @@ const struct mig_sub mig_sub_start = {
             "                 nbd://HOST[:PORT][/NAME], nbd+unix:///NAME?socket=PATH, or\n"
             "                 unix:PATH and tcp:HOST:PORT (vbdd --nbd's forms), turned into\n"
             "                 those URIs (a relative PATH is taken from this directory)\n"
+            "  --to SPEC      an image: raw:FILE, qcow2:FILE, rbd:POOL/IMAGE[,conf=F,id=U,\n"
+            "                 keyring=K]; vbd-ctl starts a bridge (an export-only vbdd\n"
+            "                 serving SPEC on DIR/partners/D-N/nbd.sock, bridge.json beside\n"
+            "                 it) and migrates to it; cutover and abort stop it.  A missing\n"
+            "                 target is created with the disk's size (rbd: rbd create), a\n"
+            "                 smaller one refused\n"
             "  --mode M       pasm (default): guest writes to copied regions are forwarded\n"
             "                 to the partner; precopy: they are copied again, in passes, and\n"
             "                 what is left at cutover (the guest is paused meanwhile)\n"

@@ -131,7 +131,8 @@ static void print_summary(struct vbdctl *o, json_t *st)
                 return;
         }
         printf("%s: migration %s (%s) to %s\n", vbdctl_name(o->domid, o->devid), state,
-               vbdctl_jstr(st, "mode"), vbdctl_jstr(st, "to"));
+               vbdctl_jstr(st, "mode"),
+               json_object_get(st, "target") ? vbdctl_jstr(st, "target") : vbdctl_jstr(st, "to"));
         printf("  progress   %.1f%%  %s of %s synced (%lld/%lld regions of %s, %lld in flight)\n",
                (int)(mig_progress(st) * 1000) / 10.0,
                mig_fmt_bytes(a, sizeof(a), mig_jnum(st, "bytes_synced")),
@@ -169,6 +170,12 @@ static void print_summary(struct vbdctl *o, json_t *st)
                 printf("  downtime   %lld ms\n", vbdctl_jint(st, "downtime_ms"));
         if (strcmp(state, "failed") == 0)
                 printf("  error      %s\n", vbdctl_jstr(st, "error"));
+        if (json_object_get(st, "bridge")) {
+                char line[1024];
+
+                mig_bridge_describe(json_object_get(st, "bridge"), line, sizeof(line));
+                printf("  bridge     %s\n", line);
+        }
 }
 
 /* ---- following ---- */
@@ -334,6 +341,7 @@ static int run_status(struct mig *m, int argc, char **argv)
                         json_decref(st);
                         return r;
                 }
+                mig_bridge_attach(m, st, NULL);
                 if (o->json) {
                         vbdctl_print_json(st);
                         return 0;

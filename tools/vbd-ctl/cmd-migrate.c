@@ -243,6 +243,14 @@ static int parse_to(struct mig *m, const char *arg)
         if (len == 0 || len >= MIG_TO_MAX)
                 return vbdctl_usage_error(o, "--to: give an NBD URI of at most %d bytes",
                                           MIG_TO_MAX - 1);
+        m->spec[0] = '\0';
+        if (mig_is_spec(arg)) { /* served by a bridge (migrate-bridge.c) */
+                if (strchr(arg, '\n'))
+                        return vbdctl_usage_error(o, "--to: a newline in the spec");
+                snprintf(m->spec, sizeof(m->spec), "%s", arg);
+                m->to[0] = '\0';
+                return 0;
+        }
         if (strncmp(arg, "nbd://", 6) == 0 || strncmp(arg, "nbd+unix://", 11) == 0 ||
             strncmp(arg, "nbds://", 7) == 0 || strncmp(arg, "nbds+unix://", 12) == 0) {
                 snprintf(m->to, sizeof(m->to), "%s", arg);
@@ -279,7 +287,8 @@ static int parse_to(struct mig *m, const char *arg)
         }
         return vbdctl_usage_error(o,
                                   "--to '%s' is not an NBD URI (nbd://HOST[:PORT][/NAME], "
-                                  "nbd+unix:///NAME?socket=PATH, unix:PATH or tcp:HOST:PORT)",
+                                  "nbd+unix:///NAME?socket=PATH, unix:PATH or tcp:HOST:PORT) "
+                                  "nor an image spec (raw:FILE, qcow2:FILE, rbd:POOL/IMAGE)",
                                   arg);
 }
 
@@ -377,10 +386,11 @@ static const struct mig_sub *const subs[] = {&mig_sub_start, &mig_sub_status, &m
 static void print_help(FILE *f)
 {
         fprintf(f, "Usage: vbd-ctl migrate start|status|cutover|abort -d D -n N [OPTIONS]\n"
-                   "Move a running guest's disk to an NBD server (the partner) with the\n"
-                   "daemon's mirror.\n"
+                   "Move a running guest's disk to an NBD server (the partner), or into an\n"
+                   "image (raw:, qcow2:, rbd:), with the daemon's mirror.\n"
                    "\n"
-                   "  start    start copying (--to URI); --wait follows it until ready\n"
+                   "  start    start copying (--to URI, or --to SPEC through a bridge);\n"
+                   "           --wait follows it until ready\n"
                    "  status   state, progress, rate, ETA; --watch follows it\n"
                    "  cutover  pause the VBD and flush both sides: the partner has the disk\n"
                    "  abort    drop the partner; the guest goes on with the local image\n"
@@ -416,5 +426,5 @@ const struct vbdctl_verb vbdctl_verb_migrate = {
     .name = "migrate",
     .run = run,
     .args = "start|status|cutover|abort -d D -n N [OPTIONS] (see vbd-ctl migrate --help)",
-    .summary = "copy the disk to an NBD server while the guest runs, then cut over",
+    .summary = "copy the disk to an NBD server or an image while the guest runs, then cut over",
 };

@@ -36,6 +36,7 @@ struct mig {
         struct vbdctl *o;
         /* start */
         char to[MIG_TO_MAX];
+        char spec[MIG_TO_MAX]; /* --to SPEC: the image the bridge serves ("" for NBD) */
         const char *mode;
         bool have_share, have_rate, have_region, have_depth, zeroed;
         uint32_t share, depth;
@@ -101,3 +102,22 @@ int mig_follow(struct mig *m, json_t *st, json_t **ret_last);
 void mig_print_reached(struct mig *m, json_t *st);
 /* mig_follow() then mig_print_reached() (start --wait, status --watch). */
 int mig_follow_report(struct mig *m, json_t *st);
+
+/* ---- migrate-bridge.c: --to SPEC through an export-only vbdd ---- */
+
+/* raw:FILE, qcow2:FILE, rbd:POOL/IMAGE...: an image spec, not an NBD endpoint. */
+bool mig_is_spec(const char *arg);
+/* Start the bridge on m->spec (created with vbd_size bytes when missing;
+ * refused when smaller) and point m->to at it: 0 or the exit code
+ * (reported).  *ret_created: the target was made here (it reads zeroes). */
+int mig_bridge_start(struct mig *m, uint64_t vbd_size, bool *ret_created);
+/* This VBD's bridge record with "running" (now), or NULL when none. */
+json_t *mig_bridge_get(struct mig *m);
+/* Stop the bridge (once the mirror has closed its connection), record why;
+ * the record, or NULL when there is no bridge. */
+json_t *mig_bridge_stop(struct mig *m, const char *why);
+/* One line for people about a bridge record. */
+void mig_bridge_describe(json_t *b, char *buf, size_t size);
+/* Add the bridge's record to a status object ("bridge"), and with one, the
+ * target's spec ("target"); stop: stop it first (why).  st is kept. */
+void mig_bridge_attach(struct mig *m, json_t *st, const char *stop);
