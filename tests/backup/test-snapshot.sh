@@ -24,6 +24,7 @@ ep=$ctl/snap.sock
 U="nbd+unix:///?socket=$ep"
 jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
 
+quiet_kill() { kill "$1" 2>/dev/null; }
 # guest NAME RUNTIME: a guest writing and reading all over the disk in the
 # background ($guest its pid, its JSON in $tmp/NAME.json); waits until its
 # daemon is connected
@@ -32,7 +33,7 @@ guest() {
         vbd_sim "raw:$img" bench --rw randrw --bs 4096 --iodepth 16 --runtime "$2" --verify \
                 --json >"$tmp/$1.json" 2>"$tmp/$1.err" &
         guest=$!
-        cleanup_fn kill "$guest"
+        cleanup_fn quiet_kill "$guest"
         for i in $(seq 200); do
                 vctl info "${D[@]}" 2>/dev/null | grep -q "^state *connected" && return 0
                 sleep 0.05
@@ -64,15 +65,18 @@ must_fail() {
 
 head -c $((32 * MiB)) /dev/urandom >"$img"
 
-# 1. No job yet; bad options
-must_fail "status without a job" "no snapshot job" snapshot "${D[@]}" --status
+# 1. Bad options, no daemon
 must_fail "--start without --store" "needs --store" snapshot "${D[@]}" --start "unix:$ep"
 must_fail "--start and --stop" "one of" snapshot "${D[@]}" --start "unix:$ep" --store x --stop
 must_fail "no daemon" "" snapshot -d 7 -n 7 --status
 
-# 2. Started in a pause, right after a copy of the image: its export stays
-# that copy while the guest writes
+# 2. No job yet; then one started in a pause, right after a copy of the
+# image: its export stays that copy while the guest writes
 guest g1 20 || exit 1
+vctl snapshot "${D[@]}" --status >"$tmp/out" 2>&1 || fail "status without a job: $(cat "$tmp/out")"
+grep -q "^1/51712: no snapshot job$" "$tmp/out" || fail "status without a job: $(cat "$tmp/out")"
+[ "$(vctl --json snapshot "${D[@]}" --status | jget /dev/stdin state)" = none ] ||
+        fail "--json status without a job: $(vctl --json snapshot "${D[@]}" --status 2>&1)"
 vctl pause "${D[@]}" >/dev/null || fail "pause"
 cp --sparse=never "$img" "$tmp/ref.raw"
 t0=$(date +%s%3N)

@@ -228,6 +228,14 @@ if [ -n "${VBD_SIM:-}" ] && [ -n "${VBD_SIM_VBDD:-}" ]; then
         must_fail "--rw of a running guest's disk" \
                 "is in use: served writable by pid $gpid (vbdd-sim), VBD 1/51712" mount "$live" "$mnt" --rw
         leftovers "--rw of a running guest's disk"
+        # a failure half way (after the snapshot started) leaves no job, store or socket
+        must_fail "--partition on a running disk without a table" "no partition table" \
+                mount "$live" "$mnt" --partition 1
+        leftovers "a failed mount of a running disk"
+        vctl snapshot -d 1 -n 51712 --status >"$tmp/st" 2>&1
+        grep -Eq "snapshot cancelled|no snapshot job" "$tmp/st" || fail "a job is left: $(cat "$tmp/st")"
+        stores=$(ls -A "$tmp" | grep '^\.vbd-snapshot-')
+        [ -z "$stores" ] || fail "a failed mount left a store: $stores"
         t0=$(now)
         vctl mount "$live" "$mnt" >"$tmp/out" 2>&1 || fail "mount of a running disk: $(cat "$tmp/out")"
         echo "running guest's disk: $(cat "$tmp/out") (wall $(($(now) - t0)) ms)"

@@ -7,7 +7,8 @@
  * the write goes on, so the export keeps its point in time while the
  * guest runs.  --start returns once the export serves; --stop ends it and
  * releases the store.  vbd-ctl mount of a running guest's disk drives the
- * same verbs (cmd-mount.c).
+ * same verbs (cmd-mount.c).  --status of a VBD without one says so (state
+ * "none" in --json).
  */
 #include <errno.h>
 #include <limits.h>
@@ -74,13 +75,17 @@ static int snap_start(struct vbdctl *o, struct args *a)
         json_t *job, *res;
         int r;
 
-        if (!strncmp(path, "unix:", 5))
-                path += 5;
-        if (!*path)
-                return vbdctl_usage_error(o, "--start unix:PATH (a socket to create)");
-        if (absolute(path, store, sizeof(store)) < 0)
-                return vbdctl_usage_error(o, "--start: path too long");
-        snprintf(ep, sizeof(ep), "unix:%s", store);
+        if (!strncmp(path, "tcp:", 4)) {
+                snprintf(ep, sizeof(ep), "%s", path);
+        } else {
+                if (!strncmp(path, "unix:", 5))
+                        path += 5;
+                if (!*path)
+                        return vbdctl_usage_error(o, "--start unix:PATH|tcp:ADDR:PORT");
+                if (absolute(path, store, sizeof(store)) < 0)
+                        return vbdctl_usage_error(o, "--start: path too long");
+                snprintf(ep, sizeof(ep), "unix:%s", store);
+        }
         if (absolute(a->store, store, sizeof(store)) < 0)
                 return vbdctl_usage_error(o, "--store: path too long");
         job = json_pack("{s:s,s:s}", "endpoint", ep, "store", store);
@@ -119,6 +124,11 @@ static int snap_status(struct vbdctl *o)
                 return r;
         if (o->json) {
                 vbdctl_print_json(st);
+                return 0;
+        }
+        if (!strcmp(vbdctl_jstr(st, "state"), "none")) {
+                printf("%s: no snapshot job\n", vbdctl_name(o->domid, o->devid));
+                json_decref(st);
                 return 0;
         }
         printf("%s: snapshot %s", vbdctl_name(o->domid, o->devid), vbdctl_jstr(st, "state"));
@@ -184,7 +194,7 @@ static int run(struct vbdctl *o, int argc, char **argv)
 const struct vbdctl_verb vbdctl_verb_snapshot = {
     .name = "snapshot",
     .run = run,
-    .args = "-d D -n N --start unix:PATH --store FILE [--granularity SIZE] [--name EXPORT] | "
+    .args = "-d D -n N --start unix:PATH|tcp:ADDR:PORT --store FILE [--granularity SIZE] [--name EXPORT] | "
             "--status | --stop  [--json]",
     .summary = "export a running VBD read-only as it was at --start (copy-before-write)",
 };
