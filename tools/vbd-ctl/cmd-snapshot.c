@@ -194,7 +194,8 @@ static int run(struct vbdctl *o, int argc, char **argv)
 const struct vbdctl_verb vbdctl_verb_snapshot = {
     .name = "snapshot",
     .run = run,
-    .args = "-d D -n N --start unix:PATH|tcp:ADDR:PORT --store FILE [--granularity SIZE] [--name EXPORT] | "
+    .args = "-d D -n N --start unix:PATH|tcp:ADDR:PORT --store FILE [--granularity SIZE] [--name "
+            "EXPORT] | "
             "--status | --stop  [--json]",
     .summary = "export a running VBD read-only as it was at --start (copy-before-write)",
 };
