@@ -194,8 +194,7 @@ static int run(struct vbdctl *o, int argc, char **argv)
 const struct vbdctl_verb vbdctl_verb_snapshot = {
     .name = "snapshot",
     .run = run,
-    .args = "-d D -n N --start unix:PATH|tcp:ADDR:PORT --store FILE [--granularity SIZE] [--name "
-            "EXPORT] | "
-            "--status | --stop  [--json]",
+    .args = "-d D -n N --start unix:PATH|tcp:ADDR:PORT --store FILE [--granularity SIZE]\n"
+            "         [--name EXPORT] | -d D -n N --status [--json] | -d D -n N --stop",
     .summary = "export a running VBD read-only as it was at --start (copy-before-write)",
 };
