@@ -61,21 +61,9 @@ struct mnt {
         uint32_t snap_domid, snap_devid;
         pid_t snap_pid;
         char snap_ctl[PATH_MAX], snap_sock[1200], store[PATH_MAX + 64];
-        /* over the snapshot: nbdkit's cow filter, a writable overlay thrown
-         * away at umount, so that a journal can be replayed (the guest's
-         * filesystem is mounted: its journal needs recovery) */
-        pid_t cow_pid;
-        char cow_sock[1200];
         /* when each step ended (ms from the start): the figures of a mount */
         long long t0, t_export, t_attach, t_probe, t_mount;
 };
-
-/* Is the device under the filesystem writable?  A read-write mount's, and
- * the cow overlay over a snapshot (the filesystem is still mounted ro). */
-static bool dev_writable(const struct mnt *m)
-{
-        return m->rw || m->cow_pid > 0;
-}
 
 static long long now_ms(void)
 {
@@ -437,14 +425,11 @@ static int state_save(struct mnt *m, long long ms)
                                       "attach", (json_int_t)m->t_attach, "probe",
                                       (json_int_t)m->t_probe, "mount", (json_int_t)m->t_mount));
         if (m->snap)
-                json_object_set_new(j, "snapshot",
-                                    json_pack("{s:I,s:I,s:I,s:s,s:s,s:s,s:I,s:s}", "domid",
-                                              (json_int_t)m->snap_domid, "devid",
-                                              (json_int_t)m->snap_devid, "pid",
-                                              (json_int_t)m->snap_pid, "control", m->snap_ctl,
-                                              "socket", m->snap_sock, "store", m->store,
-                                              "overlay_pid", (json_int_t)m->cow_pid, "overlay",
-                                              m->cow_pid > 0 ? "nbdkit cow" : ""));
+                json_object_set_new(
+                    j, "snapshot",
+                    json_pack("{s:I,s:I,s:I,s:s,s:s,s:s}", "domid", (json_int_t)m->snap_domid,
+                              "devid", (json_int_t)m->snap_devid, "pid", (json_int_t)m->snap_pid,
+                              "control", m->snap_ctl, "socket", m->snap_sock, "store", m->store));
         snprintf(tmp, sizeof(tmp), "%s.tmp", m->state);
         r = json_dump_file(j, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(j);
@@ -487,8 +472,6 @@ static int state_load(json_t *j, struct mnt *m)
                 snprintf(m->snap_ctl, sizeof(m->snap_ctl), "%s", jstr(sn, "control"));
                 snprintf(m->snap_sock, sizeof(m->snap_sock), "%s", jstr(sn, "socket"));
                 snprintf(m->store, sizeof(m->store), "%s", jstr(sn, "store"));
-                m->cow_pid = (pid_t)json_integer_value(json_object_get(sn, "overlay_pid"));
-                snprintf(m->cow_sock, sizeof(m->cow_sock), "%s/cow.sock", m->work);
                 if (!*m->snap_ctl || !*m->snap_sock)
                         return -EINVAL;
         }
@@ -508,8 +491,6 @@ static int state_load(json_t *j, struct mnt *m)
                 m->ex.pid = 0;
         if (!pid_mentions(m->fuse_pid, m->work))
                 m->fuse_pid = 0;
-        if (!pid_mentions(m->cow_pid, m->work))
-                m->cow_pid = 0;
         return 0;
 }
 
@@ -677,81 +658,6 @@ static int snap_stop(struct mnt *m, char *msg, size_t size)
         return r;
 }
 
-/* nbdkit's cow filter over the snapshot's export, on <work>/cow.sock: 0,
- * or -errno with msg (nothing of it left). */
-static int start_cow(struct mnt *m, char *msg, size_t size)
-{
-        char pidfile[PATH_MAX + 16], log[PATH_MAX + 16], socket_arg[sizeof(m->snap_sock) + 8];
-        long long deadline = now_ms() + 10000;
-        int status;
-
-        snprintf(m->cow_sock, sizeof(m->cow_sock), "%s/cow.sock", m->work);
-        snprintf(pidfile, sizeof(pidfile), "%s/nbdkit.pid", m->work);
-        snprintf(log, sizeof(log), "%s/nbdkit.log", m->work);
-        snprintf(socket_arg, sizeof(socket_arg), "socket=%s", m->snap_sock);
-        m->cow_pid = fork();
-        if (m->cow_pid < 0) {
-                snprintf(msg, size, "fork: %s", strerror(errno));
-                m->cow_pid = 0;
-                return -EIO;
-        }
-        if (m->cow_pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-                if (fd >= 0) {
-                        dup2(fd, 1);
-                        dup2(fd, 2);
-                }
-                setsid();
-                execlp("nbdkit", "nbdkit", "-f", "-U", m->cow_sock, "-P", pidfile, "--filter=cow",
-                       "nbd", socket_arg, (char *)NULL);
-                fprintf(stderr, "cannot run nbdkit: %s\n", strerror(errno));
-                _exit(127);
-        }
-        for (struct stat st; stat(pidfile, &st) < 0 || st.st_size == 0;) {
-                if (waitpid(m->cow_pid, &status, WNOHANG) == m->cow_pid) {
-                        char line[512];
-
-                        vbdctl_first_line(log, line, sizeof(line));
-                        snprintf(msg, size, "nbdkit (the cow overlay over the snapshot) failed: %s",
-                                 line);
-                        m->cow_pid = 0;
-                        unlink(pidfile);
-                        unlink(log);
-                        unlink(m->cow_sock);
-                        return -EIO;
-                }
-                if (now_ms() > deadline) {
-                        snprintf(msg, size, "nbdkit (the cow overlay) did not start in time");
-                        return -ETIMEDOUT; /* teardown stops it */
-                }
-                usleep(2 * 1000);
-        }
-        snprintf(m->ex.nbd, sizeof(m->ex.nbd), "%s", m->cow_sock);
-        return 0;
-}
-
-static void stop_cow(struct mnt *m)
-{
-        char path[PATH_MAX + 16];
-
-        if (m->cow_pid > 0) {
-                kill(m->cow_pid, SIGTERM);
-                if (vbdctl_wait_gone(m->cow_pid, 10000, NULL) < 0) {
-                        kill(m->cow_pid, SIGKILL);
-                        vbdctl_wait_gone(m->cow_pid, 2000, NULL);
-                }
-                m->cow_pid = 0;
-        }
-        if (*m->work) {
-                unlink(m->cow_sock);
-                snprintf(path, sizeof(path), "%s/nbdkit.pid", m->work);
-                unlink(path);
-                snprintf(path, sizeof(path), "%s/nbdkit.log", m->work);
-                unlink(path);
-        }
-}
-
 /*
  * Ask sv for a snapshot of the image, exported on <work>/snap.sock with its
  * store beside the image: 0, or -errno with msg and nothing left behind.
@@ -759,7 +665,6 @@ static void stop_cow(struct mnt *m)
 static int snap_start(struct mnt *m, const struct server *sv, char *msg, size_t size)
 {
         char dir[PATH_MAX], ep[sizeof(m->snap_sock) + 8];
-        const char *cow = getenv("VBD_MOUNT_COW");
         struct vbd_err err = {0};
         json_t *res = NULL;
         char *slash;
@@ -815,15 +720,6 @@ static int snap_start(struct mnt *m, const struct server *sv, char *msg, size_t 
                 return -ETIMEDOUT;
         }
         snprintf(m->ex.nbd, sizeof(m->ex.nbd), "%s", m->snap_sock);
-        /* a writable overlay, for a journal to replay (VBD_MOUNT_COW=1) */
-        if (cow && !strcmp(cow, "1") &&
-            (r = start_cow(m, msg, size)) < 0) {
-                char ignore[512];
-
-                stop_cow(m);
-                snap_stop(m, ignore, sizeof(ignore));
-                return r;
-        }
         return 0;
 }
 
@@ -885,7 +781,6 @@ static int teardown(struct mnt *m, char *msg, size_t size)
                 m->fuse_pid = 0;
         }
         if (m->snap) {
-                stop_cow(m);
                 if (snap_stop(m, msg, size) < 0 && !r)
                         r = -EIO;
         } else if (vbdctl_export_stop(&m->ex, 60000) < 0 && !r) {
@@ -938,7 +833,7 @@ static int start_fuse(struct mnt *m, char *msg, size_t size)
                         dup2(fd, 2);
                 }
                 setsid();
-                if (dev_writable(m))
+                if (m->rw)
                         execlp("nbdfuse", "nbdfuse", "-P", pidfile, m->fuse_file, "--unix",
                                m->ex.nbd, (char *)NULL);
                 else
@@ -971,7 +866,7 @@ static int attach_loop(struct mnt *m, char *msg, size_t size)
         const char *ro[] = {"losetup",     "--find",     "--show", "--partscan",
                             "--read-only", m->fuse_file, NULL};
         char out[64], err[512];
-        int r = run(dev_writable(m) ? rw : ro, out, sizeof(out), err, sizeof(err));
+        int r = run(m->rw ? rw : ro, out, sizeof(out), err, sizeof(err));
 
         if (r || strncmp(out, "/dev/loop", 9)) {
                 snprintf(msg, size, "losetup: %s", *err ? err : "no loop device");
@@ -1003,8 +898,7 @@ static int attach_nbd(struct mnt *m, char *msg, size_t size)
         for (unsigned i = 0; i < 128; i++) {
                 char path[64], dev[32], out[64], err[512];
                 const char *argv[] = {
-                    "nbd-client", "-unix", m->ex.nbd, dev, dev_writable(m) ? NULL : "-readonly",
-                    NULL};
+                    "nbd-client", "-unix", m->ex.nbd, dev, m->rw ? NULL : "-readonly", NULL};
 
                 snprintf(path, sizeof(path), "/sys/block/nbd%u", i);
                 if (access(path, F_OK) < 0)
@@ -1208,10 +1102,8 @@ static int mount_list(struct vbdctl *o)
         json_array_foreach(all, i, j)
         {
                 struct mnt m;
-                json_t *sn = json_object_get(j, "snapshot");
                 bool stale = state_load(j, &m) < 0 ||
                              (m.snap ? m.snap_pid <= 0 || kill(m.snap_pid, 0) < 0 : !m.ex.pid) ||
-                             (m.snap && vbdctl_jint(sn, "overlay_pid") > 0 && !m.cow_pid) ||
                              !is_mounted(m.dir) || (!strcmp(m.via, "fuse+loop") && !m.fuse_pid);
 
                 json_object_set_new(j, "stale", json_boolean(stale));
@@ -1367,13 +1259,7 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
             (!strcmp(m->via, "fuse+loop") && (r = attach_loop(m, msg, size)) < 0) ||
             (r = mount_fs(m, partition, fstype, msg, size)) < 0) {
                 char ignore[8192];
-                size_t n = strlen(msg);
 
-                if (m->snap && m->cow_pid <= 0 && *m->fstype && n < size)
-                        snprintf(msg + n, size - n,
-                                 " (the running guest's filesystem may need its journal "
-                                 "replayed, which needs a writable overlay: install nbdkit, with "
-                                 "its cow filter)");
                 teardown(m, ignore, sizeof(ignore));
                 return -EIO;
         }
@@ -1467,14 +1353,13 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
         if (o->json)
                 vbdctl_print_json(json_load_file(m.state, 0, NULL));
         else {
-                char where[32] = "the whole disk", of[128] = "";
+                char where[32] = "the whole disk", of[96] = "";
 
                 if (m.partition)
                         snprintf(where, sizeof(where), "partition %u", m.partition);
                 if (m.snap)
-                        snprintf(of, sizeof(of), ", a snapshot of running VBD %s (pid %d)%s",
-                                 vbdctl_name(m.snap_domid, m.snap_devid), (int)m.snap_pid,
-                                 m.cow_pid > 0 ? " under a cow overlay" : "");
+                        snprintf(of, sizeof(of), ", a snapshot of running VBD %s (pid %d)",
+                                 vbdctl_name(m.snap_domid, m.snap_devid), (int)m.snap_pid);
                 printf("mounted %s (%s, %s) on %s %s through %s (%s)%s in %lld ms\n", m.image,
                        where, m.fstype, m.dir, m.rw ? "read-write" : "read-only", m.via, m.dev, of,
                        now_ms() - m.t0);
