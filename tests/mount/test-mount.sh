@@ -287,6 +287,35 @@ print("snapshot under the mount: %d bytes saved, %d writes held (avg %d us, max 
         kill -0 "$gpid" 2>/dev/null || fail "the guest's vbdd-sim is gone"
         touch "$tmp/done"
         wait $guest || fail "the guest failed: $(cat "$tmp/guest.log")"
+        # a filesystem the guest has mounted (its journal needs recovery; the
+        # image copied while mounted on a loop device): a read-only snapshot
+        # cannot replay the journal; the refusal says so, nothing is left
+        truncate -s $((16 * MiB)) "$tmp/making.img"
+        mkfs.ext4 -q -F "$tmp/making.img" && mkdir "$tmp/making" &&
+                mount -o loop "$tmp/making.img" "$tmp/making" || fail "mount -o loop"
+        echo data >"$tmp/making/f" && sync
+        cp --sparse=always "$tmp/making.img" "$tmp/dirty.img"
+        umount "$tmp/making"
+        dumpe2fs -h "$tmp/dirty.img" 2>/dev/null | grep -q "^Filesystem features:.* needs_recovery" ||
+                fail "the copy's journal needs no recovery"
+        (while [ ! -e "$tmp/done2" ]; do sleep 0.05; done) |
+                vbd_sim "raw:$tmp/dirty.img" dd --if - >"$tmp/guest2.log" 2>&1 &
+        guest=$!
+        cleanup_fn touch "$tmp/done2"
+        for i in $(seq 200); do
+                vctl info -d 1 -n 51712 2>/dev/null | grep -q "^state *connected" && break
+                sleep 0.05
+        done
+        must_fail "a running disk whose journal needs recovery" \
+                "Its journal then needs recovery, which a read-only snapshot cannot do" \
+                mount "$tmp/dirty.img" "$mnt"
+        leftovers "a running disk whose journal needs recovery"
+        vctl snapshot -d 1 -n 51712 --status >"$tmp/st" 2>&1
+        grep -Eq "snapshot cancelled|no snapshot job" "$tmp/st" || fail "a job is left: $(cat "$tmp/st")"
+        stores=$(ls -A "$tmp" | grep '^\.vbd-snapshot-')
+        [ -z "$stores" ] || fail "a store is left: $stores"
+        touch "$tmp/done2"
+        wait $guest || fail "guest 2 failed: $(cat "$tmp/guest2.log")"
         unset VBD_RUNTIME_DIR
 else
         echo "SKIP section 5: no VBD_SIM/VBD_SIM_VBDD"

@@ -1259,7 +1259,12 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
             (!strcmp(m->via, "fuse+loop") && (r = attach_loop(m, msg, size)) < 0) ||
             (r = mount_fs(m, partition, fstype, msg, size)) < 0) {
                 char ignore[8192];
+                size_t n = strlen(msg);
 
+                if (m->snap && m->mounted == false && *m->fstype && n < size)
+                        snprintf(msg + n, size - n,
+                                 " (is the filesystem mounted in the guest?  Its journal then "
+                                 "needs recovery, which a read-only snapshot cannot do)");
                 teardown(m, ignore, sizeof(ignore));
                 return -EIO;
         }
