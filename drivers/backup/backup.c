@@ -265,8 +265,8 @@ static void write_done(struct vbd_io *io, int status)
         if (status < 0)
                 fail(s, status, "writing the %s at %llu: %s", s->p.fleece ? "store" : "target",
                      (unsigned long long)sl->offset, strerror(-status));
-        else
-                s->bytes_written += sl->len;
+        else if (sl->io.op == VBD_OP_WRITE || sl->io.op == VBD_OP_WRITE_ZEROES)
+                s->bytes_written += sl->len; /* (fleece: zeroes are saved unwritten) */
         if (s->p.fleece) {
                 /* the old contents are in the store only now: the held writes may go */
                 for (uint64_t b = sl->first; b < sl->first + sl->nblocks; b++) {
