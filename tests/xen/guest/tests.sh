@@ -462,7 +462,7 @@ t_mount() {
         mount_clean "after umount"
         check "the base is untouched (writes went to the qcow2)" eq "$(md5sum <"$base" | cut -d' ' -f1)" "$base_md5"
         # (2) a guest on the same disk
-        domu_create "$name" fs "vbdt_timeout=120 vbdt_part=1 vbdt_file=data.bin" || return
+        domu_create "$name" fs "vbdt_timeout=300 vbdt_part=1 vbdt_file=data.bin" || return
         VBDD_FORMAT=qcow2 attach vbdd "$DOMID" "$img" w "$CUR_TEST"
         if hold_wait "$name" connected 60; then
                 # the guest's vbdd has the image writable: --rw is refused
