@@ -442,5 +442,8 @@ const struct ctl_cmd vbd_ctl_cmds[] = {
     {"backup-start", cmd_job_start, D, "backup", "backup"},
     {"backup-status", cmd_job_status, 0, "backup", "backup"},
     {"backup-cancel", cmd_job_cancel, D, "backup", "backup"},
+    {"snapshot-start", cmd_job_start, D, "snapshot", "snapshot"},
+    {"snapshot-status", cmd_job_status, 0, "snapshot", "snapshot"},
+    {"snapshot-cancel", cmd_job_cancel, D, "snapshot", "snapshot"},
 };
 const unsigned vbd_ctl_ncmds = VBD_ARRAY_SIZE(vbd_ctl_cmds);

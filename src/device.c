@@ -5,10 +5,12 @@
  */
 #define VBD_LOG_TOPIC "device"
 #include <errno.h>
+#include <ev.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "device.h"
+#include "nbd-export.h"
 #include "image.h"
 #include "job.h"
 #include "vbd/log.h"
@@ -332,6 +334,120 @@ void vbd_device_close_image(struct vbd_device *dev, struct vbd_image *img)
 {
         (void)dev;
         vbd_image_drain_close(img);
+}
+
+struct vbd_image *vbd_device_open_driver(struct vbd_device *dev, const struct vbd_driver *drv,
+                                         const char *spec, bool readonly, struct vbd_err *err)
+{
+        return vbd_image_open_driver(drv, spec, readonly, dev->aio, dev->loop, err);
+}
+
+/* ---- a job's own export ---- */
+
+struct vbd_device_export {
+        struct vbd_device *dev;
+        struct vbd_nbd *nbd;
+        bool stopping;
+        void (*done)(void *opaque);
+        void *opaque;
+};
+
+static void jexport_pause(void *user, void (*done)(void *opaque), void *opaque)
+{
+        struct vbd_device_export *ex = user;
+
+        vbd_nbd_pause(ex->nbd, done, opaque);
+}
+
+static void jexport_resume(void *user)
+{
+        struct vbd_device_export *ex = user;
+
+        vbd_nbd_resume(ex->nbd);
+}
+
+static const struct vbd_device_user_ops jexport_ops = {
+    .pause = jexport_pause,
+    .resume = jexport_resume,
+};
+
+struct vbd_device_export *vbd_device_export_start(struct vbd_device *dev, struct vbd_image *img,
+                                                  const char *endpoint, const char *name,
+                                                  struct vbd_err *err)
+{
+        struct vbd_nbd_config cfg = {.endpoint = endpoint, .name = name, .writable = false};
+        struct vbd_device_export *ex = calloc(1, sizeof(*ex));
+        struct vbd_nbd_addr addr;
+        int r;
+
+        if (!ex) {
+                vbd_err_set(err, -ENOMEM, "out of memory");
+                return NULL;
+        }
+        if (vbd_nbd_parse_endpoint(endpoint, &addr) < 0) {
+                vbd_err_set(err, -EINVAL, "bad endpoint \"%s\" (unix:PATH or tcp:ADDR:PORT)",
+                            endpoint);
+                goto fail;
+        }
+        ex->dev = dev;
+        ex->nbd = vbd_nbd_new(dev->loop, img, &cfg);
+        if (!ex->nbd) {
+                vbd_err_set(err, -errno, "cannot export on %s: %s", endpoint, strerror(errno));
+                goto fail;
+        }
+        if ((r = vbd_device_add_user(dev, "a job's NBD export", &jexport_ops, ex)) < 0) {
+                vbd_err_set(err, r, "out of memory");
+                vbd_nbd_free(ex->nbd);
+                goto fail;
+        }
+        return ex;
+fail:
+        free(ex);
+        return NULL;
+}
+
+static void jexport_free_cb(int revents, void *opaque)
+{
+        struct vbd_device_export *ex = opaque;
+        void (*done)(void *opaque) = ex->done;
+        void *done_opaque = ex->opaque;
+
+        (void)revents;
+        vbd_device_export_free(ex);
+        if (done)
+                done(done_opaque);
+}
+
+/* From inside the server's shutdown: free it from the loop, after. */
+static void jexport_stopped(void *opaque)
+{
+        struct vbd_device_export *ex = opaque;
+
+        ev_once(ex->dev->loop, -1, 0, 0., jexport_free_cb, ex);
+}
+
+void vbd_device_export_stop(struct vbd_device_export *ex, void (*done)(void *opaque), void *opaque)
+{
+        if (ex->stopping)
+                return;
+        ex->stopping = true;
+        ex->done = done;
+        ex->opaque = opaque;
+        vbd_nbd_shutdown(ex->nbd, jexport_stopped, ex);
+}
+
+void vbd_device_export_free(struct vbd_device_export *ex)
+{
+        if (!ex)
+                return;
+        vbd_device_remove_user(ex->dev, ex);
+        vbd_nbd_free(ex->nbd);
+        free(ex);
+}
+
+unsigned vbd_device_export_clients(const struct vbd_device_export *ex)
+{
+        return ex ? vbd_nbd_clients(ex->nbd) : 0;
 }
 
 static void reopen_paused(void *opaque)

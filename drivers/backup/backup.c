@@ -63,7 +63,26 @@ static bool io_ready(const struct bk_state *s, const struct vbd_io *io)
         for (uint64_t b = first_block(s, io->offset); b <= last_block(s, io->offset, io->len); b++)
                 if (needs(s, b))
                         return false;
+        /* fleece: a read of the view may be reading these bytes from the image */
+        for (const struct bk_vread *vr = s->vreads; vr; vr = vr->next)
+                if (vr->offset < io->offset + io->len && io->offset < vr->offset + vr->len)
+                        return false;
         return true;
+}
+
+static void bk_clear(uint64_t *bm, uint64_t b)
+{
+        bm[b >> 6] &= ~(UINT64_C(1) << (b & 63));
+}
+
+/* Nothing of the guest's, the view's or the engine's in flight: a drain may end. */
+static void check_drained(struct bk_state *s)
+{
+        if (s->draining && s->guest_inflight == 0 && s->slots_busy == 0 && !s->flushing &&
+            !s->active) {
+                s->draining = false;
+                vbd_image_drained(s->img);
+        }
 }
 
 static uint64_t run_bytes(const struct bk_state *s)
@@ -80,11 +99,7 @@ static void child_done(struct vbd_io *child_io, int status)
 
         s->guest_inflight--;
         vbd_io_complete(p->io, status);
-        if (s->draining && s->guest_inflight == 0 && s->slots_busy == 0 && !s->flushing &&
-            !s->active) {
-                s->draining = false;
-                vbd_image_drained(s->img);
-        }
+        check_drained(s);
 }
 
 static void pass_down(struct bk_state *s, struct bk_io *p)
@@ -165,9 +180,13 @@ static void bk_submit(struct vbd_image *img, struct vbd_io *io)
         p->held_ns = vbd_now_ns();
         *s->wait_tail = p;
         s->wait_tail = &p->next_wait;
-        for (uint64_t b = last_block(s, io->offset, io->len) + 1; b-- > first_block(s, io->offset);)
+        for (uint64_t b = last_block(s, io->offset, io->len) + 1;
+             b-- > first_block(s, io->offset);) {
+                if (s->p.fleece && needs(s, b))
+                        bk_set(s->want, b);
                 if (needs(s, b) && !bk_test(s->busy, b))
                         push_urgent(s, b);
+        }
         pump(s);
 }
 
@@ -193,7 +212,7 @@ static void fail(struct bk_state *s, int status, const char *fmt, ...)
                 va_start(ap, fmt);
                 vsnprintf(s->msg, sizeof(s->msg), fmt, ap);
                 va_end(ap);
-                vbd_warn("backup: %s", s->msg);
+                vbd_warn("%s: %s", s->p.fleece ? "snapshot" : "backup", s->msg);
         }
         s->stopping = true;
         release_waiters(s, true);
@@ -220,7 +239,7 @@ static void maybe_finish(struct bk_state *s)
                 finish_soon(s);
                 return;
         }
-        if (s->left)
+        if (s->left || s->p.fleece) /* a snapshot runs until it is stopped */
                 return;
         s->flushing = true;
         s->flush_io = (struct vbd_io){
@@ -244,22 +263,42 @@ static void write_done(struct vbd_io *io, int status)
         struct bk_state *s = sl->s;
 
         if (status < 0)
-                fail(s, status, "writing the target at %llu: %s", (unsigned long long)sl->offset,
-                     strerror(-status));
-        else
-                s->bytes_written += sl->len;
+                fail(s, status, "writing the %s at %llu: %s", s->p.fleece ? "store" : "target",
+                     (unsigned long long)sl->offset, strerror(-status));
+        else if (sl->io.op == VBD_OP_WRITE || sl->io.op == VBD_OP_WRITE_ZEROES)
+                s->bytes_written += sl->len; /* (fleece: zeroes are saved unwritten) */
+        if (s->p.fleece) {
+                /* the old contents are in the store only now: the held writes may go */
+                for (uint64_t b = sl->first; b < sl->first + sl->nblocks; b++) {
+                        bk_clear(s->busy, b);
+                        if (status >= 0) {
+                                bk_set(s->read, b);
+                                bk_clear(s->want, b);
+                        }
+                }
+                if (status >= 0) {
+                        s->left -= sl->nblocks;
+                        release_waiters(s, false);
+                }
+        }
         sl->busy = false;
         s->slots_busy--;
         pump(s);
 }
+
+static void fleece_read_done(struct bk_state *s, struct bk_slot *sl, int status);
 
 static void read_done(struct vbd_io *io, int status)
 {
         struct bk_slot *sl = io->opaque;
         struct bk_state *s = sl->s;
 
+        if (s->p.fleece) {
+                fleece_read_done(s, sl, status);
+                return;
+        }
         for (uint64_t b = sl->first; b < sl->first + sl->nblocks; b++)
-                s->busy[b >> 6] &= ~(UINT64_C(1) << (b & 63));
+                bk_clear(s->busy, b);
         if (status < 0) {
                 fail(s, status, "reading the image at %llu: %s", (unsigned long long)sl->offset,
                      strerror(-status));
@@ -289,6 +328,31 @@ static void read_done(struct vbd_io *io, int status)
                                          .opaque = sl,
                                          .scratch = sl->dst_scratch};
                 vbd_image_submit(s->p.target, &sl->io);
+                return;
+        }
+        sl->io = (struct vbd_io){.op = VBD_OP_WRITE,
+                                 .offset = sl->offset,
+                                 .len = sl->len,
+                                 .iov = &sl->iov,
+                                 .iovcnt = 1,
+                                 .done = write_done,
+                                 .opaque = sl,
+                                 .scratch = sl->dst_scratch};
+        vbd_image_submit(s->p.target, &sl->io);
+}
+
+/* Fleece mode: the old contents of a run are read; store them (the blocks
+ * stay busy until the store write completed). */
+static void fleece_read_done(struct bk_state *s, struct bk_slot *sl, int status)
+{
+        if (status < 0)
+                fail(s, status, "reading the image at %llu: %s", (unsigned long long)sl->offset,
+                     strerror(-status));
+        else
+                s->bytes_read += sl->len;
+        if (status < 0 || s->stopping || all_zero(sl->buf, sl->len)) {
+                /* a new store reads as zeroes: zeroes are saved as they are */
+                write_done(&sl->io, status < 0 || s->stopping ? -ECANCELED : 0);
                 return;
         }
         sl->io = (struct vbd_io){.op = VBD_OP_WRITE,
@@ -349,6 +413,8 @@ static bool pick(struct bk_state *s, uint64_t *ret_first, uint64_t *ret_n)
                 if (needs(s, b) && !bk_test(s->busy, b))
                         goto found;
         }
+        if (s->p.fleece) /* only what the guest is about to overwrite */
+                return false;
         if (!rate_ok(s))
                 return false;
         if (guest_busy(s) && BK_BUSY_RUN >> s->shift < max)
@@ -372,7 +438,8 @@ static bool pick(struct bk_state *s, uint64_t *ret_first, uint64_t *ret_n)
         }
         return false;
 found:
-        for (n = 1; n < max && b + n < s->nblocks && needs(s, b + n) && !bk_test(s->busy, b + n);)
+        for (n = 1; n < max && b + n < s->nblocks && needs(s, b + n) && !bk_test(s->busy, b + n) &&
+                    (!s->p.fleece || bk_test(s->want, b + n));)
                 n++;
         if (b + n > s->cursor && b <= s->cursor)
                 s->cursor = b + n;
@@ -430,8 +497,9 @@ static void free_engine(struct bk_state *s)
         free(s->read);
         free(s->busy);
         free(s->urgent);
+        free(s->want);
         free(s->flush_scratch);
-        s->todo = s->read = s->busy = s->urgent = NULL;
+        s->todo = s->read = s->busy = s->urgent = s->want = NULL;
         s->flush_scratch = NULL;
         s->nurgent = s->urgent_cap = 0;
 }
@@ -456,10 +524,17 @@ static void finish_cb(struct ev_loop *loop, ev_timer *w, int revents)
         release_waiters(s, true);
         snprintf(msg, sizeof(msg), "%s", s->msg);
         free_engine(s);
-        vbd_info("backup %s: %llu of %llu bytes read, %llu written, %llu writes held (max %llu us)",
-                 status ? "failed" : "complete", (unsigned long long)s->bytes_read,
-                 (unsigned long long)s->bytes_total, (unsigned long long)s->bytes_written,
-                 (unsigned long long)s->writes_held, (unsigned long long)(s->held_ns_max / 1000));
+        if (p.fleece)
+                vbd_info("snapshot over: %llu bytes saved, %llu writes held (max %llu us)",
+                         (unsigned long long)s->bytes_written, (unsigned long long)s->writes_held,
+                         (unsigned long long)(s->held_ns_max / 1000));
+        else
+                vbd_info("backup %s: %llu of %llu bytes read, %llu written, %llu writes held (max "
+                         "%llu us)",
+                         status ? "failed" : "complete", (unsigned long long)s->bytes_read,
+                         (unsigned long long)s->bytes_total, (unsigned long long)s->bytes_written,
+                         (unsigned long long)s->writes_held,
+                         (unsigned long long)(s->held_ns_max / 1000));
         p.finished(p.opaque, status, status ? msg : NULL);
         if (s->draining && s->guest_inflight == 0) {
                 s->draining = false;
@@ -475,7 +550,8 @@ int bk_prepare(struct vbd_image *img, const struct bk_params *p, struct vbd_err 
         size_t words;
 
         if (s->active)
-                return vbd_err_set(err, -EBUSY, "a backup is running");
+                return vbd_err_set(err, -EBUSY, "a %s is running",
+                                   s->p.fleece ? "snapshot" : "backup");
         if (!vbd_is_pow2(p->gran) || p->gran < BK_GRAN_MIN || p->gran > BK_GRAN_MAX ||
             p->depth < 1 || p->depth > BK_SLOTS)
                 return vbd_err_set(err, -EINVAL, "backup: bad granularity or depth");
@@ -494,8 +570,9 @@ int bk_prepare(struct vbd_image *img, const struct bk_params *p, struct vbd_err 
         s->todo = calloc(words, 8);
         s->read = calloc(words, 8);
         s->busy = calloc(words, 8);
+        s->want = p->fleece ? calloc(words, 8) : NULL;
         s->flush_scratch = calloc(1, vbd_image_io_scratch_size(p->target) + 1);
-        if (!s->todo || !s->read || !s->busy || !s->flush_scratch)
+        if (!s->todo || !s->read || !s->busy || !s->flush_scratch || (p->fleece && !s->want))
                 goto nomem;
         for (unsigned i = 0; i < p->depth; i++) {
                 struct bk_slot *sl = &s->slot[i];
@@ -513,6 +590,7 @@ int bk_prepare(struct vbd_image *img, const struct bk_params *p, struct vbd_err 
         s->stopping = false;
         s->bytes_total = s->bytes_read = s->bytes_written = 0;
         s->writes_held = s->held_ns_max = s->held_ns_sum = 0;
+        s->vreads_total = 0;
         s->start_ns = s->end_ns = 0;
         return 0;
 nomem:
@@ -574,6 +652,39 @@ bool bk_active(struct vbd_image *img)
         return state_of(img)->active;
 }
 
+bool bk_view_ok(const struct bk_state *s)
+{
+        return s->active && s->p.fleece && !s->stopping && s->error == 0;
+}
+
+bool bk_saved(const struct bk_state *s, uint64_t b)
+{
+        return bk_test(s->read, b);
+}
+
+void bk_vread_begin(struct bk_state *s, struct bk_vread *vr, uint64_t offset, uint64_t len)
+{
+        vr->offset = offset;
+        vr->len = len;
+        vr->next = s->vreads;
+        s->vreads = vr;
+        s->guest_inflight++; /* a drain waits for it */
+        s->vreads_total++;
+}
+
+void bk_vread_end(struct bk_state *s, struct bk_vread *vr)
+{
+        for (struct bk_vread **pp = &s->vreads; *pp; pp = &(*pp)->next)
+                if (*pp == vr) {
+                        *pp = vr->next;
+                        break;
+                }
+        vr->next = NULL;
+        s->guest_inflight--;
+        release_waiters(s, false);
+        check_drained(s);
+}
+
 const struct bk_state *bk_get(struct vbd_image *img)
 {
         return state_of(img);
@@ -629,7 +740,7 @@ static void bk_close(struct vbd_image *img)
         free_engine(&bi->s);
 }
 
-static const struct vbd_job_type *const bk_jobs[] = {&bk_job, NULL};
+static const struct vbd_job_type *const bk_jobs[] = {&bk_job, &bk_snapshot_job, NULL};
 
 const struct vbd_driver vbd_driver_backup = {
     .abi = VBD_DRIVER_ABI,

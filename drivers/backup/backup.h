@@ -5,6 +5,9 @@
  *   backup.c      the filter (copy-before-write) and the copy engine
  *   backup-job.c  the "backup" job: target file, checkpoint, the pause in
  *                 which the copy's point in time is fixed; status, cancel
+ *   snapshot.c    the "snapshot" job (image fleecing): the engine in fleece
+ *                 mode over a store, a read-only view of the image as it was
+ *                 at the start, and that view's own NBD export
  *
  * A backup copies a set of blocks (granularity bytes each), fixed when it
  * starts with the device paused: every block for a full backup (holes that
@@ -15,6 +18,14 @@
  * old contents are in the engine's buffers.  So the target receives the
  * image as it was at the start, whatever the guest writes meanwhile, and the
  * guest waits at most for one read per block, never for the target.
+ *
+ * Fleece mode (a snapshot) copies nothing on its own: the target is a store,
+ * and only blocks the guest is about to change are read and written to it.
+ * A held write goes down once its blocks are in the store (the store write
+ * completed, not only the read) and no read of the view is reading them
+ * from the image.  The view (bk_vread_*) reads saved blocks from the store
+ * and the others from the image.  A failure (the store full) releases the
+ * guest at once; the view's reads fail from then on.
  */
 #pragma once
 
@@ -33,6 +44,13 @@
 #define BK_BUSY_RUN     (256u << 10)        /* then: one run in flight, of at most this */
 
 struct bk_state;
+
+/* A read of the view from the image, in flight: guest writes that overlap
+ * it wait (fleece mode). */
+struct bk_vread {
+        uint64_t offset, len;
+        struct bk_vread *next;
+};
 
 /* A guest io held until the blocks it touches are read (in the io scratch). */
 struct bk_io {
@@ -60,6 +78,7 @@ struct bk_params {
         uint32_t gran;            /* power of two */
         unsigned depth;           /* runs in flight, 1..BK_SLOTS */
         bool skip_zero;           /* the target reads zeroes: runs of zeroes are not written */
+        bool fleece;              /* a snapshot: save only blocks about to be written (above) */
         uint64_t rate;            /* bytes/s the copier may read, 0: no cap (held writes' blocks
                                    * are read at once whatever the cap) */
         /* called once, when the engine has nothing in flight: 0 (target
@@ -77,8 +96,10 @@ struct bk_state {
         struct bk_params p;
         unsigned shift;
         uint64_t nblocks;
-        uint64_t *todo;        /* the set, fixed at the start */
-        uint64_t *read;        /* blocks whose old contents are safe (read) */
+        uint64_t *todo; /* the set, fixed at the start */
+        uint64_t *read; /* blocks whose old contents are safe (read; fleece: stored) */
+        uint64_t *want; /* fleece: blocks a held write waits for */
+        struct bk_vread *vreads;
         uint64_t *busy;        /* blocks being read */
         uint64_t cursor, left; /* next block to look at; blocks of the set not yet read */
         uint64_t next_ns;      /* rate cap: the next run from the cursor not before */
@@ -101,6 +122,7 @@ struct bk_state {
         uint64_t start_ns, end_ns;
         uint64_t bytes_total, bytes_read, bytes_written;
         uint64_t writes_held, held_ns_max, held_ns_sum;
+        uint64_t vreads_total;
 };
 
 /* ---- backup.c ---- */
@@ -129,8 +151,20 @@ void bk_unprepare(struct vbd_image *img);
 /* Stop a running backup: finished() follows with status (< 0). */
 void bk_stop(struct vbd_image *img, int status, const char *msg);
 bool bk_active(struct vbd_image *img);
+/* Fleece mode: a running snapshot whose view may be read (not failed, not stopping). */
+bool bk_view_ok(const struct bk_state *s);
+/* Fleece mode: is block b's old content in the store? */
+bool bk_saved(const struct bk_state *s, uint64_t b);
+/* Fleece mode: a read of the view over [offset, offset + len) begins (vr
+ * lives until the end) / ends; the guest writes it overlaps wait between. */
+void bk_vread_begin(struct bk_state *s, struct bk_vread *vr, uint64_t offset, uint64_t len);
+void bk_vread_end(struct bk_state *s, struct bk_vread *vr);
 const struct bk_state *bk_get(struct vbd_image *img);
 
 /* ---- backup-job.c ---- */
 
 extern const struct vbd_job_type bk_job;
+
+/* ---- snapshot.c ---- */
+
+extern const struct vbd_job_type bk_snapshot_job;

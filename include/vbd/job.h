@@ -35,6 +35,7 @@ struct vbd_err;
 struct vbd_image;
 struct vbd_job;
 struct vbd_device;
+struct vbd_driver;
 
 enum vbd_job_state {
         VBD_JOB_NONE,       /* created, start not yet answered */
@@ -97,3 +98,26 @@ struct vbd_image *vbd_device_find_layer(struct vbd_device *dev, const char *name
 struct vbd_image *vbd_device_open_image(struct vbd_device *dev, const char *spec, bool readonly,
                                         struct vbd_err *err);
 void vbd_device_close_image(struct vbd_device *dev, struct vbd_image *img);
+/* An image of a driver that is not in the registry (a job's own view of the
+ * device), opened from spec (its first name must be drv->name) with the
+ * device's AIO engine and loop; NULL + err.  Closed like the others. */
+struct vbd_image *vbd_device_open_driver(struct vbd_device *dev, const struct vbd_driver *drv,
+                                         const char *spec, bool readonly, struct vbd_err *err);
+
+/*
+ * A job's own NBD export of img (read-only: a view of the device, not the
+ * device's image), on endpoint ("unix:PATH" or "tcp:ADDR:PORT"), export
+ * name name ("" the default).  It is a user of the device: it pauses with
+ * it, and the device refuses to swap its stack while it runs.  NULL + err.
+ * Stop it with vbd_device_export_stop(): the listener closes, the requests
+ * in flight complete, the clients are dropped, done(opaque) runs from the
+ * loop and the export is freed.  vbd_device_export_free() frees it at once,
+ * only with nothing of it in flight (the device's teardown).
+ */
+struct vbd_device_export;
+struct vbd_device_export *vbd_device_export_start(struct vbd_device *dev, struct vbd_image *img,
+                                                  const char *endpoint, const char *name,
+                                                  struct vbd_err *err);
+void vbd_device_export_stop(struct vbd_device_export *ex, void (*done)(void *opaque), void *opaque);
+void vbd_device_export_free(struct vbd_device_export *ex); /* NULL-safe */
+unsigned vbd_device_export_clients(const struct vbd_device_export *ex);

@@ -5,7 +5,8 @@
 # disk with two partitions, a whole-disk ext4, a qcow2 chain written through
 # the mount and read back without it (qemu-img convert + debugfs, and the
 # simulated guest); bad input refused with a clear message and nothing left
-# behind (no vbdd, nbdfuse, loop device or FUSE mount, no state).
+# behind (no vbdd, nbdfuse, loop device or FUSE mount, no state); a
+# running guest's disk, read-only, through its vbdd's snapshot.
 . "$(dirname "$0")/../lib/functions.sh"
 : "${VBD_CTL:?}" "${VBDD:?}"
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: mounting needs root"; exit 77; }
@@ -189,5 +190,135 @@ vctl mount --list | grep -q "$mnt .*stale" || fail "not listed stale: $(vctl mou
 must_fail "a mount over a stale one" "cleans it up first" mount "$whole" "$mnt"
 vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount stale: $(cat "$tmp/out")"
 leftovers "umount stale"
+
+# --- 5. A running guest's disk: read-only through its vbdd's snapshot ---
+# A simulated guest (vbd-sim dd, its vbdd-sim serving the raw disk writable)
+# holds an ext4 with files.  vbd-ctl mount of it read-only goes through the
+# guest's daemon's snapshot job; then the guest overwrites the whole disk,
+# end to end, and with the caches dropped every file under the mount is
+# still what it was.  --rw is refused naming the daemon.
+if [ -n "${VBD_SIM:-}" ] && [ -n "${VBD_SIM_VBDD:-}" ]; then
+        export VBD_RUNTIME_DIR=$tmp/ctl # vbdd-sim's control dir, and vbd-ctl's
+        live=$tmp/live.img
+        mkdir -p "$VBD_RUNTIME_DIR" "$tmp/tree/sub/deeper"
+        for i in 1 2 3 4 5 6; do
+                head -c $((i * 700 * 1024 + i)) /dev/urandom >"$tmp/tree/f$i"
+        done
+        head -c $((5 * MiB)) /dev/urandom >"$tmp/tree/sub/big"
+        echo "a small one" >"$tmp/tree/sub/deeper/small"
+        truncate -s $((48 * MiB)) "$live"
+        mkfs.ext4 -q -F -d "$tmp/tree" "$live" || fail "mkfs.ext4 -d"
+        (cd "$tmp/tree" && find . -type f | sort | xargs sha256sum) >"$tmp/tree.sha"
+        head -c $((48 * MiB)) /dev/urandom >"$tmp/noise"
+        # the guest: attached and idle until $tmp/go, then the noise over the
+        # whole disk (4 MiB writes from 0 to the end), idle again until $tmp/done
+        (
+                while [ ! -e "$tmp/go" ]; do sleep 0.05; done
+                cat "$tmp/noise"
+                while [ ! -e "$tmp/done" ]; do sleep 0.05; done
+        ) | vbd_sim "raw:$live" dd --if - >"$tmp/guest.log" 2>&1 &
+        guest=$!
+        cleanup_fn touch "$tmp/done"
+        for i in $(seq 200); do
+                vctl info -d 1 -n 51712 2>/dev/null | grep -q "^state *connected" && break
+                sleep 0.05
+        done
+        gpid=$(vctl --json info -d 1 -n 51712 | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+        [ -n "$gpid" ] || fail "the guest's vbdd-sim does not answer: $(cat "$tmp/guest.log")"
+        must_fail "--rw of a running guest's disk" \
+                "is in use: served writable by pid $gpid (vbdd-sim), VBD 1/51712" mount "$live" "$mnt" --rw
+        leftovers "--rw of a running guest's disk"
+        # a failure half way (after the snapshot started) leaves no job, store or socket
+        must_fail "--partition on a running disk without a table" "no partition table" \
+                mount "$live" "$mnt" --partition 1
+        leftovers "a failed mount of a running disk"
+        vctl snapshot -d 1 -n 51712 --status >"$tmp/st" 2>&1
+        grep -Eq "snapshot cancelled|no snapshot job" "$tmp/st" || fail "a job is left: $(cat "$tmp/st")"
+        stores=$(ls -A "$tmp" | grep '^\.vbd-snapshot-')
+        [ -z "$stores" ] || fail "a failed mount left a store: $stores"
+        t0=$(now)
+        vctl mount "$live" "$mnt" >"$tmp/out" 2>&1 || fail "mount of a running disk: $(cat "$tmp/out")"
+        echo "running guest's disk: $(cat "$tmp/out") (wall $(($(now) - t0)) ms)"
+        grep -q "read-only through fuse+loop (.*), a snapshot of running VBD 1/51712 (pid $gpid)" "$tmp/out" ||
+                fail "not through the guest's snapshot: $(cat "$tmp/out")"
+        vctl mount --list >"$tmp/list"
+        grep -q "$mnt .*$live .* ro  mounted, snapshot of 1/51712 (pid $gpid)" "$tmp/list" ||
+                fail "mount --list: $(cat "$tmp/list")"
+        vctl --json mount --list | python3 -c 'import json,sys
+l = json.load(sys.stdin)
+assert len(l) == 1 and not l[0]["stale"] and not l[0]["rw"], l
+s = l[0]["snapshot"]
+assert (s["domid"], s["devid"], s["pid"]) == (1, 51712, int(sys.argv[1])), s' "$gpid" ||
+                fail "mount --list --json: the snapshot: $(vctl --json mount --list)"
+        vctl snapshot -d 1 -n 51712 --status | grep -q "snapshot running on unix:$tmp/run/mounts/" ||
+                fail "snapshot --status: $(vctl snapshot -d 1 -n 51712 --status 2>&1)"
+        stores=$(ls -A "$tmp" | grep '^\.vbd-snapshot-')
+        [ -z "$stores" ] || fail "the store has a name: $stores (the daemon unlinks it)"
+        # the guest overwrites it all
+        touch "$tmp/go"
+        for i in $(seq 1200); do
+                cmp -s "$live" "$tmp/noise" && break
+                kill -0 $guest 2>/dev/null || break
+                sleep 0.1
+        done
+        cmp -s "$live" "$tmp/noise" || fail "the guest did not overwrite its disk: $(cat "$tmp/guest.log")"
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+        (cd "$mnt" && sha256sum --quiet -c "$tmp/tree.sha") >"$tmp/sha.out" 2>&1 ||
+                fail "files changed under the snapshot mount: $(cat "$tmp/sha.out")"
+        [ "$(cd "$mnt" && find . -type f | wc -l)" = 8 ] || fail "not 8 files: $(cd "$mnt" && find .)"
+        vctl --json snapshot -d 1 -n 51712 --status >"$tmp/st.json"
+        python3 -c 'import json,sys
+s = json.load(open(sys.argv[1]))
+assert s["state"] == "running" and s["bytes_saved"] > 0 and s["writes_held"] > 0, s
+print("snapshot under the mount: %d bytes saved, %d writes held (avg %d us, max %d us)" %
+      (s["bytes_saved"], s["writes_held"], s["held_avg_us"], s["held_max_us"]))' "$tmp/st.json" ||
+                fail "snapshot status after the overwrite: $(cat "$tmp/st.json")"
+        t0=$(now)
+        vctl umount "$mnt" >"$tmp/out" 2>&1 || fail "umount of the snapshot: $(cat "$tmp/out")"
+        echo "umount of the snapshot: $(($(now) - t0)) ms"
+        leftovers "umount of the snapshot"
+        vctl snapshot -d 1 -n 51712 --status >"$tmp/st" 2>&1
+        grep -Eq "snapshot cancelled|no snapshot job" "$tmp/st" || fail "a job is left: $(cat "$tmp/st")"
+        stores=$(ls -A "$tmp" | grep '^\.vbd-snapshot-')
+        [ -z "$stores" ] || fail "a store is left: $stores"
+        [ -e "$tmp/run/mounts" ] && [ -n "$(find "$tmp/run/mounts" -name '*.sock')" ] &&
+                fail "a socket is left: $(find "$tmp/run/mounts" -name '*.sock')"
+        kill -0 "$gpid" 2>/dev/null || fail "the guest's vbdd-sim is gone"
+        touch "$tmp/done"
+        wait $guest || fail "the guest failed: $(cat "$tmp/guest.log")"
+        # a filesystem the guest has mounted (its journal needs recovery; the
+        # image copied while mounted on a loop device): a read-only snapshot
+        # cannot replay the journal; the refusal says so, nothing is left
+        truncate -s $((16 * MiB)) "$tmp/making.img"
+        mkfs.ext4 -q -F "$tmp/making.img" && mkdir "$tmp/making" &&
+                mount -o loop "$tmp/making.img" "$tmp/making" || fail "mount -o loop"
+        echo data >"$tmp/making/f" && sync
+        cp --sparse=always "$tmp/making.img" "$tmp/dirty.img"
+        umount "$tmp/making"
+        dumpe2fs -h "$tmp/dirty.img" 2>/dev/null | grep -q "^Filesystem features:.* needs_recovery" ||
+                fail "the copy's journal needs no recovery"
+        (while [ ! -e "$tmp/done2" ]; do sleep 0.05; done) |
+                vbd_sim "raw:$tmp/dirty.img" dd --if - >"$tmp/guest2.log" 2>&1 &
+        guest=$!
+        cleanup_fn touch "$tmp/done2"
+        for i in $(seq 200); do
+                vctl info -d 1 -n 51712 2>/dev/null | grep -q "^state *connected" && break
+                sleep 0.05
+        done
+        must_fail "a running disk whose journal needs recovery" \
+                "Its journal then needs recovery, which a read-only snapshot cannot do" \
+                mount "$tmp/dirty.img" "$mnt"
+        leftovers "a running disk whose journal needs recovery"
+        vctl snapshot -d 1 -n 51712 --status >"$tmp/st" 2>&1
+        grep -Eq "snapshot cancelled|no snapshot job" "$tmp/st" || fail "a job is left: $(cat "$tmp/st")"
+        stores=$(ls -A "$tmp" | grep '^\.vbd-snapshot-')
+        [ -z "$stores" ] || fail "a store is left: $stores"
+        touch "$tmp/done2"
+        wait $guest || fail "guest 2 failed: $(cat "$tmp/guest2.log")"
+        unset VBD_RUNTIME_DIR
+else
+        echo "SKIP section 5: no VBD_SIM/VBD_SIM_VBDD"
+fi
 
 finish

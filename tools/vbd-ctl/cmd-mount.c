@@ -11,6 +11,17 @@
  * <run>/mounts/<id>.json (run: $VBD_RUN_DIR, else /run/vbd) and its sockets
  * and logs in <run>/mounts/<id>/; umount undoes it in the reverse order,
  * and so does a mount that fails half way.
+ *
+ * An image that a running vbdd serves writable (a guest's disk: found by
+ * the files the daemons in the control dir have open for writing) cannot
+ * get an export-only vbdd of its own (the daemon holds its write lock, and
+ * the guest would change the blocks under the mount).  A read-only mount
+ * of it goes through that daemon's snapshot job instead (cmd-snapshot.c):
+ * an NBD export of the disk as it was when the mount started, on
+ * <work>/snap.sock, with its store beside the image
+ * (<imagedir>/.vbd-snapshot-<id>, unlinked by the daemon as soon as it is
+ * open); umount stops the job.  A read-write mount of it is refused,
+ * naming the daemon.
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -45,6 +56,11 @@ struct mnt {
         bool rw, mounted;
         pid_t fuse_pid;
         struct vbdctl_export ex;
+        /* a snapshot of a running VBD instead of an export-only vbdd */
+        bool snap;
+        uint32_t snap_domid, snap_devid;
+        pid_t snap_pid;
+        char snap_ctl[PATH_MAX], snap_sock[1200], store[PATH_MAX + 64];
         /* when each step ended (ms from the start): the figures of a mount */
         long long t0, t_export, t_attach, t_probe, t_mount;
 };
@@ -408,6 +424,12 @@ static int state_save(struct mnt *m, long long ms)
                             json_pack("{s:I,s:I,s:I,s:I}", "export", (json_int_t)m->t_export,
                                       "attach", (json_int_t)m->t_attach, "probe",
                                       (json_int_t)m->t_probe, "mount", (json_int_t)m->t_mount));
+        if (m->snap)
+                json_object_set_new(
+                    j, "snapshot",
+                    json_pack("{s:I,s:I,s:I,s:s,s:s,s:s}", "domid", (json_int_t)m->snap_domid,
+                              "devid", (json_int_t)m->snap_devid, "pid", (json_int_t)m->snap_pid,
+                              "control", m->snap_ctl, "socket", m->snap_sock, "store", m->store));
         snprintf(tmp, sizeof(tmp), "%s.tmp", m->state);
         r = json_dump_file(j, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(j);
@@ -440,14 +462,30 @@ static int state_load(json_t *j, struct mnt *m)
         m->ex.pid = (pid_t)json_integer_value(json_object_get(j, "vbdd_pid"));
         m->ex.domid = 32000;
         m->ex.devid = (uint32_t)json_integer_value(json_object_get(j, "vbdd_devid"));
+        if (json_is_object(json_object_get(j, "snapshot"))) {
+                json_t *sn = json_object_get(j, "snapshot");
+
+                m->snap = true;
+                m->snap_domid = (uint32_t)json_integer_value(json_object_get(sn, "domid"));
+                m->snap_devid = (uint32_t)json_integer_value(json_object_get(sn, "devid"));
+                m->snap_pid = (pid_t)json_integer_value(json_object_get(sn, "pid"));
+                snprintf(m->snap_ctl, sizeof(m->snap_ctl), "%s", jstr(sn, "control"));
+                snprintf(m->snap_sock, sizeof(m->snap_sock), "%s", jstr(sn, "socket"));
+                snprintf(m->store, sizeof(m->store), "%s", jstr(sn, "store"));
+                if (!*m->snap_ctl || !*m->snap_sock)
+                        return -EINVAL;
+        }
         if (!*m->id || !*m->work || m->work[0] != '/' || !*m->dir || strstr(m->id, "/"))
                 return -EINVAL;
         snprintf(m->fuse_dir, sizeof(m->fuse_dir), "%s/fuse", m->work);
         snprintf(m->fuse_file, sizeof(m->fuse_file), "%s/disk", m->fuse_dir);
         snprintf(m->ex.dir, sizeof(m->ex.dir), "%s", m->work);
-        snprintf(m->ex.nbd, sizeof(m->ex.nbd), "%s/nbd.sock", m->work);
-        snprintf(m->ex.log, sizeof(m->ex.log), "%s/vbdd.log", m->work);
-        vbdctl_socket_path(m->work, m->ex.domid, m->ex.devid, m->ex.ctl, sizeof(m->ex.ctl));
+        snprintf(m->ex.nbd, sizeof(m->ex.nbd), "%s", m->snap ? m->snap_sock : "");
+        if (!m->snap) {
+                snprintf(m->ex.nbd, sizeof(m->ex.nbd), "%s/nbd.sock", m->work);
+                snprintf(m->ex.log, sizeof(m->ex.log), "%s/vbdd.log", m->work);
+                vbdctl_socket_path(m->work, m->ex.domid, m->ex.devid, m->ex.ctl, sizeof(m->ex.ctl));
+        }
         /* only the processes that are still the ones we started */
         if (!pid_mentions(m->ex.pid, m->work))
                 m->ex.pid = 0;
@@ -479,6 +517,210 @@ static json_t *state_all(const char *run)
         if (d)
                 closedir(d);
         return all;
+}
+
+/* ---- a running VBD's snapshot ---- */
+
+/* A vbdd serving the image writable. */
+struct server {
+        uint32_t domid, devid;
+        pid_t pid;
+        char ctl[PATH_MAX], comm[64];
+};
+
+/* Has pid the file st open for writing?  (/proc/PID/fd and fdinfo) */
+static bool holds_for_writing(pid_t pid, const struct stat *st)
+{
+        char path[PATH_MAX], line[128];
+        struct dirent *de;
+        bool found = false;
+        DIR *d;
+
+        snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+        if (!(d = opendir(path)))
+                return false;
+        while (!found && (de = readdir(d))) {
+                struct stat fs;
+                unsigned long flags = 0;
+                FILE *f;
+
+                if (!isdigit((unsigned char)de->d_name[0]))
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/fd/%s", (int)pid, de->d_name);
+                if (stat(path, &fs) < 0 || fs.st_dev != st->st_dev || fs.st_ino != st->st_ino)
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int)pid, de->d_name);
+                if (!(f = fopen(path, "re")))
+                        continue;
+                while (fgets(line, sizeof(line), f))
+                        if (sscanf(line, "flags: %lo", &flags) == 1)
+                                break;
+                fclose(f);
+                found = (flags & O_ACCMODE) != O_RDONLY;
+        }
+        closedir(d);
+        return found;
+}
+
+/* The daemon in the control dir that has image st open for writing: 1 (in
+ * sv), or 0. */
+static int find_server(struct vbdctl *o, const struct stat *st, struct server *sv)
+{
+        struct vbdctl_entry *e = NULL;
+        size_t n = 0;
+        int found = 0;
+
+        if (vbdctl_scan(o->dir, &e, &n) < 0)
+                return 0;
+        for (size_t i = 0; i < n && !found; i++) {
+                struct vbd_err err = {0};
+                json_t *res = NULL;
+                pid_t pid;
+
+                if (vbdctl_call(e[i].path, "info", NULL, 3000, &res, &err) != 0)
+                        continue;
+                pid = (pid_t)json_integer_value(json_object_get(res, "pid"));
+                json_decref(res);
+                if (pid <= 0 || !holds_for_writing(pid, st))
+                        continue;
+                memset(sv, 0, sizeof(*sv));
+                sv->domid = e[i].domid;
+                sv->devid = e[i].devid;
+                sv->pid = pid;
+                snprintf(sv->ctl, sizeof(sv->ctl), "%s", e[i].path);
+                {
+                        char path[64];
+                        FILE *f;
+
+                        snprintf(sv->comm, sizeof(sv->comm), "?");
+                        snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+                        if ((f = fopen(path, "re"))) {
+                                if (fgets(sv->comm, sizeof(sv->comm), f))
+                                        sv->comm[strcspn(sv->comm, "\n")] = '\0';
+                                fclose(f);
+                        }
+                }
+                found = 1;
+        }
+        free(e);
+        return found;
+}
+
+/* Is the daemon on m's control socket still the one that runs our job?
+ * 1 yes, 0 it is gone (or another daemon, or another job). */
+static int snap_ours(struct mnt *m)
+{
+        char ep[sizeof(m->snap_sock) + 8];
+        struct vbd_err err = {0};
+        json_t *res = NULL;
+        int ours;
+
+        if (vbdctl_call(m->snap_ctl, "info", NULL, 5000, &res, &err) != 0)
+                return 0;
+        ours = (pid_t)json_integer_value(json_object_get(res, "pid")) == m->snap_pid;
+        json_decref(res);
+        if (!ours || vbdctl_call(m->snap_ctl, "snapshot-status", NULL, 5000, &res, &err) != 0)
+                return 0;
+        snprintf(ep, sizeof(ep), "unix:%s", m->snap_sock);
+        ours = !strcmp(jstr(res, "endpoint"), ep);
+        json_decref(res);
+        return ours;
+}
+
+/* Stop our snapshot job (if its daemon still runs it) and remove what it
+ * may have left: 0, or -errno with msg (the daemon refused the stop). */
+static int snap_stop(struct mnt *m, char *msg, size_t size)
+{
+        int r = 0;
+
+        if (!m->snap)
+                return 0;
+        if (snap_ours(m)) {
+                struct vbd_err err = {0};
+                json_t *res = NULL;
+
+                if (vbdctl_call(m->snap_ctl, "snapshot-cancel", NULL, 60000, &res, &err) != 0 &&
+                    err.code != -ENOENT) {
+                        snprintf(msg, size,
+                                 "snapshot-cancel on %s: %s (vbd-ctl snapshot -d %u -n %u --stop "
+                                 "ends it)",
+                                 vbdctl_name(m->snap_domid, m->snap_devid), err.msg,
+                                 (unsigned)m->snap_domid, (unsigned)m->snap_devid);
+                        r = -EIO;
+                }
+                json_decref(res);
+        }
+        /* the daemon removes both; after a crash (its or ours) we do */
+        unlink(m->snap_sock);
+        if (*m->store)
+                unlink(m->store);
+        m->snap = false;
+        return r;
+}
+
+/*
+ * Ask sv for a snapshot of the image, exported on <work>/snap.sock with its
+ * store beside the image: 0, or -errno with msg and nothing left behind.
+ */
+static int snap_start(struct mnt *m, const struct server *sv, char *msg, size_t size)
+{
+        char dir[PATH_MAX], ep[sizeof(m->snap_sock) + 8];
+        struct vbd_err err = {0};
+        json_t *res = NULL;
+        char *slash;
+        int r;
+
+        snprintf(dir, sizeof(dir), "%s", m->image);
+        slash = strrchr(dir, '/');
+        *(slash == dir ? slash + 1 : slash) = '\0';
+        if (snprintf(m->store, sizeof(m->store), "%s/.vbd-snapshot-%s", strcmp(dir, "/") ? dir : "",
+                     m->id) >= (int)sizeof(m->store) ||
+            snprintf(m->snap_sock, sizeof(m->snap_sock), "%s/snap.sock", m->work) >=
+                (int)sizeof(m->snap_sock) ||
+            strlen(m->snap_sock) >= 108) {
+                snprintf(msg, size, "%s: path too long for a socket", m->work);
+                return -ENAMETOOLONG;
+        }
+        snprintf(ep, sizeof(ep), "unix:%s", m->snap_sock);
+        m->snap = true;
+        m->snap_domid = sv->domid;
+        m->snap_devid = sv->devid;
+        m->snap_pid = sv->pid;
+        snprintf(m->snap_ctl, sizeof(m->snap_ctl), "%s", sv->ctl);
+        r = vbdctl_call(sv->ctl, "snapshot-start",
+                        json_pack("{s:s,s:s}", "endpoint", ep, "store", m->store), 60000, &res,
+                        &err);
+        json_decref(res);
+        if (r != 0) {
+                snprintf(msg, size,
+                         "%s is served writable by pid %d (%s), VBD %s, and its snapshot "
+                         "failed: %s",
+                         m->image, (int)sv->pid, sv->comm, vbdctl_name(sv->domid, sv->devid),
+                         err.msg);
+                if (r == 1) { /* a job that started after all must not stay */
+                        char ignore[512];
+
+                        snap_stop(m, ignore, sizeof(ignore));
+                } else {
+                        unlink(m->snap_sock);
+                        unlink(m->store);
+                }
+                m->snap = false;
+                return r < 0 ? r : err.code ? err.code : -EIO;
+        }
+        /* it answers once the export listens; be patient with a slow socket */
+        for (int i = 0; i < 500 && access(m->snap_sock, F_OK) < 0; i++)
+                usleep(10 * 1000);
+        if (access(m->snap_sock, F_OK) < 0) {
+                char ignore[512];
+
+                snprintf(msg, size, "the snapshot of VBD %s did not listen on %s",
+                         vbdctl_name(sv->domid, sv->devid), m->snap_sock);
+                snap_stop(m, ignore, sizeof(ignore));
+                return -ETIMEDOUT;
+        }
+        snprintf(m->ex.nbd, sizeof(m->ex.nbd), "%s", m->snap_sock);
+        return 0;
 }
 
 /* ---- set up and tear down ---- */
@@ -538,7 +780,10 @@ static int teardown(struct mnt *m, char *msg, size_t size)
                 }
                 m->fuse_pid = 0;
         }
-        if (vbdctl_export_stop(&m->ex, 60000) < 0 && !r) {
+        if (m->snap) {
+                if (snap_stop(m, msg, size) < 0 && !r)
+                        r = -EIO;
+        } else if (vbdctl_export_stop(&m->ex, 60000) < 0 && !r) {
                 snprintf(msg, size, "vbdd did not exit in time: killed");
                 r = -ETIMEDOUT;
         }
@@ -857,8 +1102,9 @@ static int mount_list(struct vbdctl *o)
         json_array_foreach(all, i, j)
         {
                 struct mnt m;
-                bool stale = state_load(j, &m) < 0 || !m.ex.pid || !is_mounted(m.dir) ||
-                             (!strcmp(m.via, "fuse+loop") && !m.fuse_pid);
+                bool stale = state_load(j, &m) < 0 ||
+                             (m.snap ? m.snap_pid <= 0 || kill(m.snap_pid, 0) < 0 : !m.ex.pid) ||
+                             !is_mounted(m.dir) || (!strcmp(m.via, "fuse+loop") && !m.fuse_pid);
 
                 json_object_set_new(j, "stale", json_boolean(stale));
         }
@@ -871,12 +1117,21 @@ static int mount_list(struct vbdctl *o)
                        "STATE");
         json_array_foreach(all, i, j)
         {
-                printf("%-24s %-32s %-14s %-9s %-3s %s\n", jstr(j, "dir"), jstr(j, "image"),
+                json_t *sn = json_object_get(j, "snapshot");
+                char of[96] = "";
+
+                if (json_is_object(sn))
+                        snprintf(of, sizeof(of), ", snapshot of %s (pid %lld)",
+                                 vbdctl_name((uint32_t)vbdctl_jint(sn, "domid"),
+                                             (uint32_t)vbdctl_jint(sn, "devid")),
+                                 vbdctl_jint(sn, "pid"));
+                printf("%-24s %-32s %-14s %-9s %-3s %s%s\n", jstr(j, "dir"), jstr(j, "image"),
                        jstr(j, "device"), jstr(j, "via"),
                        json_is_true(json_object_get(j, "rw")) ? "rw" : "ro",
                        json_is_true(json_object_get(j, "stale"))
                            ? "stale (vbd-ctl umount DIR cleans up)"
-                           : "mounted");
+                           : "mounted",
+                       of);
         }
         json_decref(all);
         return 0;
@@ -892,7 +1147,9 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
 {
         const char *via = getenv("VBD_MOUNT_VIA");
         char tmp[PATH_MAX + 16];
-        struct stat st;
+        struct stat st, ist;
+        struct server sv;
+        bool served;
         int r;
 
         memset(m, 0, sizeof(*m));
@@ -902,7 +1159,7 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
                 snprintf(msg, size, "mounting needs root");
                 return -EPERM;
         }
-        if (!realpath(image, m->image) || stat(m->image, &st) < 0) {
+        if (!realpath(image, m->image) || stat(m->image, &ist) < 0) {
                 snprintf(msg, size, "%s: %s", image, strerror(errno));
                 return -EIO;
         }
@@ -937,6 +1194,16 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
                          "no way to mount: no nbd module (with nbd-client), and no nbdfuse and "
                          "losetup");
                 return -EIO;
+        }
+        /* a guest's disk: through its daemon's snapshot, read-only only */
+        served = find_server(o, &ist, &sv) == 1;
+        if (served && rw) {
+                snprintf(msg, size,
+                         "%s is in use: served writable by pid %d (%s), VBD %s: a read-write "
+                         "mount would change its guest's disk under it (a read-only mount goes "
+                         "through a snapshot)",
+                         m->image, (int)sv.pid, sv.comm, vbdctl_name(sv.domid, sv.devid));
+                return -EBUSY;
         }
         run_dir(m->run, sizeof(m->run));
         if (strlen(m->run) > 900) {
@@ -983,14 +1250,21 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
                         return -EIO;
                 }
         }
-        if ((r = vbdctl_export_start(o, m->work, m->spec, m->rw, true, &m->ex, msg, size)) < 0 ||
+        if ((r = served ? snap_start(m, &sv, msg, size)
+                        : vbdctl_export_start(o, m->work, m->spec, m->rw, true, &m->ex, msg,
+                                              size)) < 0 ||
             (m->t_export = now_ms() - m->t0, 0) ||
             (r = !strcmp(m->via, "nbd") ? attach_nbd(m, msg, size) : start_fuse(m, msg, size)) <
                 0 ||
             (!strcmp(m->via, "fuse+loop") && (r = attach_loop(m, msg, size)) < 0) ||
             (r = mount_fs(m, partition, fstype, msg, size)) < 0) {
                 char ignore[8192];
+                size_t n = strlen(msg);
 
+                if (m->snap && m->mounted == false && *m->fstype && n < size)
+                        snprintf(msg + n, size - n,
+                                 " (is the filesystem mounted in the guest?  Its journal then "
+                                 "needs recovery, which a read-only snapshot cannot do)");
                 teardown(m, ignore, sizeof(ignore));
                 return -EIO;
         }
@@ -1084,12 +1358,15 @@ static int run_mount(struct vbdctl *o, int argc, char **argv)
         if (o->json)
                 vbdctl_print_json(json_load_file(m.state, 0, NULL));
         else {
-                char where[32] = "the whole disk";
+                char where[32] = "the whole disk", of[96] = "";
 
                 if (m.partition)
                         snprintf(where, sizeof(where), "partition %u", m.partition);
-                printf("mounted %s (%s, %s) on %s %s through %s (%s) in %lld ms\n", m.image, where,
-                       m.fstype, m.dir, m.rw ? "read-write" : "read-only", m.via, m.dev,
+                if (m.snap)
+                        snprintf(of, sizeof(of), ", a snapshot of running VBD %s (pid %d)",
+                                 vbdctl_name(m.snap_domid, m.snap_devid), (int)m.snap_pid);
+                printf("mounted %s (%s, %s) on %s %s through %s (%s)%s in %lld ms\n", m.image,
+                       where, m.fstype, m.dir, m.rw ? "read-write" : "read-only", m.via, m.dev, of,
                        now_ms() - m.t0);
         }
         return 0;

@@ -25,6 +25,7 @@ static const struct vbdctl_verb *const verbs[] = {
     &vbdctl_verb_checkpoint,
     &vbdctl_verb_backup,
     &vbdctl_verb_restore,
+    &vbdctl_verb_snapshot,
     &vbdctl_verb_layer,
     &vbdctl_verb_mount,
     &vbdctl_verb_umount,

@@ -36,7 +36,8 @@ extern const struct vbdctl_verb vbdctl_verb_list, vbdctl_verb_info, vbdctl_verb_
     vbdctl_verb_pause, vbdctl_verb_resume, vbdctl_verb_detach, vbdctl_verb_reopen,
     vbdctl_verb_log_level, vbdctl_verb_spawn, vbdctl_verb_attach, vbdctl_verb_watch,
     vbdctl_verb_version, vbdctl_verb_migrate, vbdctl_verb_checkpoint, vbdctl_verb_backup,
-    vbdctl_verb_restore, vbdctl_verb_layer, vbdctl_verb_mount, vbdctl_verb_umount;
+    vbdctl_verb_restore, vbdctl_verb_snapshot, vbdctl_verb_layer, vbdctl_verb_mount,
+    vbdctl_verb_umount;
 
 /*
  * Parse a verb's options: the common ones (-d/--domid, -n/--devid, -j/--json,

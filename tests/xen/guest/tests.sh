@@ -364,9 +364,12 @@ t_backup() {
 # A guest disk (MBR, one ext4 partition; a qcow2 clone over a raw base) gets
 # a file through `vbd-ctl mount --rw` in dom0 (the kernel's NBD client:
 # nbd-client from the share), then a guest mounts the same disk served by
-# vbdd and reads the file; while it runs, vbd-ctl mount of its disk is
-# refused naming its vbdd; the file it wrote back is read by a read-only
-# vbd-ctl mount. After every mount, umount and refusal nothing may be left.
+# vbdd and reads the file; while it runs, vbd-ctl mount --rw of its disk is
+# refused naming its vbdd, and once it has written a file back a read-only
+# vbd-ctl mount of its disk (through its vbdd's snapshot job) reads it while
+# the guest still runs; after it is gone, a cold read-only mount reads it
+# too. After every mount, umount and refusal nothing may be left (no
+# snapshot job, no store beside the image).
 MNT_DIR=/mnt/vbdt
 # mount_clean WHAT [PID]: nothing of a vbd-ctl mount is left: no vbdd but
 # PID (a guest's), no nbd device connected or sized, no loop device, no FUSE
@@ -411,7 +414,7 @@ vmount() {
 }
 t_mount() {
         local b=$1 name=mount-$1 base=$IMGDIR/mount-base.raw img=$IMGDIR/mount.qcow2
-        local base_md5 sha gsha mp
+        local base_md5 sha gsha mp st
         if [ "$b" != vbdd ]; then
                 test_skip "mount-$b" "vbdd only"
                 return
@@ -459,18 +462,44 @@ t_mount() {
         mount_clean "after umount"
         check "the base is untouched (writes went to the qcow2)" eq "$(md5sum <"$base" | cut -d' ' -f1)" "$base_md5"
         # (2) a guest on the same disk
-        domu_create "$name" fs "vbdt_timeout=120 vbdt_part=1 vbdt_file=data.bin" || return
+        domu_create "$name" fs "vbdt_timeout=300 vbdt_part=1 vbdt_file=data.bin" || return
         VBDD_FORMAT=qcow2 attach vbdd "$DOMID" "$img" w "$CUR_TEST"
         if hold_wait "$name" connected 60; then
-                # the guest's vbdd has the image: a mount (even read-only) is refused
-                vmount busy mount "$img" "$MNT_DIR"
-                check_live "vbd-ctl mount of the served image is refused (rc $VM_RC)" test "$VM_RC" != 0
+                # the guest's vbdd has the image writable: --rw is refused
+                vmount busy mount "$img" "$MNT_DIR" --rw
+                check_live "vbd-ctl mount --rw of the served image is refused (rc $VM_RC)" test "$VM_RC" != 0
                 check_live "the refusal names the guest's vbdd (pid $VBDD_PID): $VM_ERR" \
-                        grep -q "pid $VBDD_PID (vbdd)" "$OUT/$CUR_TEST.busy.err"
+                        grep -q "served writable by pid $VBDD_PID (vbdd)" "$OUT/$CUR_TEST.busy.err"
                 mount_clean "after the refusal" "$VBDD_PID"
                 check_live "the guest's vbdd still runs" vbdd_running
         fi
         release "$name" connected
+        if hold_wait "$name" written 120; then
+                # (2b) the running guest's disk, read-only: through its vbdd's snapshot
+                gsha=$(console_of "$name" | sed -n 's/^VBDT fs wrote size=1048576 sha256=//p')
+                vmount live mount "$img" "$MNT_DIR"
+                check_live "read-only vbd-ctl mount of the running guest's disk succeeds (rc $VM_RC)" eq "$VM_RC" 0
+                check_live "through nbd, a snapshot of VBD $DOMID/$DEVID (pid $VBDD_PID)" \
+                        grep -q "on $MNT_DIR read-only through nbd (/dev/nbd[0-9]*p1), a snapshot of running VBD $DOMID/$DEVID (pid $VBDD_PID)" "$OUT/$CUR_TEST.live.out"
+                vbd-ctl mount --list >"$OUT/$CUR_TEST.live.list" 2>&1
+                check_live "mount --list: snapshot of $DOMID/$DEVID" grep -q "snapshot of $DOMID/$DEVID" "$OUT/$CUR_TEST.live.list"
+                check_live "dom0 reads the running guest's file (sha256 $gsha)" \
+                        eq "$(sha256sum <"$MNT_DIR/from-guest.bin" 2>/dev/null | cut -d' ' -f1)" "$gsha"
+                check_live "and its own (sha256 $sha)" eq "$(sha256sum <"$MNT_DIR/data.bin" 2>/dev/null | cut -d' ' -f1)" "$sha"
+                check_live "a write to the snapshot mount fails" not_touch "$MNT_DIR/x"
+                vbd-ctl snapshot -d "$DOMID" -n "$DEVID" --status >"$OUT/$CUR_TEST.snap.st" 2>&1
+                log "snapshot status: $(cat "$OUT/$CUR_TEST.snap.st")"
+                vmount live-umount umount "$MNT_DIR"
+                check_live "vbd-ctl umount of the snapshot mount succeeds (rc $VM_RC)" eq "$VM_RC" 0
+                mount_clean "after the snapshot umount" "$VBDD_PID"
+                vbd-ctl snapshot -d "$DOMID" -n "$DEVID" --status >"$OUT/$CUR_TEST.snap.st" 2>&1
+                check_live "no snapshot job left: $(cat "$OUT/$CUR_TEST.snap.st")" \
+                        grep -Eq "snapshot cancelled|no snapshot job" "$OUT/$CUR_TEST.snap.st"
+                st=$(shopt -s nullglob dotglob; echo "$IMGDIR"/.vbd-snapshot-*)
+                check_live "no store left beside the image${st:+ ($st)}" test -z "$st"
+                check_live "the guest's vbdd still runs" vbdd_running
+        fi
+        release "$name" written
         guest_done "$name" 120
         show_console "$name"
         save_console "$name"
