@@ -232,8 +232,9 @@ def peers_table(path):
                                 else None)
             else:
                 r["cpu"].append(d["cpu_ns_per_io"])
-    print("%-22s %-22s %9s %8s %11s  %s" % ("workload", "side", "req/s", "MB/s", "CPU ns/req",
-                                          "(vbdd: daemon + guest)"))
+    print("%-22s %-22s %9s %8s %11s  %-17s %s" % ("workload", "side", "req/s", "MB/s",
+                                                  "CPU ns/req", "req/s per round",
+                                                  "(vbdd: daemon + guest)"))
     for wl in order:
         sides = rows[wl]
         m = {s: {k: _mean(v) for k, v in r.items()} for s, r in sides.items()}
@@ -244,10 +245,10 @@ def peers_table(path):
             extra = ""
             if s == "vbdd":
                 extra = "(%s + %s)" % (fmt(m[s]["be"]), fmt(m[s]["fe"]))
-            print("%-22s %-22s %9s %8s %11s  %s" % (wl.replace("_", " ") if first else "",
-                                                  PEER_NAMES[s],
-                                                  fmt(m[s]["iops"]), fmt(m[s]["mb_s"], "%.1f"),
-                                                  fmt(m[s]["cpu"]), extra))
+            print("%-22s %-22s %9s %8s %11s  %-17s %s" % (
+                wl.replace("_", " ") if first else "", PEER_NAMES[s], fmt(m[s]["iops"]),
+                fmt(m[s]["mb_s"], "%.1f"), fmt(m[s]["cpu"]),
+                " / ".join(fmt(x) for x in sides[s]["iops"]), extra))
             first = False
         tuned = [s for s in TUNED if s in m and m[s]["iops"]]
         if "vbdd" in m and tuned:
