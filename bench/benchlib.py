@@ -12,6 +12,11 @@ As a program, for the shell benchmarks (run.sh, nbd.sh, qcow2.sh):
                                   JSON object on stdin, named d
     benchlib.py ratio A B         print A / B with two decimals ("-" when B
                                   is 0 or either is not a number)
+    benchlib.py fiosum            one line of JSON from fio's JSON on stdin:
+                                  iops, mb_s, ios, cpu_s (fio's usr+sys) and
+                                  cpu_ns_per_io
+    benchlib.py peers FILE        the vbdd-vs-fio table of bench/run.sh from
+                                  FILE's lines "WORKLOAD|SIDE|ROUND|JSON"
 """
 import json
 import os
@@ -179,6 +184,83 @@ def fio_series(path):
     return s, last
 
 
+def fio_summary(d):
+    """fio's JSON (one job) -> requests/s, MB/s, requests, and the job's own
+    CPU (usr_cpu + sys_cpu, percent of one core over its runtime) in seconds
+    and nanoseconds per request."""
+    j = d["jobs"][0]
+    ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+    runtime_s = (j.get("job_runtime") or max(j["read"]["runtime"], j["write"]["runtime"])) / 1000
+    cpu_s = (j["usr_cpu"] + j["sys_cpu"]) / 100 * runtime_s
+    return {"iops": j["read"]["iops"] + j["write"]["iops"],
+            "mb_s": (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / 1e6,
+            "ios": ios, "cpu_s": cpu_s,
+            "cpu_ns_per_io": cpu_s * 1e9 / ios if ios else None}
+
+
+PEER_NAMES = {"libaio": "fio libaio, defaults", "libaio-batched": "fio libaio, batched",
+              "io_uring": "fio io_uring, batched", "vbdd": "vbdd + vbd-sim"}
+TUNED = ("libaio-batched", "io_uring")
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None and x >= 0]
+    return sum(xs) / len(xs) if xs else None
+
+
+def peers_table(path):
+    """bench/run.sh's raw-driver table: per workload each side's mean over
+    the rounds (requests/s, MB/s, CPU ns per request; vbdd's is the daemon's
+    plus the simulated guest's), then vbdd over the best tuned fio."""
+    rows = {}
+    order = []
+    with open(path) as f:
+        for line in f:
+            wl, side, _rnd, js = line.rstrip("\n").split("|", 3)
+            d = json.loads(js)
+            if wl not in rows:
+                rows[wl] = {}
+                order.append(wl)
+            r = rows[wl].setdefault(side, {"iops": [], "mb_s": [], "cpu": [], "be": [], "fe": []})
+            r["iops"].append(d["iops"])
+            r["mb_s"].append(d["mb_s"])
+            if side == "vbdd":
+                be, fe = d.get("backend_cpu_ns_per_io"), d.get("front_cpu_ns_per_io")
+                r["be"].append(be)
+                r["fe"].append(fe)
+                r["cpu"].append(be + fe if be is not None and fe is not None and be >= 0 and fe >= 0
+                                else None)
+            else:
+                r["cpu"].append(d["cpu_ns_per_io"])
+    print("%-22s %-22s %9s %8s %11s  %-17s %s" % ("workload", "side", "req/s", "MB/s",
+                                                  "CPU ns/req", "req/s per round",
+                                                  "(vbdd: daemon + guest)"))
+    for wl in order:
+        sides = rows[wl]
+        m = {s: {k: _mean(v) for k, v in r.items()} for s, r in sides.items()}
+        first = True
+        for s in ("libaio", "libaio-batched", "io_uring", "vbdd"):
+            if s not in m:
+                continue
+            extra = ""
+            if s == "vbdd":
+                extra = "(%s + %s)" % (fmt(m[s]["be"]), fmt(m[s]["fe"]))
+            print("%-22s %-22s %9s %8s %11s  %-17s %s" % (
+                wl.replace("_", " ") if first else "", PEER_NAMES[s], fmt(m[s]["iops"]),
+                fmt(m[s]["mb_s"], "%.1f"), fmt(m[s]["cpu"]),
+                " / ".join(fmt(x) for x in sides[s]["iops"]), extra))
+            first = False
+        tuned = [s for s in TUNED if s in m and m[s]["iops"]]
+        if "vbdd" in m and tuned:
+            best = max(tuned, key=lambda s: m[s]["iops"])
+            v, b = m["vbdd"], m[best]
+            print("%-22s vbdd / best tuned fio (%s): req/s %s, CPU/req %s (daemon alone %s);"
+                  " vs fio defaults: req/s %s" %
+                  ("", PEER_NAMES[best], ratio(v["iops"], b["iops"]), ratio(v["cpu"], b["cpu"]),
+                   ratio(v["be"], b["cpu"]),
+                   ratio(v["iops"], m["libaio"]["iops"]) if "libaio" in m else "-"))
+
+
 # ---------------------------------------------------------------------------
 # Measurements
 
@@ -295,6 +377,12 @@ def main(argv):
     if len(argv) == 3 and argv[1] == "json":
         d = json.load(sys.stdin)
         print(eval(argv[2], {"d": d}))
+        return 0
+    if len(argv) == 2 and argv[1] == "fiosum":
+        print(json.dumps(fio_summary(json.load(sys.stdin))))
+        return 0
+    if len(argv) == 3 and argv[1] == "peers":
+        peers_table(argv[2])
         return 0
     if len(argv) == 4 and argv[1] == "ratio":
         print(ratio(_number(argv[2]), _number(argv[3])))

@@ -14,8 +14,8 @@
 #   VBD_XEN_WORK      work dir: share + logs (default $VBD_XEN_CACHE/run)
 #   VBD_XEN_BACKENDS  backends for the functional tests (default "vbdd";
 #                     "vbdd blkback" also runs them on the in-kernel reference)
-#   VBD_XEN_TESTS     subset of "rw mq reboot rebind ro flush backup mount detach
-#                     destroy xl xldetach xldestroy xlcrash bench"
+#   VBD_XEN_TESTS     subset of "rw mq reboot rebind ro flush backup mount qcow2
+#                     detach destroy xl xldetach xldestroy xlcrash bench"
 #   VBD_XEN_BENCH     "MIB SECS ROUNDS" for the benchmark (default "64 8 2")
 #   VBD_XEN_VBDD_ARGS extra vbdd arguments (e.g. "-D xenbus,ring")
 #   VBD_XEN_DOMU_EXTRA extra domU kernel arguments (vbdt_debug=1: full dmesg)
@@ -101,14 +101,27 @@ if [ -n "$VBDD" ]; then
         else
                 say "WARNING: no nbd-client in $TOOLS: the mount test will fail"
         fi
+        # qemu-img and qemu-io (the qcow2 test makes its backing chain and
+        # checks it with qemu's own tools): the host's (qemu-utils, same
+        # Debian release as dom0), their libraries below like vbdd's
+        QTOOLS=""
+        for t in qemu-img qemu-io; do
+                if command -v "$t" >/dev/null; then
+                        cp "$(command -v "$t")" "$SHARE/bin/$t"
+                        QTOOLS="$QTOOLS $SHARE/bin/$t"
+                else
+                        say "WARNING: no $t on the host (qemu-utils): the qcow2 test will fail"
+                fi
+        done
+        # shellcheck disable=SC2086
         for lib in $(LD_LIBRARY_PATH=$TOOLS/lib/x86_64-linux-gnu:$TOOLS/usr/lib/x86_64-linux-gnu \
-                ldd "$VBDD" "$SHARE/bin/vbd-ctl" "$SHARE/bin/nbd-client" 2>/dev/null |
+                ldd "$VBDD" "$SHARE/bin/vbd-ctl" "$SHARE/bin/nbd-client" $QTOOLS 2>/dev/null |
                 awk '/=> \//{print $3}' | sort -u); do
                 n=$(basename "$lib")
                 if [ ! -e "$CACHE/dom0-root/usr/lib/x86_64-linux-gnu/$n" ] &&
                         [ ! -e "$CACHE/dom0-root/lib/x86_64-linux-gnu/$n" ]; then
                         cp -L "$lib" "$SHARE/lib/$n"
-                        say "vbdd/vbd-ctl/nbd-client need $n, not in the dom0 image: shipped in the share"
+                        say "vbdd/vbd-ctl/nbd-client/qemu-img need $n, not in the dom0 image: shipped in the share"
                 fi
         done
         if "$VBDD" --help 2>&1 | grep -q -- '--domid'; then

@@ -89,6 +89,10 @@ bench --image null:64M --rw randread --json >/dev/null && {
                 fail "no backend CPU in JSON: $(cat "$tmp/out")"
         ns=$(jfield backend_cpu_ns_per_io)
         [ "${ns%.*}" -gt 0 ] && [ "${ns%.*}" -lt 10000000 ] || fail "backend_cpu_ns_per_io '$ns'"
+        # the simulated guest's own CPU (it competes with the daemon for cores)
+        ns=$(jfield front_cpu_ns_per_io)
+        [ "${ns%.*}" -gt 0 ] && [ "${ns%.*}" -lt 10000000 ] || fail "front_cpu_ns_per_io '$ns'"
+        grep -q '"front_cpu_s":[0-9]' "$tmp/out" || fail "no front_cpu_s in JSON: $(cat "$tmp/out")"
         grep -q "\"protocol\":\"${VBD_SIM_PROTOCOL:-x86_64-abi}\"" "$tmp/out" || fail "protocol: $(cat "$tmp/out")"
         grep -q '"indirect":false' "$tmp/out" || fail "4 KiB requests went indirect"
 }

@@ -65,7 +65,9 @@ static void usage(FILE *f)
                    "        pattern; reads are checked against the last write (or zeros).\n"
                    "        --bs up to 1M; above 44K (11 pages) needs indirect segments.\n"
                    "        Reports the backend's CPU use (utime + stime of vbdd-sim over the\n"
-                   "        measured period) as backend_cpu_pct and backend_cpu_ns_per_io.\n"
+                   "        measured period) as backend_cpu_pct and backend_cpu_ns_per_io, and\n"
+                   "        (--json) the simulated guest's own (getrusage of vbd-sim) as\n"
+                   "        front_cpu_pct, front_cpu_s and front_cpu_ns_per_io.\n"
                    "\n"
                    "SPEC: any vbdd image spec: raw:/path[,direct=on|off|auto], null:SIZE (e.g.\n"
                    "null:1G), qcow2:/path[,...] (see vbdd --help).\n"
@@ -1163,7 +1165,8 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                             "\"verify\":%s,\"verified\":%" PRIu64 ",\"unverified\":%" PRIu64
                             ",\"mismatches\":%" PRIu64 ",\"notifies\":%" PRIu64
                             ",\"polls\":%" PRIu64 ",\"pushes\":%" PRIu64
-                            ",\"front_cpu_pct\":%.0f,\"protocol\":\"%s\",\"max_segments\":%u,"
+                            ",\"front_cpu_pct\":%.0f,\"front_cpu_s\":%.3f,"
+                            "\"front_cpu_ns_per_io\":%.0f,\"protocol\":\"%s\",\"max_segments\":%u,"
                             "\"indirect\":%s,\"indirect_requests\":%" PRIu64
                             ",\"queue_depth\":%u,\"backend_cpu_s\":%.3f,"
                             "\"backend_cpu_pct\":%.1f,\"backend_cpu_ns_per_io\":%.0f,"
@@ -1174,7 +1177,7 @@ static int cmd_bench(struct gopts *g, struct bench_opts *o)
                             b.hist.count ? (double)b.hist.sum / (double)b.hist.count / 1000.0 : 0.0,
                             p50, p90, p99, p999, mx, b.errors, o->verify ? "true" : "false",
                             b.checked, b.unverified, b.mismatches, st.notifies, st.polls, st.pushes,
-                            100.0 * cpu / secs,
+                            100.0 * cpu / secs, cpu, ios > 0 ? cpu * 1e9 / ios : -1.0,
                             simfront_abi(s.fe) == SIMFRONT_ABI_X86_32 ? "x86_32-abi" : "x86_64-abi",
                             simfront_max_segments(s.fe), simfront_indirect(s.fe) ? "true" : "false",
                             st.indirect, simfront_queue_depth(s.fe), be_cpu, be_pct, be_ns_io,

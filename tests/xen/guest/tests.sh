@@ -9,14 +9,14 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw reboot rebind ro flush backup mount detach destroy
+#   VBD_TESTS     subset of: rw mq reboot rebind ro flush backup mount qcow2 detach destroy
 #                 xl xldetach xldestroy xlcrash bench
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw mq reboot rebind ro flush backup mount detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw mq reboot rebind ro flush backup mount qcow2 detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -542,6 +542,147 @@ t_mount() {
         test_end
 }
 not_touch() { ! touch "$1" 2>/dev/null; }
+
+# --- (4b) qcow2 with a backing chain: raw base <- qcow2 middle <- qcow2 top ---
+# qpat SEED SECTORS: the guest's write data (domu-init's qpat, same bytes)
+qpat() { seq $(($1 * 1000000)) $(($1 * 1000000 + 999999)) | head -c $(($2 * 512)); }
+# put_at FILE SECTOR SRC: SRC's bytes into FILE at SECTOR (the reference)
+put_at() { dd if="$3" of="$1" bs=512 seek="$2" conv=notrunc status=none; }
+# qmd5 FILE SECTOR COUNT: md5 of COUNT sectors at SECTOR
+qmd5() { dd if="$1" bs=512 skip="$2" count="$3" status=none | md5sum | cut -d' ' -f1; }
+# In 512-byte sectors; the disk is 64 MiB (131072 sectors), the raw base only
+# 32 MiB (past its end the chain reads zeros), the middle has 128 KiB
+# clusters, the top qemu's default 64 KiB.
+# The middle's own data (qemu-io), SEED:SECTOR:COUNT (random data):
+QC_MID="1:16384:8192 2:81920:8192 3:32769:6"
+# The guest's writes: a 1 MiB write over base data only; 7 sectors inside a
+# base cluster; 5 inside a middle cluster; 256 KiB across the end of the
+# middle's data (middle, then base); 256 KiB across the end of the base
+# (base, then nothing); 1 MiB where no layer has data; 5 sectors there; 64
+# KiB over middle data past the base's end, across two top clusters; the
+# last sector.
+QC_WRITES="11:4096:2048 12:9001:7 13:20483:5 14:24320:512 15:65280:512 16:106496:2048 17:122881:5 18:84032:128 19:131071:1"
+# Regions nobody writes (NAME:SECTOR:COUNT): base data, the middle's data
+# over the base and past its end, the middle's sub-cluster write, zeros
+QC_READS="base0:0:4096 base1:10240:6144 mid:16384:4096 midpart:32768:128 midhigh:86016:4096 zeros:98304:8192"
+t_qcow2() {
+        local b=$1 name=qcow2-$1 d=$IMGDIR/qcow2 t w r seed sec n t0 rc
+        local base mid top ref sb sm out cl want got
+        if [ "$b" != vbdd ]; then
+                test_skip "qcow2-$b" "vbdd only (blkback serves raw devices)"
+                return
+        fi
+        test_begin "qcow2-$b"
+        base=$d/base.raw mid=$d/mid.qcow2 top=$d/top.qcow2 ref=$d/ref.raw
+        for t in qemu-img qemu-io; do
+                if [ -x "/share/bin/$t" ]; then
+                        install -m 755 "/share/bin/$t" "/usr/local/bin/$t"
+                else
+                        fail "no $t in the share (run.sh ships the host's qemu-utils)"
+                fi
+        done
+        rm -rf "$d"
+        mkdir -p "$d"
+        # the chain, made by qemu's own tools; backing names relative to the
+        # images' directory (as qemu-img create writes them when run there)
+        dd if=/dev/urandom of="$base" bs=1M count=32 status=none
+        (cd "$d" && qemu-img create -q -f qcow2 -o cluster_size=128k -b base.raw -F raw mid.qcow2 64M) ||
+                fail "qemu-img create of the middle"
+        # the raw reference: the base grown to 64 MiB (the chain's zeros past
+        # its end), then every write applied to it as it is made to the chain
+        cp "$base" "$ref"
+        truncate -s 64M "$ref"
+        for w in $QC_MID; do
+                IFS=: read -r seed sec n <<<"$w"
+                head -c $((n * 512)) /dev/urandom >"$d/m$seed"
+                qemu-io -f qcow2 -c "write -q -s $d/m$seed $((sec * 512)) $((n * 512))" "$mid" ||
+                        fail "qemu-io write into the middle at sector $sec"
+                put_at "$ref" "$sec" "$d/m$seed"
+        done
+        (cd "$d" && qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 64M) ||
+                fail "qemu-img create of the top"
+        qemu-img info --backing-chain "$top" >"$OUT/$CUR_TEST.info-before.txt" 2>&1
+        check "qemu-img sees a chain of three images (top, mid, base)" \
+                eq "$(grep -c '^image: ' "$OUT/$CUR_TEST.info-before.txt")" 3
+        # the test's own reference is right before the guest writes anything
+        qemu-img compare -f qcow2 -F raw "$top" "$ref" >"$OUT/$CUR_TEST.compare-before.txt" 2>&1
+        check "before the guest: the chain equals the raw reference (qemu-img compare rc $?)" \
+                grep -q 'Images are identical' "$OUT/$CUR_TEST.compare-before.txt"
+        sb=$(sha256sum <"$base" | cut -d' ' -f1)
+        sm=$(sha256sum <"$mid" | cut -d' ' -f1)
+        log "chain ready: base sha256 $sb, middle sha256 $sm; guest writes: $QC_WRITES"
+        domu_create "$name" qcow2 "vbdt_timeout=240 vbdt_qw=${QC_WRITES// /,} vbdt_qr=${QC_READS// /,}" || return
+        VBDD_FORMAT=qcow2 attach vbdd "$DOMID" "$top" w "$CUR_TEST"
+        if hold_wait "$name" connected 60; then
+                xs_dump "$DOMID" connected
+                check_xs "backend state 4 (Connected)" "$(vbdd_be "$DOMID")/state" 4
+                check_xs "backend sectors = 131072 (the top's 64 MiB, not the base's 32)" \
+                        "$(vbdd_be "$DOMID")/sectors" 131072
+        fi
+        release "$name" connected
+        guest_done "$name" 250
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap vbdd "$DOMID" "guest poweroff"
+        show_vbdd_log
+        # the guest's writes, their data, what it read back
+        for w in $QC_WRITES; do
+                IFS=: read -r seed sec n <<<"$w"
+                qpat "$seed" "$n" >"$d/g$seed"
+                want=$(md5sum <"$d/g$seed" | cut -d' ' -f1)
+                out=$(console_of "$name" | grep "^VBDT qw seed=$seed ")
+                check "guest write $seed ($n sectors at $sec) rc=0: '$out'" grep -q ' rc=0 ' <<<"$out"
+                check "guest write $seed: its data is dom0's pattern (md5 $want)" eq "${out##*md5=}" "$want"
+                check "guest write $seed read back by the guest" \
+                        eq "$(console_of "$name" | sed -n "s/^VBDT qback seed=$seed md5=//p")" "$want"
+                put_at "$ref" "$sec" "$d/g$seed"
+        done
+        for r in $QC_READS; do
+                IFS=: read -r w sec n <<<"$r"
+                want=$(qmd5 "$ref" "$sec" "$n")
+                check "guest reads untouched '$w' ($n sectors at $sec) as the chain holds it (md5 $want)" \
+                        eq "$(console_of "$name" | sed -n "s/^VBDT qread name=$w md5=//p")" "$want"
+        done
+        want=$(md5sum <"$ref" | cut -d' ' -f1)
+        check "guest reads the whole disk as the reference holds it (md5 $want)" \
+                eq "$(console_of "$name" | sed -n 's/^VBDT qall md5=//p')" "$want"
+        # the images, by qemu's tools
+        t0=$(ts)
+        qemu-img check "$top" >"$OUT/$CUR_TEST.check-top.txt" 2>&1
+        rc=$?
+        log "qemu-img check top (rc $rc, $(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')s): $(tr '\n' ' ' <"$OUT/$CUR_TEST.check-top.txt")"
+        check "qemu-img check of the top: clean, no leaks (rc $rc)" eq "$rc" 0
+        check "qemu-img check of the top: 'No errors were found'" grep -q 'No errors were found' "$OUT/$CUR_TEST.check-top.txt"
+        qemu-img check "$mid" >"$OUT/$CUR_TEST.check-mid.txt" 2>&1
+        check "qemu-img check of the middle: clean (rc $?)" grep -q 'No errors were found' "$OUT/$CUR_TEST.check-mid.txt"
+        qemu-img compare -f qcow2 -F raw "$top" "$ref" >"$OUT/$CUR_TEST.compare.txt" 2>&1
+        rc=$?
+        log "qemu-img compare top-chain vs reference (rc $rc): $(tr '\n' ' ' <"$OUT/$CUR_TEST.compare.txt")"
+        check "qemu-img compare: the chain equals the raw reference with the same writes (rc $rc)" eq "$rc" 0
+        check "the base is unchanged (sha256)" eq "$(sha256sum <"$base" | cut -d' ' -f1)" "$sb"
+        check "the middle is unchanged (sha256)" eq "$(sha256sum <"$mid" | cut -d' ' -f1)" "$sm"
+        # copy-on-write at cluster granularity: the top holds exactly the
+        # 64 KiB clusters the guest wrote, nothing else
+        qemu-img map --output=json "$top" >"$OUT/$CUR_TEST.map.json" 2>&1
+        want=$(for w in $QC_WRITES; do
+                IFS=: read -r seed sec n <<<"$w"
+                cl=$((sec / 128))
+                while [ "$cl" -le $(((sec + n - 1) / 128)) ]; do
+                        echo "$cl"
+                        cl=$((cl + 1))
+                done
+        done | sort -n -u | tr '\n' ' ')
+        got=$(awk '/"depth": 0,/ && /"present": true/ {
+                match($0, /"start": [0-9]+/); s = substr($0, RSTART + 9, RLENGTH - 9)
+                match($0, /"length": [0-9]+/); l = substr($0, RSTART + 10, RLENGTH - 10)
+                for (c = s / 65536; c < (s + l) / 65536; c++) print c }' "$OUT/$CUR_TEST.map.json" |
+                sort -n -u | tr '\n' ' ')
+        log "top clusters: written by the guest: $want; allocated in the top: $got"
+        check "the top allocated exactly the clusters the guest wrote" eq "$got" "$want"
+        qemu-img info --backing-chain "$top" >"$OUT/$CUR_TEST.info-after.txt" 2>&1
+        test_end
+}
 
 # --- (5) detach while the guest runs -------------------------------------
 t_detach() {
