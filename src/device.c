@@ -373,9 +373,9 @@ static const struct vbd_device_user_ops jexport_ops = {
 
 struct vbd_device_export *vbd_device_export_start(struct vbd_device *dev, struct vbd_image *img,
                                                   const char *endpoint, const char *name,
-                                                  struct vbd_err *err)
+                                                  bool writable, struct vbd_err *err)
 {
-        struct vbd_nbd_config cfg = {.endpoint = endpoint, .name = name, .writable = false};
+        struct vbd_nbd_config cfg = {.endpoint = endpoint, .name = name, .writable = writable};
         struct vbd_device_export *ex = calloc(1, sizeof(*ex));
         struct vbd_nbd_addr addr;
         int r;

@@ -11,6 +11,13 @@
  *           image as it was in that pause
  *   status  state, endpoint, bytes saved, writes held and for how long,
  *           clients, error
+ *
+ * With scratch=on the export also takes writes, into a second unlinked file
+ * (STORE.scratch) that goes away with the job: a thrown-away overlay, so that
+ * a file system the guest has mounted can replay its journal there and be
+ * mounted (read-only) by dom0.  Its unit is 512 bytes, the smallest write,
+ * so no write needs a read first; the map of units written is kept in
+ * pieces of 1 GiB's worth, made on the first write there.
  *   cancel  stop the export (its clients are dropped) and the engine; the
  *           store goes away with its last descriptor; the job ends CANCELLED
  *
@@ -43,9 +50,16 @@
 
 /* ---- the view ---- */
 
+#define VIEW_WSHIFT 9  /* the scratch overlay's unit: 512 bytes */
+#define VIEW_CSHIFT 30 /* one piece of its map per GiB */
+#define VIEW_CBITS  (1u << (VIEW_CSHIFT - VIEW_WSHIFT))
+
 struct view_state {
         struct bk_state *s;
         struct vbd_image *store, *image; /* the image: the filter's child */
+        struct vbd_image *scratch;       /* the overlay, or NULL: read-only */
+        uint64_t **written;              /* its units written, in pieces (NULL: none) */
+        size_t npieces;
         size_t sub_scratch;
 };
 
@@ -72,9 +86,40 @@ static int view_open(struct vbd_image *img, const struct vbd_opts *o, struct vbd
         if (!view_attach.s)
                 return vbd_err_set(err, -EINVAL, "backup-view: only the snapshot job opens it");
         *v = view_attach;
+        v->written = NULL;
         v->sub_scratch = vbd_image_io_scratch_size(v->store);
         if (vbd_image_io_scratch_size(v->image) > v->sub_scratch)
                 v->sub_scratch = vbd_image_io_scratch_size(v->image);
+        if (v->scratch) {
+                v->npieces = (size_t)((vbd_image_info(v->image)->size >> VIEW_CSHIFT) + 1);
+                if (vbd_image_io_scratch_size(v->scratch) > v->sub_scratch)
+                        v->sub_scratch = vbd_image_io_scratch_size(v->scratch);
+                v->written = calloc(v->npieces, sizeof(*v->written));
+                if (!v->written)
+                        return vbd_err_set(err, -ENOMEM, "out of memory for the overlay's map");
+        }
+        return 0;
+}
+
+static bool view_written(const struct view_state *v, uint64_t off)
+{
+        const uint64_t *piece;
+
+        if (!v->written || !(piece = v->written[off >> VIEW_CSHIFT]))
+                return false;
+        return bk_test(piece, (off & ((UINT64_C(1) << VIEW_CSHIFT) - 1)) >> VIEW_WSHIFT);
+}
+
+/* Mark [off, off + len) written: 0, or -ENOMEM (nothing marked past that). */
+static int view_mark(struct view_state *v, uint64_t off, uint64_t len)
+{
+        for (uint64_t u = off >> VIEW_WSHIFT; u < (off + len) >> VIEW_WSHIFT; u++) {
+                uint64_t **piece = &v->written[u >> (VIEW_CSHIFT - VIEW_WSHIFT)];
+
+                if (!*piece && !(*piece = calloc(VIEW_CBITS / 64, 8)))
+                        return -ENOMEM;
+                bk_set(*piece, u & (VIEW_CBITS - 1));
+        }
         return 0;
 }
 
@@ -94,6 +139,8 @@ static int view_get_info(struct vbd_image *img, struct vbd_info *ret)
 
         *ret = *ii;
         ret->caps = 0; /* reads only */
+        if (v->scratch)
+                ret->caps = VBD_CAP_WRITE | VBD_CAP_FLUSH;
         if (si->mem_align > ret->mem_align)
                 ret->mem_align = si->mem_align;
         if (si->logical_block > ret->logical_block)
@@ -156,23 +203,32 @@ static void view_sub_done(struct vbd_io *sub, int status)
         view_next(vio);
 }
 
-/* The next run of blocks that all come from the store, or all from the image. */
+/* Where the view's byte at off comes from. */
+static struct vbd_image *view_source(const struct view_state *v, uint64_t off)
+{
+        if (view_written(v, off))
+                return v->scratch;
+        return bk_saved(v->s, off >> v->s->shift) ? v->store : v->image;
+}
+
+/* The next run of units that all come from the same place: the overlay,
+ * the store or the image. */
 static void view_next(struct view_io *vio)
 {
         struct vbd_io *io = vio->io;
-        const struct bk_state *s = vio->v->s;
+        const struct view_state *v = vio->v;
         uint64_t off = io->offset + vio->pos, end = io->offset + io->len, len;
-        uint64_t b = off >> s->shift;
-        bool saved;
+        uint64_t step = v->written ? vbd_image_info(v->image)->logical_block : v->s->p.gran;
+        struct vbd_image *src;
 
         if (vio->pos == io->len) {
                 view_finish(vio, 0);
                 return;
         }
-        saved = bk_saved(s, b);
-        len = ((b + 1) << s->shift) - off;
-        while (off + len < end && bk_saved(s, (off + len) >> s->shift) == saved)
-                len += s->p.gran;
+        src = view_source(v, off);
+        len = (off / step + 1) * step - off;
+        while (off + len < end && view_source(v, off + len) == src)
+                len += step;
         if (off + len > end)
                 len = end - off;
         vio->sub = (struct vbd_io){
@@ -184,7 +240,20 @@ static void view_next(struct view_io *vio)
             .done = view_sub_done,
             .opaque = vio,
             .scratch = vio->sub_scratch};
-        vbd_image_submit(saved ? vio->v->store : vio->v->image, &vio->sub);
+        vbd_image_submit(src, &vio->sub);
+}
+
+/* A write of the view, into the overlay: the units are the overlay's from now on. */
+static void view_write_done(struct vbd_io *sub, int status)
+{
+        struct view_io *vio = sub->opaque;
+        struct vbd_io *io = vio->io;
+
+        if (status >= 0 && !bk_view_ok(vio->v->s))
+                status = -EIO;
+        if (status >= 0)
+                status = view_mark(vio->v, io->offset, io->len);
+        view_finish(vio, status);
 }
 
 static void view_submit(struct vbd_image *img, struct vbd_io *io)
@@ -192,8 +261,12 @@ static void view_submit(struct vbd_image *img, struct vbd_io *io)
         struct view_state *v = vbd_image_state(img);
         struct view_io *vio = io->scratch;
 
-        if (io->op != VBD_OP_READ) { /* the core lets only reads through (caps 0) */
-                vbd_io_complete(io, -EROFS);
+        if (io->op == VBD_OP_FLUSH) { /* the overlay is thrown away: nothing to make durable */
+                vbd_io_complete(io, bk_view_ok(v->s) ? 0 : -EIO);
+                return;
+        }
+        if (io->op != VBD_OP_READ && (io->op != VBD_OP_WRITE || !v->scratch)) {
+                vbd_io_complete(io, -EROFS); /* the core lets only what caps say through */
                 return;
         }
         if (!bk_view_ok(v->s)) {
@@ -209,13 +282,32 @@ static void view_submit(struct vbd_image *img, struct vbd_io *io)
                 vbd_io_complete(io, -ENOMEM);
                 return;
         }
+        if (io->op == VBD_OP_WRITE) {
+                /* it does not touch the image: the engine counts it, holds nothing */
+                bk_vread_begin(v->s, &vio->vr, io->offset, 0);
+                vio->sub = (struct vbd_io){.op = VBD_OP_WRITE,
+                                           .offset = io->offset,
+                                           .len = io->len,
+                                           .iov = io->iov,
+                                           .iovcnt = io->iovcnt,
+                                           .done = view_write_done,
+                                           .opaque = vio,
+                                           .scratch = vio->sub_scratch};
+                vbd_image_submit(v->scratch, &vio->sub);
+                return;
+        }
         bk_vread_begin(v->s, &vio->vr, io->offset, io->len);
         view_next(vio);
 }
 
 static void view_close(struct vbd_image *img)
 {
-        (void)img; /* the job owns the store and the engine */
+        struct view_state *v = vbd_image_state(img);
+
+        for (size_t i = 0; v->written && i < v->npieces; i++)
+                free(v->written[i]);
+        free(v->written); /* the job owns the store, the overlay and the engine */
+        v->written = NULL;
 }
 
 /* Not in the registry (drivers.c.in): only the snapshot job opens it. */
@@ -239,6 +331,7 @@ enum {
         OPT_STORE,
         OPT_GRANULARITY,
         OPT_NAME,
+        OPT_SCRATCH,
 };
 
 static const struct vbd_opt_desc job_opts[] = {
@@ -260,6 +353,9 @@ static const struct vbd_opt_desc job_opts[] = {
                          .def = "64K",
                          .help = "the unit saved before a guest write"},
     [OPT_NAME] = VBD_OPT_STRING_DEF("name", "", "the export's name (default: the default export)"),
+    [OPT_SCRATCH] = VBD_OPT_BOOL_DEF("scratch", "off",
+                                     "the export takes writes, into a thrown-away overlay "
+                                     "(STORE.scratch, unlinked at once)"),
 };
 
 #define SN_PATH_MAX 1024
@@ -268,7 +364,8 @@ struct snap_job {
         struct vbd_job *job;
         char endpoint[SN_PATH_MAX], store[SN_PATH_MAX], name[256];
         uint32_t gran;
-        struct vbd_image *simg, *view;
+        bool scratch;
+        struct vbd_image *simg, *view, *ximg; /* the store, the view, the overlay */
         struct vbd_device_export *ex;
         bool began, engine_over, export_over, cancelling;
         int status;
@@ -288,7 +385,9 @@ static void close_images(struct snap_job *b)
                 vbd_device_close_image(dev, b->view);
         if (b->simg)
                 vbd_device_close_image(dev, b->simg);
-        b->view = b->simg = NULL;
+        if (b->ximg)
+                vbd_device_close_image(dev, b->ximg);
+        b->view = b->simg = b->ximg = NULL;
 }
 
 /* Both the engine and the export are over: release the rest, end. */
@@ -384,12 +483,14 @@ static void start_paused(void *opaque)
         }
         view_attach = (struct view_state){.s = (struct bk_state *)bk_get(layer),
                                           .store = b->simg,
-                                          .image = vbd_image_child(layer)};
+                                          .image = vbd_image_child(layer),
+                                          .scratch = b->ximg};
         snprintf(spec, sizeof(spec), "backup-view:snapshot");
-        b->view = vbd_device_open_driver(dev, &view_driver, spec, true, &err);
+        b->view = vbd_device_open_driver(dev, &view_driver, spec, !b->scratch, &err);
         view_attach = (struct view_state){0};
         if (b->view)
-                b->ex = vbd_device_export_start(dev, b->view, b->endpoint, b->name, &err);
+                b->ex =
+                    vbd_device_export_start(dev, b->view, b->endpoint, b->name, b->scratch, &err);
         if (!b->view || !b->ex) {
                 bk_unprepare(layer);
                 start_failed(b, err.code ? err.code : -EIO, err.msg);
@@ -418,29 +519,49 @@ static int copy_opt(char *dst, size_t size, const struct vbd_opt_value *v, const
         return 0;
 }
 
-/* The store: a new sparse file of size bytes, open, then unlinked. */
-static int open_store(struct snap_job *b, struct vbd_device *dev, uint64_t size,
-                      struct vbd_err *err)
+/* A new sparse file of size bytes at path, open, then unlinked. */
+static struct vbd_image *open_unlinked(struct vbd_device *dev, const char *path, uint64_t size,
+                                       struct vbd_err *err)
 {
         char spec[SN_PATH_MAX + 32];
-        int fd = open(b->store, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        struct vbd_image *img;
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 
-        if (fd < 0)
-                return vbd_err_set(err, -errno, "cannot create the store %s: %s", b->store,
-                                   strerror(errno));
+        if (fd < 0) {
+                vbd_err_set(err, -errno, "cannot create %s: %s", path, strerror(errno));
+                return NULL;
+        }
         if (ftruncate(fd, (off_t)size) < 0) {
                 int r = -errno;
 
                 close(fd);
-                unlink(b->store);
-                return vbd_err_set(err, r, "cannot size the store %s: %s", b->store, strerror(-r));
+                unlink(path);
+                vbd_err_set(err, r, "cannot size %s: %s", path, strerror(-r));
+                return NULL;
         }
         close(fd);
-        snprintf(spec, sizeof(spec), "raw:%s", b->store);
-        b->simg = vbd_device_open_image(dev, spec, false, err);
-        unlink(b->store); /* open or not: nothing stays behind */
-        if (!b->simg)
+        snprintf(spec, sizeof(spec), "raw:%s", path);
+        img = vbd_device_open_image(dev, spec, false, err);
+        unlink(path); /* open or not: nothing stays behind */
+        return img;
+}
+
+/* The store, and with scratch the overlay beside it. */
+static int open_store(struct snap_job *b, struct vbd_device *dev, uint64_t size,
+                      struct vbd_err *err)
+{
+        char path[SN_PATH_MAX + 16];
+
+        if (!(b->simg = open_unlinked(dev, b->store, size, err)))
                 return err->code ? err->code : -EIO;
+        if (!b->scratch)
+                return 0;
+        snprintf(path, sizeof(path), "%s.scratch", b->store);
+        if (!(b->ximg = open_unlinked(dev, path, size, err))) {
+                vbd_device_close_image(dev, b->simg);
+                b->simg = NULL;
+                return err->code ? err->code : -EIO;
+        }
         return 0;
 }
 
@@ -458,6 +579,9 @@ static int sn_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
             (r = copy_opt(b->name, sizeof(b->name), &v[OPT_NAME], "name", err)) < 0)
                 return r;
         b->gran = (uint32_t)v[OPT_GRANULARITY].u;
+        b->scratch = v[OPT_SCRATCH].b;
+        if (strlen(b->store) + sizeof(".scratch") > sizeof(b->store))
+                return vbd_err_set(err, -ENAMETOOLONG, "the store's name is too long");
         if (b->store[0] != '/')
                 return vbd_err_set(err, -EINVAL, "the store must be an absolute path: %s",
                                    b->store);

@@ -105,9 +105,9 @@ struct vbd_image *vbd_device_open_driver(struct vbd_device *dev, const struct vb
                                          const char *spec, bool readonly, struct vbd_err *err);
 
 /*
- * A job's own NBD export of img (read-only: a view of the device, not the
- * device's image), on endpoint ("unix:PATH" or "tcp:ADDR:PORT"), export
- * name name ("" the default).  It is a user of the device: it pauses with
+ * A job's own NBD export of img (a view of the device, not the device's
+ * image; writable only when img takes writes), on endpoint ("unix:PATH" or
+ * "tcp:ADDR:PORT"), export name name ("" the default).  It is a user of the device: it pauses with
  * it, and the device refuses to swap its stack while it runs.  NULL + err.
  * Stop it with vbd_device_export_stop(): the listener closes, the requests
  * in flight complete, the clients are dropped, done(opaque) runs from the
@@ -117,7 +117,7 @@ struct vbd_image *vbd_device_open_driver(struct vbd_device *dev, const struct vb
 struct vbd_device_export;
 struct vbd_device_export *vbd_device_export_start(struct vbd_device *dev, struct vbd_image *img,
                                                   const char *endpoint, const char *name,
-                                                  struct vbd_err *err);
+                                                  bool writable, struct vbd_err *err);
 void vbd_device_export_stop(struct vbd_device_export *ex, void (*done)(void *opaque), void *opaque);
 void vbd_device_export_free(struct vbd_device_export *ex); /* NULL-safe */
 unsigned vbd_device_export_clients(const struct vbd_device_export *ex);

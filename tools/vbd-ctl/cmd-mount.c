@@ -688,8 +688,8 @@ static int snap_start(struct mnt *m, const struct server *sv, char *msg, size_t 
         m->snap_pid = sv->pid;
         snprintf(m->snap_ctl, sizeof(m->snap_ctl), "%s", sv->ctl);
         r = vbdctl_call(sv->ctl, "snapshot-start",
-                        json_pack("{s:s,s:s}", "endpoint", ep, "store", m->store), 60000, &res,
-                        &err);
+                        json_pack("{s:s,s:s,s:b}", "endpoint", ep, "store", m->store, "scratch", 1),
+                        60000, &res, &err);
         json_decref(res);
         if (r != 0) {
                 snprintf(msg, size,
@@ -805,6 +805,13 @@ static int teardown(struct mnt *m, char *msg, size_t size)
         return r;
 }
 
+/* The block device takes writes: a read-write mount, or a snapshot's, whose
+ * writes (a journal's replay) go to the snapshot's thrown-away overlay. */
+static bool dev_writable(const struct mnt *m)
+{
+        return m->rw || m->snap;
+}
+
 static int start_fuse(struct mnt *m, char *msg, size_t size)
 {
         char pidfile[PATH_MAX + 16], log[PATH_MAX + 16];
@@ -833,7 +840,7 @@ static int start_fuse(struct mnt *m, char *msg, size_t size)
                         dup2(fd, 2);
                 }
                 setsid();
-                if (m->rw)
+                if (dev_writable(m))
                         execlp("nbdfuse", "nbdfuse", "-P", pidfile, m->fuse_file, "--unix",
                                m->ex.nbd, (char *)NULL);
                 else
@@ -866,7 +873,7 @@ static int attach_loop(struct mnt *m, char *msg, size_t size)
         const char *ro[] = {"losetup",     "--find",     "--show", "--partscan",
                             "--read-only", m->fuse_file, NULL};
         char out[64], err[512];
-        int r = run(m->rw ? rw : ro, out, sizeof(out), err, sizeof(err));
+        int r = run(dev_writable(m) ? rw : ro, out, sizeof(out), err, sizeof(err));
 
         if (r || strncmp(out, "/dev/loop", 9)) {
                 snprintf(msg, size, "losetup: %s", *err ? err : "no loop device");
@@ -898,7 +905,8 @@ static int attach_nbd(struct mnt *m, char *msg, size_t size)
         for (unsigned i = 0; i < 128; i++) {
                 char path[64], dev[32], out[64], err[512];
                 const char *argv[] = {
-                    "nbd-client", "-unix", m->ex.nbd, dev, m->rw ? NULL : "-readonly", NULL};
+                    "nbd-client", "-unix", m->ex.nbd, dev, dev_writable(m) ? NULL : "-readonly",
+                    NULL};
 
                 snprintf(path, sizeof(path), "/sys/block/nbd%u", i);
                 if (access(path, F_OK) < 0)
@@ -1259,12 +1267,7 @@ static int mount_setup(struct vbdctl *o, struct mnt *m, const char *image, const
             (!strcmp(m->via, "fuse+loop") && (r = attach_loop(m, msg, size)) < 0) ||
             (r = mount_fs(m, partition, fstype, msg, size)) < 0) {
                 char ignore[8192];
-                size_t n = strlen(msg);
 
-                if (m->snap && m->mounted == false && *m->fstype && n < size)
-                        snprintf(msg + n, size - n,
-                                 " (is the filesystem mounted in the guest?  Its journal then "
-                                 "needs recovery, which a read-only snapshot cannot do)");
                 teardown(m, ignore, sizeof(ignore));
                 return -EIO;
         }

@@ -22,7 +22,7 @@
 
 struct args {
         const char *start, *store, *granularity, *name;
-        bool status, stop;
+        bool status, stop, scratch;
 };
 
 static int opt(struct vbdctl *o, int c, const char *arg, void *data)
@@ -48,6 +48,9 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                 break;
         case 'X':
                 a->stop = true;
+                break;
+        case 'W':
+                a->scratch = true;
                 break;
         }
         return 0;
@@ -88,7 +91,7 @@ static int snap_start(struct vbdctl *o, struct args *a)
         }
         if (absolute(a->store, store, sizeof(store)) < 0)
                 return vbdctl_usage_error(o, "--store: path too long");
-        job = json_pack("{s:s,s:s}", "endpoint", ep, "store", store);
+        job = json_pack("{s:s,s:s,s:b}", "endpoint", ep, "store", store, "scratch", a->scratch);
         if (a->granularity) {
                 uint64_t v;
 
@@ -171,6 +174,7 @@ static int run(struct vbdctl *o, int argc, char **argv)
             {"name", required_argument, NULL, 'N'},
             {"status", no_argument, NULL, 'q'},
             {"stop", no_argument, NULL, 'X'},
+            {"scratch", no_argument, NULL, 'W'},
             {},
         };
         struct args a = {0};
@@ -180,8 +184,9 @@ static int run(struct vbdctl *o, int argc, char **argv)
                 return r;
         if (!!a.start + a.status + a.stop != 1)
                 return vbdctl_usage_error(o, "one of --start ENDPOINT, --status or --stop");
-        if (!a.start && (a.store || a.granularity || a.name))
-                return vbdctl_usage_error(o, "--store, --granularity and --name go with --start");
+        if (!a.start && (a.store || a.granularity || a.name || a.scratch))
+                return vbdctl_usage_error(o, "--store, --granularity, --name and --scratch go with "
+                                             "--start");
         if (a.status)
                 return snap_status(o);
         if (a.stop)
@@ -195,6 +200,6 @@ const struct vbdctl_verb vbdctl_verb_snapshot = {
     .name = "snapshot",
     .run = run,
     .args = "-d D -n N --start unix:PATH|tcp:ADDR:PORT --store FILE [--granularity SIZE]\n"
-            "         [--name EXPORT] | -d D -n N --status [--json] | -d D -n N --stop",
+            "         [--name EXPORT] [--scratch] | -d D -n N --status [--json] | -d D -n N --stop",
     .summary = "export a running VBD read-only as it was at --start (copy-before-write)",
 };
