@@ -89,6 +89,10 @@ struct vbd_queue {
         size_t big_size;
         xengnttab_grant_copy_segment_t *desc_copy; /* indirect pages, one batch per pass */
         struct vbd_req **desc_reqs;
+        /* an indirect request read from the ring while no indirect slot was
+         * free: taken first once one is (the ring is read once per request) */
+        struct vbd_ring_req stash;
+        bool have_stash;
 };
 
 struct vbd {
@@ -252,6 +256,7 @@ static int pool_alloc(struct vbd_queue *q, unsigned n, unsigned nr_queues)
         q->done_tail = &q->done_head;
         q->barrier = NULL;
         q->inflight = 0;
+        q->have_stash = false;
         return 0;
 }
 
@@ -873,10 +878,15 @@ static enum consumed consume(struct vbd_queue *q)
         int r;
 
         for (;;) {
-                if (q->barrier || !q->free_list ||
-                    (!q->big_free && vbd_ring_peek_op(&q->ring) == BLKIF_OP_INDIRECT)) {
+                if (q->barrier || !q->free_list || (q->have_stash && !q->big_free)) {
                         ret = CONSUMED_BLOCKED; /* resumed when requests complete */
                         break;
+                }
+                if (q->have_stash) {
+                        req = q->stash;
+                        q->have_stash = false;
+                        take(q, &req, &ps);
+                        continue;
                 }
                 r = vbd_ring_get_request(&q->ring, &req);
                 if (r == -EPROTO) {
@@ -885,6 +895,14 @@ static enum consumed consume(struct vbd_queue *q)
                 }
                 if (r == 0)
                         break;
+                /* Looking at the ring first (peek, then read) would race with
+                 * the guest's next request: read it, and keep it if it must wait. */
+                if (req.operation == BLKIF_OP_INDIRECT && !q->big_free) {
+                        q->stash = req;
+                        q->have_stash = true;
+                        ret = CONSUMED_BLOCKED;
+                        break;
+                }
                 take(q, &req, &ps);
         }
         if (ps.nind)
