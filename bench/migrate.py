@@ -130,10 +130,12 @@ def parse_options(argv):
                     "same disk; e.g. /dev/shm to take the partner's disk writes off that disk)")
     ap.add_argument("--timeline", action="store_true",
                     help="print each mode's guest IOPS and copy progress second by second")
-    ap.add_argument("--perf", default="",
-                    help="pasm: record the source daemon with `perf record -g -e cpu-clock` "
-                    "into this file over the ready window (lengthen it with --ready-time; "
-                    "the profiler's cost weighs on that run's figures)")
+    ap.add_argument("--ready-cmd", default="",
+                    help="pasm: run this shell command over the ready window, {pid} replaced "
+                    "by the source daemon's pid, SIGINT at the window's end; e.g. 'perf "
+                    "record -g -e cpu-clock -o /tmp/p.data -p {pid}' or 'strace -c -f -p {pid}' "
+                    "(its output in its log, shown; lengthen the window with --ready-time; "
+                    "its cost weighs on that run's figures)")
     ap.add_argument("--keep", action="store_true", help="keep the images and the work directory")
     return ap.parse_args(argv)
 
@@ -170,7 +172,8 @@ class Bench:
         self.src = os.path.join(self.bdir, "vbd-migrate-src.img")
         self.dst = os.path.join(opt.dst_dir or self.bdir, "vbd-migrate-dst.img")
         self.check_tools()
-        self.work = tempfile.mkdtemp(prefix="vbd-mbench.", dir="/tmp")  # sun_path: 108 bytes
+        self.root = tempfile.mkdtemp(prefix="vbd-mbench.", dir="/tmp")  # sun_path: 108 bytes
+        self.work = self.root  # the current link's files: root/LINK
         self.procs = Procs(self.work)
         self.dst_direct = self.dst_tmpfs = False  # set by probe_dst()
 
@@ -212,6 +215,8 @@ class Bench:
         """Run the next modes on link name (taking the previous one down)."""
         self.link_down()
         self.link_name = name
+        self.work = self.procs.workdir = os.path.join(self.root, name)
+        os.mkdir(self.work)
         if LINKS[name]:
             self.link = NetLink("vbdb%d" % os.getpid(), LINKS[name])
             note("link %s: partner host %s in namespace %s, %s each way" % (
@@ -230,9 +235,9 @@ class Bench:
         self.procs.stop_all()
         self.link_down()
         if self.opt.keep:
-            note("kept %s, %s, %s" % (self.work, self.src, self.dst))
+            note("kept %s, %s, %s" % (self.root, self.src, self.dst))
             return
-        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
         for f in (self.src, self.dst):
             try:
                 os.unlink(f)
@@ -490,9 +495,9 @@ def run_vbd(bench, mode, limit):
     ready = None
     if r["converged"] and mode == "pasm" and opt.ready_time > 0:
         prof = None
-        if opt.perf:
-            prof = bench.procs.spawn("perf", ["perf", "record", "-g", "-e", "cpu-clock", "-o",
-                                              os.path.abspath(opt.perf), "-p", str(src_pid)])
+        if opt.ready_cmd:
+            prof = bench.procs.spawn("ready-cmd", ["sh", "-c", "exec " + opt.ready_cmd.replace(
+                "{pid}", str(src_pid))])
             time.sleep(0.5)
         f0 = ctl.call("migrate-status")["writes_forwarded"]
         ready, (r["ready_src_cpu_s"], r["ready_partner_cpu_s"]) = cpu_window(
@@ -500,7 +505,8 @@ def run_vbd(bench, mode, limit):
         r["ready_forwarded"] = ctl.call("migrate-status")["writes_forwarded"] - f0
         if prof:
             stop(prof, signal.SIGINT, 60)
-            note("perf: %s (exit %s)" % (opt.perf, prof.returncode))
+            note("--ready-cmd exited %s:\n%s" % (prof.returncode,
+                                                 bench.procs.log_tail("ready-cmd", 40)))
     if r["converged"]:
         cutover(ctl, r)
         r["partner_wrote_at_cutover"] = (
