@@ -106,13 +106,16 @@ _netns_up() {
         # set up their links at once.
         exec {_netns_fd}>>"$_NETNS_LOCK" || return 1
         flock "$_netns_fd"
-        net=$(_netns_free_net) || { echo "netns: no free 10.99.N.0/24" >&2; flock -u "$_netns_fd"; return 1; }
+        if ! net=$(_netns_free_net); then
+                echo "netns: no free 10.99.N.0/24" >&2
+                exec {_netns_fd}>&-
+                return 1
+        fi
         ip link add "$name-h" type veth peer name "$name-n" netns "$name" &&
                 ip addr add "10.99.$net.1/24" dev "$name-h" &&
                 ip -n "$name" addr add "10.99.$net.2/24" dev "$name-n"
         local rc=$?
-        flock -u "$_netns_fd"
-        exec {_netns_fd}>&-
+        exec {_netns_fd}>&- # (closing it unlocks)
         [ $rc = 0 ] || return 1
         ip link set "$name-h" up &&
                 ip -n "$name" link set lo up &&
