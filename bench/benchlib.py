@@ -144,6 +144,63 @@ def proc_cpu(pid):
 
 
 # ---------------------------------------------------------------------------
+# A second host: a network namespace behind a shaped veth pair
+
+
+NETNS_SH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib",
+                        "netns.sh")
+LINKS = {"none": None, "10g": "10gbit", "1g": "1gbit"}  # --link: tc rates
+
+
+class NetLink:
+    """The partner's host: network namespace NAME (at most 10 characters)
+    behind a veth pair shaped to RATE (tc units, e.g. 1gbit) each way, made
+    and removed by tests/lib/netns.sh (the tests' implementation).  .ns,
+    .host_addr, .ns_addr, .host_if; run a program there with argv(ARGV)
+    (ip execs it: the pid is the program's, its CPU its own).
+    RuntimeError (with the reason) if it cannot be made."""
+
+    def __init__(self, name, rate):
+        chk = subprocess.run([NETNS_SH, "check"], capture_output=True, text=True)
+        if chk.returncode != 0:
+            raise RuntimeError("no network namespace here: " + chk.stderr.strip())
+        up = subprocess.run([NETNS_SH, "up", name, rate], capture_output=True, text=True)
+        if up.returncode != 0:
+            raise RuntimeError("netns.sh up %s %s: %s" % (name, rate, up.stderr.strip()))
+        v = dict(kv.split("=", 1) for kv in up.stdout.split())
+        self.ns, self.rate = v["NETNS"], v["RATE"]
+        self.host_addr, self.ns_addr, self.host_if = v["HOST_ADDR"], v["NS_ADDR"], v["HOST_IF"]
+
+    def argv(self, argv):
+        return ["ip", "netns", "exec", self.ns] + list(argv)
+
+    def counter(self, name="tx_bytes"):
+        """A statistic of the host's end (tx_bytes: sent towards the partner)."""
+        with open("/sys/class/net/%s/statistics/%s" % (self.host_if, name)) as f:
+            return int(f.read())
+
+    def wait_tcp(self, port, proc, name, procs, timeout=30):
+        """Wait until the partner's ns_addr:port accepts a connection from the
+        host (across the link); RuntimeError (with NAME's log) if proc exits
+        first or after timeout seconds."""
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                socket.create_connection((self.ns_addr, port), timeout=2).close()
+                return
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("%s does not listen on %s:%d\n%s" % (
+            name, self.ns_addr, port, procs.log_tail(name)))
+
+    def down(self):
+        subprocess.run([NETNS_SH, "down", self.ns])
+
+
+# ---------------------------------------------------------------------------
 # fio
 
 

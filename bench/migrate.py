@@ -36,6 +36,22 @@ Modes:
            NBD export of the source; blockdev-mirror sync=full
            copy-mode=write-blocking to a second qemu-storage-daemon
            serving the destination over NBD (unix socket)
+Links (--link, a comma list runs the modes on each in turn):
+  none     the partner on a unix socket on this host (loopback)
+  10g, 1g  the partner on an emulated second host: a network namespace
+           behind a veth pair shaped with tc tbf to 10 or 1 Gbit/s each way
+           (tests/lib/netns.sh; needs root and iproute2; no added latency:
+           this kernel has no netem).  The partner (vbdd, or qsd's
+           destination qemu-storage-daemon) runs in the namespace with
+           `ip netns exec` and listens on TCP at the namespace's address;
+           the source migrates to nbd://ADDR:PORT.  "MiB over the link" is
+           what the host's end of the veth sent (payload and headers).
+CPU: utime+stime from /proc of the source daemon (vbdd-sim; qsd's source
+qemu-storage-daemon) and of the partner, each on its own: in % over the
+migration, and in microseconds per guest write over the baseline window
+and per forwarded write over the ready window (every write forwarded;
+vbdd's writes_forwarded, qsd's guest writes, all of which its
+write-blocking mirror forwards).
 Guest IOPS come from the daemon's own counters: vbdd's "stats" (polled
 every 0.2 s) and fio's --status-interval=1 reports.  Bytes sent: the
 mirror's counters (vbdd's bytes_sent; qemu's job offset) and, for both,
@@ -62,10 +78,12 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
 import vbdctl  # noqa: E402
-from benchlib import (QMP, Procs, Series, die, fio_fill, fio_has_nbd, fio_series,  # noqa: E402
-                      fmt, loadavg, note, parse_size, proc_cpu, proc_io, ratio, stop)
+from benchlib import (LINKS, QMP, NetLink, Procs, Series, die, fio_fill,  # noqa: E402
+                      fio_has_nbd, fio_series, fmt, loadavg, note, parse_size, proc_cpu,
+                      proc_io, ratio, stop)
 
 MODES = ("pasm", "precopy", "qsd")
+PORTS = {"pasm": 10809, "precopy": 10810, "qsd": 10811}  # the partner's, on a link
 
 
 def parse_options(argv):
@@ -91,6 +109,10 @@ def parse_options(argv):
                     "at most --precopy-max; 60 s without a PASM run)")
     ap.add_argument("--precopy-max", type=float, default=90,
                     help="cap of the default precopy limit, s (default 90: keeps the run short)")
+    ap.add_argument("--link", default="none",
+                    help="the partner's link: none (unix socket), 10g or 1g (a network "
+                    "namespace over TCP, shaped); a comma list runs every mode on each "
+                    "(default none)")
     ap.add_argument("--bs", type=int, default=4096, help="guest write size (default 4096)")
     ap.add_argument("--iodepth", type=int, default=16, help="guest queue depth (default 16)")
     ap.add_argument("--mig-args", default="{}",
@@ -108,6 +130,12 @@ def parse_options(argv):
                     "same disk; e.g. /dev/shm to take the partner's disk writes off that disk)")
     ap.add_argument("--timeline", action="store_true",
                     help="print each mode's guest IOPS and copy progress second by second")
+    ap.add_argument("--ready-cmd", default="",
+                    help="pasm: run this shell command over the ready window, {pid} replaced "
+                    "by the source daemon's pid, SIGINT at the window's end; e.g. 'perf "
+                    "record -g -e cpu-clock -o /tmp/p.data -p {pid}' or 'strace -c -f -p {pid}' "
+                    "(its output in its log, shown; lengthen the window with --ready-time; "
+                    "its cost weighs on that run's figures)")
     ap.add_argument("--keep", action="store_true", help="keep the images and the work directory")
     return ap.parse_args(argv)
 
@@ -130,6 +158,12 @@ class Bench:
             assert isinstance(self.mig_args, dict) and isinstance(self.qsd_args, dict)
         except (ValueError, AssertionError):
             die("--mig-args and --qsd-args must be JSON objects")
+        self.links = [x for x in opt.link.split(",") if x]
+        for x in self.links:
+            if x not in LINKS:
+                die("--link: unknown link '%s' (none, 10g, 1g)" % x)
+        self.link = None  # the NetLink the modes run on, None: unix sockets
+        self.link_name = "none"
         b = os.path.abspath(opt.build)
         self.sim = os.path.join(b, "tests/sim/front/vbd-sim")
         self.vbdd_sim = os.path.join(b, "tests/sim/vbdd-sim")
@@ -138,7 +172,8 @@ class Bench:
         self.src = os.path.join(self.bdir, "vbd-migrate-src.img")
         self.dst = os.path.join(opt.dst_dir or self.bdir, "vbd-migrate-dst.img")
         self.check_tools()
-        self.work = tempfile.mkdtemp(prefix="vbd-mbench.", dir="/tmp")  # sun_path: 108 bytes
+        self.root = tempfile.mkdtemp(prefix="vbd-mbench.", dir="/tmp")  # sun_path: 108 bytes
+        self.work = self.root  # the current link's files: root/LINK
         self.procs = Procs(self.work)
         self.dst_direct = self.dst_tmpfs = False  # set by probe_dst()
 
@@ -176,12 +211,33 @@ class Bench:
         count them (tmpfs has no block I/O)."""
         return proc_io(pid) if not self.dst_tmpfs else None
 
+    def link_up(self, name):
+        """Run the next modes on link name (taking the previous one down)."""
+        self.link_down()
+        self.link_name = name
+        self.work = self.procs.workdir = os.path.join(self.root, name)
+        os.mkdir(self.work)
+        if LINKS[name]:
+            self.link = NetLink("vbdb%d" % os.getpid(), LINKS[name])
+            note("link %s: partner host %s in namespace %s, %s each way" % (
+                name, self.link.ns_addr, self.link.ns, self.link.rate))
+
+    def link_down(self):
+        if self.link:
+            self.link.down()
+            self.link = None
+
+    def link_bytes(self):
+        """What the host sent over the link so far; None without one."""
+        return self.link.counter() if self.link else None
+
     def cleanup(self):
         self.procs.stop_all()
+        self.link_down()
         if self.opt.keep:
-            note("kept %s, %s, %s" % (self.work, self.src, self.dst))
+            note("kept %s, %s, %s" % (self.root, self.src, self.dst))
             return
-        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
         for f in (self.src, self.dst):
             try:
                 os.unlink(f)
@@ -241,6 +297,33 @@ def cpu_figures(r, partner0, src0, partner1, src1, secs):
     """CPU of the partner and the source daemon over the migration, %."""
     r["partner_cpu_pct"] = 100 * (partner1 - partner0) / secs
     r["src_cpu_pct"] = 100 * (src1 - src0) / secs
+
+
+def cpus(*pids):
+    """utime+stime of each pid, s."""
+    return [proc_cpu(p) for p in pids]
+
+
+def cpu_window(secs, src_pid, partner_pid):
+    """window(secs), and the CPU the source and the partner spent in it, s."""
+    a = cpus(src_pid, partner_pid)
+    w = window(secs)
+    b = cpus(src_pid, partner_pid)
+    return w, [y - x if x is not None and y is not None else None for x, y in zip(a, b)]
+
+
+def per_write(r, s, tb, ready):
+    """CPU per write: the source's per guest write over the baseline window
+    tb; the source's and the partner's per forwarded write over the ready
+    window (r["ready_forwarded"] writes), microseconds."""
+    n = s.at(tb[1]) - s.at(tb[0]) if s.pts else 0
+    if n > 0 and r.get("base_src_cpu_s") is not None:
+        r["base_src_us_per_write"] = 1e6 * r["base_src_cpu_s"] / n
+    f = r.get("ready_forwarded")
+    if ready and f:
+        for who in ("src", "partner"):
+            if r.get("ready_%s_cpu_s" % who) is not None:
+                r["ready_%s_us_per_fwd" % who] = 1e6 * r["ready_%s_cpu_s" % who] / f
 
 
 def window(secs):
@@ -306,9 +389,17 @@ def start_vbd(bench, mode):
     procs = bench.procs
     psock = os.path.join(bench.work, "partner-%s.sock" % mode)
     spec = "raw:%s,direct=%s" % (bench.dst, "on" if bench.dst_direct else "off")
-    partner = procs.spawn("partner-" + mode, [bench.vbdd, "--export-only", "--image", spec,
-                                              "--nbd", "unix:" + psock, "--nbd-writable", "-q"])
-    procs.wait_sock(psock, partner, "partner-" + mode)
+    argv = [bench.vbdd, "--export-only", "--image", spec, "--nbd-writable", "-q", "--nbd"]
+    if bench.link:
+        port = PORTS[mode]
+        partner = procs.spawn("partner-" + mode, bench.link.argv(
+            argv + ["tcp:%s:%d" % (bench.link.ns_addr, port)]))
+        bench.link.wait_tcp(port, partner, "partner-" + mode, procs)
+        uri = "nbd://%s:%d" % (bench.link.ns_addr, port)
+    else:
+        partner = procs.spawn("partner-" + mode, argv + ["unix:" + psock])
+        procs.wait_sock(psock, partner, "partner-" + mode)
+        uri = "nbd+unix:///?socket=" + psock
     rtdir = os.path.join(bench.work, "run-" + mode)
     os.mkdir(rtdir, 0o700)
     env = dict(os.environ, VBD_SIM_VBDD=bench.vbdd_sim, VBD_RUNTIME_DIR=rtdir)
@@ -319,7 +410,7 @@ def start_vbd(bench, mode):
                          "--runtime", "100000", "--json"], out=gout, env=env)
     csock = vbdctl.socket_path(1, 51712, rtdir)
     procs.wait_sock(csock, guest, "guest-" + mode)
-    return partner, "nbd+unix:///?socket=" + psock, guest, gout, csock
+    return partner, uri, guest, gout, csock
 
 
 def migrate(bench, ctl, mode, args, limit, r):
@@ -387,12 +478,15 @@ def run_vbd(bench, mode, limit):
             raise RuntimeError("the guest does not write\n" + bench.procs.log_tail("guest-" + mode))
         time.sleep(0.1)
     time.sleep(opt.warmup)
-    tb = window(opt.base_time)
+    tb, (r["base_src_cpu_s"], _) = cpu_window(opt.base_time, src_pid, partner.pid)
     wb0, pc0, sc0 = bench.partner_io(partner.pid), proc_cpu(partner.pid), proc_cpu(src_pid)
+    lb0 = bench.link_bytes()
     t0 = time.time()
     st, prog = migrate(bench, ctl, mode, dict(bench.mig_args, to=uri, mode=mode), limit, r)
     t1 = time.time()
     wb1, pc1, sc1 = bench.partner_io(partner.pid), proc_cpu(partner.pid), proc_cpu(src_pid)
+    lb1 = bench.link_bytes()
+    r["link_bytes"] = lb1 - lb0 if lb0 is not None else None
     r.update(time_s=t1 - t0, limit_s=limit, base_window_s=tb[1] - tb[0], state=st["state"])
     for k in ("bytes_sent", "bytes_copied", "bytes_zeroed", "bytes_forwarded",
               "writes_forwarded", "writes_waited", "passes", "dirty_bytes", "region_size",
@@ -400,7 +494,19 @@ def run_vbd(bench, mode, limit):
         r[k] = st.get(k)
     ready = None
     if r["converged"] and mode == "pasm" and opt.ready_time > 0:
-        ready = window(opt.ready_time)
+        prof = None
+        if opt.ready_cmd:
+            prof = bench.procs.spawn("ready-cmd", ["sh", "-c", "exec " + opt.ready_cmd.replace(
+                "{pid}", str(src_pid))])
+            time.sleep(0.5)
+        f0 = ctl.call("migrate-status")["writes_forwarded"]
+        ready, (r["ready_src_cpu_s"], r["ready_partner_cpu_s"]) = cpu_window(
+            opt.ready_time, src_pid, partner.pid)
+        r["ready_forwarded"] = ctl.call("migrate-status")["writes_forwarded"] - f0
+        if prof:
+            stop(prof, signal.SIGINT, 60)
+            note("--ready-cmd exited %s:\n%s" % (prof.returncode,
+                                                 bench.procs.log_tail("ready-cmd", 40)))
     if r["converged"]:
         cutover(ctl, r)
         r["partner_wrote_at_cutover"] = (
@@ -424,6 +530,7 @@ def run_vbd(bench, mode, limit):
     guest_figures(r, s, opt.bs, tb, (t0, t1), ta)
     if ready:
         r["ready_iops"] = s.rate(*ready)
+    per_write(r, s, tb, ready)
     timeline(bench, mode, s, prog, tb[0], t0, t1)
     ctl.close()
     stop(guest, signal.SIGINT, 60)
@@ -446,21 +553,28 @@ def run_vbd(bench, mode, limit):
 # qemu-storage-daemon
 
 
-def qsd(bench, name, img, node, direct=True):
+def qsd(bench, name, img, node, direct=True, port=None):
     """A qemu-storage-daemon serving img as NBD export node, writable:
-    (process, NBD socket, QMP)."""
+    (process, NBD socket, QMP).  With port, on the link's partner host,
+    NBD on TCP there at that port (the socket is then None)."""
     sock = os.path.join(bench.work, name + ".sock")
     qmp = os.path.join(bench.work, name + ".qmp")
-    p = bench.procs.spawn(name, [
+    server = ("addr.type=inet,addr.host=%s,addr.port=%d" % (bench.link.ns_addr, port)
+              if port else "addr.type=unix,addr.path=" + sock)
+    argv = [
         "qemu-storage-daemon",
         "--blockdev", "driver=file,node-name=f0,filename=%s,%s" % (
             img, "cache.direct=on,aio=native" if direct else "aio=threads"),
         "--blockdev", "driver=raw,node-name=%s,file=f0" % node,
-        "--nbd-server", "addr.type=unix,addr.path=" + sock,
+        "--nbd-server", server,
         "--export", "type=nbd,id=e0,node-name=%s,name=%s,writable=on" % (node, node),
         "--chardev", "socket,id=qmp,path=%s,server=on,wait=off" % qmp,
-        "--monitor", "chardev=qmp"])
+        "--monitor", "chardev=qmp"]
+    p = bench.procs.spawn(name, bench.link.argv(argv) if port else argv)
     bench.procs.wait_sock(qmp, p, name)
+    if port:
+        bench.link.wait_tcp(port, p, name, bench.procs)
+        return p, None, QMP(qmp)
     bench.procs.wait_sock(sock, p, name)
     return p, sock, QMP(qmp)
 
@@ -519,18 +633,23 @@ def run_qsd(bench, limit):
     opt = bench.opt
     r = {"mode": "qsd", "size": bench.size, "load_before": loadavg(), "converged": False}
     bench.fresh_dst()
-    tgt, tsock, tq = qsd(bench, "qsd-dst", bench.dst, "dst", bench.dst_direct)
+    port = PORTS["qsd"] if bench.link else None
+    tgt, tsock, tq = qsd(bench, "qsd-dst", bench.dst, "dst", bench.dst_direct, port)
     src, ssock, q = qsd(bench, "qsd-src", bench.src, "src")
     guest, fout = start_fio_guest(bench, ssock)
     time.sleep(opt.warmup)
-    tb = window(opt.base_time)
-    q.cmd("blockdev-add", driver="nbd", **{"node-name": "tgt"},
-          server={"type": "unix", "path": tsock}, export="dst")
+    tb, (r["base_src_cpu_s"], _) = cpu_window(opt.base_time, src.pid, tgt.pid)
+    server = ({"type": "inet", "host": bench.link.ns_addr, "port": str(port)} if port
+              else {"type": "unix", "path": tsock})
+    q.cmd("blockdev-add", driver="nbd", **{"node-name": "tgt"}, server=server, export="dst")
     wb0, pc0, sc0 = bench.partner_io(tgt.pid), proc_cpu(tgt.pid), proc_cpu(src.pid)
+    lb0 = bench.link_bytes()
     t0 = time.time()
     job, prog = qsd_mirror(bench, q, limit, r)
     t1 = time.time()
     wb1, pc1, sc1 = bench.partner_io(tgt.pid), proc_cpu(tgt.pid), proc_cpu(src.pid)
+    lb1 = bench.link_bytes()
+    r["link_bytes"] = lb1 - lb0 if lb0 is not None else None
     r.update(time_s=t1 - t0, limit_s=limit, base_window_s=tb[1] - tb[0],
              job_offset=job.get("offset"), job_len=job.get("len"))
     if r["converged"]:
@@ -538,7 +657,8 @@ def run_qsd(bench, limit):
         r["job_offset"], r["job_len"] = ev["data"]["offset"], ev["data"]["len"]
     ready = None
     if r["converged"] and opt.ready_time > 0:
-        ready = window(opt.ready_time)
+        ready, (r["ready_src_cpu_s"], r["ready_partner_cpu_s"]) = cpu_window(
+            opt.ready_time, src.pid, tgt.pid)
     # Cut-over: cancelling a ready mirror completes it without a pivot; the
     # target then holds everything written up to that point.
     tc = time.time()
@@ -561,6 +681,9 @@ def run_qsd(bench, limit):
     guest_figures(r, s, opt.bs, tb, (t0, t1), ta)
     if ready:
         r["ready_iops"] = s.rate(*ready)
+        # write-blocking: every guest write is mirrored
+        r["ready_forwarded"] = s.at(ready[1]) - s.at(ready[0])
+    per_write(r, s, tb, ready)
     timeline(bench, "qsd", s, prog, tb[0], t0, t1)
     r["bytes_sent"] = r["job_offset"]
     r["guest_errors"] = fin["jobs"][0]["error"] if fin else None
@@ -629,8 +752,15 @@ def table(bench, results):
     row("precopy MiB unsent at the end", precopy_only(lambda r: "%.0f" % (
         (size - r["bytes_synced"]) / 2**20)))
     row("guest writes that waited (vbdd)", lambda r: fmt(r.get("writes_waited")))
+    row("MiB over the link (veth, host -> partner)", lambda r: "%.0f" % (r["link_bytes"] / 2**20))
     row("source daemon CPU % (migrating)", lambda r: fmt(r["src_cpu_pct"]))
     row("partner CPU % (migrating)", lambda r: fmt(r["partner_cpu_pct"]))
+    row("source CPU us per guest write (baseline)", lambda r: fmt(r["base_src_us_per_write"],
+                                                                  "%.1f"))
+    row("source CPU us per forwarded write (ready)", lambda r: fmt(r["ready_src_us_per_fwd"],
+                                                                   "%.1f"))
+    row("partner CPU us per forwarded write (ready)",
+        lambda r: fmt(r["ready_partner_us_per_fwd"], "%.1f"))
     row("guest errors", lambda r: "exit %s" % r["guest_exit"] if r.get("guest_exit") else
         str(r["guest_errors"]))
     row("load before / after", lambda r: "%s/%s" % (r["load_before"].split()[0],
@@ -722,28 +852,45 @@ def run_mode(bench, m, pasm_time):
 
 
 def main(argv):
+    # a SIGTERM unwinds (the finally below takes the link down)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(parse_options(argv))
     try:
         bench.probe_dst()
         header(bench)
         fio_fill(bench.src, bench.size)
-        res = []
-        pasm_time = None
-        for m in bench.modes:
-            r = run_mode(bench, m, pasm_time)
-            if r:
-                res.append(r)
-                if m == "pasm" and r["converged"]:
-                    pasm_time = r["time_s"]
-        if not res:
+        ran = False
+        for link in bench.links:
+            try:
+                bench.link_up(link)
+            except RuntimeError as e:
+                die("link %s: %s" % (link, e))
+            res = []
+            pasm_time = None
+            for m in bench.modes:
+                r = run_mode(bench, m, pasm_time)
+                if r:
+                    r["link"] = link
+                    res.append(r)
+                    if m == "pasm" and r["converged"]:
+                        pasm_time = r["time_s"]
+            bench.link_down()
+            if not res:
+                note("link %s: no mode ran" % link)
+                continue
+            ran = True
+            print()
+            print("link %s: %s" % (link, "the partner on this host, unix sockets" if link == "none"
+                                   else "the partner in a network namespace, TCP over a veth "
+                                   "shaped to %s each way (tc tbf)" % LINKS[link]))
+            table(bench, res)
+            ratios(bench, res)
+            print()
+            for r in res:
+                print("MIGRATE " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
+                                               for k, v in r.items()}, sort_keys=True))
+        if not ran:
             die("no mode ran")
-        print()
-        table(bench, res)
-        ratios(bench, res)
-        print()
-        for r in res:
-            print("MIGRATE " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                           for k, v in r.items()}, sort_keys=True))
     finally:
         bench.cleanup()
     return 0
