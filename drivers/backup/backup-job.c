@@ -17,10 +17,10 @@
  *
  * A backup that fails or is cancelled removes its target file (an NBD
  * export is left as it is, partly written) and the checkpoint it made, so
- * that checkpoint never stands for a backup that does not exist; changes since the previous checkpoint are still all counted
- * (removing a checkpoint merges its changes into the one before).  When the
- * daemon dies mid-backup the checkpoint stays; the caller (vbd-ctl backup)
- * only ever builds on checkpoints of backups that completed.
+ * that checkpoint never stands for a backup that does not exist; changes since the previous
+ * checkpoint are still all counted (removing a checkpoint merges its changes into the one before).
+ * When the daemon dies mid-backup the checkpoint stays; the caller (vbd-ctl backup) only ever
+ * builds on checkpoints of backups that completed.
  */
 #define VBD_LOG_TOPIC "drv.backup"
 #include <errno.h>
@@ -54,8 +54,8 @@ static const struct vbd_opt_desc job_opts[] = {
                     .flags = VBD_OPT_REQUIRED | VBD_OPT_NONEMPTY,
                     .help = "the new file to write the backup to (must not exist), or the "
                             "NBD URI of an export to write it into (nbd://, nbd+unix://)"},
-    [OPT_FORMAT] = VBD_OPT_ENUM_DEF("format", formats, NULL,
-                                    "a file target's format (default qcow2)"),
+    [OPT_FORMAT] =
+        VBD_OPT_ENUM_DEF("format", formats, NULL, "a file target's format (default qcow2)"),
     [OPT_BACKING] = VBD_OPT_STRING_DEF("backing", NULL,
                                        "qcow2: the previous backup, the new one's backing file"),
     [OPT_SINCE] = VBD_OPT_STRING_DEF("since", NULL,
@@ -264,8 +264,8 @@ static void start_paused(void *opaque)
         vbd_job_reply(b->job, 0, NULL);
 }
 
-static int copy_opt(char *dst, size_t size, const struct vbd_opt_value *v, const char *what,
-                    struct vbd_err *err)
+int bk_copy_opt(char *dst, size_t size, const struct vbd_opt_value *v, const char *what,
+                struct vbd_err *err)
 {
         if (!v->set || !v->s) {
                 dst[0] = '\0';
@@ -317,11 +317,12 @@ static int bk_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
         int r;
 
         b->job = job;
-        if ((r = copy_opt(b->target, sizeof(b->target), &v[OPT_TARGET], "target", err)) < 0 ||
-            (r = copy_opt(b->backing, sizeof(b->backing), &v[OPT_BACKING], "backing", err)) < 0 ||
-            (r = copy_opt(b->since, sizeof(b->since), &v[OPT_SINCE], "since", err)) < 0 ||
-            (r = copy_opt(b->checkpoint, sizeof(b->checkpoint), &v[OPT_CHECKPOINT], "checkpoint",
-                          err)) < 0)
+        if ((r = bk_copy_opt(b->target, sizeof(b->target), &v[OPT_TARGET], "target", err)) < 0 ||
+            (r = bk_copy_opt(b->backing, sizeof(b->backing), &v[OPT_BACKING], "backing", err)) <
+                0 ||
+            (r = bk_copy_opt(b->since, sizeof(b->since), &v[OPT_SINCE], "since", err)) < 0 ||
+            (r = bk_copy_opt(b->checkpoint, sizeof(b->checkpoint), &v[OPT_CHECKPOINT], "checkpoint",
+                             err)) < 0)
                 return r;
         b->format = v[OPT_FORMAT].set ? v[OPT_FORMAT].e : 0;
         b->gran = (uint32_t)v[OPT_GRANULARITY].u;

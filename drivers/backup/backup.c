@@ -288,6 +288,20 @@ static void write_done(struct vbd_io *io, int status)
 
 static void fleece_read_done(struct bk_state *s, struct bk_slot *sl, int status);
 
+/* Write a slot's run (read into its buffer) to the target. */
+static void slot_write(struct bk_state *s, struct bk_slot *sl)
+{
+        sl->io = (struct vbd_io){.op = VBD_OP_WRITE,
+                                 .offset = sl->offset,
+                                 .len = sl->len,
+                                 .iov = &sl->iov,
+                                 .iovcnt = 1,
+                                 .done = write_done,
+                                 .opaque = sl,
+                                 .scratch = sl->dst_scratch};
+        vbd_image_submit(s->p.target, &sl->io);
+}
+
 static void read_done(struct vbd_io *io, int status)
 {
         struct bk_slot *sl = io->opaque;
@@ -330,15 +344,7 @@ static void read_done(struct vbd_io *io, int status)
                 vbd_image_submit(s->p.target, &sl->io);
                 return;
         }
-        sl->io = (struct vbd_io){.op = VBD_OP_WRITE,
-                                 .offset = sl->offset,
-                                 .len = sl->len,
-                                 .iov = &sl->iov,
-                                 .iovcnt = 1,
-                                 .done = write_done,
-                                 .opaque = sl,
-                                 .scratch = sl->dst_scratch};
-        vbd_image_submit(s->p.target, &sl->io);
+        slot_write(s, sl);
 }
 
 /* Fleece mode: the old contents of a run are read; store them (the blocks
@@ -355,15 +361,7 @@ static void fleece_read_done(struct bk_state *s, struct bk_slot *sl, int status)
                 write_done(&sl->io, status < 0 || s->stopping ? -ECANCELED : 0);
                 return;
         }
-        sl->io = (struct vbd_io){.op = VBD_OP_WRITE,
-                                 .offset = sl->offset,
-                                 .len = sl->len,
-                                 .iov = &sl->iov,
-                                 .iovcnt = 1,
-                                 .done = write_done,
-                                 .opaque = sl,
-                                 .scratch = sl->dst_scratch};
-        vbd_image_submit(s->p.target, &sl->io);
+        slot_write(s, sl);
 }
 
 /* Under the rate cap, may a run from the cursor start now?  If not, wake

@@ -164,6 +164,9 @@ const struct bk_state *bk_get(struct vbd_image *img);
 /* ---- backup-job.c ---- */
 
 extern const struct vbd_job_type bk_job;
+/* A job's string option into dst ("" when not set): 0, or -ENAMETOOLONG + err. */
+int bk_copy_opt(char *dst, size_t size, const struct vbd_opt_value *v, const char *what,
+                struct vbd_err *err);
 
 /* ---- snapshot.c ---- */
 

@@ -505,20 +505,6 @@ static void start_paused(void *opaque)
         vbd_job_reply(b->job, 0, NULL);
 }
 
-static int copy_opt(char *dst, size_t size, const struct vbd_opt_value *v, const char *what,
-                    struct vbd_err *err)
-{
-        if (!v->set || !v->s) {
-                dst[0] = '\0';
-                return 0;
-        }
-        if (strlen(v->s) >= size)
-                return vbd_err_set(err, -ENAMETOOLONG, "\"%s\" is longer than %zu bytes", what,
-                                   size - 1);
-        strcpy(dst, v->s);
-        return 0;
-}
-
 /* A new sparse file of size bytes at path, open, then unlinked. */
 static struct vbd_image *open_unlinked(struct vbd_device *dev, const char *path, uint64_t size,
                                        struct vbd_err *err)
@@ -573,10 +559,10 @@ static int sn_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
         int r;
 
         b->job = job;
-        if ((r = copy_opt(b->endpoint, sizeof(b->endpoint), &v[OPT_ENDPOINT], "endpoint", err)) <
+        if ((r = bk_copy_opt(b->endpoint, sizeof(b->endpoint), &v[OPT_ENDPOINT], "endpoint", err)) <
                 0 ||
-            (r = copy_opt(b->store, sizeof(b->store), &v[OPT_STORE], "store", err)) < 0 ||
-            (r = copy_opt(b->name, sizeof(b->name), &v[OPT_NAME], "name", err)) < 0)
+            (r = bk_copy_opt(b->store, sizeof(b->store), &v[OPT_STORE], "store", err)) < 0 ||
+            (r = bk_copy_opt(b->name, sizeof(b->name), &v[OPT_NAME], "name", err)) < 0)
                 return r;
         b->gran = (uint32_t)v[OPT_GRANULARITY].u;
         b->scratch = v[OPT_SCRATCH].b;

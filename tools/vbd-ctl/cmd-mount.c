@@ -887,15 +887,7 @@ static int attach_loop(struct mnt *m, char *msg, size_t size)
  * kernel shows none, 6.1 still adds them), -1 when it cannot be read. */
 static int nbd_max_part(void)
 {
-        FILE *f = fopen("/sys/module/nbd/parameters/max_part", "re");
-        int v = -1;
-
-        if (f) {
-                if (fscanf(f, "%d", &v) != 1)
-                        v = -1;
-                fclose(f);
-        }
-        return v;
+        return vbdctl_read_int("/sys/module/nbd/parameters/max_part", -1);
 }
 
 /* The kernel's NBD client: the first free /dev/nbdN (tests/xen's mount

@@ -36,6 +36,19 @@ int vbdctl_image_spec(const char *path, char *buf, size_t size)
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
+int vbdctl_read_int(const char *path, int def)
+{
+        FILE *f = fopen(path, "re");
+        int v = def;
+
+        if (f) {
+                if (fscanf(f, "%d", &v) != 1)
+                        v = def;
+                fclose(f);
+        }
+        return v;
+}
+
 void vbdctl_first_line(const char *file, char *msg, size_t size)
 {
         char buf[1024] = "", *p = buf;

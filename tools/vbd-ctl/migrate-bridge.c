@@ -127,15 +127,7 @@ static int write_json(const char *path, json_t *j)
 /* The supervisor's record of the bridge's wait status, or -1. */
 static int read_exit(const char *path)
 {
-        FILE *f = fopen(path, "re");
-        int st = -1;
-
-        if (f) {
-                if (fscanf(f, "%d", &st) != 1)
-                        st = -1;
-                fclose(f);
-        }
-        return st;
+        return vbdctl_read_int(path, -1);
 }
 
 static void describe_status(char *buf, size_t size, int st)

@@ -132,6 +132,8 @@ int vbdctl_export_start(struct vbdctl *o, const char *dir, const char *image, bo
 int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms);
 /* A daemon's log's first line, without vbdd's "vbd[D/N] vbdd: " prefix. */
 void vbdctl_first_line(const char *file, char *msg, size_t size);
+/* The integer a file starts with (a sysfs value, a pid file), or def. */
+int vbdctl_read_int(const char *path, int def);
 /* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT; a child's wait
  * status in *ret_status (NULL: not wanted; left alone for another's). */
 int vbdctl_wait_gone(pid_t pid, int timeout_ms, int *ret_status);
