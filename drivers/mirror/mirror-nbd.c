@@ -185,6 +185,15 @@ int mirror_nbd_open(struct mirror *m, struct vbd_err *err)
         m->nbd = nbd_create();
         if (!m->nbd)
                 return vbd_err_set(err, -ENOMEM, "libnbd: %s", nbd_get_error());
+        /* the URI comes from the control socket (root's): a TLS partner's
+         * tls-psk-file= or tls-certificates= names a local file */
+        if (nbd_set_uri_allow_local_file(m->nbd, true) < 0) {
+                int r = vbd_err_set(err, -EINVAL, "libnbd: %s", nbd_get_error());
+
+                nbd_close(m->nbd);
+                m->nbd = NULL;
+                return r;
+        }
         return 0;
 }
 
