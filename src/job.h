@@ -22,7 +22,6 @@ typedef void (*vbd_job_reply_fn)(void *opaque, int status, const char *msg, json
 
 /* The job type called name in any compiled-in driver, or NULL. */
 const struct vbd_job_type *vbd_job_type_find(const char *name);
-const char *vbd_job_state_name(enum vbd_job_state s);
 
 /* The device's job of this type (the latest), or NULL. */
 struct vbd_job *vbd_job_get(struct vbd_device *dev, const struct vbd_job_type *type);

@@ -414,15 +414,9 @@ static void fill(struct bk_job *b, struct vbd_device *dev, json_t *obj)
 
 static void bk_status(struct vbd_job *job, json_t *obj)
 {
-        static const char *const names[] = {
-            [VBD_JOB_NONE] = "starting",       [VBD_JOB_RUNNING] = "running",
-            [VBD_JOB_READY] = "ready",         [VBD_JOB_COMPLETING] = "completing",
-            [VBD_JOB_DONE] = "done",           [VBD_JOB_FAILED] = "failed",
-            [VBD_JOB_CANCELLED] = "cancelled",
-        };
         struct bk_job *b = vbd_job_state(job);
 
-        json_object_set_new(obj, "state", json_string(names[vbd_job_get_state(job)]));
+        json_object_set_new(obj, "state", json_string(vbd_job_state_name(vbd_job_get_state(job))));
         fill(b, vbd_job_device(job), obj);
         json_object_set_new(obj, "error", json_string(b->status ? b->msg : ""));
 }

@@ -586,12 +586,6 @@ static int sn_start(struct vbd_job *job, const struct vbd_opt_value *v, struct v
 
 static void sn_status(struct vbd_job *job, json_t *obj)
 {
-        static const char *const names[] = {
-            [VBD_JOB_NONE] = "starting",       [VBD_JOB_RUNNING] = "running",
-            [VBD_JOB_READY] = "ready",         [VBD_JOB_COMPLETING] = "completing",
-            [VBD_JOB_DONE] = "done",           [VBD_JOB_FAILED] = "failed",
-            [VBD_JOB_CANCELLED] = "cancelled",
-        };
         struct snap_job *b = vbd_job_state(job);
         struct vbd_image *layer = layer_of(vbd_job_device(job));
         const struct bk_state *s = layer && b->began ? bk_get(layer) : NULL;
@@ -608,8 +602,8 @@ static void sn_status(struct vbd_job *job, json_t *obj)
         json_object_update_new(
             obj,
             json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:i}", "state",
-                      names[vbd_job_get_state(job)], "endpoint", b->endpoint, "name", b->name,
-                      "store", b->store, "granularity", (json_int_t)b->gran, "bytes_saved",
+                      vbd_job_state_name(vbd_job_get_state(job)), "endpoint", b->endpoint, "name",
+                      b->name, "store", b->store, "granularity", (json_int_t)b->gran, "bytes_saved",
                       (json_int_t)saved, "writes_held", (json_int_t)held, "held_avg_us",
                       (json_int_t)(held ? held_sum / held / 1000 : 0), "held_max_us",
                       (json_int_t)(held_max / 1000), "view_reads", (json_int_t)reads, "elapsed_ms",

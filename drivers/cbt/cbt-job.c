@@ -122,15 +122,9 @@ static void fill(struct vbd_device *dev, json_t *obj)
 
 static void cp_status(struct vbd_job *job, json_t *obj)
 {
-        static const char *const names[] = {
-            [VBD_JOB_NONE] = "starting",       [VBD_JOB_RUNNING] = "running",
-            [VBD_JOB_READY] = "ready",         [VBD_JOB_COMPLETING] = "completing",
-            [VBD_JOB_DONE] = "done",           [VBD_JOB_FAILED] = "failed",
-            [VBD_JOB_CANCELLED] = "cancelled",
-        };
         enum vbd_job_state st = vbd_job_get_state(job);
 
-        json_object_set_new(obj, "state", json_string(names[st]));
+        json_object_set_new(obj, "state", json_string(vbd_job_state_name(st)));
         fill(vbd_job_device(job), obj);
 }
 

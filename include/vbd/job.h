@@ -71,6 +71,8 @@ struct vbd_job_type {
 void *vbd_job_state(struct vbd_job *job);
 struct vbd_device *vbd_job_device(struct vbd_job *job);
 enum vbd_job_state vbd_job_get_state(const struct vbd_job *job);
+/* "starting", "running", ... "cancelled": the name status reports for s. */
+const char *vbd_job_state_name(enum vbd_job_state s);
 /* Move to state s; FAILED takes a message (printf format), others NULL. */
 void vbd_job_set_state(struct vbd_job *job, enum vbd_job_state s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -212,28 +212,6 @@ static bool is_mounted(const char *path)
         return found;
 }
 
-/* Does pid's command line mention s?  (Our pids in a state file may have
- * been reused by the time umount reads them.) */
-static bool pid_mentions(pid_t pid, const char *s)
-{
-        char path[64], buf[8192];
-        FILE *f;
-        size_t n;
-
-        if (pid <= 0)
-                return false;
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-        if (!(f = fopen(path, "re")))
-                return false;
-        n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        for (size_t i = 0; i < n; i++)
-                if (!buf[i])
-                        buf[i] = ' ';
-        buf[n] = '\0';
-        return strstr(buf, s) != NULL;
-}
-
 /* "pid 123 (bash), pid 456 (less)": who keeps files or a cwd under dir. */
 static void holders(const char *dir, char *buf, size_t size)
 {
@@ -487,9 +465,9 @@ static int state_load(json_t *j, struct mnt *m)
                 vbdctl_socket_path(m->work, m->ex.domid, m->ex.devid, m->ex.ctl, sizeof(m->ex.ctl));
         }
         /* only the processes that are still the ones we started */
-        if (!pid_mentions(m->ex.pid, m->work))
+        if (!vbdctl_pid_mentions(m->ex.pid, m->work))
                 m->ex.pid = 0;
-        if (!pid_mentions(m->fuse_pid, m->work))
+        if (!vbdctl_pid_mentions(m->fuse_pid, m->work))
                 m->fuse_pid = 0;
         return 0;
 }

@@ -36,6 +36,26 @@ int vbdctl_image_spec(const char *path, char *buf, size_t size)
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
+bool vbdctl_pid_mentions(pid_t pid, const char *s)
+{
+        char path[64], buf[8192];
+        FILE *f;
+        size_t n;
+
+        if (pid <= 0)
+                return false;
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+        if (!(f = fopen(path, "re")))
+                return false;
+        n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < n; i++) /* NUL-separated arguments */
+                if (!buf[i])
+                        buf[i] = ' ';
+        buf[n] = '\0';
+        return strstr(buf, s) != NULL;
+}
+
 int vbdctl_read_int(const char *path, int def)
 {
         FILE *f = fopen(path, "re");

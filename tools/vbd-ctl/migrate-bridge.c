@@ -84,8 +84,7 @@ static int paths(struct mig *m, struct bridge_paths *p)
 /* Is pid a live bridge serving sock (not a zombie, not a reused pid)? */
 static bool bridge_alive(pid_t pid, const char *sock)
 {
-        char path[64], buf[8192], st[256];
-        size_t n;
+        char path[64], st[256];
         FILE *f;
 
         if (pid <= 0 || (kill(pid, 0) < 0 && errno == ESRCH))
@@ -98,16 +97,7 @@ static bool bridge_alive(pid_t pid, const char *sock)
                 if (strstr(st, ") Z ") || strstr(st, ") X "))
                         return false;
         }
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-        if (!(f = fopen(path, "re")))
-                return false;
-        n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        for (size_t i = 0; i < n; i++) /* NUL-separated arguments */
-                if (!buf[i])
-                        buf[i] = ' ';
-        buf[n] = '\0';
-        return strstr(buf, sock) != NULL;
+        return vbdctl_pid_mentions(pid, sock);
 }
 
 static int write_json(const char *path, json_t *j)

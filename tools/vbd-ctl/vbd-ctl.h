@@ -134,6 +134,8 @@ int vbdctl_export_stop(struct vbdctl_export *ex, int timeout_ms);
 void vbdctl_first_line(const char *file, char *msg, size_t size);
 /* The integer a file starts with (a sysfs value, a pid file), or def. */
 int vbdctl_read_int(const char *path, int def);
+/* Does pid's command line mention s?  (A pid in a state file may have been reused.) */
+bool vbdctl_pid_mentions(pid_t pid, const char *s);
 /* Wait until pid is gone (a child or not): 0 or -ETIMEDOUT; a child's wait
  * status in *ret_status (NULL: not wanted; left alone for another's). */
 int vbdctl_wait_gone(pid_t pid, int timeout_ms, int *ret_status);
