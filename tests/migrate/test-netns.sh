@@ -34,7 +34,7 @@ netns_up "$ns" 1gbit || { fail "cannot set up namespace $ns"; finish; }
 echo "# link: $NETNS, host $HOST_ADDR ($HOST_IF), partner $NS_ADDR ($NS_IF), $RATE each way"
 port=10809
 env -u VBD_RUNTIME_DIR ip netns exec "$ns" "$VBDD" --export-only --image "raw:$dst" \
-        --nbd "tcp:$NS_ADDR:$port" --nbd-writable 2>>"$tmp/p.log" &
+        --nbd "tcp:$NS_ADDR:$port" --nbd-writable --nbd-insecure 2>>"$tmp/p.log" &
 partner_pid=$!
 cleanup_fn _stop_pid "$partner_pid" TERM
 if ! netns_wait_tcp "$ns" "$NS_ADDR" $port 30 "$partner_pid"; then
