@@ -50,6 +50,8 @@ void vbd_daemon_usage(FILE *f)
                "                      with certificates: clients need one signed by ca-cert.pem\n"
                "  --nbd-insecure      allow a TCP export without TLS on any address (a trusted\n"
                "                      network only: anyone reaching it reads the disk)\n"
+               "                      The --nbd-tls-* and --nbd-insecure options also apply to\n"
+               "                      the exports of jobs (vbd-ctl snapshot --start)\n"
                "  --export-only       no guest, no Xen: only the NBD export of --image (a stopped\n"
                "                      guest's disk, a migration target); read-only unless\n"
                "                      --nbd-writable; --domid/--devid optional (control socket)\n"
@@ -228,11 +230,8 @@ int vbd_daemon_parse_args(int argc, char **argv, struct vbd_daemon_args *a)
                         return 2;
                 }
         }
-        if ((a->nbd.writable || a->nbd.name || a->nbd.tls_certificates || a->nbd.tls_psk ||
-             a->nbd.tls_verify_peer || a->nbd.insecure) &&
-            !a->nbd.endpoint) {
-                fprintf(stderr, "vbdd: --nbd-writable, --nbd-name, --nbd-tls-* and "
-                                "--nbd-insecure need --nbd\n");
+        if ((a->nbd.writable || a->nbd.name) && !a->nbd.endpoint) {
+                fprintf(stderr, "vbdd: --nbd-writable and --nbd-name need --nbd\n");
                 return 2;
         }
         if (a->nbd.tls_certificates && a->nbd.tls_psk) {

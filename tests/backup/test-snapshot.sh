@@ -5,8 +5,8 @@
 # a pause just after a copy of the image is taken, its export read twice by
 # nbdcopy (and once by qemu-img compare) while the guest writes all over the
 # disk, equals that copy; its status says what it did; --stop ends it and
-# leaves nothing; a second start, an existing store and bad options are
-# refused; a store that fills up (a small tmpfs) fails the job while the
+# leaves nothing; a second start, an existing store, plain TCP off loopback
+# and bad options are refused; a store that fills up (a small tmpfs) fails the job while the
 # guest goes on with no error and no mismatch, and the export's reads fail.
 . "$(dirname "$0")/../lib/functions.sh"
 : "${VBD_CTL:?}" "${VBD_SIM:?}" "${VBD_SIM_VBDD:?}"
@@ -127,6 +127,10 @@ vctl snapshot "${D[@]}" --start "unix:$ep" --store "$tmp/store3" --granularity 2
 [ "$(vctl --json snapshot "${D[@]}" --status | jget /dev/stdin granularity)" = $((256 << 10)) ] ||
         fail "--granularity 256K: $(vctl snapshot "${D[@]}" --status 2>&1)"
 vctl snapshot "${D[@]}" --stop >/dev/null 2>&1 || fail "--stop 2"
+# plain TCP on every address: refused (the daemon has no TLS credentials), nothing left
+must_fail "plain TCP on 0.0.0.0" "not a loopback address" snapshot "${D[@]}" \
+        --start "tcp:0.0.0.0:10809" --store "$tmp/store4"
+[ -e "$tmp/store4" ] && fail "a refused start left its store"
 guest_ok g1
 
 # 3. A store that fills up: the job fails, the guest goes on
