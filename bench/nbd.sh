@@ -97,11 +97,27 @@ if command -v psktool >/dev/null; then
         k="tls-psk-file=$SOCKDIR/psk/keys.psk"
         VT="nbds+unix://bench@/?socket=$SOCKDIR/vbdd-tls.sock&$k"
         QT="nbds+unix://bench@/?socket=$SOCKDIR/qemu-tls.sock&$k"
+        # server CPU (user+system, ms) per 1 GiB copy: load on the machine
+        # slows the copies, not this
+        ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+        cpu_ms() { # PID URI: copy_mbs's MB/s, then the server's ms of CPU per copy
+                local t0 mbs
+                t0=$(ticks "$1")
+                mbs=$(copy_mbs "$2")
+                echo "$mbs $(( ($(ticks "$1") - t0) * 1000 / $(getconf CLK_TCK) / 3 ))"
+        }
         # alternate plain and TLS so that a drift of the machine hits both
-        vp=$(copy_mbs "$V"); vt=$(copy_mbs "$VT"); qt=$(copy_mbs "$QT"); vp2=$(copy_mbs "$V")
+        read -r vp vpc <<<"$(cpu_ms "${pids[0]}" "$V")"
+        read -r vt vtc <<<"$(cpu_ms "${pids[2]}" "$VT")"
+        read -r qt qtc <<<"$(cpu_ms "${pids[3]}" "$QT")"
+        read -r qp qpc <<<"$(cpu_ms "${pids[1]}" "$Q")"
+        read -r vp2 _ <<<"$(cpu_ms "${pids[0]}" "$V")"
         [ "$vp2" -gt "$vp" ] && vp=$vp2
         printf '%-34s %12s %12s %8s\n' "nbdcopy TLS (PSK) (MB/s)" "$vt" "$qt" "$(benchlib ratio "$vt" "$qt")"
-        printf '%-34s %12s %12s %8s\n' "vbdd nbdcopy TLS / plain" "$vt" "$vp" "$(benchlib ratio "$vt" "$vp")"
+        printf '%-34s %12s %12s %8s\n' "server CPU ms per GiB, TLS" "$vtc" "$qtc" "$(benchlib ratio "$vtc" "$qtc")"
+        printf '%-34s %12s %12s %8s\n' "server CPU ms per GiB, plain" "$vpc" "$qpc" "$(benchlib ratio "$vpc" "$qpc")"
+        printf '%-34s %12s %12s %8s\n' "TLS / plain, MB/s (vbdd, qemu-nbd)" \
+                "$(benchlib ratio "$vt" "$vp")" "$(benchlib ratio "$qt" "$qp")" ""
 else
         echo "no psktool (gnutls-bin): TLS runs skipped"
 fi
