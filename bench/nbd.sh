@@ -113,6 +113,7 @@ if command -v psktool >/dev/null; then
         read -r qp qpc <<<"$(cpu_ms "${pids[1]}" "$Q")"
         read -r vp2 _ <<<"$(cpu_ms "${pids[0]}" "$V")"
         [ "$vp2" -gt "$vp" ] && vp=$vp2
+        printf '%-34s %12s %12s %8s\n' "nbdcopy plain, around TLS (MB/s)" "$vp" "$qp" "$(benchlib ratio "$vp" "$qp")"
         printf '%-34s %12s %12s %8s\n' "nbdcopy TLS (PSK) (MB/s)" "$vt" "$qt" "$(benchlib ratio "$vt" "$qt")"
         printf '%-34s %12s %12s %8s\n' "server CPU ms per GiB, TLS" "$vtc" "$qtc" "$(benchlib ratio "$vtc" "$qtc")"
         printf '%-34s %12s %12s %8s\n' "server CPU ms per GiB, plain" "$vpc" "$qpc" "$(benchlib ratio "$vpc" "$qpc")"
