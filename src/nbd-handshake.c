@@ -323,6 +323,11 @@ int nbd_handshake_process(struct nbd_client *cl)
                         nbd_client_kill(cl, "unknown client flags %#" PRIx32, f);
                         return NBD_IN_STOP;
                 }
+                if (cl->srv->tls && !(f & NBD_FLAG_C_FIXED_NEWSTYLE)) {
+                        /* TLS needs fixed newstyle: such a client could never get it. */
+                        nbd_client_kill(cl, "no fixed newstyle, and TLS is required");
+                        return NBD_IN_STOP;
+                }
                 cl->no_zeroes = f & NBD_FLAG_C_NO_ZEROES;
                 cl->state = CL_OPT_HDR;
                 return NBD_IN_NEXT;

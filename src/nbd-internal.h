@@ -309,6 +309,8 @@ int nbd_tls_client_start(struct nbd_client *cl);
  * -errno failed (the client is killed, logged). */
 int nbd_tls_handshake(struct nbd_client *cl);
 bool nbd_tls_wants_write(const struct nbd_client *cl);
+/* Decrypted bytes GnuTLS holds for us: they will not wake the socket watcher. */
+size_t nbd_tls_pending(const struct nbd_client *cl);
 /* read(2)/writev(2) through the session: bytes, 0 at the end of input, or -1
  * with errno (EAGAIN, EINTR: again; else the client is killed, logged). */
 ssize_t nbd_tls_recv(struct nbd_client *cl, void *buf, size_t n);

@@ -293,6 +293,11 @@ int nbd_tls_handshake(struct nbd_client *cl)
         return 1;
 }
 
+size_t nbd_tls_pending(const struct nbd_client *cl)
+{
+        return cl->tls_active ? gnutls_record_check_pending(cl->tls->s) : 0;
+}
+
 bool nbd_tls_wants_write(const struct nbd_client *cl)
 {
         return cl->tls && gnutls_record_get_direction(cl->tls->s) == 1;

@@ -355,6 +355,12 @@ def attack_tls_options_before_tls():
     check(c.closed(), "EXPORT_NAME without TLS: not disconnected")
 
 
+def attack_tls_not_fixed_newstyle():
+    c = Conn()
+    c.greeting(cflags=2)  # NO_ZEROES without FIXED_NEWSTYLE: no TLS possible
+    check(c.closed(), "a client without fixed newstyle: not disconnected")
+
+
 def attack_tls_drop_after_ack():
     c = Conn()
     c.greeting()
@@ -451,7 +457,8 @@ def main():
     attacks = [attack_bad_greeting_flags, attack_bad_option_magic, attack_options,
                attack_requests, attack_too_many_clients]
     if CERTDIR:
-        attacks = [attack_tls_options_before_tls, attack_tls_drop_after_ack,
+        attacks = [attack_tls_options_before_tls, attack_tls_not_fixed_newstyle,
+                   attack_tls_drop_after_ack,
                    attack_tls_garbage_hello, attack_tls_mid_handshake, attack_tls_starttls_twice,
                    attack_tls_big_reads, attack_bad_greeting_flags, attack_too_many_clients]
     for a in attacks:
