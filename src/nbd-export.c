@@ -160,6 +160,8 @@ void nbd_client_update_watchers(struct nbd_client *cl)
         bool want_read = client_wants_input(cl);
         bool want_write = !cl->dead && (cl->ooff < cl->olen || cl->outq);
 
+        if (want_read && nbd_tls_recv_blocked(cl))
+                want_write = true;
         if (cl->state == CL_TLS_HANDSHAKE && !cl->dead && cl->ooff == cl->olen) {
                 /* The STARTTLS ACK is out: GnuTLS says which way it waits. */
                 want_write = nbd_tls_wants_write(cl);
@@ -392,6 +394,8 @@ static void client_write_cb(struct ev_loop *loop, ev_io *w, int revents)
                 client_tls_step(cl);
         else
                 nbd_client_flush(cl);
+        if (nbd_tls_recv_blocked(cl))
+                client_kick(cl); /* the read that waited for this */
         cl->busy--;
         nbd_client_update_watchers(cl);
         nbd_client_maybe_free(cl);

@@ -309,6 +309,9 @@ int nbd_tls_client_start(struct nbd_client *cl);
  * -errno failed (the client is killed, logged). */
 int nbd_tls_handshake(struct nbd_client *cl);
 bool nbd_tls_wants_write(const struct nbd_client *cl);
+/* The last read said EAGAIN waiting to write (GnuTLS answering the peer):
+ * read again when the socket is writable. */
+bool nbd_tls_recv_blocked(const struct nbd_client *cl);
 /* Decrypted bytes GnuTLS holds for us: they will not wake the socket watcher. */
 size_t nbd_tls_pending(const struct nbd_client *cl);
 /* read(2)/writev(2) through the session: bytes, 0 at the end of input, or -1

@@ -63,7 +63,8 @@ struct nbd_tls_conn {
         gnutls_session_t s;
         uint8_t *raw; /* ciphertext read before the session began */
         size_t raw_len, raw_off;
-        size_t out_len; /* bytes of out in a send that said EAGAIN */
+        size_t out_len;    /* bytes of out in a send that said EAGAIN */
+        bool recv_blocked; /* a read waits to write (a TLS 1.3 KeyUpdate answer) */
         uint8_t out[NBD_TLS_RECORD];
 };
 
@@ -293,6 +294,11 @@ int nbd_tls_handshake(struct nbd_client *cl)
         return 1;
 }
 
+bool nbd_tls_recv_blocked(const struct nbd_client *cl)
+{
+        return cl->tls_active && cl->tls->recv_blocked;
+}
+
 size_t nbd_tls_pending(const struct nbd_client *cl)
 {
         return cl->tls_active ? gnutls_record_check_pending(cl->tls->s) : 0;
@@ -321,8 +327,11 @@ ssize_t nbd_tls_recv(struct nbd_client *cl, void *buf, size_t n)
 {
         ssize_t r = gnutls_record_recv(cl->tls->s, buf, n);
 
+        cl->tls->recv_blocked = false;
         if (r >= 0)
                 return r;
+        if (r == GNUTLS_E_AGAIN && gnutls_record_get_direction(cl->tls->s) == 1)
+                cl->tls->recv_blocked = true; /* the reader waits for the socket to take more */
         if (r == GNUTLS_E_PREMATURE_TERMINATION) {
                 vbd_debug("%s: closed without a TLS close_notify", cl->peer);
                 return 0;
