@@ -411,6 +411,43 @@ def attack_tls_mid_handshake():
         c.s.close()
 
 
+def attack_tls_pipelined_hello():
+    """STARTTLS and the ClientHello in one send, before the ACK: the server
+    hands the bytes it read with the option to TLS, and the session works."""
+    c = Conn()
+    c.greeting()
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = tls_context().wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    c.s.sendall(struct.pack(">QII", IHAVEOPT, OPT_STARTTLS, 0) + out.read())
+    check(c.reply()[1] == REP_ACK, "pipelined STARTTLS: no ACK")
+
+    def pump(fn, *args):
+        while True:
+            try:
+                return fn(*args)
+            except ssl.SSLWantReadError:
+                if out.pending:
+                    c.s.sendall(out.read())
+                data = c.s.recv(65536)
+                check(data, "closed during the pipelined handshake")
+                inc.write(data)
+            finally:
+                if out.pending:
+                    c.s.sendall(out.read())
+
+    pump(obj.do_handshake)
+    pump(obj.write, struct.pack(">QII", IHAVEOPT, OPT_LIST, 0))
+    hdr = b""
+    while len(hdr) < 20:
+        hdr += pump(obj.read, 20 - len(hdr))
+    m, o, t, n = struct.unpack(">QIII", hdr)
+    check(m == REPMAGIC and t == REP_SERVER, "LIST after a pipelined handshake: %x" % t)
+
+
 def attack_tls_starttls_twice():
     # pipelined: the second STARTTLS is read as the TLS handshake, and fails it
     c = Conn()
@@ -459,7 +496,8 @@ def main():
     if CERTDIR:
         attacks = [attack_tls_options_before_tls, attack_tls_not_fixed_newstyle,
                    attack_tls_drop_after_ack,
-                   attack_tls_garbage_hello, attack_tls_mid_handshake, attack_tls_starttls_twice,
+                   attack_tls_garbage_hello, attack_tls_mid_handshake, attack_tls_pipelined_hello,
+                   attack_tls_starttls_twice,
                    attack_tls_big_reads, attack_bad_greeting_flags, attack_too_many_clients]
     for a in attacks:
         try:
