@@ -170,12 +170,13 @@ void nbd_client_update_watchers(struct nbd_client *cl)
 
         if (want_read && !ev_is_active(&cl->rio))
                 ev_io_start(loop, &cl->rio);
-        /* The read loop stops early only when input is not wanted, and is
-         * kicked when it is again; this keeps it so if that ever changes. */
-        if (want_read && nbd_tls_pending(cl))
-                ev_feed_event(loop, &cl->rio, EV_READ);
         else if (!want_read && ev_is_active(&cl->rio))
                 ev_io_stop(loop, &cl->rio);
+        /* Bytes inside GnuTLS do not wake the watcher.  The read loop stops
+         * early only when input is not wanted, and is kicked when it is
+         * again; this keeps it so if that ever changes. */
+        if (want_read && nbd_tls_pending(cl))
+                ev_feed_event(loop, &cl->rio, EV_READ);
         if (want_write && !ev_is_active(&cl->wio))
                 ev_io_start(loop, &cl->wio);
         else if (!want_write && ev_is_active(&cl->wio))

@@ -210,7 +210,8 @@ static void opt_starttls(struct nbd_client *cl)
         cl->state = CL_TLS_HANDSHAKE;
 }
 
-/* FORCEDTLS before TLS: only STARTTLS and ABORT are served.  Handled? */
+/* Before TLS in FORCEDTLS mode only STARTTLS and ABORT are served: true if
+ * the option was refused here. */
 static bool option_needs_tls(struct nbd_client *cl)
 {
         if (!cl->srv->tls || cl->tls_active || cl->opt_code == NBD_OPT_STARTTLS ||
@@ -352,7 +353,10 @@ int nbd_handshake_process(struct nbd_client *cl)
                 if (cl->skip)
                         return NBD_IN_MORE;
                 cl->state = CL_OPT_HDR;
-                nbd_opt_error(cl, NBD_REP_ERR_TOO_BIG, "option too long");
+                if (cl->srv->tls && !cl->tls_active) /* the only error before TLS */
+                        nbd_opt_error(cl, NBD_REP_ERR_TLS_REQD, "TLS is required");
+                else
+                        nbd_opt_error(cl, NBD_REP_ERR_TOO_BIG, "option too long");
                 return NBD_IN_NEXT;
         }
         default:

@@ -343,6 +343,8 @@ def attack_tls_options_before_tls():
         check(c.reply()[1] == REP_ERR_TLS_REQD, "option %d before TLS: no ERR_TLS_REQD" % code)
     c.opt(0xDEAD, b"12345")
     check(c.reply()[1] == REP_ERR_TLS_REQD, "unknown option before TLS: no ERR_TLS_REQD")
+    c.opt(OPT_LIST_META, b"x" * (200 * 1024))  # too long to look at: skipped
+    check(c.reply()[1] == REP_ERR_TLS_REQD, "oversized option before TLS: no ERR_TLS_REQD")
     c.opt(OPT_STARTTLS, b"junk")
     check(c.reply()[1] == REP_ERR_INVALID, "STARTTLS with data: no ERR_INVALID")
     c.opt(OPT_ABORT)
