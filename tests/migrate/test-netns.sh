@@ -3,7 +3,7 @@
 # Migration to a partner on another (emulated) host over TCP: the partner
 # vbdd --export-only runs in its own network namespace behind a veth pair
 # shaped to 1 Gbit/s each way (tests/lib/netns.sh), listening on the
-# namespace's address; the source migrates a verified guest's 64 MiB disk
+# namespace's address in plain TCP (--nbd-insecure: the link is the test's); the source migrates a verified guest's 64 MiB disk
 # to nbd://ADDR:PORT, reaches ready (writes forwarded across the link),
 # cuts over (partner equal to the source), aborts (the guest resumes) and
 # the guest ends without an error.  The data must have crossed the veth:
