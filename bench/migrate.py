@@ -393,7 +393,7 @@ def start_vbd(bench, mode):
     if bench.link:
         port = PORTS[mode]
         partner = procs.spawn("partner-" + mode, bench.link.argv(
-            argv + ["tcp:%s:%d" % (bench.link.ns_addr, port)]))
+            argv + ["tcp:%s:%d" % (bench.link.ns_addr, port), "--nbd-insecure"]))
         bench.link.wait_tcp(port, partner, "partner-" + mode, procs)
         uri = "nbd://%s:%d" % (bench.link.ns_addr, port)
     else:

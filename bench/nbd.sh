@@ -12,6 +12,9 @@
 # request size and queue), best of 3, in MB/s; fio's nbd engine 4 KiB
 # random reads at queue depth 32 (one connection), IOPS; and 1 MiB
 # sequential reads at queue depth 8, MB/s.  fio needs its nbd engine.
+# With psktool: nbdcopy again over TLS (a pre-shared key, nbds+unix://)
+# from vbdd --nbd-tls-psk and qemu-nbd --tls-creds (tls-creds-psk), and
+# vbdd's TLS/plain ratio, measured in the same run.
 set -eu
 B=${1:-build}
 DIR=${VBD_BENCH_DIR:-/var/tmp}
@@ -77,4 +80,45 @@ if [ $have_fio_nbd = 1 ]; then
         printf '%-34s %12s %12s %8s\n' "fio nbd read 1M QD8 (MB/s)" "$v" "$q" "$(benchlib ratio "$v" "$q")"
 else
         echo "fio has no nbd engine: fio runs skipped"
+fi
+
+if command -v psktool >/dev/null; then
+        mkdir "$SOCKDIR/psk"
+        psktool -u bench -p "$SOCKDIR/psk/keys.psk" >/dev/null
+        "$VBDD" --export-only --image "raw:$IMG" --nbd "unix:$SOCKDIR/vbdd-tls.sock" -q \
+                --nbd-tls-psk "$SOCKDIR/psk/keys.psk" &
+        pids+=($!)
+        qemu-nbd -f raw --cache=none --aio=native -r -t -e 8 -k "$SOCKDIR/qemu-tls.sock" \
+                --object "tls-creds-psk,id=tls0,endpoint=server,dir=$SOCKDIR/psk" \
+                --tls-creds tls0 "$IMG" &
+        pids+=($!)
+        wait_sock "$SOCKDIR/vbdd-tls.sock" && wait_sock "$SOCKDIR/qemu-tls.sock" ||
+                { echo "bench: TLS servers did not start" >&2; exit 1; }
+        k="tls-psk-file=$SOCKDIR/psk/keys.psk"
+        VT="nbds+unix://bench@/?socket=$SOCKDIR/vbdd-tls.sock&$k"
+        QT="nbds+unix://bench@/?socket=$SOCKDIR/qemu-tls.sock&$k"
+        # server CPU (user+system, ms) per 1 GiB copy: load on the machine
+        # slows the copies, not this
+        ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+        cpu_ms() { # PID URI: copy_mbs's MB/s, then the server's ms of CPU per copy
+                local t0 mbs
+                t0=$(ticks "$1")
+                mbs=$(copy_mbs "$2")
+                echo "$mbs $(( ($(ticks "$1") - t0) * 1000 / $(getconf CLK_TCK) / 3 ))"
+        }
+        # alternate plain and TLS so that a drift of the machine hits both
+        read -r vp vpc <<<"$(cpu_ms "${pids[0]}" "$V")"
+        read -r vt vtc <<<"$(cpu_ms "${pids[2]}" "$VT")"
+        read -r qt qtc <<<"$(cpu_ms "${pids[3]}" "$QT")"
+        read -r qp qpc <<<"$(cpu_ms "${pids[1]}" "$Q")"
+        read -r vp2 _ <<<"$(cpu_ms "${pids[0]}" "$V")"
+        [ "$vp2" -gt "$vp" ] && vp=$vp2
+        printf '%-34s %12s %12s %8s\n' "nbdcopy plain, around TLS (MB/s)" "$vp" "$qp" "$(benchlib ratio "$vp" "$qp")"
+        printf '%-34s %12s %12s %8s\n' "nbdcopy TLS (PSK) (MB/s)" "$vt" "$qt" "$(benchlib ratio "$vt" "$qt")"
+        printf '%-34s %12s %12s %8s\n' "server CPU ms per GiB, TLS" "$vtc" "$qtc" "$(benchlib ratio "$vtc" "$qtc")"
+        printf '%-34s %12s %12s %8s\n' "server CPU ms per GiB, plain" "$vpc" "$qpc" "$(benchlib ratio "$vpc" "$qpc")"
+        printf '%-34s %12s %12s %8s\n' "TLS / plain, MB/s (vbdd, qemu-nbd)" \
+                "$(benchlib ratio "$vt" "$vp")" "$(benchlib ratio "$qt" "$qp")" ""
+else
+        echo "no psktool (gnutls-bin): TLS runs skipped"
 fi

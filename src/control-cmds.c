@@ -74,10 +74,10 @@ static json_t *nbd_json(struct vbd_ctl *c)
 {
         if (!c->nbd)
                 return json_null();
-        return json_pack("{s:s,s:s,s:b,s:I,s:I}", "endpoint", vbd_nbd_endpoint(c->nbd), "name",
-                         vbd_nbd_name(c->nbd), "writable", vbd_nbd_writable(c->nbd), "clients",
-                         (json_int_t)vbd_nbd_clients(c->nbd), "inflight",
-                         (json_int_t)vbd_nbd_inflight(c->nbd));
+        return json_pack("{s:s,s:s,s:b,s:b,s:I,s:I}", "endpoint", vbd_nbd_endpoint(c->nbd), "name",
+                         vbd_nbd_name(c->nbd), "writable", vbd_nbd_writable(c->nbd), "tls",
+                         vbd_nbd_tls(c->nbd), "clients", (json_int_t)vbd_nbd_clients(c->nbd),
+                         "inflight", (json_int_t)vbd_nbd_inflight(c->nbd));
 }
 
 /* info of an export-only daemon: no guest, no xenbus. */

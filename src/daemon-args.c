@@ -37,9 +37,21 @@ void vbd_daemon_usage(FILE *f)
                "                      vbdd-sim: $VBD_SIM_DIR)\n"
                "  --config FILE       config file (default " VBD_CONFIG_PATH ")\n"
                "  --nbd ENDPOINT      also export the image over NBD: unix:PATH (mode 0600)\n"
-               "                      or tcp:ADDR:PORT (no TLS: trusted networks only)\n"
+               "                      or tcp:ADDR:PORT; without TLS, ADDR must be a loopback\n"
+               "                      address unless --nbd-insecure\n"
                "  --nbd-writable      the NBD export takes writes (default: read-only)\n"
                "  --nbd-name NAME     the NBD export name (default: \"\", the default export)\n"
+               "  --nbd-tls-certificates DIR\n"
+               "                      require TLS, X.509: DIR holds server-cert.pem,\n"
+               "                      server-key.pem and ca-cert.pem (as nbdkit, qemu-nbd)\n"
+               "  --nbd-tls-psk FILE  require TLS, pre-shared keys: FILE as psktool writes it\n"
+               "                      (USERNAME:HEXKEY lines)\n"
+               "  --nbd-tls-verify-peer\n"
+               "                      with certificates: clients need one signed by ca-cert.pem\n"
+               "  --nbd-insecure      allow a TCP export without TLS on any address (a trusted\n"
+               "                      network only: anyone reaching it reads the disk)\n"
+               "                      The --nbd-tls-* and --nbd-insecure options also apply to\n"
+               "                      the exports of jobs (vbd-ctl snapshot --start)\n"
                "  --export-only       no guest, no Xen: only the NBD export of --image (a stopped\n"
                "                      guest's disk, a migration target); read-only unless\n"
                "                      --nbd-writable; --domid/--devid optional (control socket)\n"
@@ -78,6 +90,10 @@ int vbd_daemon_parse_args(int argc, char **argv, struct vbd_daemon_args *a)
             {"nbd-writable", no_argument, NULL, 'W'},
             {"nbd-name", required_argument, NULL, 'E'},
             {"export-only", no_argument, NULL, 'X'},
+            {"nbd-tls-certificates", required_argument, NULL, 'T'},
+            {"nbd-tls-psk", required_argument, NULL, 'P'},
+            {"nbd-tls-verify-peer", no_argument, NULL, 'Y'},
+            {"nbd-insecure", no_argument, NULL, 'U'},
             {},
         };
         int c;
@@ -197,6 +213,18 @@ int vbd_daemon_parse_args(int argc, char **argv, struct vbd_daemon_args *a)
                 case 'X':
                         a->export_only = true;
                         break;
+                case 'T':
+                        a->nbd.tls_certificates = optarg;
+                        break;
+                case 'P':
+                        a->nbd.tls_psk = optarg;
+                        break;
+                case 'Y':
+                        a->nbd.tls_verify_peer = true;
+                        break;
+                case 'U':
+                        a->nbd.insecure = true;
+                        break;
                 default:
                         vbd_daemon_usage(stderr);
                         return 2;
@@ -204,6 +232,14 @@ int vbd_daemon_parse_args(int argc, char **argv, struct vbd_daemon_args *a)
         }
         if ((a->nbd.writable || a->nbd.name) && !a->nbd.endpoint) {
                 fprintf(stderr, "vbdd: --nbd-writable and --nbd-name need --nbd\n");
+                return 2;
+        }
+        if (a->nbd.tls_certificates && a->nbd.tls_psk) {
+                fprintf(stderr, "vbdd: --nbd-tls-certificates or --nbd-tls-psk, not both\n");
+                return 2;
+        }
+        if (a->nbd.tls_verify_peer && !a->nbd.tls_certificates) {
+                fprintf(stderr, "vbdd: --nbd-tls-verify-peer needs --nbd-tls-certificates\n");
                 return 2;
         }
         if (a->nbd.endpoint) {

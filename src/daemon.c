@@ -237,6 +237,7 @@ static int open_device(struct vbd_daemon *d, const char *spec)
                 vbd_image_drain_close(img);
                 return vbd_log_errno(ENOMEM, "cannot create the device: %m");
         }
+        vbd_device_set_export_security(d->dev, &d->args->nbd);
         return 0;
 }
 

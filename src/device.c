@@ -41,6 +41,7 @@ struct vbd_device {
         struct pause_waiter *waiters;
         unsigned nwaiters, waiters_size;
         struct vbd_job *jobs;
+        const struct vbd_nbd_config *export_security; /* TLS and --nbd-insecure of job exports */
 };
 
 struct vbd_device *vbd_device_new(struct ev_loop *loop, struct vbd_image *img, bool readonly,
@@ -55,6 +56,11 @@ struct vbd_device *vbd_device_new(struct ev_loop *loop, struct vbd_image *img, b
         dev->readonly = readonly;
         dev->aio = aio;
         return dev;
+}
+
+void vbd_device_set_export_security(struct vbd_device *dev, const struct vbd_nbd_config *c)
+{
+        dev->export_security = c;
 }
 
 void vbd_device_drain(struct vbd_device *dev, void (*done)(void *opaque), void *opaque)
@@ -375,6 +381,7 @@ struct vbd_device_export *vbd_device_export_start(struct vbd_device *dev, struct
                                                   const char *endpoint, const char *name,
                                                   bool writable, struct vbd_err *err)
 {
+        const struct vbd_nbd_config *sec = dev->export_security;
         struct vbd_nbd_config cfg = {.endpoint = endpoint, .name = name, .writable = writable};
         struct vbd_device_export *ex = calloc(1, sizeof(*ex));
         struct vbd_nbd_addr addr;
@@ -389,8 +396,21 @@ struct vbd_device_export *vbd_device_export_start(struct vbd_device *dev, struct
                             endpoint);
                 goto fail;
         }
+        if (sec) {
+                cfg.tls_certificates = sec->tls_certificates;
+                cfg.tls_psk = sec->tls_psk;
+                cfg.tls_verify_peer = sec->tls_verify_peer;
+                cfg.insecure = sec->insecure;
+        }
         ex->dev = dev;
         ex->nbd = vbd_nbd_new(dev->loop, img, &cfg);
+        if (!ex->nbd && errno == EPERM) {
+                vbd_err_set(err, -EPERM,
+                            "cannot export on %s without TLS: not a loopback address (vbdd "
+                            "needs --nbd-tls-certificates or --nbd-tls-psk, or --nbd-insecure)",
+                            endpoint);
+                goto fail;
+        }
         if (!ex->nbd) {
                 vbd_err_set(err, -errno, "cannot export on %s: %s", endpoint, strerror(errno));
                 goto fail;

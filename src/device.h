@@ -44,6 +44,11 @@ struct vbd_device_user_ops {
  * vbd_image_open() for a reopen.  NULL + errno. */
 struct vbd_device *vbd_device_new(struct ev_loop *loop, struct vbd_image *img, bool readonly,
                                   struct vbd_aio *aio);
+/* The TLS credentials and --nbd-insecure of the exports jobs start
+ * (vbd_device_export_start): c's tls_* and insecure fields, read at each
+ * start; c must outlive the device.  Without: no TLS, loopback TCP only. */
+struct vbd_nbd_config;
+void vbd_device_set_export_security(struct vbd_device *dev, const struct vbd_nbd_config *c);
 /* Before vbd_device_free, with the users disconnected: stop the stack's
  * background work (a migration's copier and partner); done(opaque) once
  * nothing of it is in flight, maybe inline.  Runs no loop itself. */

@@ -16,6 +16,7 @@
 #define VBD_LOG_TOPIC "nbd"
 #include <errno.h>
 #include <ev.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -83,6 +84,34 @@ int vbd_nbd_parse_endpoint(const char *ep, struct vbd_nbd_addr *ret)
         return 0;
 }
 
+bool vbd_nbd_host_is_loopback(const char *host)
+{
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+        struct addrinfo *res = NULL;
+        bool loopback = true;
+
+        if (!host || getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+                return false;
+        /* Every address the listener might bind must be a loopback one. */
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+                if (ai->ai_family == AF_INET) {
+                        const struct sockaddr_in *in = (const void *)ai->ai_addr;
+
+                        loopback &= (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+                } else if (ai->ai_family == AF_INET6) {
+                        const struct in6_addr *a =
+                            &((const struct sockaddr_in6 *)(const void *)ai->ai_addr)->sin6_addr;
+
+                        loopback &= IN6_IS_ADDR_LOOPBACK(a) ||
+                                    (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+                } else {
+                        loopback = false;
+                }
+        }
+        freeaddrinfo(res);
+        return loopback;
+}
+
 /* ---- client lifetime ---- */
 
 static void client_free(struct nbd_client *cl);
@@ -131,10 +160,23 @@ void nbd_client_update_watchers(struct nbd_client *cl)
         bool want_read = client_wants_input(cl);
         bool want_write = !cl->dead && (cl->ooff < cl->olen || cl->outq);
 
+        if (want_read && nbd_tls_recv_blocked(cl))
+                want_write = true;
+        if (cl->state == CL_TLS_HANDSHAKE && !cl->dead && cl->ooff == cl->olen) {
+                /* The STARTTLS ACK is out: GnuTLS says which way it waits. */
+                want_write = nbd_tls_wants_write(cl);
+                want_read = !want_write;
+        }
+
         if (want_read && !ev_is_active(&cl->rio))
                 ev_io_start(loop, &cl->rio);
         else if (!want_read && ev_is_active(&cl->rio))
                 ev_io_stop(loop, &cl->rio);
+        /* Bytes inside GnuTLS do not wake the watcher.  The read loop stops
+         * early only when input is not wanted, and is kicked when it is
+         * again; this keeps it so if that ever changes. */
+        if (want_read && nbd_tls_pending(cl))
+                ev_feed_event(loop, &cl->rio, EV_READ);
         if (want_write && !ev_is_active(&cl->wio))
                 ev_io_start(loop, &cl->wio);
         else if (!want_write && ev_is_active(&cl->wio))
@@ -155,6 +197,35 @@ void nbd_client_unstall(struct nbd_client *cl)
         if (!cl->stalled)
                 return;
         cl->stalled = false;
+        client_kick(cl);
+}
+
+/* ---- the socket, in the clear or through TLS ---- */
+
+static ssize_t client_recv(struct nbd_client *cl, void *buf, size_t n)
+{
+        return cl->tls_active ? nbd_tls_recv(cl, buf, n) : read(cl->fd, buf, n);
+}
+
+static ssize_t client_sendv(struct nbd_client *cl, const struct iovec *iov, unsigned cnt)
+{
+        return cl->tls_active ? nbd_tls_sendv(cl, iov, cnt) : writev(cl->fd, iov, (int)cnt);
+}
+
+/*
+ * After our ACK to STARTTLS: the ACK goes out in the clear, then the TLS
+ * handshake steps as the socket allows.  Once it is done, options are read
+ * again, through TLS, from the loop (GnuTLS may hold some already).
+ */
+static void client_tls_step(struct nbd_client *cl)
+{
+        nbd_client_flush(cl);
+        if (cl->dead || cl->state != CL_TLS_HANDSHAKE || cl->ooff < cl->olen)
+                return;
+        if (nbd_tls_handshake(cl) <= 0)
+                return; /* waiting, or killed */
+        cl->tls_active = true;
+        cl->state = CL_OPT_HDR;
         client_kick(cl);
 }
 
@@ -184,7 +255,7 @@ static ssize_t read_payload_direct(struct nbd_client *cl)
         unsigned c = r->got / NBD_CHUNK, o = r->got % NBD_CHUNK;
         ssize_t n;
 
-        n = read(cl->fd, (uint8_t *)r->iov[1 + c].iov_base + o, r->iov[1 + c].iov_len - o);
+        n = client_recv(cl, (uint8_t *)r->iov[1 + c].iov_base + o, r->iov[1 + c].iov_len - o);
         if (n > 0)
                 r->got += (uint32_t)n;
         return n;
@@ -212,10 +283,12 @@ static void client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
         struct nbd_client *cl = w->data;
 
         cl->busy++;
+        if (cl->state == CL_TLS_HANDSHAKE)
+                client_tls_step(cl);
         for (;;) {
                 ssize_t n;
 
-                if (client_process(cl) == NBD_IN_STOP)
+                if (cl->state == CL_TLS_HANDSHAKE || client_process(cl) == NBD_IN_STOP)
                         break;
                 if (cl->state == CL_REQ_PAYLOAD && !nbd_in_avail(cl) &&
                     cl->cur->len - cl->cur->got >= 4096) {
@@ -226,7 +299,7 @@ static void client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
                                 cl->ilen -= cl->ioff;
                                 cl->ioff = 0;
                         }
-                        n = read(cl->fd, cl->ibuf + cl->ilen, NBD_IBUF - cl->ilen);
+                        n = client_recv(cl, cl->ibuf + cl->ilen, NBD_IBUF - cl->ilen);
                         if (n > 0)
                                 cl->ilen += (size_t)n;
                 }
@@ -243,7 +316,10 @@ static void client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
                         break;
                 }
         }
-        nbd_client_flush(cl);
+        if (cl->state == CL_TLS_HANDSHAKE)
+                client_tls_step(cl); /* an option just said STARTTLS */
+        else
+                nbd_client_flush(cl);
         cl->busy--;
         nbd_client_update_watchers(cl);
         nbd_client_maybe_free(cl);
@@ -258,7 +334,8 @@ void nbd_client_flush(struct nbd_client *cl)
         if (cl->dead)
                 return;
         while (cl->ooff < cl->olen) {
-                ssize_t n = write(cl->fd, cl->obuf + cl->ooff, cl->olen - cl->ooff);
+                struct iovec o = {cl->obuf + cl->ooff, cl->olen - cl->ooff};
+                ssize_t n = client_sendv(cl, &o, 1);
 
                 if (n < 0 && errno == EINTR)
                         continue;
@@ -278,7 +355,7 @@ void nbd_client_flush(struct nbd_client *cl)
                 for (struct nbd_req *r = cl->outq; r && cnt < NBD_WRITEV_IOVS; r = r->next)
                         for (unsigned i = r->out_idx; i < r->iovcnt && cnt < NBD_WRITEV_IOVS; i++)
                                 iov[cnt++] = r->iov[i];
-                n = writev(cl->fd, iov, (int)cnt);
+                n = client_sendv(cl, iov, cnt);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -314,7 +391,12 @@ static void client_write_cb(struct ev_loop *loop, ev_io *w, int revents)
         struct nbd_client *cl = w->data;
 
         cl->busy++;
-        nbd_client_flush(cl);
+        if (cl->state == CL_TLS_HANDSHAKE)
+                client_tls_step(cl);
+        else
+                nbd_client_flush(cl);
+        if (nbd_tls_recv_blocked(cl))
+                client_kick(cl); /* the read that waited for this */
         cl->busy--;
         nbd_client_update_watchers(cl);
         nbd_client_maybe_free(cl);
@@ -347,6 +429,7 @@ static void client_free(struct nbd_client *cl)
         ev_clear_pending(s->loop, &cl->rio);
         ev_clear_pending(s->loop, &cl->wio);
         ev_timer_stop(s->loop, &cl->hs_timer);
+        nbd_tls_client_free(cl);
         close(cl->fd);
         vbd_info("%s: disconnected", cl->peer);
         if (cl->arena)
@@ -511,6 +594,19 @@ struct vbd_nbd *vbd_nbd_new(struct ev_loop *loop, struct vbd_image *img,
                 vbd_warn("the image is read-only: the NBD export is too");
         s->max_clients = cfg->max_clients ? cfg->max_clients : VBD_NBD_MAX_CLIENTS;
         s->keep_alive = cfg->keep_loop_alive;
+        r = nbd_tls_new(cfg, &s->tls);
+        if (r < 0)
+                goto fail;
+        if (!s->tls && !s->addr.unix_socket && !cfg->insecure &&
+            !vbd_nbd_host_is_loopback(s->addr.host)) {
+                r = vbd_log_errno(EPERM,
+                                  "refusing an NBD export without TLS on %s, not a loopback "
+                                  "address: anyone on the network could read%s the disk; give "
+                                  "TLS credentials (--nbd-tls-certificates DIR or --nbd-tls-psk "
+                                  "FILE), or --nbd-insecure on a trusted network",
+                                  s->endpoint, s->writable ? " and write" : "");
+                goto fail;
+        }
         server_set_info(s, vbd_image_info(nbd_image(s)));
         ev_timer_init(&s->done_timer, NULL, 0, 0);
         ev_timer_init(&s->shutdown_timer, NULL, 0, 0);
@@ -519,11 +615,12 @@ struct vbd_nbd *vbd_nbd_new(struct ev_loop *loop, struct vbd_image *img,
         r = server_listen(s);
         if (r < 0)
                 goto fail;
-        vbd_info("NBD export '%s' of %s on %s (%s%s)", s->name, vbd_image_name(nbd_image(s)),
-                 s->endpoint, s->writable ? "writable" : "read-only",
-                 s->addr.unix_socket ? "" : "; no TLS: trusted networks only");
+        vbd_info("NBD export '%s' of %s on %s (%s, %s%s)", s->name, vbd_image_name(nbd_image(s)),
+                 s->endpoint, s->writable ? "writable" : "read-only", nbd_tls_describe(s->tls),
+                 s->tls || s->addr.unix_socket ? "" : ": trusted networks only");
         return s;
 fail:
+        nbd_tls_free(s->tls);
         free(s);
         errno = -r;
         return NULL;
@@ -726,6 +823,7 @@ void vbd_nbd_free(struct vbd_nbd *s)
         ev_timer_stop(s->loop, &s->done_timer);
         ev_timer_stop(s->loop, &s->shutdown_timer);
         ev_timer_stop(s->loop, &s->pause_timer);
+        nbd_tls_free(s->tls);
         free(s);
 }
 
@@ -742,6 +840,11 @@ const char *vbd_nbd_name(const struct vbd_nbd *s)
 bool vbd_nbd_writable(const struct vbd_nbd *s)
 {
         return s->writable;
+}
+
+bool vbd_nbd_tls(const struct vbd_nbd *s)
+{
+        return s->tls != NULL;
 }
 
 unsigned vbd_nbd_clients(const struct vbd_nbd *s)

@@ -4,7 +4,7 @@
  *
  * Written from the NBD protocol specification (NetworkBlockDevice/nbd,
  * doc/proto.md): fixed newstyle handshake only; options EXPORT_NAME, ABORT,
- * LIST, STARTTLS (refused: no TLS), INFO, GO, STRUCTURED_REPLY,
+ * LIST, STARTTLS (with TLS credentials), INFO, GO, STRUCTURED_REPLY,
  * LIST_META_CONTEXT and SET_META_CONTEXT (the one context base:allocation);
  * commands READ, WRITE (FUA), DISC, FLUSH, TRIM, WRITE_ZEROES (NO_HOLE) and
  * BLOCK_STATUS; simple replies unless structured replies were negotiated.
@@ -12,8 +12,13 @@
  *
  * Endpoints: "unix:PATH" (a socket created mode 0600; a stale socket at PATH
  * is replaced, a live one is an error) or "tcp:ADDR:PORT" (ADDR an IPv4
- * address, or an IPv6 address in brackets: tcp:[::1]:10809).  There is no
- * TLS and no authentication: TCP is for trusted networks only.
+ * address, or an IPv6 address in brackets: tcp:[::1]:10809).
+ *
+ * TLS (nbd-tls.c, GnuTLS): with cfg->tls_certificates (X.509) or
+ * cfg->tls_psk (pre-shared keys) every client must upgrade with
+ * NBD_OPT_STARTTLS before any other option (the spec's FORCEDTLS mode);
+ * without, STARTTLS is refused.  A TCP export without TLS on an address
+ * that is not loopback is refused at start unless cfg->insecure.
  *
  * Everything a client sends is checked (see nbd-internal.h for the limits):
  * a request the spec lets us refuse gets an NBD error reply; a protocol
@@ -43,6 +48,12 @@ struct vbd_nbd_config {
         bool writable;        /* else READ_ONLY is advertised and writes get EPERM */
         unsigned max_clients; /* 0: VBD_NBD_MAX_CLIENTS */
         bool keep_loop_alive; /* the listener keeps ev_run() going (export-only mode) */
+        /* TLS, required of every client when one of these is set (FORCEDTLS). */
+        const char *tls_certificates; /* X.509: directory with server-cert.pem, ... */
+        const char *tls_psk;          /* PSK: psktool keys file */
+        bool tls_verify_peer;         /* X.509: clients need a certificate of ca-cert.pem */
+        /* TCP without TLS on an address that is not loopback: refused unless set. */
+        bool insecure;
 };
 
 /*
@@ -87,6 +98,7 @@ void vbd_nbd_free(struct vbd_nbd *n);
 const char *vbd_nbd_endpoint(const struct vbd_nbd *n);
 const char *vbd_nbd_name(const struct vbd_nbd *n);
 bool vbd_nbd_writable(const struct vbd_nbd *n);
+bool vbd_nbd_tls(const struct vbd_nbd *n); /* TLS required */
 unsigned vbd_nbd_clients(const struct vbd_nbd *n);
 unsigned vbd_nbd_inflight(const struct vbd_nbd *n); /* requests in the image, all clients */
 
@@ -100,6 +112,11 @@ struct vbd_nbd_addr {
         unsigned short port; /* tcp */
 };
 int vbd_nbd_parse_endpoint(const char *endpoint, struct vbd_nbd_addr *ret);
+
+/* Does host (an address or a name, as the listener resolves it) stand only
+ * for loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x)?  The wildcard
+ * addresses (0.0.0.0, ::) and what does not resolve are not. */
+bool vbd_nbd_host_is_loopback(const char *host);
 
 /* What a transmission request is checked against. */
 struct vbd_nbd_limits {

@@ -8,6 +8,8 @@
  * longer data up to NBD_OPT_SKIP_MAX is skipped and answered ERR_TOO_BIG;
  * anything longer, or more than NBD_OPTS_MAX options, drops the client.
  * Replies go to an output buffer of at most NBD_OBUF_MAX unread bytes.
+ * With TLS credentials every option but STARTTLS and ABORT waits for TLS
+ * (the spec's FORCEDTLS mode, see opt_starttls).
  */
 #define VBD_LOG_TOPIC "nbd"
 #include <errno.h>
@@ -176,6 +178,53 @@ static void opt_list(struct nbd_client *cl)
         nbd_opt_reply(cl, NBD_REP_ACK, NULL, 0);
 }
 
+/*
+ * NBD_OPT_STARTTLS.  With credentials the server is in the spec's FORCEDTLS
+ * mode: the first STARTTLS is acknowledged and the TLS handshake follows
+ * (nbd-export.c); a second one, through TLS, is invalid.
+ */
+static void opt_starttls(struct nbd_client *cl)
+{
+        int r;
+
+        if (!cl->srv->tls) {
+                nbd_opt_error(cl, NBD_REP_ERR_UNSUP, "TLS is not configured on this server");
+                return;
+        }
+        if (cl->tls_active) {
+                nbd_opt_error(cl, NBD_REP_ERR_INVALID, "TLS is already negotiated");
+                return;
+        }
+        if (cl->opt_len) {
+                nbd_opt_error(cl, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+                return;
+        }
+        nbd_opt_reply(cl, NBD_REP_ACK, NULL, 0);
+        if (cl->dead)
+                return;
+        r = nbd_tls_client_start(cl);
+        if (r < 0) {
+                nbd_client_kill(cl, "cannot start TLS: %s", strerror(-r));
+                return;
+        }
+        cl->state = CL_TLS_HANDSHAKE;
+}
+
+/* Before TLS in FORCEDTLS mode only STARTTLS and ABORT are served: true if
+ * the option was refused here. */
+static bool option_needs_tls(struct nbd_client *cl)
+{
+        if (!cl->srv->tls || cl->tls_active || cl->opt_code == NBD_OPT_STARTTLS ||
+            cl->opt_code == NBD_OPT_ABORT)
+                return false;
+        if (cl->opt_code == NBD_OPT_EXPORT_NAME) /* cannot be answered with an error */
+                nbd_client_kill(cl, "NBD_OPT_EXPORT_NAME without TLS, which is required");
+        else
+                nbd_opt_error(cl, NBD_REP_ERR_TLS_REQD,
+                              "TLS is required: send NBD_OPT_STARTTLS first");
+        return true;
+}
+
 static void handle_option(struct nbd_client *cl)
 {
         vbd_debug("%s: option %" PRIu32 " (%" PRIu32 " bytes)", cl->peer, cl->opt_code,
@@ -184,6 +233,8 @@ static void handle_option(struct nbd_client *cl)
                 nbd_opt_error(cl, NBD_REP_ERR_SHUTDOWN, "the server is shutting down");
                 return;
         }
+        if (option_needs_tls(cl))
+                return;
         switch (cl->opt_code) {
         case NBD_OPT_EXPORT_NAME:
                 opt_export_name(cl);
@@ -197,7 +248,7 @@ static void handle_option(struct nbd_client *cl)
                 opt_list(cl);
                 return;
         case NBD_OPT_STARTTLS:
-                nbd_opt_error(cl, NBD_REP_ERR_UNSUP, "TLS is not supported by this server");
+                opt_starttls(cl);
                 return;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:
@@ -273,6 +324,11 @@ int nbd_handshake_process(struct nbd_client *cl)
                         nbd_client_kill(cl, "unknown client flags %#" PRIx32, f);
                         return NBD_IN_STOP;
                 }
+                if (cl->srv->tls && !(f & NBD_FLAG_C_FIXED_NEWSTYLE)) {
+                        /* TLS needs fixed newstyle: such a client could never get it. */
+                        nbd_client_kill(cl, "no fixed newstyle, and TLS is required");
+                        return NBD_IN_STOP;
+                }
                 cl->no_zeroes = f & NBD_FLAG_C_NO_ZEROES;
                 cl->state = CL_OPT_HDR;
                 return NBD_IN_NEXT;
@@ -297,7 +353,10 @@ int nbd_handshake_process(struct nbd_client *cl)
                 if (cl->skip)
                         return NBD_IN_MORE;
                 cl->state = CL_OPT_HDR;
-                nbd_opt_error(cl, NBD_REP_ERR_TOO_BIG, "option too long");
+                if (cl->srv->tls && !cl->tls_active) /* the only error before TLS */
+                        nbd_opt_error(cl, NBD_REP_ERR_TLS_REQD, "TLS is required");
+                else
+                        nbd_opt_error(cl, NBD_REP_ERR_TOO_BIG, "option too long");
                 return NBD_IN_NEXT;
         }
         default:

@@ -8,6 +8,7 @@
  *   nbd-handshake.c     fixed newstyle negotiation: greeting and NBD_OPT_*
  *   nbd-transmission.c  requests: checks, dispatch to the image, replies
  *   nbd-meta.c          the meta contexts (a table; base:allocation today)
+ *   nbd-tls.c           TLS (GnuTLS): credentials, a client's session, records
  */
 #pragma once
 
@@ -52,6 +53,7 @@
 #define NBD_REP_META_CONTEXT 4u
 #define NBD_REP_ERR_UNSUP    (0x80000000u + 1)
 #define NBD_REP_ERR_INVALID  (0x80000000u + 3)
+#define NBD_REP_ERR_TLS_REQD (0x80000000u + 5)
 #define NBD_REP_ERR_UNKNOWN  (0x80000000u + 6)
 #define NBD_REP_ERR_SHUTDOWN (0x80000000u + 7)
 #define NBD_REP_ERR_TOO_BIG  (0x80000000u + 9)
@@ -121,14 +123,15 @@
 /* ---- types ---- */
 
 enum nbd_cl_state {
-        CL_CLIENT_FLAGS, /* 4 bytes after our greeting */
-        CL_OPT_HDR,      /* 16 bytes */
-        CL_OPT_DATA,     /* opt_len bytes into opt */
-        CL_OPT_SKIP,     /* skip bytes, then ERR_TOO_BIG */
-        CL_REQ_HDR,      /* 28 bytes */
-        CL_REQ_BUF,      /* a READ/WRITE/BLOCK_STATUS waiting for buffer chunks */
-        CL_REQ_PAYLOAD,  /* a WRITE's data into its chunks */
-        CL_STOPPED,      /* nothing more is read */
+        CL_CLIENT_FLAGS,  /* 4 bytes after our greeting */
+        CL_OPT_HDR,       /* 16 bytes */
+        CL_OPT_DATA,      /* opt_len bytes into opt */
+        CL_OPT_SKIP,      /* skip bytes, then ERR_TOO_BIG */
+        CL_TLS_HANDSHAKE, /* our STARTTLS ACK out, then the TLS handshake */
+        CL_REQ_HDR,       /* 28 bytes */
+        CL_REQ_BUF,       /* a READ/WRITE/BLOCK_STATUS waiting for buffer chunks */
+        CL_REQ_PAYLOAD,   /* a WRITE's data into its chunks */
+        CL_STOPPED,       /* nothing more is read */
 };
 
 enum nbd_req_state { REQ_FREE, REQ_PAYLOAD, REQ_IO, REQ_QUEUED };
@@ -168,10 +171,12 @@ struct nbd_client {
         ev_io rio, wio;
         ev_timer hs_timer;
         enum nbd_cl_state state;
-        unsigned busy; /* callbacks on the stack that use the client */
-        bool dead;     /* drop: no more output, close once no I/O is in flight */
-        bool closing;  /* close once everything in flight is answered */
-        bool stalled;  /* not reading: no slot or no buffer */
+        unsigned busy;            /* callbacks on the stack that use the client */
+        bool dead;                /* drop: no more output, close once no I/O is in flight */
+        bool closing;             /* close once everything in flight is answered */
+        bool stalled;             /* not reading: no slot or no buffer */
+        struct nbd_tls_conn *tls; /* the TLS session, from STARTTLS on */
+        bool tls_active;          /* handshake done: every byte goes through tls */
 
         /* input */
         uint8_t *ibuf;
@@ -228,6 +233,7 @@ struct vbd_nbd {
         void *pause_opaque;
         ev_timer pause_timer;
         struct vbd_ratelimit rl;
+        struct nbd_tls *tls; /* credentials: TLS required; NULL: no TLS */
 };
 
 /*
@@ -285,6 +291,35 @@ void nbd_req_put(struct nbd_req *r);
 void nbd_req_queue_reply(struct nbd_req *r, unsigned data_iovs, uint32_t data_len);
 /* Give every slot size bytes of scratch from scratch (VBD_NBD_MAX_INFLIGHT * size, ours now). */
 void nbd_transmission_set_scratch(struct nbd_client *cl, void *scratch, size_t size);
+
+/* ---- nbd-tls.c ---- */
+
+struct nbd_tls;
+struct nbd_tls_conn;
+
+/* The credentials cfg names (*ret NULL when it names none).  0 or -errno, logged. */
+int nbd_tls_new(const struct vbd_nbd_config *cfg, struct nbd_tls **ret);
+void nbd_tls_free(struct nbd_tls *t); /* NULL-safe */
+/* "no TLS", "TLS required, PSK", ... for the log. */
+const char *nbd_tls_describe(const struct nbd_tls *t);
+/* A session for cl (cl->tls), taking over the unread input.  -errno (cl->tls
+ * may be set: freed with the client). */
+int nbd_tls_client_start(struct nbd_client *cl);
+/* Step the handshake: 1 done, 0 wait for the socket (nbd_tls_wants_write),
+ * -errno failed (the client is killed, logged). */
+int nbd_tls_handshake(struct nbd_client *cl);
+bool nbd_tls_wants_write(const struct nbd_client *cl);
+/* The last read said EAGAIN waiting to write (GnuTLS answering the peer):
+ * read again when the socket is writable. */
+bool nbd_tls_recv_blocked(const struct nbd_client *cl);
+/* Decrypted bytes GnuTLS holds for us: they will not wake the socket watcher. */
+size_t nbd_tls_pending(const struct nbd_client *cl);
+/* read(2)/writev(2) through the session: bytes, 0 at the end of input, or -1
+ * with errno (EAGAIN, EINTR: again; else the client is killed, logged). */
+ssize_t nbd_tls_recv(struct nbd_client *cl, void *buf, size_t n);
+ssize_t nbd_tls_sendv(struct nbd_client *cl, const struct iovec *iov, unsigned cnt);
+/* Send close_notify if it can go at once; free the session. */
+void nbd_tls_client_free(struct nbd_client *cl);
 
 /* ---- nbd-meta.c ---- */
 

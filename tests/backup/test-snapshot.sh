@@ -5,9 +5,10 @@
 # a pause just after a copy of the image is taken, its export read twice by
 # nbdcopy (and once by qemu-img compare) while the guest writes all over the
 # disk, equals that copy; its status says what it did; --stop ends it and
-# leaves nothing; a second start, an existing store and bad options are
-# refused; a store that fills up (a small tmpfs) fails the job while the
-# guest goes on with no error and no mismatch, and the export's reads fail.
+# leaves nothing; a second start, an existing store, plain TCP off loopback
+# and bad options are refused; a store that fills up (a small tmpfs) fails the job while the
+# guest goes on with no error and no mismatch, and the export's reads fail;
+# a daemon with --nbd-tls-psk gives the job's export TLS.
 . "$(dirname "$0")/../lib/functions.sh"
 : "${VBD_CTL:?}" "${VBD_SIM:?}" "${VBD_SIM_VBDD:?}"
 requires nbdcopy --version
@@ -127,6 +128,10 @@ vctl snapshot "${D[@]}" --start "unix:$ep" --store "$tmp/store3" --granularity 2
 [ "$(vctl --json snapshot "${D[@]}" --status | jget /dev/stdin granularity)" = $((256 << 10)) ] ||
         fail "--granularity 256K: $(vctl snapshot "${D[@]}" --status 2>&1)"
 vctl snapshot "${D[@]}" --stop >/dev/null 2>&1 || fail "--stop 2"
+# plain TCP on every address: refused (the daemon has no TLS credentials), nothing left
+must_fail "plain TCP on 0.0.0.0" "not a loopback address" snapshot "${D[@]}" \
+        --start "tcp:0.0.0.0:10809" --store "$tmp/store4"
+[ -e "$tmp/store4" ] && fail "a refused start left its store"
 guest_ok g1
 
 # 3. A store that fills up: the job fails, the guest goes on
@@ -156,5 +161,43 @@ print("full store: failed: %s" % s["error"])' "$tmp/full.json" ||
                 fail "the store's space is not released: $(df "$small")"
 else
         echo "SKIP section 3: cannot mount a tmpfs"
+fi
+
+# 4. The daemon's TLS credentials (--nbd-tls-psk) cover the job's export:
+# a plain client is refused, a TLS one reads the snapshot; TCP on 0.0.0.0
+# is allowed then
+if command -v psktool >/dev/null; then
+        psktool -u alice -p "$tmp/keys.psk" >/dev/null
+        printf '#!/bin/sh\nexec "%s" --nbd-tls-psk "%s" "$@"\n' "$VBD_SIM_VBDD" "$tmp/keys.psk" \
+                >"$tmp/tls-vbdd.sh"
+        chmod +x "$tmp/tls-vbdd.sh"
+        VBD_SIM_VBDD=$tmp/tls-vbdd.sh guest g3 8 || exit 1
+        vctl pause "${D[@]}" >/dev/null || fail "pause (TLS)"
+        cp --sparse=never "$img" "$tmp/ref4.raw"
+        vctl snapshot "${D[@]}" --start "unix:$ep" --store "$tmp/store5" >"$tmp/out" 2>&1 ||
+                fail "snapshot with TLS: $(cat "$tmp/out")"
+        vctl resume "${D[@]}" >/dev/null || fail "resume (TLS)"
+        nbdcopy "$U" "$tmp/plain.raw" 2>/dev/null && fail "TLS job export: a plain client read it"
+        nbdcopy "nbds+unix://alice@/?socket=$ep&tls-psk-file=$tmp/keys.psk" "$tmp/copy5.raw" ||
+                fail "TLS job export: nbdcopy"
+        cmp -s "$tmp/copy5.raw" "$tmp/ref4.raw" || fail "TLS job export: differs from the image at its start"
+        vctl snapshot "${D[@]}" --stop >/dev/null 2>&1 || fail "--stop (TLS)"
+        ok=0
+        for try in 1 2 3 4 5; do
+                port=$((20000 + RANDOM % 20000))
+                if vctl snapshot "${D[@]}" --start "tcp:0.0.0.0:$port" --store "$tmp/store6.$try" \
+                        >"$tmp/out" 2>&1; then
+                        ok=1
+                        break
+                fi
+                grep -q "in use" "$tmp/out" || break
+        done
+        [ $ok = 1 ] || fail "TLS job export on 0.0.0.0 refused: $(cat "$tmp/out")"
+        [ $ok = 1 ] && { nbdinfo --size "nbds://alice@127.0.0.1:$port/?tls-psk-file=$tmp/keys.psk" \
+                >/dev/null || fail "TLS job export on tcp:0.0.0.0: nbdinfo"; }
+        vctl snapshot "${D[@]}" --stop >/dev/null 2>&1
+        guest_ok g3
+else
+        echo "SKIP section 4: no psktool"
 fi
 finish

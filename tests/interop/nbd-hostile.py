@@ -2,14 +2,22 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """A hostile NBD client on a raw socket, against vbdd's export.
 
-    nbd-hostile.py SOCKET SIZE WRITABLE(0|1)
+    nbd-hostile.py SOCKET SIZE WRITABLE(0|1) [CERTDIR]
 
 Each attack runs on its own connection and expects, per the NBD spec, an
 error reply (and the connection still usable) or a disconnect of that
 client only; after each, a well-behaved client on another connection must
 still read correctly.  Exits 1 on the first failure.
+
+With CERTDIR (ca-cert.pem, client-cert.pem, client-key.pem) the export
+requires TLS (X.509): the attacks are then those on the TLS path (options
+before STARTTLS, a drop or garbage instead of the TLS handshake, a
+handshake cut in the middle, STARTTLS twice) and the good client upgrades
+with Python's ssl module.
 """
+import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -25,10 +33,12 @@ OPT_STRUCTURED, OPT_LIST_META, OPT_SET_META = 8, 9, 10
 REP_ACK, REP_SERVER, REP_INFO, REP_META = 1, 2, 3, 4
 ERR = 0x80000000
 REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN, REP_ERR_TOO_BIG = ERR + 1, ERR + 3, ERR + 6, ERR + 9
+REP_ERR_TLS_REQD = ERR + 5
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_ZERO, CMD_BS = range(8)
 EPERM, EINVAL, ENOSPC = 1, 22, 28
 
 sock_path, SIZE, WRITABLE = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+CERTDIR = sys.argv[4] if len(sys.argv) > 4 else None
 
 
 class Fail(Exception):
@@ -63,7 +73,7 @@ class Conn:
                     return True
         except socket.timeout:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
             return True
 
     def greeting(self, cflags=3):
@@ -86,6 +96,12 @@ class Conn:
             out.append((t, d))
             if t not in (REP_SERVER, REP_INFO, REP_META):
                 return out
+
+    def starttls(self):
+        """STARTTLS, its ACK, then the TLS handshake (X.509, CERTDIR's client)."""
+        self.opt(OPT_STARTTLS)
+        check(self.reply()[1] == REP_ACK, "STARTTLS: no ACK")
+        self.s = tls_context().wrap_socket(self.s, server_hostname="localhost")
 
     def go(self, name=b"", structured=True, meta=False):
         if structured:
@@ -123,10 +139,20 @@ class Conn:
         return cookie, 0, payload
 
 
+def tls_context():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(os.path.join(CERTDIR, "ca-cert.pem"))
+    ctx.load_cert_chain(os.path.join(CERTDIR, "client-cert.pem"),
+                        os.path.join(CERTDIR, "client-key.pem"))
+    return ctx
+
+
 def good_client():
-    """A well-behaved client: handshake, a read, a disconnect."""
+    """A well-behaved client: handshake (with TLS if required), a read, a disconnect."""
     c = Conn()
     c.greeting()
+    if CERTDIR:
+        c.starttls()
     c.go()
     c.req(CMD_READ, 0, 4096, cookie=77)
     cookie, err, data = c.resp(4096)
@@ -308,9 +334,173 @@ def attack_too_many_clients():
     time.sleep(0.3)
 
 
+def attack_tls_options_before_tls():
+    c = Conn()
+    c.greeting()
+    for code, data in [(OPT_GO, struct.pack(">IH", 0, 0)), (OPT_INFO, struct.pack(">IH", 0, 0)),
+                       (OPT_LIST, b""), (OPT_STRUCTURED, b""), (OPT_LIST_META, b"")]:
+        c.opt(code, data)
+        check(c.reply()[1] == REP_ERR_TLS_REQD, "option %d before TLS: no ERR_TLS_REQD" % code)
+    c.opt(0xDEAD, b"12345")
+    check(c.reply()[1] == REP_ERR_TLS_REQD, "unknown option before TLS: no ERR_TLS_REQD")
+    c.opt(OPT_LIST_META, b"x" * (200 * 1024))  # too long to look at: skipped
+    check(c.reply()[1] == REP_ERR_TLS_REQD, "oversized option before TLS: no ERR_TLS_REQD")
+    c.opt(OPT_STARTTLS, b"junk")
+    check(c.reply()[1] == REP_ERR_INVALID, "STARTTLS with data: no ERR_INVALID")
+    c.opt(OPT_ABORT)
+    check(c.reply()[1] == REP_ACK, "ABORT before TLS: no ACK")
+    check(c.closed(), "ABORT before TLS: not closed")
+    # EXPORT_NAME cannot be refused: a disconnect
+    c = Conn()
+    c.greeting()
+    c.opt(OPT_EXPORT_NAME)
+    check(c.closed(), "EXPORT_NAME without TLS: not disconnected")
+
+
+def attack_tls_not_fixed_newstyle():
+    c = Conn()
+    c.greeting(cflags=2)  # NO_ZEROES without FIXED_NEWSTYLE: no TLS possible
+    check(c.closed(), "a client without fixed newstyle: not disconnected")
+
+
+def attack_tls_drop_after_ack():
+    c = Conn()
+    c.greeting()
+    c.opt(OPT_STARTTLS)
+    check(c.reply()[1] == REP_ACK, "STARTTLS: no ACK")
+    c.s.close()
+    # and before the ACK was even read
+    c = Conn()
+    c.greeting()
+    c.opt(OPT_STARTTLS)
+    c.s.close()
+
+
+def attack_tls_garbage_hello():
+    c = Conn()
+    c.greeting()
+    c.opt(OPT_STARTTLS)
+    check(c.reply()[1] == REP_ACK, "STARTTLS: no ACK")
+    c.s.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"\xff" * 600)
+    check(c.closed(), "garbage instead of a ClientHello: not disconnected")
+    # a TLS record header announcing a huge record, then nothing
+    c = Conn()
+    c.greeting()
+    c.opt(OPT_STARTTLS)
+    check(c.reply()[1] == REP_ACK, "STARTTLS: no ACK")
+    c.s.sendall(b"\x16\x03\x01\xff\xff" + b"\x01" * 100)
+    c.s.close()
+
+
+def attack_tls_mid_handshake():
+    """A real ClientHello cut in half, then one sent whole and the peer gone."""
+    for cut in (True, False):
+        c = Conn()
+        c.greeting()
+        c.opt(OPT_STARTTLS)
+        check(c.reply()[1] == REP_ACK, "STARTTLS: no ACK")
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = tls_context().wrap_bio(inc, out, server_hostname="localhost")
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = out.read()
+        check(len(hello) > 40, "no ClientHello from ssl")
+        c.s.sendall(hello[: len(hello) // 2] if cut else hello)
+        if not cut:
+            c.recv(5)  # the start of the server's answer
+        c.s.close()
+
+
+def attack_tls_pipelined_hello():
+    """STARTTLS and the ClientHello in one send, before the ACK: the server
+    hands the bytes it read with the option to TLS, and the session works."""
+    c = Conn()
+    c.greeting()
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = tls_context().wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    c.s.sendall(struct.pack(">QII", IHAVEOPT, OPT_STARTTLS, 0) + out.read())
+    check(c.reply()[1] == REP_ACK, "pipelined STARTTLS: no ACK")
+
+    def pump(fn, *args):
+        while True:
+            try:
+                return fn(*args)
+            except ssl.SSLWantReadError:
+                if out.pending:
+                    c.s.sendall(out.read())
+                data = c.s.recv(65536)
+                check(data, "closed during the pipelined handshake")
+                inc.write(data)
+            finally:
+                if out.pending:
+                    c.s.sendall(out.read())
+
+    pump(obj.do_handshake)
+    pump(obj.write, struct.pack(">QII", IHAVEOPT, OPT_LIST, 0))
+    hdr = b""
+    while len(hdr) < 20:
+        hdr += pump(obj.read, 20 - len(hdr))
+    m, o, t, n = struct.unpack(">QIII", hdr)
+    check(m == REPMAGIC and t == REP_SERVER, "LIST after a pipelined handshake: %x" % t)
+
+
+def attack_tls_starttls_twice():
+    # pipelined: the second STARTTLS is read as the TLS handshake, and fails it
+    c = Conn()
+    c.greeting()
+    c.opt(OPT_STARTTLS)
+    c.opt(OPT_STARTTLS)
+    check(c.reply()[1] == REP_ACK, "STARTTLS: no ACK")
+    check(c.closed(), "STARTTLS twice before the handshake: not disconnected")
+    # through TLS: ERR_INVALID, and the connection goes on
+    c = Conn()
+    c.greeting()
+    c.starttls()
+    c.opt(OPT_STARTTLS)
+    check(c.reply()[1] == REP_ERR_INVALID, "STARTTLS through TLS: no ERR_INVALID")
+    c.opt(OPT_LIST)
+    r = c.replies_until_final()
+    check(r[0][0] == REP_SERVER and r[-1][0] == REP_ACK, "LIST through TLS")
+    c.go()
+    c.req(CMD_READ, 0, 4096, cookie=9)
+    check(c.resp(4096)[1] == 0, "read after STARTTLS twice")
+    # reads in flight, then the peer gone without a close_notify
+    for i in range(16):
+        c.req(CMD_READ, i << 20, 1 << 20, cookie=100 + i)
+    c.s.close()  # ssl's close sends no close_notify
+
+
+def attack_tls_big_reads():
+    """Large reads through TLS, replies read slowly: the server's sends wait (EAGAIN)."""
+    c = Conn()
+    c.greeting()
+    c.starttls()
+    c.go()
+    n = 40
+    for i in range(n):
+        c.req(CMD_READ, (i << 20) % SIZE, 1 << 20, cookie=i)
+    time.sleep(0.5)  # let the socket fill
+    got = sorted(c.resp(1 << 20)[0] for _ in range(n))
+    check(got == list(range(n)), "big reads through TLS: cookies")
+    c.req(CMD_DISC, 0, 0)
+    check(c.closed(), "not closed after DISC")
+
+
 def main():
     attacks = [attack_bad_greeting_flags, attack_bad_option_magic, attack_options,
                attack_requests, attack_too_many_clients]
+    if CERTDIR:
+        attacks = [attack_tls_options_before_tls, attack_tls_not_fixed_newstyle,
+                   attack_tls_drop_after_ack,
+                   attack_tls_garbage_hello, attack_tls_mid_handshake, attack_tls_pipelined_hello,
+                   attack_tls_starttls_twice,
+                   attack_tls_big_reads, attack_bad_greeting_flags, attack_too_many_clients]
     for a in attacks:
         try:
             a()

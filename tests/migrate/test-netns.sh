@@ -3,7 +3,7 @@
 # Migration to a partner on another (emulated) host over TCP: the partner
 # vbdd --export-only runs in its own network namespace behind a veth pair
 # shaped to 1 Gbit/s each way (tests/lib/netns.sh), listening on the
-# namespace's address; the source migrates a verified guest's 64 MiB disk
+# namespace's address in plain TCP (--nbd-insecure: the link is the test's); the source migrates a verified guest's 64 MiB disk
 # to nbd://ADDR:PORT, reaches ready (writes forwarded across the link),
 # cuts over (partner equal to the source), aborts (the guest resumes) and
 # the guest ends without an error.  The data must have crossed the veth:
@@ -34,7 +34,7 @@ netns_up "$ns" 1gbit || { fail "cannot set up namespace $ns"; finish; }
 echo "# link: $NETNS, host $HOST_ADDR ($HOST_IF), partner $NS_ADDR ($NS_IF), $RATE each way"
 port=10809
 env -u VBD_RUNTIME_DIR ip netns exec "$ns" "$VBDD" --export-only --image "raw:$dst" \
-        --nbd "tcp:$NS_ADDR:$port" --nbd-writable 2>>"$tmp/p.log" &
+        --nbd "tcp:$NS_ADDR:$port" --nbd-writable --nbd-insecure 2>>"$tmp/p.log" &
 partner_pid=$!
 cleanup_fn _stop_pid "$partner_pid" TERM
 if ! netns_wait_tcp "$ns" "$NS_ADDR" $port 30 "$partner_pid"; then

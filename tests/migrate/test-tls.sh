@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # Migration to a partner that requires TLS (a pre-shared key): a simulated
 # guest (vbd-sim bench --verify) migrated over nbds+unix:// to qemu-nbd
-# (--tls-creds, tls-creds-psk) and to nbdkit (--tls=require --tls-psk);
+# (--tls-creds, tls-creds-psk), to nbdkit (--tls=require --tls-psk) and to
+# vbdd --export-only --nbd-writable --nbd-tls-psk;
 # each ready, cut over with the partner equal to the paused source, then
 # aborted (the guest goes on locally).  A wrong key and a plain nbd+unix://
 # URI to the same partner fail the migration at the handshake with libnbd's
@@ -77,6 +78,13 @@ if nbdkit --dump-config 2>/dev/null | grep -q '^tls=yes'; then
 else
         echo "# nbdkit without TLS: that partner is skipped"
 fi
+
+dv=$tmp/dst-vbdd.img
+ones "$dv" $size
+start_partner vbdd vb "raw:$dv" --nbd-tls-psk "$tmp/creds/keys.psk" &&
+        { tls_migrate vbdd "$dv"; _stop_pid "$partner_pid" TERM; }
+grep -q "PSK identity 'alice'" "$tmp/vb.log" || fail "vbdd partner: no TLS client in its log"
+grep -q "TLS handshake" "$tmp/vb.log" || fail "vbdd partner: the wrong key's handshake not logged"
 
 stop_guest g
 finish

@@ -70,6 +70,36 @@ static void test_endpoints(void)
         CHECK_EQ(vbd_nbd_parse_endpoint(NULL, &a), -EINVAL);
 }
 
+/* Which TCP addresses may serve without TLS. */
+static void test_loopback(void)
+{
+        static const struct {
+                const char *host;
+                bool loopback;
+        } t[] = {
+            {"127.0.0.1", true},
+            {"127.255.3.4", true},
+            {"::1", true},
+            {"::ffff:127.0.0.1", true},
+            {"0.0.0.0", false},
+            {"::", false},
+            {"10.1.2.3", false},
+            {"128.0.0.1", false},
+            {"126.255.255.255", false},
+            {"::2", false},
+            {"::ffff:10.0.0.1", false},
+            {"", false},
+            {"no such host.invalid", false},
+        };
+
+        for (unsigned i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+                if (vbd_nbd_host_is_loopback(t[i].host) != t[i].loopback) {
+                        fprintf(stderr, "'%s': loopback should be %d\n", t[i].host, t[i].loopback);
+                        check_failures++;
+                }
+        CHECK(!vbd_nbd_host_is_loopback(NULL));
+}
+
 static void test_check(void)
 {
         const uint64_t size = 1 << 20;
@@ -591,6 +621,7 @@ static void test_pause(void)
 int main(void)
 {
         test_endpoints();
+        test_loopback();
         test_check();
         test_block_status();
         test_pause();
