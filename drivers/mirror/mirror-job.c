@@ -11,6 +11,9 @@
  *            partner has the disk), final copy, flush both sides
  *   cancel   drop the partner; after a cut-over the hold goes and the VBD
  *            serves again here
+ *   reopen   after a cut-over, the VBD may be reopened on another image (the
+ *            destination, once its partner let it go): that ends the job,
+ *            the hold goes with it and the guest runs on the new image
  *
  * The mirror changes state on its own (partner failures, the copier
  * finishing); a prepare watcher follows it into the job's state every loop
@@ -321,6 +324,15 @@ static int migrate_cancel(struct vbd_job *job, struct vbd_err *err)
         return 0;
 }
 
+/* A finished cut-over lets a reopen end it: the partner has the disk. */
+static bool migrate_reopen_ends(struct vbd_job *job)
+{
+        struct migrate *mg = vbd_job_state(job);
+        struct vbd_image *m = mg->job ? mirror_of(vbd_job_device(job)) : NULL;
+
+        return m && mg->holding && !mg->cutting && vbd_mirror_state(m) == VBD_MIRROR_CUTOVER;
+}
+
 static void migrate_free(struct vbd_job *job)
 {
         struct migrate *mg = vbd_job_state(job);
@@ -330,6 +342,8 @@ static void migrate_free(struct vbd_job *job)
         follow_stop(mg);
         if (mg->holding) {
                 mg->holding = false;
+                if (!mg->cutting)
+                        vbd_info("migration to %s over: its cut-over hold is released", mg->to);
                 vbd_device_resume(vbd_job_device(job));
         }
 }
@@ -346,4 +360,5 @@ const struct vbd_job_type vbd_job_migrate = {
     .cancel = migrate_cancel,
     .free = migrate_free,
     .status_none = migrate_status_none,
+    .reopen_ends = migrate_reopen_ends,
 };
