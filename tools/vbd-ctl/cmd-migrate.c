@@ -360,6 +360,14 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                 return 0;
         case MIG_OPT_INTERVAL:
                 return parse_interval(m, arg);
+        case MIG_OPT_SWITCH:
+                m->switch_bridge = true;
+                return 0;
+        case MIG_OPT_SWITCH_TO:
+                if (!*arg || strlen(arg) >= MIG_TO_MAX)
+                        return vbdctl_usage_error(o, "--switch-to: give an image spec");
+                m->switch_to = arg;
+                return 0;
         }
         return VBDCTL_EXIT_USAGE;
 }

@@ -30,6 +30,8 @@ enum {
         MIG_OPT_WATCH,
         MIG_OPT_INTERVAL,
         MIG_OPT_WAIT_READY,
+        MIG_OPT_SWITCH,
+        MIG_OPT_SWITCH_TO,
 };
 
 struct mig {
@@ -49,6 +51,9 @@ struct mig {
         bool have_interval;
         unsigned bar_shape; /* see progress_bar_line() */
         int interval_ms;    /* between polls */
+        /* cutover */
+        bool switch_bridge;    /* --switch: then serve the bridge's target */
+        const char *switch_to; /* --switch-to SPEC: then serve SPEC */
 };
 
 /* A sub-verb: cmd-migrate-<name>.c. */
