@@ -41,6 +41,7 @@ enum {
         OPT_TIMEOUT,
         OPT_ZEROED,
         OPT_DEPTH,
+        OPT_SHALLOW,
 };
 
 static const char *const modes[] = {"pasm", "precopy", NULL};
@@ -67,6 +68,9 @@ static const struct vbd_opt_desc migrate_opts[] = {
     [OPT_ZEROED] = VBD_OPT_BOOL_DEF("zeroed", NULL, "the partner reads zeroes: skip holes"),
     [OPT_DEPTH] = VBD_OPT_UINT_DEF("depth", 1, VBD_MIRROR_DEPTH_MAX, "4",
                                    "copier regions in flight while the guest is idle"),
+    [OPT_SHALLOW] = VBD_OPT_BOOL_DEF("shallow", NULL,
+                                     "the partner has the image's backing chain: send only "
+                                     "what the top image holds"),
 };
 
 struct migrate {
@@ -183,6 +187,8 @@ static void fill_status(struct vbd_device *dev, json_t *obj)
                       (json_int_t)st.rate, "eta_s", (json_int_t)st.eta_s, "downtime_ms",
                       (json_int_t)st.downtime_ms, "paused", (int)vbd_device_paused(dev)));
         json_object_set_new(obj, "partner_connected", json_boolean(st.partner_connected));
+        json_object_set_new(obj, "bytes_shallow", json_integer((json_int_t)st.bytes_shallow));
+        json_object_set_new(obj, "shallow", json_boolean(st.shallow));
 }
 
 static void migrate_status(struct vbd_job *job, json_t *obj)
@@ -250,6 +256,7 @@ static int migrate_start(struct vbd_job *job, const struct vbd_opt_value *v, str
             .timeout = (unsigned)v[OPT_TIMEOUT].u,
             .zeroed = v[OPT_ZEROED].set && v[OPT_ZEROED].b,
             .depth = (unsigned)v[OPT_DEPTH].u,
+            .shallow = v[OPT_SHALLOW].set && v[OPT_SHALLOW].b,
         };
         m = mirror_of(dev);
         if (m)

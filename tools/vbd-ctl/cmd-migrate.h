@@ -32,6 +32,7 @@ enum {
         MIG_OPT_WAIT_READY,
         MIG_OPT_SWITCH,
         MIG_OPT_SWITCH_TO,
+        MIG_OPT_SHALLOW,
 };
 
 struct mig {
@@ -43,6 +44,8 @@ struct mig {
         bool have_share, have_rate, have_region, have_depth, zeroed;
         uint32_t share, depth;
         uint64_t rate, region;
+        bool shallow;           /* --shallow[=FP] */
+        const char *shallow_fp; /* the destination's chain fingerprint, or NULL */
         /* following */
         bool follow;    /* --wait, --watch, --wait-ready */
         bool stream;    /* --json while following: compact lines */
