@@ -9,14 +9,14 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw mq reboot rebind ro flush backup mount qcow2 migrate detach destroy
+#   VBD_TESTS     subset of: rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate detach destroy
 #                 xl xldetach xldestroy xlcrash bench
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw mq reboot rebind ro flush backup mount qcow2 migrate detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -124,6 +124,61 @@ t_mq() { # t_mq BACKEND
         check "7-sector write at sector 20001 read back by the guest" eq "$back" "$small"
         check "7-sector write at sector 20001 is in the image" eq "$(img_md5 "$img" 20001 7 512)" "$small"
         [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (1c) multi-queue speed: one 2-vCPU guest, a disk on 1 queue, one on 2 --
+# Two vbdd VBDs in one 2-vCPU domU: xvda with --max-queues 1, xvdb with
+# --max-queues 2 (blkfront opens one ring per vCPU), the bench mode's runs
+# interleaved on both.  Figures only (TCG: no speed is asserted); checked:
+# the queue counts, no error, both daemons exit 0.
+t_mqbench() {
+        local b=$1 name=mqbench-$1 img1=$IMGDIR/mqb-q1.img img2=$IMGDIR/mqb-q2.img pid1 pid2 log1 limit
+        local rounds=1 secs=$((BENCH_SECS / 2 > 2 ? BENCH_SECS / 2 : 2))
+        if [ "$b" != vbdd ]; then
+                test_skip "mqbench-$b" "vbdd only"
+                return
+        fi
+        test_begin "mqbench-$b"
+        for f in "$img1" "$img2"; do
+                rm -f "$f"
+                dd if=/dev/zero of="$f" bs=1M count="$BENCH_MIB" conv=fsync status=none
+        done
+        limit=$((rounds * 2 * (4 * secs + 30) + 120))
+        DOMU_VCPUS=2 domu_create "$name" bench \
+                "vbdt_disks=xvda=vbdd-q1,xvdb=vbdd-q2 vbdt_mib=$BENCH_MIB vbdt_secs=$secs vbdt_rounds=$rounds vbdt_timeout=$limit" || return
+        VBDD_ARGS="${VBDD_ARGS:-} --max-queues 1" vbdd_attach "$DOMID" "$img1" w "$CUR_TEST.q1"
+        pid1=$VBDD_PID
+        log1=$VBDD_LOG
+        DEVID=51728 VBDD_DEV=xvdb VBDD_ARGS="${VBDD_ARGS:-} --max-queues 2" vbdd_attach "$DOMID" "$img2" w "$CUR_TEST.q2"
+        pid2=$VBDD_PID
+        guest_done "$name" $((limit + 60))
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        check "xvda (--max-queues 1) connected 1 queue" grep -q "connected: 1 queue(s)" "$log1"
+        check "xvdb (--max-queues 2) connected 2 queues" grep -q "connected: 2 queue(s)" "$VBDD_LOG"
+        VBDD_PID=$pid2 VBDD_RC="" DEVID=51728 reap vbdd "$DOMID" "guest poweroff (xvdb)"
+        VBDD_PID=$pid1 VBDD_RC="" reap vbdd "$DOMID" "guest poweroff (xvda)"
+        check "no benchmark errors" eq "$(console_of "$name" | grep -c -E 'VBDBENCH-ERROR|VBDT ERROR')" 0
+        console_of "$name" | grep '^VBDT bench' >"$OUT/mqbench.raw.txt"
+        awk '
+        { be=""; op=""; jobs=""; mb=""; io="";
+          for (i = 1; i <= NF; i++) { split($i, kv, "=");
+            if (kv[1]=="be") be=kv[2]; if (kv[1]=="op") op=kv[2]; if (kv[1]=="jobs") jobs=kv[2];
+            if (kv[1]=="MBps") mb=kv[2]; if (kv[1]=="iops") io=kv[2]; }
+          if (op == "randread") { key = "randread4k-qd" jobs; val = io; unit[key] = "IOPS" }
+          else { key = op "-1M"; val = mb; unit[key] = "MB/s" }
+          sum[be, key] += val; cnt[be, key]++; keys[key] = 1 }
+        END {
+          split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
+          printf "%-16s %-5s %10s %10s %8s\n", "workload", "unit", "1 queue", "2 queues", "2q/1q"
+          for (k = 1; k <= 4; k++) { key = order[k]; if (!(key in keys)) continue
+            a = (cnt["vbdd-q1", key] ? sum["vbdd-q1", key] / cnt["vbdd-q1", key] : 0)
+            c = (cnt["vbdd-q2", key] ? sum["vbdd-q2", key] / cnt["vbdd-q2", key] : 0)
+            printf "%-16s %-5s %10.1f %10.1f %8s\n", key, unit[key], a, c, a ? sprintf("%.2f", c / a) : "n/a" }
+        }' "$OUT/mqbench.raw.txt" >"$OUT/mqbench.txt"
+        cat "$OUT/mqbench.txt"
+        check "figures for both disks" test "$(grep -c . "$OUT/mqbench.txt")" -ge 5
         test_end
 }
 
