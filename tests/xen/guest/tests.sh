@@ -161,22 +161,7 @@ t_mqbench() {
         VBDD_PID=$pid1 VBDD_RC="" reap vbdd "$DOMID" "guest poweroff (xvda)"
         check "no benchmark errors" eq "$(console_of "$name" | grep -c -E 'VBDBENCH-ERROR|VBDT ERROR')" 0
         console_of "$name" | grep '^VBDT bench' >"$OUT/mqbench.raw.txt"
-        awk '
-        { be=""; op=""; jobs=""; mb=""; io="";
-          for (i = 1; i <= NF; i++) { split($i, kv, "=");
-            if (kv[1]=="be") be=kv[2]; if (kv[1]=="op") op=kv[2]; if (kv[1]=="jobs") jobs=kv[2];
-            if (kv[1]=="MBps") mb=kv[2]; if (kv[1]=="iops") io=kv[2]; }
-          if (op == "randread") { key = "randread4k-qd" jobs; val = io; unit[key] = "IOPS" }
-          else { key = op "-1M"; val = mb; unit[key] = "MB/s" }
-          sum[be, key] += val; cnt[be, key]++; keys[key] = 1 }
-        END {
-          split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
-          printf "%-16s %-5s %10s %10s %8s\n", "workload", "unit", "1 queue", "2 queues", "2q/1q"
-          for (k = 1; k <= 4; k++) { key = order[k]; if (!(key in keys)) continue
-            a = (cnt["vbdd-q1", key] ? sum["vbdd-q1", key] / cnt["vbdd-q1", key] : 0)
-            c = (cnt["vbdd-q2", key] ? sum["vbdd-q2", key] / cnt["vbdd-q2", key] : 0)
-            printf "%-16s %-5s %10.1f %10.1f %8s\n", key, unit[key], a, c, a ? sprintf("%.2f", c / a) : "n/a" }
-        }' "$OUT/mqbench.raw.txt" >"$OUT/mqbench.txt"
+        bench_table "$OUT/mqbench.raw.txt" vbdd-q2 vbdd-q1 >"$OUT/mqbench.txt"
         cat "$OUT/mqbench.txt"
         check "figures for both disks" test "$(grep -c . "$OUT/mqbench.txt")" -ge 5
         test_end
@@ -1166,25 +1151,33 @@ t_bench() {
         test_end
 }
 # mean per backend and op over rounds, then ratios vs vbdd
+# bench_table FILE [BACKEND...]: mean per workload and backend (default
+# vbdd blkback qdisk) of vbdbench's lines, and the first backend's ratio to
+# each of the others
 bench_table() {
-        awk '
+        local f=$1
+        shift
+        [ $# = 0 ] && set -- vbdd blkback qdisk
+        awk -v list="$*" '
         { be=""; op=""; jobs=""; mb=""; io="";
           for (i = 1; i <= NF; i++) { split($i, kv, "=");
             if (kv[1]=="be") be=kv[2]; if (kv[1]=="op") op=kv[2]; if (kv[1]=="jobs") jobs=kv[2];
             if (kv[1]=="MBps") mb=kv[2]; if (kv[1]=="iops") io=kv[2]; }
           if (op == "randread") { key = "randread4k-qd" jobs; val = io; unit[key] = "IOPS" }
           else { key = op "-1M"; val = mb; unit[key] = "MB/s" }
-          sum[be, key] += val; cnt[be, key]++; bes[be] = 1; keys[key] = 1 }
+          sum[be, key] += val; cnt[be, key]++; keys[key] = 1 }
         END {
-          nk = 0; split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
-          printf "%-16s %-5s %10s %10s %10s %14s %12s\n", "workload", "unit", "vbdd", "blkback", "qdisk", "vbdd/blkback", "vbdd/qdisk"
+          nb = split(list, bl, " "); split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
+          printf "%-16s %-5s", "workload", "unit"
+          for (j = 1; j <= nb; j++) printf " %10s", bl[j]
+          for (j = 2; j <= nb; j++) printf " %14s", bl[1] "/" bl[j]
+          printf "\n"
           for (k = 1; k <= 4; k++) { key = order[k]; if (!(key in keys)) continue
-            v = (cnt["vbdd", key] ? sum["vbdd", key] / cnt["vbdd", key] : 0)
-            b = (cnt["blkback", key] ? sum["blkback", key] / cnt["blkback", key] : 0)
-            q = (cnt["qdisk", key] ? sum["qdisk", key] / cnt["qdisk", key] : 0)
-            printf "%-16s %-5s %10.1f %10.1f %10.1f %14s %12s\n", key, unit[key], v, b, q,
-              (v && b) ? sprintf("%.2f", v / b) : "n/a", (v && q) ? sprintf("%.2f", v / q) : "n/a" }
-        }' "$1"
+            printf "%-16s %-5s", key, unit[key]
+            for (j = 1; j <= nb; j++) { v[j] = cnt[bl[j], key] ? sum[bl[j], key] / cnt[bl[j], key] : 0; printf " %10.1f", v[j] }
+            for (j = 2; j <= nb; j++) printf " %14s", (v[1] && v[j]) ? sprintf("%.2f", v[1] / v[j]) : "n/a"
+            printf "\n" }
+        }' "$f"
 }
 
 if [ "$VBDD_OK" != 1 ]; then
