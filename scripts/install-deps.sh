@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="build-essential meson ninja-build pkg-config clang clang-format \
-libjansson-dev libinih-dev libsystemd-dev libgnutls28-dev gnutls-bin \
+libjansson-dev libinih-dev libsystemd-dev libgnutls28-dev gnutls-bin nettle-dev \
 libxen-dev libaio-dev libev-dev zlib1g-dev xenstore-utils fio qemu-utils python3 iproute2 \
 libnbd-dev libnbd-bin python3-libnbd nbdkit rsync fdisk dosfstools fuse3 e2fsprogs \
 librbd-dev librados-dev ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra \

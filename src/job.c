@@ -396,7 +396,9 @@ void vbd_jobs_forget(struct vbd_device *dev, void *opaque)
 int vbd_jobs_check_idle(struct vbd_device *dev, struct vbd_err *err)
 {
         for (struct vbd_job *j = *vbd_device_jobs(dev); j; j = j->next)
-                if (!vbd_job_state_terminal(j->state) || j->pending != PENDING_NONE)
+                if (j->pending != PENDING_NONE ||
+                    (!vbd_job_state_terminal(j->state) &&
+                     !(j->type->reopen_ends && j->type->reopen_ends(j))))
                         return vbd_err_set(err, -EBUSY, "a %s job is %s (cancel it first)",
                                            j->type->name, vbd_job_state_name(j->state));
         return 0;

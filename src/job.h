@@ -39,7 +39,8 @@ int vbd_job_cancel(struct vbd_device *dev, const struct vbd_job_type *type, json
 
 /* Nobody waits for opaque's answers any more (its client went away). */
 void vbd_jobs_forget(struct vbd_device *dev, void *opaque);
-/* 0 when every job of dev is over, else -EBUSY + err naming one. */
+/* 0 when every job of dev is over or lets a reopen end it (reopen_ends),
+ * else -EBUSY + err naming one. */
 int vbd_jobs_check_idle(struct vbd_device *dev, struct vbd_err *err);
 /* Free every job of dev (device teardown, reopen). */
 void vbd_jobs_free(struct vbd_device *dev);

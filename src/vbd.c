@@ -513,8 +513,31 @@ int vbd_set_image(struct vbd *v, struct vbd_image *img)
 {
         if (!vbd_is_drained(v))
                 return -EBUSY;
-        if (v->connected && vbd_image_io_scratch_size(img) > v->scratch_size)
-                return -EINVAL; /* the pool was sized for the old driver */
+        if (v->connected && vbd_image_io_scratch_size(img) > v->scratch_size) {
+                /* The pools were sized for the old driver (a raw image after
+                 * a migration's switch to qcow2): nothing is in flight, so
+                 * every slot's scratch can move to a bigger pool. */
+                size_t scratch =
+                    (vbd_image_io_scratch_size(img) + VBD_IMAGE_STACK_SCRATCH + 63) & ~(size_t)63;
+                uint8_t *mem[VBD_RING_MAX_QUEUES] = {0};
+
+                for (unsigned i = 0; i < v->nr_queues; i++) {
+                        if (!(mem[i] = calloc(v->queue[i].nr_reqs, scratch))) {
+                                while (i-- > 0)
+                                        free(mem[i]);
+                                return -ENOMEM;
+                        }
+                }
+                for (unsigned i = 0; i < v->nr_queues; i++) {
+                        struct vbd_queue *q = &v->queue[i];
+
+                        free(q->scratch_mem);
+                        q->scratch_mem = mem[i];
+                        for (unsigned k = 0; k < q->nr_reqs; k++)
+                                q->reqs[k].io.scratch = mem[i] + (size_t)k * scratch;
+                }
+                v->scratch_size = scratch;
+        }
         v->img = img;
         v->info = vbd_image_info(img);
         set_limits(v);

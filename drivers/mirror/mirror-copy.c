@@ -181,6 +181,31 @@ static bool reads_zero(struct mirror *m, uint64_t off, uint64_t len)
         return true;
 }
 
+/* Shallow: does [off, off+len) read only from below the top image (a
+ * backing file's data, or nothing allocated anywhere)?  The partner's own
+ * backing chain, the same, then has it. */
+static bool from_backing(struct mirror *m, uint64_t off, uint64_t len)
+{
+        struct vbd_image *child = vbd_image_child(m->self);
+
+        while (len) {
+                struct vbd_extent e[16];
+                unsigned n = 0;
+
+                if (vbd_image_block_status(child, off, len, e, 16, &n) < 0 || !n)
+                        return false;
+                for (unsigned i = 0; i < n && len; i++) {
+                        uint64_t l = e[i].len < len ? e[i].len : len;
+
+                        if (e[i].depth == 0)
+                                return false;
+                        off += l;
+                        len -= l;
+                }
+        }
+        return true;
+}
+
 /* The next unsent region no applied write touches, from the cursor on. */
 static bool pick_region(struct mirror *m, uint64_t *ret)
 {
@@ -239,6 +264,13 @@ static void copy_start(struct mirror *m, struct slot *s, uint64_t r)
                 if (m->rate_next_ns < t)
                         m->rate_next_ns = t;
                 m->rate_next_ns += s->len * 1000000000u / m->p.rate;
+        }
+        if (m->p.shallow && from_backing(m, s->off, s->len)) {
+                m->bytes_shallow += s->len;
+                s->state = SLOT_SENDING;
+                mirror_set_region(m, r, R_SYNCED);
+                slot_free(m, s);
+                return;
         }
         if (reads_zero(m, s->off, s->len) && (m->p.zeroed || m->can_zero)) {
                 m->bytes_zeroed += s->len;
@@ -557,6 +589,10 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
             p->timeout < 1 || p->timeout > VBD_MIRROR_TIMEOUT_MAX)
                 return vbd_err_set(err, -EINVAL, "share 1..100, depth 1..%d, timeout 1..%d s",
                                    VBD_MIRROR_DEPTH_MAX, VBD_MIRROR_TIMEOUT_MAX);
+        if (p->shallow && p->zeroed)
+                return vbd_err_set(err, -EINVAL,
+                                   "shallow and zeroed: a shallow partner reads its backing "
+                                   "chain, not zeroes");
         for (shift = 0; ((uint64_t)1 << shift) < p->region; shift++)
                 ;
 
@@ -579,7 +615,7 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         m->cut_status = 0;
         m->cut_partner_done = false;
         m->fail_pending = false;
-        m->end_ns = m->bytes_copied = m->bytes_zeroed = m->bytes_forwarded = 0;
+        m->end_ns = m->bytes_copied = m->bytes_zeroed = m->bytes_forwarded = m->bytes_shallow = 0;
         m->writes_forwarded = m->writes_waited = m->passes = m->dirty_bytes = 0;
         m->downtime_ms = -1;
         m->rate_n = 0;
@@ -610,9 +646,9 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         }
         m->state = VBD_MIRROR_CONNECTING;
         m->start_ns = vbd_now_ns();
-        vbd_info("migration to %s: connecting (%s, region %" PRIu64 " KiB, share %u%%, depth %u%s)",
+        vbd_info("migration to %s: connecting (%s, region %" PRIu64 " KiB, share %u%%, depth %u%s%s)",
                  m->to, p->precopy ? "precopy" : "pasm", p->region >> 10, p->share, p->depth,
-                 p->zeroed ? ", partner zeroed" : "");
+                 p->zeroed ? ", partner zeroed" : "", p->shallow ? ", shallow" : "");
         mirror_timer_start(m, &m->tick_w, &m->tick_on, TICK_S);
         if (mirror_nbd_ready(m))
                 mirror_nbd_connected(m);
@@ -646,6 +682,7 @@ void vbd_mirror_get_status(struct vbd_image *img, struct vbd_mirror_status *st)
         memset(st, 0, sizeof(*st));
         st->state = m->state;
         st->precopy = m->p.precopy;
+        st->shallow = m->p.shallow;
         snprintf(st->to, sizeof(st->to), "%s", m->to);
         snprintf(st->error, sizeof(st->error), "%s", m->error);
         st->size = m->info.size;
@@ -664,6 +701,7 @@ void vbd_mirror_get_status(struct vbd_image *img, struct vbd_mirror_status *st)
         st->bytes_synced = synced;
         st->bytes_copied = m->bytes_copied;
         st->bytes_zeroed = m->bytes_zeroed;
+        st->bytes_shallow = m->bytes_shallow;
         st->bytes_forwarded = m->bytes_forwarded;
         st->writes_forwarded = m->writes_forwarded;
         st->writes_waited = m->writes_waited;

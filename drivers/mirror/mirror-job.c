@@ -11,6 +11,9 @@
  *            partner has the disk), final copy, flush both sides
  *   cancel   drop the partner; after a cut-over the hold goes and the VBD
  *            serves again here
+ *   reopen   after a cut-over, the VBD may be reopened on another image (the
+ *            destination, once its partner let it go): that ends the job,
+ *            the hold goes with it and the guest runs on the new image
  *
  * The mirror changes state on its own (partner failures, the copier
  * finishing); a prepare watcher follows it into the job's state every loop
@@ -38,6 +41,7 @@ enum {
         OPT_TIMEOUT,
         OPT_ZEROED,
         OPT_DEPTH,
+        OPT_SHALLOW,
 };
 
 static const char *const modes[] = {"pasm", "precopy", NULL};
@@ -64,6 +68,9 @@ static const struct vbd_opt_desc migrate_opts[] = {
     [OPT_ZEROED] = VBD_OPT_BOOL_DEF("zeroed", NULL, "the partner reads zeroes: skip holes"),
     [OPT_DEPTH] = VBD_OPT_UINT_DEF("depth", 1, VBD_MIRROR_DEPTH_MAX, "4",
                                    "copier regions in flight while the guest is idle"),
+    [OPT_SHALLOW] = VBD_OPT_BOOL_DEF("shallow", NULL,
+                                     "the partner has the image's backing chain: send only "
+                                     "what the top image holds"),
 };
 
 struct migrate {
@@ -180,6 +187,8 @@ static void fill_status(struct vbd_device *dev, json_t *obj)
                       (json_int_t)st.rate, "eta_s", (json_int_t)st.eta_s, "downtime_ms",
                       (json_int_t)st.downtime_ms, "paused", (int)vbd_device_paused(dev)));
         json_object_set_new(obj, "partner_connected", json_boolean(st.partner_connected));
+        json_object_set_new(obj, "bytes_shallow", json_integer((json_int_t)st.bytes_shallow));
+        json_object_set_new(obj, "shallow", json_boolean(st.shallow));
 }
 
 static void migrate_status(struct vbd_job *job, json_t *obj)
@@ -247,6 +256,7 @@ static int migrate_start(struct vbd_job *job, const struct vbd_opt_value *v, str
             .timeout = (unsigned)v[OPT_TIMEOUT].u,
             .zeroed = v[OPT_ZEROED].set && v[OPT_ZEROED].b,
             .depth = (unsigned)v[OPT_DEPTH].u,
+            .shallow = v[OPT_SHALLOW].set && v[OPT_SHALLOW].b,
         };
         m = mirror_of(dev);
         if (m)
@@ -321,6 +331,15 @@ static int migrate_cancel(struct vbd_job *job, struct vbd_err *err)
         return 0;
 }
 
+/* A finished cut-over lets a reopen end it: the partner has the disk. */
+static bool migrate_reopen_ends(struct vbd_job *job)
+{
+        struct migrate *mg = vbd_job_state(job);
+        struct vbd_image *m = mg->job ? mirror_of(vbd_job_device(job)) : NULL;
+
+        return m && mg->holding && !mg->cutting && vbd_mirror_state(m) == VBD_MIRROR_CUTOVER;
+}
+
 static void migrate_free(struct vbd_job *job)
 {
         struct migrate *mg = vbd_job_state(job);
@@ -330,6 +349,8 @@ static void migrate_free(struct vbd_job *job)
         follow_stop(mg);
         if (mg->holding) {
                 mg->holding = false;
+                if (!mg->cutting)
+                        vbd_info("migration to %s over: its cut-over hold is released", mg->to);
                 vbd_device_resume(vbd_job_device(job));
         }
 }
@@ -346,4 +367,5 @@ const struct vbd_job_type vbd_job_migrate = {
     .cancel = migrate_cancel,
     .free = migrate_free,
     .status_none = migrate_status_none,
+    .reopen_ends = migrate_reopen_ends,
 };

@@ -79,6 +79,8 @@ struct vbd_mirror_params {
         unsigned timeout; /* seconds a partner command or the connection may take */
         bool zeroed;      /* the partner reads zeroes: send nothing for holes */
         unsigned depth;   /* copier regions in flight when the guest is idle */
+        bool shallow;     /* the partner has the backing chain: send only what the
+                           * top image holds (not with zeroed) */
 };
 
 #define VBD_MIRROR_REGION_MIN     (64u << 10)
@@ -89,12 +91,13 @@ struct vbd_mirror_params {
 
 struct vbd_mirror_status {
         enum vbd_mirror_state state;
-        bool precopy;
+        bool precopy, shallow;
         char to[1024];
         char error[256];
         uint64_t size, partner_size, region_size;
         uint64_t regions_total, regions_synced, regions_inflight;
         uint64_t bytes_synced, bytes_copied, bytes_zeroed, bytes_forwarded;
+        uint64_t bytes_shallow; /* regions left to the partner's backing chain */
         uint64_t writes_forwarded, writes_waited, passes, dirty_bytes;
         unsigned partner_inflight;
         bool partner_connected;    /* the NBD connection is up (it ends after a cut-over) */
@@ -283,7 +286,7 @@ struct mirror {
         ev_timer drain_w;
 
         /* Figures. */
-        uint64_t start_ns, end_ns, bytes_copied, bytes_zeroed, bytes_forwarded;
+        uint64_t start_ns, end_ns, bytes_copied, bytes_zeroed, bytes_forwarded, bytes_shallow;
         uint64_t writes_forwarded, writes_waited, passes, dirty_bytes;
         int64_t downtime_ms;
         uint64_t rate_bytes[RATE_WINDOW], rate_ns[RATE_WINDOW];

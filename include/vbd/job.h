@@ -66,6 +66,12 @@ struct vbd_job_type {
         void (*free)(struct vbd_job *job);
         /* The status of a device that never ran this job (state "none" etc.): optional. */
         void (*status_none)(struct vbd_device *dev, json_t *obj);
+        /* The device is asked to serve another image (reopen) while this job is
+         * not over: true lets the reopen end the job (its work is complete
+         * elsewhere: a cut-over whose partner now has the disk); it is then
+         * freed with the old stack.  Optional: without it such a job makes
+         * the reopen fail with EBUSY. */
+        bool (*reopen_ends)(struct vbd_job *job);
 };
 
 void *vbd_job_state(struct vbd_job *job);

@@ -195,5 +195,29 @@ wait_writes 300 20 || fail "kill: the source does not serve the guest any more"
 vc migrate abort "${V[@]}" >/dev/null 2>&1 && fail "kill: abort of a failed migration succeeded"
 no_bridge || fail "kill: a bridge process is left"
 
+# ---- cutover --switch: a local storage migration into a new qcow2; the VBD
+# then serves it, the source stays as it was at the cut-over, and the
+# guest's verify (reads of blocks written on both sides of the switch) holds
+ds=$tmp/switch.qcow2
+vc migrate start "${V[@]}" --to "qcow2:$ds" --wait >"$tmp/sw.start" 2>&1 ||
+        fail "switch: start: $(cat "$tmp/sw.start")"
+wait_writes 300 20 || fail "switch: the guest does not write once ready"
+vc migrate cutover "${V[@]}" --switch >"$tmp/sw.cut" 2>&1 ||
+        fail "switch: cutover --switch: $(cat "$tmp/sw.cut")"
+grep -q "switched: now serving qcow2:$ds" "$tmp/sw.cut" || fail "switch: output: $(cat "$tmp/sw.cut")"
+no_bridge || fail "switch: a bridge process is left"
+md5_sw=$(md5sum <"$src")
+ctl "$gsock" info >"$tmp/sw.info.json"
+check "$tmp/sw.info.json" "image == 'qcow2:$ds' and not paused" "switch: the VBD serves the new image"
+status "$tmp/sw.after.json"
+check "$tmp/sw.after.json" "state == 'none'" "switch: the migration is over"
+wait_writes 1000 20 || fail "switch: the guest does not write on the new image"
+# --switch without a bridge (no migration at all now) is refused
+vc migrate cutover "${V[@]}" --switch >"$tmp/sw.again" 2>&1 && fail "switch: a second cutover --switch passed"
+
 stop_guest g
+[ "$(md5sum <"$src")" = "$md5_sw" ] || fail "switch: the source changed after the switch"
+qemu-img check -q "$ds" || fail "switch: qemu-img check of the new image"
+qemu-img compare -q -f raw -F qcow2 "$src" "$ds" >/dev/null 2>&1 &&
+        fail "switch: the guest's writes after the switch are not in the new image"
 finish

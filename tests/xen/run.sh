@@ -14,7 +14,7 @@
 #   VBD_XEN_WORK      work dir: share + logs (default $VBD_XEN_CACHE/run)
 #   VBD_XEN_BACKENDS  backends for the functional tests (default "vbdd";
 #                     "vbdd blkback" also runs them on the in-kernel reference)
-#   VBD_XEN_TESTS     subset of "rw mq reboot rebind ro flush backup mount qcow2
+#   VBD_XEN_TESTS     subset of "rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate
 #                     detach destroy xl xldetach xldestroy xlcrash bench"
 #   VBD_XEN_BENCH     "MIB SECS ROUNDS" for the benchmark (default "64 8 2")
 #   VBD_XEN_VBDD_ARGS extra vbdd arguments (e.g. "-D xenbus,ring")

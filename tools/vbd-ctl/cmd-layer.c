@@ -17,6 +17,9 @@
  *                           backup job of an export-only vbdd; in place by
  *                           default: a new file renamed over GUEST)
  *   info IMAGE              the chain: file, format, sizes, depth
+ *   sum IMAGE               the fingerprint of the chain below IMAGE (its
+ *                           backing files' formats, sizes and SHA-256):
+ *                           what a shallow migration checks on both hosts
  *
  * Depth: the files in an image's chain, the image itself included (a
  * standalone base is at depth 1, a clone of it at 2), numbered as QEMU's
@@ -43,6 +46,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <nettle/sha2.h>
 
 #include "lock.h"
 #include "qcow2.h"
@@ -1127,6 +1132,128 @@ static int layer_info(struct vbdctl *o, int argc, char **argv)
         return r;
 }
 
+/* ---- sum: the fingerprint of a backing chain (shallow migration) ---- */
+
+/* SHA-256 of a whole file, lowercase hex into hex[65]. */
+static int file_sha256(const char *path, char hex[65], uint64_t *ret_size, struct vbd_err *err)
+{
+        struct sha256_ctx c;
+        uint8_t d[SHA256_DIGEST_SIZE];
+        size_t bufsz = 1 << 20;
+        uint8_t *buf = malloc(bufsz);
+        uint64_t total = 0;
+        ssize_t n;
+        int fd;
+
+        if (!buf)
+                return vbd_err_set(err, -ENOMEM, "out of memory");
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                free(buf);
+                return vbd_err_set(err, -errno, "%s: %s", path, strerror(errno));
+        }
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        sha256_init(&c);
+        while ((n = read(fd, buf, bufsz)) > 0) {
+                sha256_update(&c, (size_t)n, buf);
+                total += (uint64_t)n;
+        }
+        if (n < 0) {
+                int e = errno;
+
+                close(fd);
+                free(buf);
+                return vbd_err_set(err, -e, "%s: read: %s", path, strerror(e));
+        }
+        close(fd);
+        free(buf);
+        sha256_digest(&c, sizeof(d), d);
+        for (unsigned i = 0; i < sizeof(d); i++)
+                snprintf(hex + 2 * i, 3, "%02x", d[i]);
+        *ret_size = total;
+        return 0;
+}
+
+int vbdctl_backing_sum(const char *image, char fp[VBDCTL_SUM_MAX], json_t **ret_files,
+                       struct vbd_err *err)
+{
+        struct sha256_ctx all;
+        uint8_t d[SHA256_DIGEST_SIZE];
+        json_t *files = json_array();
+        struct chain ch;
+        int r;
+
+        if (chain_load(image, &ch, err) < 0) {
+                json_decref(files);
+                return err->code;
+        }
+        if (ch.why[0]) {
+                r = vbd_err_set(err, -ENOENT, "%s: broken chain: %s", image, ch.why);
+                goto out;
+        }
+        if (ch.n < 2) {
+                r = vbd_err_set(err, -EINVAL, "%s: %s with no backing file: nothing to share",
+                                image, ch.f[0].fmt);
+                goto out;
+        }
+        /* One line a file below the top, the paths left out (they differ
+         * between hosts): "FORMAT VIRTUAL-SIZE FILE-SIZE SHA256\n". */
+        sha256_init(&all);
+        for (unsigned i = 1; i < ch.n; i++) {
+                char hex[65], line[128];
+                uint64_t fsize = 0;
+                int n;
+
+                if ((r = file_sha256(ch.f[i].path, hex, &fsize, err)) < 0)
+                        goto out;
+                n = snprintf(line, sizeof(line), "%s %" PRIu64 " %" PRIu64 " %s\n", ch.f[i].fmt,
+                             ch.f[i].vsize, fsize, hex);
+                sha256_update(&all, (size_t)n, (const uint8_t *)line);
+                json_array_append_new(files,
+                                      json_pack("{s:i,s:s,s:s,s:I,s:I,s:s}", "depth", (int)i + 1,
+                                                "file", ch.f[i].path, "format", ch.f[i].fmt,
+                                                "virtual_size", (json_int_t)ch.f[i].vsize,
+                                                "file_size", (json_int_t)fsize, "sha256", hex));
+        }
+        sha256_digest(&all, sizeof(d), d);
+        memcpy(fp, "sha256:", 7);
+        for (unsigned i = 0; i < sizeof(d); i++)
+                snprintf(fp + 7 + 2 * i, 3, "%02x", d[i]);
+        r = 0;
+out:
+        chain_free(&ch);
+        if (r == 0 && ret_files)
+                *ret_files = files;
+        else
+                json_decref(files);
+        return r;
+}
+
+static int layer_sum(struct vbdctl *o, int argc, char **argv)
+{
+        char fp[VBDCTL_SUM_MAX];
+        struct vbd_err err = {0};
+        struct args a = {0};
+        const char *image;
+        json_t *files = NULL;
+        int r;
+
+        if ((r = parse(o, argc, argv, NULL, &a, &image)))
+                return r;
+        if (!image)
+                return vbdctl_usage_error(o, "layer sum IMAGE");
+        if (vbdctl_backing_sum(image, fp, &files, &err) < 0)
+                return vbdctl_fail(o, err.code, false, "%s", err.msg);
+        if (o->json) {
+                vbdctl_print_json(
+                    json_pack("{s:s,s:s,s:o}", "image", image, "fingerprint", fp, "backing", files));
+                return 0;
+        }
+        printf("%s\n", fp);
+        json_decref(files);
+        return 0;
+}
+
 /* ---- the verb ---- */
 
 static const struct {
@@ -1134,7 +1261,7 @@ static const struct {
         int (*run)(struct vbdctl *o, int argc, char **argv);
 } subs[] = {
     {"create", layer_create},   {"clone", layer_clone}, {"rebase", layer_rebase},
-    {"flatten", layer_flatten}, {"info", layer_info},
+    {"flatten", layer_flatten}, {"info", layer_info},     {"sum", layer_sum},
 };
 
 static int run_layer(struct vbdctl *o, int argc, char **argv)
@@ -1148,7 +1275,7 @@ static int run_layer(struct vbdctl *o, int argc, char **argv)
                         }
         if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")))
                 return vbdctl_parse(o, argc, argv, NULL, NULL, NULL);
-        return vbdctl_usage_error(o, "layer create|clone|rebase|flatten|info ...");
+        return vbdctl_usage_error(o, "layer create|clone|rebase|flatten|info|sum ...");
 }
 
 const struct vbdctl_verb vbdctl_verb_layer = {
@@ -1157,7 +1284,8 @@ const struct vbdctl_verb vbdctl_verb_layer = {
     .args = "create --base BASE --from DIR|--script FILE -o LAYER [--partition N] [--fstype T] "
             "[--max-depth N] | clone LAYER -o GUEST [--size SIZE] [--max-depth N] | "
             "rebase GUEST --to NEWLAYER "
-            "[--max-depth N] | flatten GUEST [-o OUT] | info IMAGE [--max-depth N] [--json]",
+            "[--max-depth N] | flatten GUEST [-o OUT] | info IMAGE [--max-depth N] [--json] | "
+            "sum IMAGE [--json]",
     .summary = "application layers: create one over a base, thin qcow2 clones of it, rebase, "
-               "flatten, the chain",
+               "flatten, the chain, its fingerprint",
 };

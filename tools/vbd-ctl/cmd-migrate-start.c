@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cmd-migrate.h"
 
@@ -41,6 +42,87 @@ static int start_bridge(struct mig *m)
         return 0;
 }
 
+/* The file of the qcow2 image at the bottom of a stack spec ("cbt:qcow2:F,o"),
+ * or NULL: buf holds it. */
+static const char *qcow2_file(const char *spec, char *buf, size_t size)
+{
+        const char *p = strstr(spec, "qcow2:");
+        size_t n;
+
+        if (!p)
+                return NULL;
+        p += 6;
+        n = strcspn(p, ",");
+        if (!n || n >= size)
+                return NULL;
+        memcpy(buf, p, n);
+        buf[n] = '\0';
+        return buf;
+}
+
+/*
+ * --shallow: the partner must have the same backing chain as the VBD's
+ * qcow2 image, checked by fingerprint (vbd-ctl layer sum) before anything
+ * starts: the one given (--shallow=FP, computed on the destination host),
+ * or, into an existing qcow2 target (--to qcow2:FILE), FILE's own.
+ */
+static int check_shallow(struct mig *m)
+{
+        struct vbdctl *o = m->o;
+        char src[4096], dst[4096], fp_src[VBDCTL_SUM_MAX], fp_dst[VBDCTL_SUM_MAX];
+        struct vbd_err err = {0};
+        const char *top, *want;
+        json_t *info;
+        int r;
+
+        if (m->zeroed)
+                return vbdctl_usage_error(o, "--shallow and --zeroed: the partner reads its "
+                                             "backing chain, not zeroes");
+        if ((r = mig_call(m, "info", NULL, MIG_POLL_WAIT_MS, &info)))
+                return r;
+        top = qcow2_file(vbdctl_jstr(info, "image"), src, sizeof(src));
+        if (!top) {
+                r = vbdctl_fail(o, -EINVAL, true,
+                                "%s: --shallow: the VBD serves %s, not a qcow2 image over a "
+                                "backing file",
+                                vbdctl_name(o->domid, o->devid), vbdctl_jstr(info, "image"));
+                json_decref(info);
+                return r;
+        }
+        json_decref(info);
+        if (vbdctl_backing_sum(top, fp_src, NULL, &err) < 0)
+                return vbdctl_fail(o, err.code, true, "--shallow: %s", err.msg);
+        want = m->shallow_fp;
+        if (m->spec[0]) {
+                const char *t = qcow2_file(m->spec, dst, sizeof(dst));
+
+                if (!t || strncmp(m->spec, "qcow2:", 6) != 0)
+                        return vbdctl_usage_error(o, "--shallow into an image: --to qcow2:FILE");
+                if (access(t, F_OK) != 0)
+                        return vbdctl_fail(o, -ENOENT, true,
+                                           "--shallow: %s does not exist: make it over the same "
+                                           "backing file first (vbd-ctl layer clone LAYER -o %s)",
+                                           t, t);
+                if (vbdctl_backing_sum(t, fp_dst, NULL, &err) < 0)
+                        return vbdctl_fail(o, err.code, true, "--shallow: %s", err.msg);
+                if (want && strcmp(want, fp_dst) != 0)
+                        return vbdctl_fail(o, -EINVAL, true,
+                                           "--shallow=%s: %s's backing chain is %s", want, t,
+                                           fp_dst);
+                want = fp_dst;
+        } else if (!want) {
+                return vbdctl_usage_error(o, "--shallow to an NBD partner needs the destination's "
+                                             "fingerprint: run 'vbd-ctl layer sum IMAGE' where "
+                                             "the partner's image is, then --shallow=FP");
+        }
+        if (strcmp(want, fp_src) != 0)
+                return vbdctl_fail(o, -EINVAL, true,
+                                   "--shallow: the destination's backing chain (%s) is not the "
+                                   "source's (%s, below %s): not migrating",
+                                   want, fp_src, top);
+        return 0;
+}
+
 static int run_start(struct mig *m, int argc, char **argv)
 {
         static const struct option extra[] = {
@@ -51,6 +133,7 @@ static int run_start(struct mig *m, int argc, char **argv)
             {"region", required_argument, NULL, MIG_OPT_REGION},
             {"zeroed", no_argument, NULL, MIG_OPT_ZEROED},
             {"depth", required_argument, NULL, MIG_OPT_DEPTH},
+            {"shallow", optional_argument, NULL, MIG_OPT_SHALLOW},
             {"wait", no_argument, NULL, MIG_OPT_WAIT},
             {"interval", required_argument, NULL, MIG_OPT_INTERVAL},
             {},
@@ -73,6 +156,8 @@ static int run_start(struct mig *m, int argc, char **argv)
         }
         if (m->have_interval && !m->follow)
                 return vbdctl_usage_error(o, "--interval goes with --wait");
+        if (m->shallow && (r = check_shallow(m)))
+                return r;
         if (m->spec[0] && (r = start_bridge(m)))
                 return r;
         args = json_pack("{s:s}", "to", m->to);
@@ -90,6 +175,8 @@ static int run_start(struct mig *m, int argc, char **argv)
                 json_object_set_new(args, "zeroed", json_true());
         if (m->have_depth)
                 json_object_set_new(args, "depth", json_integer(m->depth));
+        if (m->shallow)
+                json_object_set_new(args, "shallow", json_true());
         if ((r = mig_call(m, "migrate-start", args, MIG_START_WAIT_MS, &st))) {
                 if (m->spec[0])
                         json_decref(mig_bridge_stop(m, "refused start"));
@@ -134,7 +221,7 @@ const struct mig_sub mig_sub_start = {
     .run = run_start,
     .help = "Usage: vbd-ctl migrate start -d D -n N --to URI|SPEC [--mode pasm|precopy]\n"
             "         [--share PCT] [--rate BYTES/S] [--region SIZE] [--timeout S] [--zeroed]\n"
-            "         [--depth N] [--wait [--interval S]] [--json]\n"
+            "         [--depth N] [--shallow[=FP]] [--wait [--interval S]] [--json]\n"
             "Start copying the VBD's disk to an NBD server while the guest runs.  The\n"
             "daemon pauses the VBD, stacks its mirror over the image and resumes; it\n"
             "answers with the status object before the partner is connected.\n"
@@ -165,6 +252,11 @@ const struct mig_sub mig_sub_start = {
             "                 (otherwise they go as NBD WRITE_ZEROES)\n"
             "  --depth N      regions copied at once while the guest is idle, 1..64\n"
             "                 (default 4)\n"
+            "  --shallow[=FP] the partner has the backing chain of the VBD's qcow2 image\n"
+            "                 (a shared base or application layer): only what the top\n"
+            "                 image holds is sent.  Checked first: FP, the destination's\n"
+            "                 'vbd-ctl layer sum' (needed for an NBD partner), or an\n"
+            "                 existing --to qcow2:FILE's own chain, must equal the source's\n"
             "  --wait         then show the progress until the state is ready (exit 0),\n"
             "                 failed or aborted (exit 1); Ctrl-C stops vbd-ctl, not the copy\n"
             "  --interval S   seconds between polls with --wait (default 1, from 0.1)\n"

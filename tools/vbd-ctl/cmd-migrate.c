@@ -360,6 +360,21 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                 return 0;
         case MIG_OPT_INTERVAL:
                 return parse_interval(m, arg);
+        case MIG_OPT_SHALLOW:
+                m->shallow = true;
+                if (arg && strncmp(arg, "sha256:", 7) != 0)
+                        return vbdctl_usage_error(
+                            o, "--shallow=FP: FP is what 'vbd-ctl layer sum' prints (sha256:...)");
+                m->shallow_fp = arg;
+                return 0;
+        case MIG_OPT_SWITCH:
+                m->switch_bridge = true;
+                return 0;
+        case MIG_OPT_SWITCH_TO:
+                if (!*arg || strlen(arg) >= MIG_TO_MAX)
+                        return vbdctl_usage_error(o, "--switch-to: give an image spec");
+                m->switch_to = arg;
+                return 0;
         }
         return VBDCTL_EXIT_USAGE;
 }

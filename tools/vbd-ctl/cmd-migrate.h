@@ -30,6 +30,9 @@ enum {
         MIG_OPT_WATCH,
         MIG_OPT_INTERVAL,
         MIG_OPT_WAIT_READY,
+        MIG_OPT_SWITCH,
+        MIG_OPT_SWITCH_TO,
+        MIG_OPT_SHALLOW,
 };
 
 struct mig {
@@ -41,6 +44,8 @@ struct mig {
         bool have_share, have_rate, have_region, have_depth, zeroed;
         uint32_t share, depth;
         uint64_t rate, region;
+        bool shallow;           /* --shallow[=FP] */
+        const char *shallow_fp; /* the destination's chain fingerprint, or NULL */
         /* following */
         bool follow;    /* --wait, --watch, --wait-ready */
         bool stream;    /* --json while following: compact lines */
@@ -49,6 +54,9 @@ struct mig {
         bool have_interval;
         unsigned bar_shape; /* see progress_bar_line() */
         int interval_ms;    /* between polls */
+        /* cutover */
+        bool switch_bridge;    /* --switch: then serve the bridge's target */
+        const char *switch_to; /* --switch-to SPEC: then serve SPEC */
 };
 
 /* A sub-verb: cmd-migrate-<name>.c. */

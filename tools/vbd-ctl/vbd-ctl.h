@@ -176,3 +176,13 @@ int vbdctl_xs_rm(struct xs_handle *xs, const char *path);
 /* /local/domain/B/backend/TYPE/D/N */
 void vbdctl_backend_path(char *buf, size_t size, unsigned bdomid, const char *type, uint32_t domid,
                          uint32_t devid);
+
+/* cmd-layer.c: the fingerprint of the backing chain below image (a qcow2
+ * file): "sha256:" and 64 hex digits over each backing file's format,
+ * virtual size, file size and SHA-256 (not its path).  ret_files (may be
+ * NULL): a JSON array of those, one object a file.  -EINVAL + err when
+ * image has no backing file. */
+#define VBDCTL_SUM_MAX 72
+struct vbd_err;
+int vbdctl_backing_sum(const char *image, char fp[VBDCTL_SUM_MAX], json_t **ret_files,
+                       struct vbd_err *err);

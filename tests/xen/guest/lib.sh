@@ -336,7 +336,7 @@ xs_attach_vbd3() {
         xenstore-chmod "$be" n0 "r$d"
         xenstore-write "$be/frontend" "$fe" "$be/frontend-id" "$d" "$be/online" 1 \
                 "$be/removable" 0 "$be/bootable" 1 "$be/mode" "$mode" "$be/params" "${VBDD_FORMAT:-raw}:$img" \
-                "$be/type" vbd3 "$be/device-type" disk "$be/dev" xvda
+                "$be/type" vbd3 "$be/device-type" disk "$be/dev" "${VBDD_DEV:-xvda}"
         xenstore-write "$fe" ""
         xenstore-chmod "$fe" "n$d" r0
         xenstore-write "$fe/backend" "$be" "$fe/backend-id" 0 "$fe/virtual-device" "$DEVID" \

@@ -9,14 +9,14 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw mq reboot rebind ro flush backup mount qcow2 detach destroy
+#   VBD_TESTS     subset of: rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate detach destroy
 #                 xl xldetach xldestroy xlcrash bench
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw mq reboot rebind ro flush backup mount qcow2 detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -124,6 +124,46 @@ t_mq() { # t_mq BACKEND
         check "7-sector write at sector 20001 read back by the guest" eq "$back" "$small"
         check "7-sector write at sector 20001 is in the image" eq "$(img_md5 "$img" 20001 7 512)" "$small"
         [ "$b" = vbdd ] && show_vbdd_log
+        test_end
+}
+
+# --- (1c) multi-queue speed: one 2-vCPU guest, a disk on 1 queue, one on 2 --
+# Two vbdd VBDs in one 2-vCPU domU: xvda with --max-queues 1, xvdb with
+# --max-queues 2 (blkfront opens one ring per vCPU), the bench mode's runs
+# interleaved on both.  Figures only (TCG: no speed is asserted); checked:
+# the queue counts, no error, both daemons exit 0.
+t_mqbench() {
+        local b=$1 name=mqbench-$1 img1=$IMGDIR/mqb-q1.img img2=$IMGDIR/mqb-q2.img pid1 pid2 log1 limit
+        local rounds=1 secs=$((BENCH_SECS / 2 > 2 ? BENCH_SECS / 2 : 2))
+        if [ "$b" != vbdd ]; then
+                test_skip "mqbench-$b" "vbdd only"
+                return
+        fi
+        test_begin "mqbench-$b"
+        for f in "$img1" "$img2"; do
+                rm -f "$f"
+                dd if=/dev/zero of="$f" bs=1M count="$BENCH_MIB" conv=fsync status=none
+        done
+        limit=$((rounds * 2 * (4 * secs + 30) + 120))
+        DOMU_VCPUS=2 domu_create "$name" bench \
+                "vbdt_disks=xvda=vbdd-q1,xvdb=vbdd-q2 vbdt_mib=$BENCH_MIB vbdt_secs=$secs vbdt_rounds=$rounds vbdt_timeout=$limit" || return
+        VBDD_ARGS="${VBDD_ARGS:-} --max-queues 1" vbdd_attach "$DOMID" "$img1" w "$CUR_TEST.q1"
+        pid1=$VBDD_PID
+        log1=$VBDD_LOG
+        DEVID=51728 VBDD_DEV=xvdb VBDD_ARGS="${VBDD_ARGS:-} --max-queues 2" vbdd_attach "$DOMID" "$img2" w "$CUR_TEST.q2"
+        pid2=$VBDD_PID
+        guest_done "$name" $((limit + 60))
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        check "xvda (--max-queues 1) connected 1 queue" grep -q "connected: 1 queue(s)" "$log1"
+        check "xvdb (--max-queues 2) connected 2 queues" grep -q "connected: 2 queue(s)" "$VBDD_LOG"
+        VBDD_PID=$pid2 VBDD_RC="" DEVID=51728 reap vbdd "$DOMID" "guest poweroff (xvdb)"
+        VBDD_PID=$pid1 VBDD_RC="" reap vbdd "$DOMID" "guest poweroff (xvda)"
+        check "no benchmark errors" eq "$(console_of "$name" | grep -c -E 'VBDBENCH-ERROR|VBDT ERROR')" 0
+        console_of "$name" | grep '^VBDT bench' >"$OUT/mqbench.raw.txt"
+        bench_table "$OUT/mqbench.raw.txt" vbdd-q2 vbdd-q1 >"$OUT/mqbench.txt"
+        cat "$OUT/mqbench.txt"
+        check "figures for both disks" test "$(grep -c . "$OUT/mqbench.txt")" -ge 5
         test_end
 }
 
@@ -684,6 +724,120 @@ t_qcow2() {
         test_end
 }
 
+# --- (4c) storage migration: a vbdd partner on TCP, cut-over, switch --------
+# The guest writes and verifies (vbdbench churn) all the way through: its
+# disk is migrated (pasm) to a `vbdd --export-only --nbd-writable` partner
+# on 127.0.0.1 over TCP, cut over (the guest paused), the partner stopped
+# and the VBD reopened on the destination (the guest runs on from it: a
+# local storage migration, the way `migrate cutover --switch-to` ends one).
+# The destination must equal the source at the cut-over (holes arrive as
+# zeroes over the 0xff it started as), the source must not change after
+# it, and every block the guest wrote, before, during and after, must read
+# back as last written; no I/O error, vbdd exits 0.
+MIG_PORT=10809
+# churn_writes NAME: the guest's write count from its last churn line
+churn_writes() { console_of "$1" | sed -n 's/^VBDT VBDBENCH churn t=[^ ]* writes=\([0-9]*\).*/\1/p' | tail -n 1; }
+# churn_more NAME N SECONDS: the guest completes N more writes within SECONDS
+churn_more() {
+        local n0 n end=$(($(cut -d. -f1 /proc/uptime) + $3))
+        n0=$(churn_writes "$1")
+        while :; do
+                n=$(churn_writes "$1")
+                [ -n "$n" ] && [ "$n" -ge $((${n0:-0} + $2)) ] && return 0
+                [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ] && break
+                sleep 1
+        done
+        log "the guest wrote ${n0:-?} .. ${n:-?}, not $2 more, in $3 s"
+        return 1
+}
+# tcp_listening PORT: something listens on 127.0.0.1:PORT (from /proc, no tools)
+tcp_listening() {
+        local hex
+        hex=$(printf '0100007F:%04X' "$1")
+        grep -q " $hex 00000000:0000 0A " /proc/net/tcp
+}
+t_migrate() {
+        local b=$1 name=migrate-$1 src=$IMGDIR/mig-src.img dst=$IMGDIR/mig-dst.img ctl=/share/bin/vbd-ctl
+        local ppid prc r md5_data md5_zero md5_cut span i info
+        if [ "$b" != vbdd ]; then
+                test_skip "migrate-$b" "vbdd only"
+                return
+        fi
+        test_begin "migrate-$b"
+        mkimg "$src" 64
+        md5_data=$(put_random "$src" 32 16) # 48..64 MiB: a hole
+        md5_zero=$(dd if=/dev/zero bs=1M count=16 status=none | md5sum | cut -d' ' -f1)
+        tr '\000' '\377' </dev/zero | dd of="$dst" bs=1M count=64 iflag=fullblock status=none
+        "$VBDD" --export-only --image "raw:$dst" --nbd "tcp:127.0.0.1:$MIG_PORT" --nbd-writable \
+                >"$OUT/$CUR_TEST.partner.log" 2>&1 &
+        ppid=$!
+        for i in $(seq 50); do tcp_listening "$MIG_PORT" && break; sleep 0.2; done
+        tcp_listening "$MIG_PORT" || fail "the partner does not listen: $(tail -n 3 "$OUT/$CUR_TEST.partner.log")"
+        domu_create "$name" migrate "vbdt_timeout=1200 vbdt_hold=300" || return
+        attach "$b" "$DOMID" "$src" w "$CUR_TEST"
+        wait_line "$name" '^VBDT VBDBENCH churn t=' 120 || fail "the guest does not write (no churn line)"
+        log "guest writing: $(churn_writes "$name") writes so far"
+
+        "$ctl" migrate start -d "$DOMID" -n "$DEVID" --to "nbd://127.0.0.1:$MIG_PORT" --wait \
+                >"$OUT/$CUR_TEST.start.log" 2>&1
+        r=$?
+        check "migrate start --wait reaches ready (rc $r: $(tail -n 1 "$OUT/$CUR_TEST.start.log"))" eq "$r" 0
+        check "the guest writes on once ready (forwarded)" churn_more "$name" 100 120
+        "$ctl" migrate status -d "$DOMID" -n "$DEVID" --json >"$OUT/$CUR_TEST.ready.json" 2>&1
+        check "status: ready" eq "$(bk_json ready state)" ready
+        check "status: guest writes forwarded ($(bk_json ready writes_forwarded))" \
+                test "$(bk_json ready writes_forwarded)" -gt 0
+        "$ctl" migrate cutover -d "$DOMID" -n "$DEVID" --json >"$OUT/$CUR_TEST.cut.json" 2>&1
+        r=$?
+        check "cutover (rc $r, downtime $(bk_json cut downtime_ms) ms)" eq "$(bk_json cut state)" cutover
+        log "cutover: $(tr -d ' \n' <"$OUT/$CUR_TEST.cut.json")"
+        # the guest is paused: the destination must be the source now
+        md5_cut=$(md5sum <"$src" | cut -d' ' -f1)
+        check "the destination equals the source at the cutover" eq "$(md5sum <"$dst" | cut -d' ' -f1)" "$md5_cut"
+        kill -TERM "$ppid"
+        wait "$ppid"
+        prc=$?
+        check "the partner vbdd exits 0 after the cutover (rc $prc)" eq "$prc" 0
+        "$ctl" reopen -d "$DOMID" -n "$DEVID" --image "raw:$dst" >"$OUT/$CUR_TEST.reopen.log" 2>&1
+        r=$?
+        check "reopen on the destination (rc $r: $(cat "$OUT/$CUR_TEST.reopen.log"))" eq "$r" 0
+        info=$("$ctl" info -d "$DOMID" -n "$DEVID" 2>&1)
+        check "vbd-ctl info: serving the destination ($(echo "$info" | grep '^image'))" \
+                eq "$(echo "$info" | sed -n 's/^image *//p')" "raw:$dst"
+        check "the guest writes on from the destination" churn_more "$name" 100 120
+        release "$name" stop
+        if hold_wait "$name" verified 600; then
+                span=$(console_of "$name" | sed -n 's/^VBDT span md5=//p')
+                check "the destination holds what the guest reads back (md5 $span)" \
+                        eq "$(img_md5 "$dst" 0 32 1M)" "$span"
+                check "the destination keeps dom0's data at 32 MiB" eq "$(img_md5 "$dst" 32 16 1M)" "$md5_data"
+                check "the source's hole arrived as zeroes" eq "$(img_md5 "$dst" 48 16 1M)" "$md5_zero"
+                check "the source did not change after the cutover" eq "$(md5sum <"$src" | cut -d' ' -f1)" "$md5_cut"
+                check "the guest's writes after the switch are not in the source" \
+                        test "$(img_md5 "$src" 0 32 1M)" != "$span"
+        fi
+        release "$name" verified
+        guest_done "$name" 300
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap "$b" "$DOMID" "guest poweroff"
+        local done_line
+        done_line=$(console_of "$name" | grep '^VBDT VBDBENCH churn done' | tail -n 1)
+        log "guest: $done_line"
+        check "the guest's churn ran to its end (rc 0)" eq "$(vbdt_val "$name" rc)" 0
+        check "the guest saw no I/O error" eq "$(echo "$done_line" | sed -n 's/.* errors=\([0-9]*\).*/\1/p')" 0
+        check "every block read back as last written" \
+                eq "$(echo "$done_line" | sed -n 's/.* mismatches=\([0-9]*\).*/\1/p')" 0
+        check "the guest verified blocks ($(echo "$done_line" | sed -n 's/.* verified=\([0-9]*\).*/\1/p'))" \
+                test "$(echo "$done_line" | sed -n 's/.* verified=\([0-9]*\).*/\1/p')" -gt 100
+        check "no VBDBENCH-ERROR on the console" eq "$(console_of "$name" | grep -c 'VBDBENCH-ERROR')" 0
+        check "no I/O error in the guest's kernel log" eq "$(console_of "$name" | grep -c -i 'I/O error')" 0
+        grep -q "cut-over hold is released" "$VBDD_LOG" || fail "vbdd did not log the end of the migration"
+        show_vbdd_log
+        test_end
+}
+
 # --- (5) detach while the guest runs -------------------------------------
 t_detach() {
         local b=$1 name=detach-$1 img=$IMGDIR/detach-$1.img
@@ -997,25 +1151,33 @@ t_bench() {
         test_end
 }
 # mean per backend and op over rounds, then ratios vs vbdd
+# bench_table FILE [BACKEND...]: mean per workload and backend (default
+# vbdd blkback qdisk) of vbdbench's lines, and the first backend's ratio to
+# each of the others
 bench_table() {
-        awk '
+        local f=$1
+        shift
+        [ $# = 0 ] && set -- vbdd blkback qdisk
+        awk -v list="$*" '
         { be=""; op=""; jobs=""; mb=""; io="";
           for (i = 1; i <= NF; i++) { split($i, kv, "=");
             if (kv[1]=="be") be=kv[2]; if (kv[1]=="op") op=kv[2]; if (kv[1]=="jobs") jobs=kv[2];
             if (kv[1]=="MBps") mb=kv[2]; if (kv[1]=="iops") io=kv[2]; }
           if (op == "randread") { key = "randread4k-qd" jobs; val = io; unit[key] = "IOPS" }
           else { key = op "-1M"; val = mb; unit[key] = "MB/s" }
-          sum[be, key] += val; cnt[be, key]++; bes[be] = 1; keys[key] = 1 }
+          sum[be, key] += val; cnt[be, key]++; keys[key] = 1 }
         END {
-          nk = 0; split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
-          printf "%-16s %-5s %10s %10s %10s %14s %12s\n", "workload", "unit", "vbdd", "blkback", "qdisk", "vbdd/blkback", "vbdd/qdisk"
+          nb = split(list, bl, " "); split("seqwrite-1M seqread-1M randread4k-qd1 randread4k-qd8", order, " ")
+          printf "%-16s %-5s", "workload", "unit"
+          for (j = 1; j <= nb; j++) printf " %10s", bl[j]
+          for (j = 2; j <= nb; j++) printf " %14s", bl[1] "/" bl[j]
+          printf "\n"
           for (k = 1; k <= 4; k++) { key = order[k]; if (!(key in keys)) continue
-            v = (cnt["vbdd", key] ? sum["vbdd", key] / cnt["vbdd", key] : 0)
-            b = (cnt["blkback", key] ? sum["blkback", key] / cnt["blkback", key] : 0)
-            q = (cnt["qdisk", key] ? sum["qdisk", key] / cnt["qdisk", key] : 0)
-            printf "%-16s %-5s %10.1f %10.1f %10.1f %14s %12s\n", key, unit[key], v, b, q,
-              (v && b) ? sprintf("%.2f", v / b) : "n/a", (v && q) ? sprintf("%.2f", v / q) : "n/a" }
-        }' "$1"
+            printf "%-16s %-5s", key, unit[key]
+            for (j = 1; j <= nb; j++) { v[j] = cnt[bl[j], key] ? sum[bl[j], key] / cnt[bl[j], key] : 0; printf " %10.1f", v[j] }
+            for (j = 2; j <= nb; j++) printf " %14s", (v[1] && v[j]) ? sprintf("%.2f", v[1] / v[j]) : "n/a"
+            printf "\n" }
+        }' "$f"
 }
 
 if [ "$VBDD_OK" != 1 ]; then

@@ -21,6 +21,17 @@
  *                                         be read, print its value; exit 1
  *                                         after SECS seconds (domu-init's
  *                                         hold: dom0 releases the guest)
+ *   vbdbench churn DEV SPAN_MIB STOP SECS verified writes: 4 KiB O_DIRECT
+ *                                         writes at random blocks of the
+ *                                         first SPAN_MIB, each stamped with
+ *                                         its block and a serial, each
+ *                                         followed by a read of another
+ *                                         written block that must hold its
+ *                                         last stamp; fdatasync every 64
+ *                                         writes; a progress line every 2 s;
+ *                                         until xenstore node STOP can be
+ *                                         read (or SECS), then every written
+ *                                         block is read back and checked
  *
  * The benchmark ops print one line:
  *   VBDBENCH op=<op> jobs=<n> ios=<n> bytes=<n> secs=<s> MBps=<x> iops=<y>
@@ -377,6 +388,141 @@ static int vbdbench_xswait(const char *path, double secs)
         return 1;
 }
 
+/*
+ * churn: a guest that writes and verifies through a migration.  Block b's
+ * stamp is words (serial << 32 | b << 9 | word index): a block read back
+ * with another block's data, an older write's, a torn or a shifted one
+ * differs.  Only blocks this run wrote are checked (the rest hold whatever
+ * dom0 put there).
+ */
+static void churn_fill(uint64_t *w, uint32_t b, uint32_t serial)
+{
+        for (uint32_t i = 0; i < SMALL / 8; i++)
+                w[i] = (uint64_t)serial << 32 | (uint64_t)b << 9 | i;
+}
+
+static int churn_check(int fd, uint64_t *buf, uint64_t *want, uint32_t b, uint32_t serial,
+                       const char *when)
+{
+        ssize_t n = pread(fd, buf, SMALL, (off_t)b * SMALL);
+
+        if (n != SMALL) {
+                printf("VBDBENCH-ERROR churn %s read of block %u: %s\n", when, b,
+                       n < 0 ? strerror(errno) : "short");
+                return -1;
+        }
+        churn_fill(want, b, serial);
+        if (memcmp(buf, want, SMALL) != 0) {
+                static unsigned shown;
+
+                if (shown++ >= 10)
+                        return 1; /* the console is slow: the count says the rest */
+                printf("VBDBENCH-ERROR churn %s mismatch at block %u: want serial %u, "
+                       "read word0 %#llx\n",
+                       when, b, serial, (unsigned long long)buf[0]);
+                return 1;
+        }
+        return 0;
+}
+
+static int vbdbench_churn(const char *dev, long span_mib, const char *stop, double max_secs)
+{
+        uint32_t blocks = (uint32_t)(span_mib * (BIG / SMALL)), *last = NULL, serial = 0;
+        uint64_t writes = 0, reads = 0, syncs = 0, errors = 0, mismatches = 0, seed = 88172645;
+        double t0 = vbdbench_now(), next_poll = t0, next_report = t0 + 2, now;
+        uint64_t *buf = NULL, *want = NULL;
+        char reply[XENSTORE_PAYLOAD_MAX + 1];
+        int fd, xs, r;
+
+        if (span_mib < 1 || span_mib > 4096) {
+                printf("VBDBENCH-ERROR churn: span 1..4096 MiB\n");
+                return 2;
+        }
+        fd = open(dev, O_RDWR | O_DIRECT);
+        xs = vbdbench_xs_open();
+        last = calloc(blocks, sizeof(*last)); /* 0: not written by us */
+        if (fd < 0 || xs < 0 || !last || posix_memalign((void **)&buf, SMALL, SMALL) ||
+            posix_memalign((void **)&want, SMALL, SMALL)) {
+                printf("VBDBENCH-ERROR churn: open %s: %s\n", dev, strerror(errno));
+                return 1;
+        }
+        for (;;) {
+                uint32_t b = (uint32_t)(vbdbench_rand(&seed) % blocks), o;
+                ssize_t n;
+
+                churn_fill(buf, b, ++serial);
+                n = pwrite(fd, buf, SMALL, (off_t)b * SMALL);
+                if (n != SMALL) {
+                        printf("VBDBENCH-ERROR churn write of block %u: %s\n", b,
+                               n < 0 ? strerror(errno) : "short");
+                        errors++;
+                } else {
+                        last[b] = serial;
+                        writes++;
+                }
+                /* read back a block written before (maybe this one) */
+                o = (uint32_t)(vbdbench_rand(&seed) % blocks);
+                if (last[o]) {
+                        r = churn_check(fd, buf, want, o, last[o], "live");
+                        reads++;
+                        errors += r < 0;
+                        mismatches += r > 0;
+                }
+                if (writes % 64 == 0) {
+                        if (fdatasync(fd)) {
+                                printf("VBDBENCH-ERROR churn fdatasync: %s\n", strerror(errno));
+                                errors++;
+                        }
+                        syncs++;
+                }
+                now = vbdbench_now();
+                if (now >= next_report) {
+                        printf("VBDBENCH churn t=%.1f writes=%llu reads=%llu errors=%llu "
+                               "mismatches=%llu\n",
+                               now - t0, (unsigned long long)writes, (unsigned long long)reads,
+                               (unsigned long long)errors, (unsigned long long)mismatches);
+                        fflush(stdout);
+                        next_report = now + 2;
+                }
+                if (now >= next_poll) {
+                        if (vbdbench_xs_talk(xs, XS_READ, stop, NULL, reply) == XS_READ)
+                                break;
+                        next_poll = now + 0.2;
+                }
+                if (max_secs > 0 && now - t0 > max_secs) {
+                        printf("VBDBENCH-ERROR churn: %s not written within %g s\n", stop,
+                               max_secs);
+                        errors++;
+                        break;
+                }
+        }
+        if (fdatasync(fd)) {
+                printf("VBDBENCH-ERROR churn final fdatasync: %s\n", strerror(errno));
+                errors++;
+        }
+        uint64_t verified = 0;
+        for (uint32_t b = 0; b < blocks; b++) {
+                if (!last[b])
+                        continue;
+                r = churn_check(fd, buf, want, b, last[b], "final");
+                errors += r < 0;
+                mismatches += r > 0;
+                verified++;
+        }
+        printf("VBDBENCH churn done writes=%llu reads=%llu syncs=%llu verified=%llu "
+               "errors=%llu mismatches=%llu secs=%.1f\n",
+               (unsigned long long)writes, (unsigned long long)reads, (unsigned long long)syncs,
+               (unsigned long long)verified, (unsigned long long)errors,
+               (unsigned long long)mismatches, vbdbench_now() - t0);
+        fflush(stdout);
+        close(xs);
+        close(fd);
+        free(last);
+        free(buf);
+        free(want);
+        return errors || mismatches ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
         if (argc >= 4 && (!strcmp(argv[1], "seqwrite") || !strcmp(argv[1], "seqread")))
@@ -397,11 +543,14 @@ int main(int argc, char **argv)
                 return vbdbench_xswait(argv[2], 0);
         if (argc == 4 && !strcmp(argv[1], "xswait"))
                 return vbdbench_xswait(argv[2], atof(argv[3]));
+        if (argc == 6 && !strcmp(argv[1], "churn"))
+                return vbdbench_churn(argv[2], atol(argv[3]), argv[4], atof(argv[5]));
         fprintf(stderr, "usage: vbdbench seqwrite|seqread DEV MIB [SECS]\n"
                         "       vbdbench randread DEV SECS [JOBS [SPAN_MIB]]\n"
                         "       vbdbench syncwrite DEV SRC OFF BS dsync|fsync\n"
                         "       vbdbench xswrite PATH VALUE\n"
                         "       vbdbench xsread PATH\n"
-                        "       vbdbench xswait PATH SECS\n");
+                        "       vbdbench xswait PATH SECS\n"
+                        "       vbdbench churn DEV SPAN_MIB STOP_NODE SECS\n");
         return 2;
 }
