@@ -38,6 +38,7 @@ enum {
         OPT_TIMEOUT,
         OPT_ZEROED,
         OPT_DEPTH,
+        OPT_CONNECTIONS,
 };
 
 static const char *const modes[] = {"pasm", "precopy", NULL};
@@ -64,6 +65,9 @@ static const struct vbd_opt_desc migrate_opts[] = {
     [OPT_ZEROED] = VBD_OPT_BOOL_DEF("zeroed", NULL, "the partner reads zeroes: skip holes"),
     [OPT_DEPTH] = VBD_OPT_UINT_DEF("depth", 1, VBD_MIRROR_DEPTH_MAX, "4",
                                    "copier regions in flight while the guest is idle"),
+    [OPT_CONNECTIONS] = VBD_OPT_UINT_DEF("connections", 1, VBD_MIRROR_CONN_MAX, "4",
+                                         "NBD connections to a multi-conn partner (the "
+                                         "forwards' and the copier's)"),
 };
 
 struct migrate {
@@ -180,6 +184,9 @@ static void fill_status(struct vbd_device *dev, json_t *obj)
                       (json_int_t)st.rate, "eta_s", (json_int_t)st.eta_s, "downtime_ms",
                       (json_int_t)st.downtime_ms, "paused", (int)vbd_device_paused(dev)));
         json_object_set_new(obj, "partner_connected", json_boolean(st.partner_connected));
+        json_object_set_new(obj, "connections", json_integer(st.connections));
+        json_object_set_new(obj, "multi_conn", json_boolean(st.multi_conn));
+        json_object_set_new(obj, "forward_requests", json_integer((json_int_t)st.forward_requests));
 }
 
 static void migrate_status(struct vbd_job *job, json_t *obj)
@@ -247,6 +254,7 @@ static int migrate_start(struct vbd_job *job, const struct vbd_opt_value *v, str
             .timeout = (unsigned)v[OPT_TIMEOUT].u,
             .zeroed = v[OPT_ZEROED].set && v[OPT_ZEROED].b,
             .depth = (unsigned)v[OPT_DEPTH].u,
+            .connections = (unsigned)v[OPT_CONNECTIONS].u,
         };
         m = mirror_of(dev);
         if (m)
