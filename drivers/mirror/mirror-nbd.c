@@ -19,10 +19,19 @@
 
 /* ---- libev watchers that do not keep the loop alive ---- */
 
+/* Only the connections libnbd may have changed its mind on (a command
+ * issued, its fd served, connecting or closing): asking libnbd costs a lock
+ * and its error context per call, per connection, per loop pass. */
 void mirror_nbd_watch(struct mirror *m)
 {
-        for (unsigned i = 0; i < m->nconn; i++)
-                vbd_nbd_watch_update(m->loop, &m->conn[i].w, m->conn[i].h);
+        for (unsigned i = 0; i < m->nconn; i++) {
+                struct nconn *c = &m->conn[i];
+
+                if (!c->dirty)
+                        continue;
+                c->dirty = false;
+                vbd_nbd_watch_update(m->loop, &c->w, c->h);
+        }
 }
 
 void mirror_timer_start(struct mirror *m, ev_timer *w, bool *on, double after)
@@ -82,6 +91,7 @@ static nbd_completion_callback nop_arm(struct nconn *c, struct nop *op,
         m->nops_tail = op;
         m->nnops++;
         c->inflight++;
+        c->dirty = true;
         return (nbd_completion_callback){.callback = nop_cb, .user_data = op};
 }
 
@@ -209,6 +219,7 @@ static void conn_disconnect(struct mirror *m, struct nconn *c)
 {
         if (!c->h)
                 return;
+        c->dirty = true;
         /* NBD_CMD_DISC: the server sees a clean end; libnbd closes the socket
          * once it is sent, and nbd_io_cb() then drops the handle. */
         if (!c->ready || nbd_aio_disconnect(c->h, 0) < 0) {
@@ -237,6 +248,7 @@ static int conn_open(struct mirror *m, struct nconn *c, struct vbd_err *err)
         c->m = m;
         c->ready = false;
         c->inflight = 0;
+        c->dirty = true;
         c->start_ns = vbd_now_ns();
         vbd_nbd_watch_init(&c->w, nbd_io_cb, c);
         c->h = nbd_create();
@@ -369,6 +381,7 @@ static void nbd_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 
         if (!c->h)
                 return;
+        c->dirty = true;
         if (revents & EV_READ)
                 r = nbd_aio_notify_read(c->h);
         if (r >= 0 && (revents & EV_WRITE) && c->h)

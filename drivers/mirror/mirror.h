@@ -166,6 +166,7 @@ struct nconn {
         uint64_t start_ns;
         unsigned idx, inflight; /* commands in flight on it */
         bool ready;             /* connected, checked: takes commands */
+        bool dirty;             /* libnbd's direction may have changed: update w */
 };
 
 /* One NBD command in flight. */
