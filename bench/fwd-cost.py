@@ -145,9 +145,9 @@ def main(argv):
                   "--nbd"]
         if opt.link != "none":
             link = NetLink("vbdf%d" % (os.getpid() % 100000), LINKS[opt.link])
-            partner = procs.spawn("partner", link.argv(argv_p + ["tcp:%s:10812" % link.ns_addr]))
-            link.wait_tcp(10812, partner, "partner", procs)
-            uri = "nbd://%s:10812" % link.ns_addr
+            partner = procs.spawn("partner", link.argv(argv_p + ["tcp:%s:10813" % link.ns_addr]))
+            link.wait_tcp(10813, partner, "partner", procs)
+            uri = "nbd://%s:10813" % link.ns_addr
         else:
             psock = os.path.join(work, "p.sock")
             partner = procs.spawn("partner", argv_p + ["unix:" + psock])
