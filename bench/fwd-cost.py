@@ -10,7 +10,8 @@ they go to bench/RESULTS.md by hand.
 
   bench/fwd-cost.py [OPTIONS] [BUILD_DIR]        (bench/fwd-cost.py --help)
 
-The guest: vbd-sim bench, 4 KiB random writes at queue depth 16, on a raw
+The guest: vbd-sim bench, 4 KiB random (--rw write: sequential) writes at
+queue depth 16, on a raw
 image of --size (sparse: the copy is quick, mostly WRITE_ZEROES) through
 vbdd-sim, the source daemon (run under callgrind for --tool callgrind).
 The partner: vbdd --export-only --nbd-writable, on a unix socket or behind
@@ -44,6 +45,9 @@ def options(argv):
     ap.add_argument("--writes", type=int, default=20000,
                     help="guest writes per window (default 20000; callgrind: use ~3000)")
     ap.add_argument("--iodepth", type=int, default=16)
+    ap.add_argument("--rw", choices=("randwrite", "write"), default="randwrite",
+                    help="the guest's writes: random (default) or sequential (write: "
+                    "contiguous forwards, coalesced)")
     ap.add_argument("--mig-args", default="{}", help="extra migrate-start args (JSON)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (dumps)")
     ap.add_argument("--timeout", type=float, default=300, help="per window, s")
@@ -164,7 +168,7 @@ def main(argv):
         rtdir = os.path.join(work, "run")
         os.mkdir(rtdir, 0o700)
         env = dict(os.environ, VBD_SIM_VBDD=wrapper, VBD_RUNTIME_DIR=rtdir)
-        procs.spawn("guest", [sim, "bench", "--image", "raw:" + src, "--rw", "randwrite",
+        procs.spawn("guest", [sim, "bench", "--image", "raw:" + src, "--rw", opt.rw,
                               "--bs", "4096", "--iodepth", str(opt.iodepth), "--runtime",
                               "100000", "--json"], out=os.path.join(work, "guest.json"), env=env)
         csock = vbdctl.socket_path(1, 51712, rtdir)
@@ -200,8 +204,8 @@ def main(argv):
         except vbdctl.CommandError:
             pass
         unit = {"strace": "syscalls", "callgrind": "instructions", "none": "-"}[opt.tool]
-        print("fwd-cost: tool %s, link %s, size %s, QD %d" % (opt.tool, opt.link, opt.size,
-                                                              opt.iodepth))
+        print("fwd-cost: tool %s, link %s, size %s, %s 4 KiB at QD %d" % (
+            opt.tool, opt.link, opt.size, opt.rw, opt.iodepth))
         for name, r in res.items():
             per = r["total"] / max(r["writes"], 1)
             print("%-5s %6.0f guest writes (%6.0f forwarded), %7.0f IOPS, %s/write %.2f" % (
