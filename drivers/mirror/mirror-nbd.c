@@ -9,6 +9,10 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <ev.h>
 #include <libnbd.h>
 
@@ -184,6 +188,20 @@ unsigned mirror_nbd_nconns(const struct mirror *m)
         return n;
 }
 
+bool mirror_nbd_cork(struct nconn *c, bool on)
+{
+        int v = on, fd;
+
+        if (c->nocork || !c->h)
+                return false;
+        fd = nbd_aio_get_fd(c->h);
+        if (fd < 0 || setsockopt(fd, IPPROTO_TCP, TCP_CORK, &v, sizeof(v)) < 0) {
+                c->nocork = true; /* a unix socket: nothing to gain */
+                return false;
+        }
+        return true;
+}
+
 /* Close one handle, giving up on its commands. */
 static void conn_drop(struct mirror *m, struct nconn *c)
 {
@@ -249,6 +267,7 @@ static int conn_open(struct mirror *m, struct nconn *c, struct vbd_err *err)
         c->ready = false;
         c->inflight = 0;
         c->dirty = true;
+        c->nocork = false;
         c->start_ns = vbd_now_ns();
         vbd_nbd_watch_init(&c->w, nbd_io_cb, c);
         c->h = nbd_create();

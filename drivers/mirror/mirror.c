@@ -252,15 +252,24 @@ static void fwd_send(struct mirror *m, struct fwd *f)
         mirror_nbd_pwrite(&m->conn[0], &f->nop, f->data, f->len, f->off, fwd_done, "a write");
 }
 
+/* More than one forward in a pass goes out corked (TCP): one segment for
+ * the lot rather than one per write (libnbd pushes each command). */
 void mirror_fwd_pump(struct mirror *m)
 {
         struct fwd *f = m->fq_head, *next;
+        unsigned sent = 0;
+        bool corked = false;
 
         for (; f && mirror_linked(m) && m->conn[0].inflight < FWD_SEND_MAX; f = next) {
                 next = f->qnext;
-                if (!mirror_fwd_overlap(m, f->off, f->len, f->seq))
-                        fwd_send(m, f);
+                if (mirror_fwd_overlap(m, f->off, f->len, f->seq))
+                        continue;
+                if (sent++ == 1)
+                        corked = mirror_nbd_cork(&m->conn[0], true);
+                fwd_send(m, f);
         }
+        if (corked && m->conn[0].h)
+                mirror_nbd_cork(&m->conn[0], false);
 }
 
 /* Before the loop blocks.  A prepare watcher started from here would only

@@ -167,6 +167,7 @@ struct nconn {
         unsigned idx, inflight; /* commands in flight on it */
         bool ready;             /* connected, checked: takes commands */
         bool dirty;             /* libnbd's direction may have changed: update w */
+        bool nocork;            /* not TCP (TCP_CORK refused) */
 };
 
 /* One NBD command in flight. */
@@ -393,6 +394,9 @@ bool mirror_nbd_ready(struct mirror *m);
 struct nconn *mirror_nbd_copy_conn(struct mirror *m);
 /* Connections up. */
 unsigned mirror_nbd_nconns(const struct mirror *m);
+/* TCP_CORK on c's socket (on: hold partial segments until off).  True if
+ * it took (a TCP socket). */
+bool mirror_nbd_cork(struct nconn *c, bool on);
 /* Asynchronous commands on c: complete(op) runs later from mirror_progress(),
  * with op->err 0 or an errno (ECONNABORTED: the partner was dropped). */
 void mirror_nbd_pwrite(struct nconn *c, struct nop *op, const void *buf, uint64_t len, uint64_t off,
