@@ -157,6 +157,9 @@ void mirror_nbd_process_done(struct mirror *m)
 
                 m->done_list = op->done_next;
                 nop_unlink(m, op);
+                /* room on conn[0] for forwards held back by FWD_SEND_MAX */
+                if (op->c == &m->conn[0] && m->fqueued)
+                        mirror_fwd_want_pump(m);
                 op->complete(op);
         }
 }

@@ -203,7 +203,7 @@ static void flush_send_ready(struct mirror *m)
         }
 }
 
-static void pump_want(struct mirror *m)
+void mirror_fwd_want_pump(struct mirror *m)
 {
         if (m->pump_on || !m->loop)
                 return;
@@ -240,7 +240,7 @@ static void fwd_done(struct nop *op)
         fwd_free(m, f);
         if (mirror_linked(m)) {
                 if (m->fqueued)
-                        pump_want(m);
+                        mirror_fwd_want_pump(m);
                 flush_send_ready(m);
         }
 }
@@ -394,7 +394,7 @@ static void fwd_new(struct mirror *m, const struct vbd_io *g)
         if (f->bnext)
                 f->bnext->bprev = f;
         m->fbucket[r0] = f;
-        pump_want(m); /* sent at the end of this loop pass */
+        mirror_fwd_want_pump(m); /* sent at the end of this loop pass */
 }
 
 void mirror_guest_partner_gone(struct mirror *m)

@@ -365,6 +365,8 @@ void mirror_release_waiters(struct mirror *m);
 void mirror_guest_partner_gone(struct mirror *m);
 /* Send the queued forwards that may go now (at the end of a loop pass). */
 void mirror_fwd_pump(struct mirror *m);
+/* Run mirror_fwd_pump() at the end of this loop pass. */
+void mirror_fwd_want_pump(struct mirror *m);
 
 /* mirror-copy.c: the migration engine. */
 void mirror_copy_init(struct mirror *m);
