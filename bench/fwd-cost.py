@@ -33,7 +33,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
 import vbdctl  # noqa: E402
-from benchlib import LINKS, NetLink, Procs, die, parse_size, stop  # noqa: E402
+from benchlib import LINKS, NetLink, Procs, die, parse_size, proc_cpu, stop  # noqa: E402
 
 
 def options(argv):
@@ -187,6 +187,7 @@ def main(argv):
                 ctl.wait_state("ready", opt.timeout)
                 wait_for(ctl, 2, 200, counters(ctl), opt.timeout)
             w = Window(opt.tool, pid, work, name, procs)
+            cpu0 = proc_cpu(pid)
             a0 = counters(ctl)
             w.begin()
             a = counters(ctl)
@@ -194,11 +195,13 @@ def main(argv):
             z = wait_for(ctl, idx, opt.writes, a, opt.timeout)
             total, calls = w.end()
             z1 = counters(ctl)
+            cpu1 = proc_cpu(pid)
             # the tool's window lies between [a, z] and [a0, z1]: the mean
             writes = ((z[1] - a[1]) + (z1[1] - a0[1])) / 2
             fwd = ((z[2] - a[2]) + (z1[2] - a0[2])) / 2
             res[name] = dict(total=total, calls=calls, writes=writes, fwd=fwd,
-                             iops=writes / (z[0] - a[0]))
+                             iops=writes / (z[0] - a[0]),
+                             cpu_us=(cpu1 - cpu0) * 1e6 / max((z1[1] - a0[1]), 1))
         try:
             ctl.call("migrate-abort")
         except vbdctl.CommandError:
@@ -208,8 +211,8 @@ def main(argv):
             opt.tool, opt.link, opt.size, opt.rw, opt.iodepth))
         for name, r in res.items():
             per = r["total"] / max(r["writes"], 1)
-            print("%-5s %6.0f guest writes (%6.0f forwarded), %7.0f IOPS, %s/write %.2f" % (
-                name, r["writes"], r["fwd"], r["iops"], unit, per))
+            print("%-5s %6.0f guest writes (%6.0f forwarded), %7.0f IOPS, source CPU %.1f us/write, "
+                  "%s/write %.2f" % (name, r["writes"], r["fwd"], r["iops"], r["cpu_us"], unit, per))
             if r["calls"]:
                 top = sorted(r["calls"].items(), key=lambda kv: -kv[1])[:8]
                 print("      " + ", ".join("%s %.2f" % (k, v / max(r["writes"], 1))
