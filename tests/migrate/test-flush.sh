@@ -54,9 +54,9 @@ check "$tmp/ready.json" "multi_conn and connections >= 2" "the copier's connecti
 # A: written, forwarded, answered (3 s later)
 cat "$tmp/a" >&3
 ok=
-for i in $(seq 200); do
+for i in $(seq 600); do
         status "$tmp/a.json"
-        if ctl check "$tmp/a.json" "writes_forwarded > 0 and partner_inflight == 0" \
+        if ctl check "$tmp/a.json" "bytes_forwarded >= 4 * $MiB and partner_inflight == 0" \
                 >/dev/null 2>&1; then
                 ok=1
                 break
