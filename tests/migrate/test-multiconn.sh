@@ -12,6 +12,7 @@
 #   qemu-nbd -e 2 and connections 4: the two connections it does not take
 #       are dropped after the timeout (3 s) and the copy (16 s at --rate 8M)
 #       goes on with 2
+#   nbdkit file, a sequential writer going round 4 MiB: forwards coalesced
 # Each: ready, cutover (the source paused: the partner must equal it byte
 # for byte, which breaks if a copy and a forward of the same region race on
 # two connections), abort (the guest goes on locally).
@@ -118,4 +119,21 @@ start_partner qemu-nbd q2 "$dst" -e 2 && {
 }
 
 stop_guest g
+
+# A sequential writer going round the first 4 MiB: its forwards are
+# contiguous (coalesced into fewer NBD writes) and each round overwrites the
+# last one's (a coalesced forward must still reach the partner before a
+# later write overlapping it)
+start_guest s "raw:$src" --rw write --iodepth 16 --bs 4096 --size 4M \
+        --runtime 600 --seed 9 || finish
+wait_writes 1000 30 || fail "the sequential guest is not writing"
+rm -f "$dst"
+truncate -s $size "$dst"
+start_partner nbdkit ns "$dst" && {
+        migrate nbdkit-sequential '' "connections == 4 and multi_conn" same
+        check "$tmp/nbdkit-sequential.cutover.json" "forward_requests < writes_forwarded" \
+                "sequential writes coalesced into fewer NBD writes"
+        stop_partner "$partner_pid" || fail "nbdkit did not exit 0"
+}
+stop_guest s
 finish
