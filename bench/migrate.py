@@ -36,6 +36,9 @@ Modes:
            NBD export of the source; blockdev-mirror sync=full
            copy-mode=write-blocking to a second qemu-storage-daemon
            serving the destination over NBD (unix socket)
+  qsdbg    the same with copy-mode=background (qemu's default: guest
+           writes are not mirrored synchronously; dirty areas are copied
+           again); its ready window is not "every write forwarded"
 Links (--link, a comma list runs the modes on each in turn):
   none     the partner on a unix socket on this host (loopback)
   10g, 1g  the partner on an emulated second host: a network namespace
@@ -82,8 +85,9 @@ from benchlib import (LINKS, QMP, NetLink, Procs, Series, die, fio_fill,  # noqa
                       fio_has_nbd, fio_series, fmt, loadavg, note, parse_size, proc_cpu,
                       proc_io, ratio, stop)
 
-MODES = ("pasm", "precopy", "qsd")
-PORTS = {"pasm": 10809, "precopy": 10810, "qsd": 10811}  # the partner's, on a link
+MODES = ("pasm", "precopy", "qsd", "qsdbg")
+# the partner's port, on a link
+PORTS = {"pasm": 10809, "precopy": 10810, "qsd": 10811, "qsdbg": 10812}
 
 
 def parse_options(argv):
@@ -93,7 +97,8 @@ def parse_options(argv):
         "qemu-storage-daemon blockdev-mirror (write-blocking).")
     ap.add_argument("build", nargs="?", default="build", help="build directory (default: build)")
     ap.add_argument("--size", default="2G", help="image size (default 2G; e.g. 256M for a quick run)")
-    ap.add_argument("--modes", default="pasm,precopy,qsd", help="comma list of pasm, precopy, qsd")
+    ap.add_argument("--modes", default="pasm,precopy,qsd",
+                    help="comma list of pasm, precopy, qsd, qsdbg")
     ap.add_argument("--base-time", type=float, default=8,
                     help="baseline windows before and after the migration, s each (default 8)")
     ap.add_argument("--ready-time", type=float, default=3,
@@ -178,10 +183,11 @@ class Bench:
         self.dst_direct = self.dst_tmpfs = False  # set by probe_dst()
 
     def check_tools(self):
-        for t in ["fio"] + (["qemu-storage-daemon"] if "qsd" in self.modes else []):
+        qemu = "qsd" in self.modes or "qsdbg" in self.modes
+        for t in ["fio"] + (["qemu-storage-daemon"] if qemu else []):
             if not shutil.which(t):
                 die("%s is needed" % t)
-        if "qsd" in self.modes and not fio_has_nbd():
+        if qemu and not fio_has_nbd():
             die("fio has no nbd engine (Debian's fio has it)")
         if set(self.modes) & {"pasm", "precopy"}:
             for p in (self.sim, self.vbdd_sim, self.vbdd):
@@ -579,13 +585,13 @@ def qsd(bench, name, img, node, direct=True, port=None):
     return p, sock, QMP(qmp)
 
 
-def qsd_mirror(bench, q, limit, r):
+def qsd_mirror(bench, q, limit, r, copy_mode="write-blocking"):
     """blockdev-mirror to the node "tgt", polled until BLOCK_JOB_READY, an
     error or limit seconds; r gets converged (and error).  (the job as last
     queried, the progress series)."""
     t0 = time.time()
     q.cmd("blockdev-mirror", **dict({"job-id": "m0", "device": "src", "target": "tgt",
-                                     "sync": "full", "copy-mode": "write-blocking"},
+                                     "sync": "full", "copy-mode": copy_mode},
                                     **bench.qsd_args))
     last = [t0]
     job = {}
@@ -629,11 +635,11 @@ def start_fio_guest(bench, ssock):
         time.sleep(0.2)
 
 
-def run_qsd(bench, limit):
+def run_qsd(bench, limit, mode="qsd"):
     opt = bench.opt
-    r = {"mode": "qsd", "size": bench.size, "load_before": loadavg(), "converged": False}
+    r = {"mode": mode, "size": bench.size, "load_before": loadavg(), "converged": False}
     bench.fresh_dst()
-    port = PORTS["qsd"] if bench.link else None
+    port = PORTS[mode] if bench.link else None
     tgt, tsock, tq = qsd(bench, "qsd-dst", bench.dst, "dst", bench.dst_direct, port)
     src, ssock, q = qsd(bench, "qsd-src", bench.src, "src")
     guest, fout = start_fio_guest(bench, ssock)
@@ -645,7 +651,8 @@ def run_qsd(bench, limit):
     wb0, pc0, sc0 = bench.partner_io(tgt.pid), proc_cpu(tgt.pid), proc_cpu(src.pid)
     lb0 = bench.link_bytes()
     t0 = time.time()
-    job, prog = qsd_mirror(bench, q, limit, r)
+    job, prog = qsd_mirror(bench, q, limit, r,
+                           "background" if mode == "qsdbg" else "write-blocking")
     t1 = time.time()
     wb1, pc1, sc1 = bench.partner_io(tgt.pid), proc_cpu(tgt.pid), proc_cpu(src.pid)
     lb1 = bench.link_bytes()
@@ -681,10 +688,11 @@ def run_qsd(bench, limit):
     guest_figures(r, s, opt.bs, tb, (t0, t1), ta)
     if ready:
         r["ready_iops"] = s.rate(*ready)
-        # write-blocking: every guest write is mirrored
+        # write-blocking: every guest write is mirrored (background: not
+        # synchronously; the figure is per guest write all the same)
         r["ready_forwarded"] = s.at(ready[1]) - s.at(ready[0])
     per_write(r, s, tb, ready)
-    timeline(bench, "qsd", s, prog, tb[0], t0, t1)
+    timeline(bench, mode, s, prog, tb[0], t0, t1)
     r["bytes_sent"] = r["job_offset"]
     r["guest_errors"] = fin["jobs"][0]["error"] if fin else None
     q.cmd("quit")
@@ -718,7 +726,7 @@ def table(bench, results):
         return lambda r: "-" if r["mode"] != "precopy" else fn(r)
 
     def vbdd_only(fn):
-        return lambda r: "-" if r["mode"] == "qsd" else fn(r)
+        return lambda r: "-" if r["mode"] in ("qsd", "qsdbg") else fn(r)
 
     row("converged (ready)", lambda r: "yes" if r["converged"] else
         ("NO (%s)" % r["state"] if r.get("error") else "NO, %.0fs limit" % r["limit_s"]))
@@ -774,7 +782,7 @@ def ratios(bench, res):
     if not p:
         return
     print()
-    for peer in ("precopy", "qsd"):
+    for peer in ("precopy", "qsd", "qsdbg"):
         o = by.get(peer)
         if not o:
             continue
@@ -832,8 +840,8 @@ def run_mode(bench, m, pasm_time):
     opt = bench.opt
     note("%s: starting (load %s)" % (m, loadavg()))
     try:
-        if m == "qsd":
-            r = run_qsd(bench, opt.limit)
+        if m in ("qsd", "qsdbg"):
+            r = run_qsd(bench, opt.limit, m)
         elif m == "pasm":
             r = run_vbd(bench, "pasm", opt.limit)
         else:

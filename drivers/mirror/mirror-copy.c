@@ -153,7 +153,8 @@ static void copy_read(struct vbd_io *cio, int status)
         } else {
                 s->state = SLOT_SENDING;
                 m->bytes_copied += s->len;
-                mirror_nbd_pwrite(m, &s->nop, s->buf, s->len, s->off, copy_sent, "a region");
+                mirror_nbd_pwrite(mirror_nbd_copy_conn(m), &s->nop, s->buf, s->len, s->off,
+                                  copy_sent, "a region");
         }
         mirror_progress(m);
 }
@@ -281,7 +282,7 @@ static void copy_start(struct mirror *m, struct slot *s, uint64_t r)
                         return;
                 }
                 s->state = SLOT_SENDING;
-                mirror_nbd_zero(m, &s->nop, s->len, s->off, copy_sent);
+                mirror_nbd_zero(mirror_nbd_copy_conn(m), &s->nop, s->len, s->off, copy_sent);
                 return;
         }
         s->state = SLOT_READING;
@@ -586,9 +587,11 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
                 return vbd_err_set(err, -EINVAL, "region must be a power of two, %u KiB to %u MiB",
                                    VBD_MIRROR_REGION_MIN >> 10, VBD_MIRROR_REGION_MAX >> 20);
         if (p->share < 1 || p->share > 100 || p->depth < 1 || p->depth > VBD_MIRROR_DEPTH_MAX ||
-            p->timeout < 1 || p->timeout > VBD_MIRROR_TIMEOUT_MAX)
-                return vbd_err_set(err, -EINVAL, "share 1..100, depth 1..%d, timeout 1..%d s",
-                                   VBD_MIRROR_DEPTH_MAX, VBD_MIRROR_TIMEOUT_MAX);
+            p->timeout < 1 || p->timeout > VBD_MIRROR_TIMEOUT_MAX ||
+            p->connections > VBD_MIRROR_CONN_MAX)
+                return vbd_err_set(
+                    err, -EINVAL, "share 1..100, depth 1..%d, timeout 1..%d s, connections 1..%d",
+                    VBD_MIRROR_DEPTH_MAX, VBD_MIRROR_TIMEOUT_MAX, VBD_MIRROR_CONN_MAX);
         if (p->shallow && p->zeroed)
                 return vbd_err_set(err, -EINVAL,
                                    "shallow and zeroed: a shallow partner reads its backing "
@@ -601,7 +604,7 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         snprintf(m->to, sizeof(m->to), "%s", p->to);
         m->p.to = m->to;
         m->error[0] = '\0';
-        m->can_zero = m->can_fua = false;
+        m->can_zero = m->can_fua = m->multi_conn = false;
         m->partner_size = 0;
         m->rshift = shift;
         m->nregions = (m->info.size + p->region - 1) >> shift;
@@ -617,6 +620,7 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         m->fail_pending = false;
         m->end_ns = m->bytes_copied = m->bytes_zeroed = m->bytes_forwarded = m->bytes_shallow = 0;
         m->writes_forwarded = m->writes_waited = m->passes = m->dirty_bytes = 0;
+        m->forward_requests = 0;
         m->downtime_ms = -1;
         m->rate_n = 0;
         /* Guest writes in flight from before stay tracked (m->active). */
@@ -630,11 +634,6 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         }
         m->gen++;
         m->cscratch = cscratch; /* slot buffers: allocated when first used */
-        r = mirror_nbd_open(m, err);
-        if (r < 0) {
-                mirror_copy_reset(m);
-                return r;
-        }
         r = mirror_nbd_connect(m, err);
         if (r < 0) {
                 mirror_copy_reset(m);
@@ -646,9 +645,11 @@ int vbd_mirror_start(struct vbd_image *img, const struct vbd_mirror_params *p, s
         }
         m->state = VBD_MIRROR_CONNECTING;
         m->start_ns = vbd_now_ns();
-        vbd_info("migration to %s: connecting (%s, region %" PRIu64 " KiB, share %u%%, depth %u%s%s)",
+        vbd_info("migration to %s: connecting (%s, region %" PRIu64
+                 " KiB, share %u%%, depth %u, connections %u%s%s)",
                  m->to, p->precopy ? "precopy" : "pasm", p->region >> 10, p->share, p->depth,
-                 p->zeroed ? ", partner zeroed" : "", p->shallow ? ", shallow" : "");
+                 p->connections ? p->connections : 1, p->zeroed ? ", partner zeroed" : "",
+                 p->shallow ? ", shallow" : "");
         mirror_timer_start(m, &m->tick_w, &m->tick_on, TICK_S);
         if (mirror_nbd_ready(m))
                 mirror_nbd_connected(m);
@@ -707,7 +708,10 @@ void vbd_mirror_get_status(struct vbd_image *img, struct vbd_mirror_status *st)
         st->writes_waited = m->writes_waited;
         st->passes = m->passes;
         st->dirty_bytes = m->dirty_bytes;
+        st->forward_requests = m->forward_requests;
         st->partner_inflight = m->nnops;
+        st->connections = mirror_nbd_nconns(m);
+        st->multi_conn = m->multi_conn;
         st->partner_connected = mirror_linked(m);
         st->elapsed_ms = m->start_ns && end > m->start_ns ? (end - m->start_ns) / 1000000u : 0;
         if (m->rate_n >= 2 && mirror_running(m)) {

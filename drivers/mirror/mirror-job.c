@@ -42,6 +42,7 @@ enum {
         OPT_ZEROED,
         OPT_DEPTH,
         OPT_SHALLOW,
+        OPT_CONNECTIONS,
 };
 
 static const char *const modes[] = {"pasm", "precopy", NULL};
@@ -71,6 +72,9 @@ static const struct vbd_opt_desc migrate_opts[] = {
     [OPT_SHALLOW] = VBD_OPT_BOOL_DEF("shallow", NULL,
                                      "the partner has the image's backing chain: send only "
                                      "what the top image holds"),
+    [OPT_CONNECTIONS] = VBD_OPT_UINT_DEF("connections", 1, VBD_MIRROR_CONN_MAX, "4",
+                                         "NBD connections to a multi-conn partner (the "
+                                         "forwards' and the copier's)"),
 };
 
 struct migrate {
@@ -189,6 +193,9 @@ static void fill_status(struct vbd_device *dev, json_t *obj)
         json_object_set_new(obj, "partner_connected", json_boolean(st.partner_connected));
         json_object_set_new(obj, "bytes_shallow", json_integer((json_int_t)st.bytes_shallow));
         json_object_set_new(obj, "shallow", json_boolean(st.shallow));
+        json_object_set_new(obj, "connections", json_integer(st.connections));
+        json_object_set_new(obj, "multi_conn", json_boolean(st.multi_conn));
+        json_object_set_new(obj, "forward_requests", json_integer((json_int_t)st.forward_requests));
 }
 
 static void migrate_status(struct vbd_job *job, json_t *obj)
@@ -257,6 +264,7 @@ static int migrate_start(struct vbd_job *job, const struct vbd_opt_value *v, str
             .zeroed = v[OPT_ZEROED].set && v[OPT_ZEROED].b,
             .depth = (unsigned)v[OPT_DEPTH].u,
             .shallow = v[OPT_SHALLOW].set && v[OPT_SHALLOW].b,
+            .connections = (unsigned)v[OPT_CONNECTIONS].u,
         };
         m = mirror_of(dev);
         if (m)

@@ -125,9 +125,31 @@ static void local_done(struct vbd_io *cio, int status)
  * kept in arrival order; one that overlaps an earlier outstanding forward is
  * sent only once that one is answered, so the partner applies overlapping
  * writes in the guest's order.
+ *
+ * Forwards are not sent as they come: they are queued, and mirror_fwd_pump()
+ * sends them at the end of the loop pass (pump_w, an ev_prepare), so that a
+ * guest write that continues the last queued one is coalesced into it (one
+ * NBD write), and at most FWD_SEND_MAX are in libnbd at once (it walks its
+ * list of commands in flight for each reply).  A coalesced forward keeps
+ * the first write's place (its seq): a later write overlapping either part
+ * waits for it, and a flush that came between them waits for both, which is
+ * more than it needs.
  */
-static void fwd_send(struct mirror *m, struct fwd *f);
 static void flush_nbd_done(struct nop *op);
+
+static void fq_unlink(struct mirror *m, struct fwd *f)
+{
+        if (f->qprev)
+                f->qprev->qnext = f->qnext;
+        else
+                m->fq_head = f->qnext;
+        if (f->qnext)
+                f->qnext->qprev = f->qprev;
+        else
+                m->fq_tail = f->qprev;
+        f->qprev = f->qnext = NULL;
+        m->fqueued--;
+}
 
 static void fwd_free(struct mirror *m, struct fwd *f)
 {
@@ -146,7 +168,7 @@ static void fwd_free(struct mirror *m, struct fwd *f)
         if (f->bnext)
                 f->bnext->bprev = f->bprev;
         if (!f->sent)
-                m->fqueued--;
+                fq_unlink(m, f);
         m->nfwd--;
         m->fwd_bytes -= f->len;
         free(f);
@@ -166,14 +188,6 @@ struct fwd *mirror_fwd_overlap(const struct mirror *m, uint64_t off, uint64_t le
         return NULL;
 }
 
-/* Send the queued forwards that no earlier outstanding one overlaps. */
-static void fwd_send_queued(struct mirror *m)
-{
-        for (struct fwd *f = m->fwd_head; f && m->fqueued && mirror_linked(m); f = f->next)
-                if (!f->sent && !mirror_fwd_overlap(m, f->off, f->len, f->seq))
-                        fwd_send(m, f);
-}
-
 /* The NBD flushes waiting for forwards that came before them. */
 static void flush_send_ready(struct mirror *m)
 {
@@ -189,6 +203,24 @@ static void flush_send_ready(struct mirror *m)
         }
 }
 
+void mirror_fwd_want_pump(struct mirror *m)
+{
+        if (m->pump_on || !m->loop)
+                return;
+        ev_prepare_start(m->loop, &m->pump_w);
+        ev_unref(m->loop); /* the guest's ios keep the loop alive, not this */
+        m->pump_on = true;
+}
+
+static void pump_stop(struct mirror *m)
+{
+        if (!m->pump_on)
+                return;
+        ev_ref(m->loop);
+        ev_prepare_stop(m->loop, &m->pump_w);
+        m->pump_on = false;
+}
+
 static void fwd_done(struct nop *op)
 {
         struct fwd *f = vbd_container_of(op, struct fwd, nop);
@@ -200,46 +232,157 @@ static void fwd_done(struct nop *op)
                                     "partner: write of %" PRIu64 " bytes at %" PRIu64 " failed: %s",
                                     f->len, f->off, strerror(op->err));
         } else {
-                m->writes_forwarded++;
+                m->writes_forwarded += f->nwrites;
+                m->forward_requests++;
                 m->bytes_forwarded += f->len;
                 m->bg_bytes += f->len;
         }
         fwd_free(m, f);
         if (mirror_linked(m)) {
-                fwd_send_queued(m);
+                if (m->fqueued)
+                        mirror_fwd_want_pump(m);
                 flush_send_ready(m);
         }
 }
 
 static void fwd_send(struct mirror *m, struct fwd *f)
 {
-        if (!f->sent)
-                m->fqueued--;
+        fq_unlink(m, f);
         f->sent = true;
-        mirror_nbd_pwrite(m, &f->nop, f->data, f->len, f->off, fwd_done, "a write");
+        mirror_nbd_pwrite(&m->conn[0], &f->nop, f->data, f->len, f->off, fwd_done, "a write");
+}
+
+/* More than one forward in a pass goes out corked (TCP): one segment for
+ * the lot rather than one per write (libnbd pushes each command). */
+void mirror_fwd_pump(struct mirror *m)
+{
+        struct fwd *f = m->fq_head, *next;
+        unsigned sent = 0;
+        bool corked = false;
+
+        for (; f && mirror_linked(m) && m->conn[0].inflight < FWD_SEND_MAX; f = next) {
+                next = f->qnext;
+                if (mirror_fwd_overlap(m, f->off, f->len, f->seq))
+                        continue;
+                if (sent++ == 1)
+                        corked = mirror_nbd_cork(&m->conn[0], true);
+                fwd_send(m, f);
+        }
+        if (corked && m->conn[0].h)
+                mirror_nbd_cork(&m->conn[0], false);
+}
+
+/* Before the loop blocks.  A prepare watcher started from here would only
+ * run after the next wake-up, so go round while the pass queued more. */
+static void pump_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+        struct mirror *m = w->data;
+
+        for (unsigned round = 0; m->pump_on && round < 64; round++) {
+                pump_stop(m);
+                if (!m->fqueued || !mirror_linked(m))
+                        break;
+                mirror_fwd_pump(m);
+                /* failed sends, writes that may start now; what is left
+                 * queued waits for replies (fwd_done() wants the pump) */
+                mirror_progress(m);
+        }
+}
+
+/* Put f in place of old (unsent, queued) in every list. */
+static void fwd_replace(struct mirror *m, struct fwd *old, struct fwd *f)
+{
+        f->prev = old->prev;
+        f->next = old->next;
+        if (f->prev)
+                f->prev->next = f;
+        else
+                m->fwd_head = f;
+        if (f->next)
+                f->next->prev = f;
+        else
+                m->fwd_tail = f;
+        f->qprev = old->qprev;
+        f->qnext = old->qnext;
+        if (f->qprev)
+                f->qprev->qnext = f;
+        else
+                m->fq_head = f;
+        if (f->qnext)
+                f->qnext->qprev = f;
+        else
+                m->fq_tail = f;
+        f->bprev = old->bprev;
+        f->bnext = old->bnext;
+        if (f->bprev)
+                f->bprev->bnext = f;
+        else
+                m->fbucket[f->off >> m->rshift] = f;
+        if (f->bnext)
+                f->bnext->bprev = f;
+}
+
+static void copy_iov(uint8_t *dst, const struct vbd_io *g)
+{
+        size_t done = 0;
+
+        for (unsigned i = 0; i < g->iovcnt; i++) {
+                memcpy(dst + done, g->iov[i].iov_base, g->iov[i].iov_len);
+                done += g->iov[i].iov_len;
+        }
+}
+
+/* g continues the newest outstanding forward, not sent yet: append it (one
+ * NBD write, at most a region long).  False if it cannot. */
+static bool fwd_coalesce(struct mirror *m, const struct vbd_io *g)
+{
+        struct fwd *t = m->fwd_tail, *f;
+
+        if (!t || t->sent || t->off + t->len != g->offset ||
+            t->len + g->len > ((uint64_t)1 << m->rshift))
+                return false;
+        f = malloc(sizeof(*f) + t->len + g->len);
+        if (!f)
+                return false;
+        memcpy(f, t, sizeof(*f) + t->len);
+        copy_iov(f->data + t->len, g);
+        f->len += g->len;
+        f->nwrites++;
+        fwd_replace(m, t, f);
+        free(t);
+        m->fwd_bytes += g->len;
+        if (((f->off + f->len - 1) >> m->rshift) - (f->off >> m->rshift) > m->fwd_span)
+                m->fwd_span = ((f->off + f->len - 1) >> m->rshift) - (f->off >> m->rshift);
+        return true;
 }
 
 static void fwd_new(struct mirror *m, const struct vbd_io *g)
 {
-        struct fwd *f = malloc(sizeof(*f) + g->len);
-        size_t done = 0;
+        struct fwd *f;
         uint64_t r0, r1;
 
+        if (fwd_coalesce(m, g))
+                return;
+        f = malloc(sizeof(*f) + g->len);
         if (!f) {
                 mirror_fail(m, ENOMEM, "out of memory for a forwarded write");
                 return;
         }
-        *f = (struct fwd){.m = m, .seq = m->fwd_seq++, .off = g->offset, .len = g->len};
-        for (unsigned i = 0; i < g->iovcnt; i++) {
-                memcpy(f->data + done, g->iov[i].iov_base, g->iov[i].iov_len);
-                done += g->iov[i].iov_len;
-        }
+        *f = (struct fwd){
+            .m = m, .seq = m->fwd_seq++, .off = g->offset, .len = g->len, .nwrites = 1};
+        copy_iov(f->data, g);
         f->prev = m->fwd_tail;
         if (m->fwd_tail)
                 m->fwd_tail->next = f;
         else
                 m->fwd_head = f;
         m->fwd_tail = f;
+        f->qprev = m->fq_tail;
+        if (m->fq_tail)
+                m->fq_tail->qnext = f;
+        else
+                m->fq_head = f;
+        m->fq_tail = f;
         m->nfwd++;
         m->fqueued++;
         m->fwd_bytes += f->len;
@@ -247,17 +390,17 @@ static void fwd_new(struct mirror *m, const struct vbd_io *g)
         r1 = (f->off + f->len - 1) >> m->rshift;
         if (r1 - r0 > m->fwd_span)
                 m->fwd_span = r1 - r0;
-        if (!mirror_fwd_overlap(m, f->off, f->len, f->seq)) /* else sent when it is answered */
-                fwd_send(m, f);
         f->bnext = m->fbucket[r0];
         if (f->bnext)
                 f->bnext->bprev = f;
         m->fbucket[r0] = f;
+        mirror_fwd_want_pump(m); /* sent at the end of this loop pass */
 }
 
 void mirror_guest_partner_gone(struct mirror *m)
 {
         /* Forwards never sent, flushes never sent: over too. */
+        pump_stop(m);
         while (m->fwd_head)
                 fwd_free(m, m->fwd_head);
         while (m->flush_head) {
@@ -424,6 +567,8 @@ static int mirror_open(struct vbd_image *img, const struct vbd_opts *o, struct v
         m->info = *vbd_image_info(child);
         m->wait_tail = &m->wait_head;
         m->flush_tail = &m->flush_head;
+        ev_prepare_init(&m->pump_w, pump_cb);
+        m->pump_w.data = m;
         m->downtime_ms = -1;
         m->cut_flush = -1;
         m->cut_scratch = calloc(1, vbd_image_io_scratch_size(child) + 1);
@@ -480,6 +625,7 @@ static void mirror_close(struct vbd_image *img)
 
         mirror_timer_stop(m, &m->tick_w, &m->tick_on);
         mirror_timer_stop(m, &m->pace_w, &m->pace_on);
+        pump_stop(m);
         if (m->loop)
                 ev_timer_stop(m->loop, &m->drain_w);
         mirror_nbd_drop(m);

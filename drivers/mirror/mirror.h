@@ -71,16 +71,17 @@ enum vbd_mirror_state {
 };
 
 struct vbd_mirror_params {
-        const char *to;   /* libnbd URI of the partner */
-        bool precopy;     /* precopy mode instead of PASM */
-        unsigned share;   /* percent of the time the copier may use while the guest is busy */
-        uint64_t rate;    /* bytes/s cap for the copier, 0 = none */
-        uint64_t region;  /* region size, power of two */
-        unsigned timeout; /* seconds a partner command or the connection may take */
-        bool zeroed;      /* the partner reads zeroes: send nothing for holes */
-        unsigned depth;   /* copier regions in flight when the guest is idle */
-        bool shallow;     /* the partner has the backing chain: send only what the
-                           * top image holds (not with zeroed) */
+        const char *to;       /* libnbd URI of the partner */
+        bool precopy;         /* precopy mode instead of PASM */
+        unsigned share;       /* percent of the time the copier may use while the guest is busy */
+        uint64_t rate;        /* bytes/s cap for the copier, 0 = none */
+        uint64_t region;      /* region size, power of two */
+        unsigned timeout;     /* seconds a partner command or the connection may take */
+        bool zeroed;          /* the partner reads zeroes: send nothing for holes */
+        unsigned depth;       /* copier regions in flight when the guest is idle */
+        unsigned connections; /* NBD connections when the partner has multi-conn */
+        bool shallow;         /* the partner has the backing chain: send only what the
+                               * top image holds (not with zeroed) */
 };
 
 #define VBD_MIRROR_REGION_MIN     (64u << 10)
@@ -88,6 +89,7 @@ struct vbd_mirror_params {
 #define VBD_MIRROR_REGION_DEFAULT (1u << 20)
 #define VBD_MIRROR_DEPTH_MAX      64
 #define VBD_MIRROR_TIMEOUT_MAX    3600
+#define VBD_MIRROR_CONN_MAX       8
 
 struct vbd_mirror_status {
         enum vbd_mirror_state state;
@@ -99,7 +101,10 @@ struct vbd_mirror_status {
         uint64_t bytes_synced, bytes_copied, bytes_zeroed, bytes_forwarded;
         uint64_t bytes_shallow; /* regions left to the partner's backing chain */
         uint64_t writes_forwarded, writes_waited, passes, dirty_bytes;
+        uint64_t forward_requests; /* NBD writes that carried them (coalesced) */
         unsigned partner_inflight;
+        unsigned connections;      /* NBD connections up (the first: forwards, flushes) */
+        bool multi_conn;           /* the partner advertises it */
         bool partner_connected;    /* the NBD connection is up (it ends after a cut-over) */
         uint64_t elapsed_ms, rate; /* rate: bytes/s of progress, recent */
         int64_t eta_s;             /* -1: unknown */
@@ -144,7 +149,8 @@ enum {
 
 #define FWD_WINDOW_BYTES    (64u << 20) /* forwarded data outstanding */
 #define FWD_WINDOW_COUNT    1024        /* forwarded writes outstanding */
-#define GUEST_IDLE_NS       50000000u   /* no guest I/O for this long: the copier runs at depth */
+#define FWD_SEND_MAX        128       /* forwards in libnbd at once (it walks its list per reply) */
+#define GUEST_IDLE_NS       50000000u /* no guest I/O for this long: the copier runs at depth */
 #define TICK_S              0.25
 #define BG_FLUSH_BYTES      (64u << 20)
 #define RATE_WINDOW         8  /* samples of progress, one per tick */
@@ -153,9 +159,24 @@ enum {
 struct mirror;
 struct nbd_handle;
 
+/* One NBD connection to the partner.  conn[0] carries the forwards and the
+ * flushes; with multi-conn, conn[1..] carry the copier's writes (conn[0]
+ * too while none of them is up). */
+struct nconn {
+        struct mirror *m;
+        struct nbd_handle *h;
+        struct vbd_nbd_watch w;
+        uint64_t start_ns;
+        unsigned idx, inflight; /* commands in flight on it */
+        bool ready;             /* connected, checked: takes commands */
+        bool dirty;             /* libnbd's direction may have changed: update w */
+        bool nocork;            /* not TCP (TCP_CORK refused) */
+};
+
 /* One NBD command in flight. */
 struct nop {
         struct mirror *m;
+        struct nconn *c;
         struct nop *prev, *next; /* m->nops, oldest first */
         struct nop *done_next;
         void (*complete)(struct nop *op);
@@ -188,8 +209,11 @@ struct fwd {
         struct mirror *m;
         struct fwd *prev, *next;   /* m->fwd_head: outstanding, in arrival order */
         struct fwd *bprev, *bnext; /* m->fbucket[first region]: found by range */
+        struct fwd *qprev, *qnext; /* m->fq_head: not sent yet, in arrival order */
         uint64_t seq, off, len;
-        bool sent; /* else queued behind an overlapping earlier one */
+        unsigned nwrites; /* guest writes it carries (contiguous ones coalesced) */
+        bool sent;        /* else queued: until the loop pass ends, behind an
+                           * overlapping earlier one, or while conn[0] is full */
         struct nop nop;
         uint8_t data[];
 };
@@ -217,12 +241,15 @@ struct mirror {
         enum vbd_mirror_state state;
         struct vbd_mirror_params p;
         char to[1024], error[256];
-        struct nbd_handle *nbd;
-        bool can_zero, can_fua;
+        struct nconn conn[VBD_MIRROR_CONN_MAX];
+        unsigned nconn;   /* conn[0..nconn) were opened (some may be closed) */
+        unsigned copy_rr; /* the copier connection used last */
+        bool can_zero, can_fua, multi_conn;
         uint64_t partner_size;
-        struct vbd_nbd_watch nbd_w;
         ev_timer tick_w, pace_w;
         bool tick_on, pace_on;
+        ev_prepare pump_w; /* sends the queued forwards once per loop pass */
+        bool pump_on;
 
         /* Region map. */
         uint8_t *rmap;
@@ -239,9 +266,10 @@ struct mirror {
 
         /* Forwarded writes outstanding. */
         struct fwd *fwd_head, *fwd_tail;
-        struct fwd **fbucket;   /* per region, the forwards starting there */
-        uint64_t fwd_span;      /* most regions after its first one a forward has reached */
-        unsigned nfwd, fqueued; /* outstanding; of which not sent yet */
+        struct fwd *fq_head, *fq_tail; /* not sent yet */
+        struct fwd **fbucket;          /* per region, the forwards starting there */
+        uint64_t fwd_span;             /* most regions after its first one a forward has reached */
+        unsigned nfwd, fqueued;        /* outstanding; of which not sent yet */
         uint64_t fwd_bytes, fwd_seq;
         uint64_t last_guest_ns;
 
@@ -287,7 +315,7 @@ struct mirror {
 
         /* Figures. */
         uint64_t start_ns, end_ns, bytes_copied, bytes_zeroed, bytes_forwarded, bytes_shallow;
-        uint64_t writes_forwarded, writes_waited, passes, dirty_bytes;
+        uint64_t writes_forwarded, writes_waited, passes, dirty_bytes, forward_requests;
         int64_t downtime_ms;
         uint64_t rate_bytes[RATE_WINDOW], rate_ns[RATE_WINDOW];
         unsigned rate_n;
@@ -302,7 +330,7 @@ static inline bool mirror_running(const struct mirror *m)
 /* Connected and taking commands. */
 static inline bool mirror_linked(const struct mirror *m)
 {
-        return mirror_running(m) && m->state != VBD_MIRROR_CONNECTING && m->nbd;
+        return mirror_running(m) && m->state != VBD_MIRROR_CONNECTING && m->conn[0].h;
 }
 
 /* The partner has everything, flushed (cut over, or the final flush was
@@ -338,6 +366,10 @@ struct fwd *mirror_fwd_overlap(const struct mirror *m, uint64_t off, uint64_t le
 void mirror_release_waiters(struct mirror *m);
 /* The partner is gone: forwards and flushes never sent are over. */
 void mirror_guest_partner_gone(struct mirror *m);
+/* Send the queued forwards that may go now (at the end of a loop pass). */
+void mirror_fwd_pump(struct mirror *m);
+/* Run mirror_fwd_pump() at the end of this loop pass. */
+void mirror_fwd_want_pump(struct mirror *m);
 
 /* mirror-copy.c: the migration engine. */
 void mirror_copy_init(struct mirror *m);
@@ -355,19 +387,30 @@ void mirror_copy_reset(struct mirror *m);
 
 /* mirror-nbd.c: the libnbd glue. */
 void mirror_nbd_init(struct mirror *m);
-/* Create the handle.  0 or -ENOMEM + err. */
-int mirror_nbd_open(struct mirror *m, struct vbd_err *err);
-/* Start connecting the handle to m->to.  0, or -errno + err with the handle closed. */
+/* Create conn[0]'s handle and start connecting it to m->to.  0, or -errno
+ * + err with the handle closed.  Once it is up and the partner advertises
+ * multi-conn, the copier's connections (p.connections - 1) follow. */
 int mirror_nbd_connect(struct mirror *m, struct vbd_err *err);
-/* The connection is up (nbd_aio_is_ready): check the export, start copying. */
+/* conn[0] is up (nbd_aio_is_ready): check the export, start copying. */
 void mirror_nbd_connected(struct mirror *m);
 bool mirror_nbd_ready(struct mirror *m);
-/* Asynchronous commands: complete(op) runs later from mirror_progress(), with
- * op->err 0 or an errno (ECONNABORTED: the partner was dropped). */
-void mirror_nbd_pwrite(struct mirror *m, struct nop *op, const void *buf, uint64_t len,
-                       uint64_t off, void (*complete)(struct nop *op), const char *what);
-void mirror_nbd_zero(struct mirror *m, struct nop *op, uint64_t len, uint64_t off,
+/* The connection for the copier's next write: the least busy copier
+ * connection that is up, else conn[0]. */
+struct nconn *mirror_nbd_copy_conn(struct mirror *m);
+/* Connections up. */
+unsigned mirror_nbd_nconns(const struct mirror *m);
+/* TCP_CORK on c's socket (on: hold partial segments until off).  True if
+ * it took (a TCP socket). */
+bool mirror_nbd_cork(struct nconn *c, bool on);
+/* Asynchronous commands on c: complete(op) runs later from mirror_progress(),
+ * with op->err 0 or an errno (ECONNABORTED: the partner was dropped). */
+void mirror_nbd_pwrite(struct nconn *c, struct nop *op, const void *buf, uint64_t len, uint64_t off,
+                       void (*complete)(struct nop *op), const char *what);
+void mirror_nbd_zero(struct nconn *c, struct nop *op, uint64_t len, uint64_t off,
                      void (*complete)(struct nop *op));
+/* A flush on conn[0]: with one connection it covers what it carried; with
+ * several, the partner's multi-conn makes it cover every write answered on
+ * any of them before it was sent (the NBD spec's NBD_FLAG_CAN_MULTI_CONN). */
 void mirror_nbd_flush(struct mirror *m, struct nop *op, void (*complete)(struct nop *op),
                       const char *what);
 /* Run the completions recorded by libnbd's callbacks. */
@@ -377,7 +420,7 @@ void mirror_nbd_watch(struct mirror *m);
 /* After the cut-over: end the connection cleanly (NBD_CMD_DISC), without
  * failing the migration; the handle is dropped once it is closed. */
 void mirror_nbd_disconnect(struct mirror *m);
-/* Close the handle; its commands complete with ECONNABORTED. */
+/* Close the handles; their commands complete with ECONNABORTED. */
 void mirror_nbd_drop(struct mirror *m);
 /* Timers that do not keep the loop alive. */
 void mirror_timer_start(struct mirror *m, ev_timer *w, bool *on, double after);

@@ -89,6 +89,8 @@ expect 2 "1..3600" ctl migrate start "${D[@]}" "${S[@]}" --timeout 0
 expect 2 "1..3600" ctl migrate start "${D[@]}" "${S[@]}" --timeout 3601
 expect 2 "1..64" ctl migrate start "${D[@]}" "${S[@]}" --depth 0
 expect 2 "1..64" ctl migrate start "${D[@]}" "${S[@]}" --depth 65
+expect 2 "1..8" ctl migrate start "${D[@]}" "${S[@]}" --connections 0
+expect 2 "1..8" ctl migrate start "${D[@]}" "${S[@]}" --connections 9
 expect 2 "--interval goes with --wait" ctl migrate start "${D[@]}" "${S[@]}" --interval 1
 expect 2 "0.1..3600" ctl migrate start "${D[@]}" "${S[@]}" --wait --interval 0.01
 expect 2 "0.1..3600" ctl migrate status "${D[@]}" --watch --interval x
@@ -182,7 +184,7 @@ expect 1 "" ctl migrate cutover "${D[@]}"
 
 # ---- start --wait (stdout not a tty: one plain line per poll) ----
 expect 0 "" ctl migrate start "${D[@]}" --to "unix:$psock" --region 256K --share 50 --rate 1G/s \
-        --timeout 20 --depth 8 --wait --interval 0.2
+        --timeout 20 --depth 8 --connections 2 --wait --interval 0.2
 cp "$tmp/out" "$tmp/wait.out"
 head -1 "$tmp/wait.out" | grep -qxF "1/51712: migrating to $puri (pasm)" ||
         fail "start --wait: first line: $(head -1 "$tmp/wait.out")"
@@ -201,6 +203,8 @@ jcheck "$tmp/ready.json" "state == 'ready' and mode == 'pasm' and to == '$puri' 
         "status --json: state, mode, to"
 jcheck "$tmp/ready.json" "size == $size and region_size == 262144 and regions_total == 256" \
         "status --json: geometry from --region 256K"
+jcheck "$tmp/ready.json" "connections == 2 and multi_conn" \
+        "status --json: --connections 2 to a multi-conn partner"
 jcheck "$tmp/ready.json" "regions_synced == 256 and bytes_synced == size and progress == 1" \
         "status --json: progress"
 jcheck "$tmp/ready.json" "partner_size == $size and bytes_sent == bytes_copied + bytes_forwarded" \

@@ -134,6 +134,7 @@ static int run_start(struct mig *m, int argc, char **argv)
             {"zeroed", no_argument, NULL, MIG_OPT_ZEROED},
             {"depth", required_argument, NULL, MIG_OPT_DEPTH},
             {"shallow", optional_argument, NULL, MIG_OPT_SHALLOW},
+            {"connections", required_argument, NULL, MIG_OPT_CONNECTIONS},
             {"wait", no_argument, NULL, MIG_OPT_WAIT},
             {"interval", required_argument, NULL, MIG_OPT_INTERVAL},
             {},
@@ -177,6 +178,8 @@ static int run_start(struct mig *m, int argc, char **argv)
                 json_object_set_new(args, "depth", json_integer(m->depth));
         if (m->shallow)
                 json_object_set_new(args, "shallow", json_true());
+        if (m->have_connections)
+                json_object_set_new(args, "connections", json_integer(m->connections));
         if ((r = mig_call(m, "migrate-start", args, MIG_START_WAIT_MS, &st))) {
                 if (m->spec[0])
                         json_decref(mig_bridge_stop(m, "refused start"));
@@ -221,7 +224,8 @@ const struct mig_sub mig_sub_start = {
     .run = run_start,
     .help = "Usage: vbd-ctl migrate start -d D -n N --to URI|SPEC [--mode pasm|precopy]\n"
             "         [--share PCT] [--rate BYTES/S] [--region SIZE] [--timeout S] [--zeroed]\n"
-            "         [--depth N] [--shallow[=FP]] [--wait [--interval S]] [--json]\n"
+            "         [--depth N] [--connections N] [--shallow[=FP]]\n"
+            "         [--wait [--interval S]] [--json]\n"
             "Start copying the VBD's disk to an NBD server while the guest runs.  The\n"
             "daemon pauses the VBD, stacks its mirror over the image and resumes; it\n"
             "answers with the status object before the partner is connected.\n"
@@ -257,6 +261,9 @@ const struct mig_sub mig_sub_start = {
             "                 image holds is sent.  Checked first: FP, the destination's\n"
             "                 'vbd-ctl layer sum' (needed for an NBD partner), or an\n"
             "                 existing --to qcow2:FILE's own chain, must equal the source's\n"
+            "  --connections N  NBD connections to a partner that advertises multi-conn,\n"
+            "                 1..8 (default 4): the first carries the forwarded writes\n"
+            "                 and the flushes, the others the copy; without multi-conn, one\n"
             "  --wait         then show the progress until the state is ready (exit 0),\n"
             "                 failed or aborted (exit 1); Ctrl-C stops vbd-ctl, not the copy\n"
             "  --interval S   seconds between polls with --wait (default 1, from 0.1)\n"

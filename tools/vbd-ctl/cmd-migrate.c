@@ -353,6 +353,11 @@ static int opt(struct vbdctl *o, int c, const char *arg, void *data)
                         return vbdctl_usage_error(o, "--depth '%s': 1..64 regions", arg);
                 m->have_depth = true;
                 return 0;
+        case MIG_OPT_CONNECTIONS:
+                if (vbd_parse_u32(arg, 8, &m->connections) < 0 || m->connections == 0)
+                        return vbdctl_usage_error(o, "--connections '%s': 1..8", arg);
+                m->have_connections = true;
+                return 0;
         case MIG_OPT_WAIT:
         case MIG_OPT_WATCH:
         case MIG_OPT_WAIT_READY:

@@ -26,6 +26,7 @@ enum {
         MIG_OPT_REGION,
         MIG_OPT_ZEROED,
         MIG_OPT_DEPTH,
+        MIG_OPT_CONNECTIONS,
         MIG_OPT_WAIT,
         MIG_OPT_WATCH,
         MIG_OPT_INTERVAL,
@@ -41,8 +42,8 @@ struct mig {
         char to[MIG_TO_MAX];
         char spec[MIG_TO_MAX]; /* --to SPEC: the image the bridge serves ("" for NBD) */
         const char *mode;
-        bool have_share, have_rate, have_region, have_depth, zeroed;
-        uint32_t share, depth;
+        bool have_share, have_rate, have_region, have_depth, have_connections, zeroed;
+        uint32_t share, depth, connections;
         uint64_t rate, region;
         bool shallow;           /* --shallow[=FP] */
         const char *shallow_fp; /* the destination's chain fingerprint, or NULL */
