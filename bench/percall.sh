@@ -86,22 +86,28 @@ print("%.3f  %5.1f req/round %4.1f calls/round  (%s)" %
 PY
 }
 
-sim() { # vbdd-wrapper out image rw runtime -> ios
-        PERCALL_OUT=$2 VBD_SIM_VBDD=$1 "$SIM" --stall-timeout 120 bench --image "$3" --rw "$4" \
-                --bs 4096 --iodepth 32 --runtime "$5" --json | benchlib json "d['ios']"
+sim() { # vbdd-wrapper out image rw runtime [vbd-sim options] -> ios
+        w=$1 o=$2 img=$3 rw=$4 t=$5
+        shift 5
+        PERCALL_OUT=$o VBD_SIM_VBDD=$w "$SIM" --stall-timeout 120 "$@" bench --image "$img" \
+                --rw "$rw" --bs 4096 --iodepth 32 --runtime "$t" --json | benchlib json "d['ios']"
 }
 
 benchlib fill "$IMG" 1G
 echo "vbd percall: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), ${T}s per run"
 echo "4k QD32: syscalls per request; requests and syscalls per round (vbdd: per epoll_wait,"
 echo "fio: per io_submit); syscalls per request by type"
-for wl in "null:1G randread" "null:1G randwrite" "raw:$IMG,direct=on randread" \
-        "raw:$IMG,direct=on randwrite"; do
+# shellcheck disable=SC2086 # the workloads are split on purpose
+for wl in "null:1G randread" "null:1G randwrite" "null:1G randread --queues 4" \
+        "raw:$IMG,direct=on randread" "raw:$IMG,direct=on randwrite"; do
         set -- $wl
+        img=$1 rw=$2
+        shift 2
         rm -f "$W/out"
-        ios=$(sim "$W/perf-vbdd" "$W/out" "$1" "$2" "$T")
+        ios=$(sim "$W/perf-vbdd" "$W/out" "$img" "$rw" "$T" "$@")
         waitfile "$W/out"
-        printf '%-10s %-10s %8s req  %s\n' "vbdd" "${1%%:*} $2" "$ios" "$(per_req "$W/out" "$ios")"
+        printf "%-10s %-10s %8s req  %s\n" "vbdd" "${img%%:*} $rw $*" "$ios" \
+                "$(per_req "$W/out" "$ios")"
 done
 for rw in randread randwrite; do
         perf stat -x, -o "$W/fio.out" -e "$EV" -- fio --name=b --filename="$IMG" --size=1G \
