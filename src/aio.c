@@ -15,6 +15,15 @@
  *
  * io_submit never gets more than max_inflight iocbs in total, which is the
  * size of the io_context; the queue itself is unbounded.
+ *
+ * Completions are read from the kernel's completion ring, which Linux maps
+ * into the process at the io_context's address (fs/aio.c, struct aio_ring:
+ * the kernel writes an event, then tail; whoever reads moves head, and
+ * io_submit looks at head to know which slots are free again), instead of
+ * with an io_getevents() per wake-up.  The header is checked first (magic,
+ * no incompatible features, its length, the ring size) and head and tail
+ * on every read; anything unexpected and io_getevents() does the work from
+ * then on.
  */
 #define VBD_LOG_TOPIC "aio"
 #include <assert.h>
@@ -55,6 +64,15 @@ static_assert(offsetof(struct aio_priv, iocb) == 0, "iocb must come first");
 
 #define AIO_RETRY_DELAY 0.001 /* seconds, after io_submit said EAGAIN with nothing in flight */
 
+/* The header of the kernel's completion ring (Linux fs/aio.c), followed by
+ * nr struct io_event. */
+struct kring {
+        unsigned id, nr, head, tail;
+        unsigned magic, compat_features, incompat_features, header_length;
+        struct io_event events[];
+};
+#define KRING_MAGIC 0xa10a10a1u
+
 struct op_list {
         struct vbd_aio_op *head, *tail;
 };
@@ -69,6 +87,8 @@ struct vbd_aio {
         struct op_list queue, deferred;
         struct iocb **iocbs;
         struct io_event *events;
+        struct kring *kring; /* the completion ring, NULL: io_getevents */
+        unsigned kring_nr;   /* its size, as read at io_setup */
 
         ev_io io_w;
         ev_prepare prepare_w;
@@ -386,6 +406,45 @@ static void aio_complete(struct vbd_aio *aio, struct vbd_aio_op *op, long res)
         aio_kick(aio);
 }
 
+static struct kring *kring_check(io_context_t ctx, unsigned max_inflight)
+{
+        struct kring *k = (struct kring *)(void *)ctx;
+
+        if (!k || k->magic != KRING_MAGIC || k->incompat_features != 0 ||
+            k->header_length != sizeof(*k) || k->nr <= max_inflight || k->head >= k->nr ||
+            k->tail >= k->nr) {
+                vbd_debug("no usable completion ring at the io_context: io_getevents it is");
+                return NULL;
+        }
+        return k;
+}
+
+/* Up to max completions from the ring into events, as io_getevents(ctx, 0,
+ * max, events, {0, 0}) would: their slots are free again when this returns.
+ * -EIO (and the ring is not used again) if head or tail make no sense. */
+static int kring_reap(struct vbd_aio *aio, struct io_event *events, unsigned max)
+{
+        struct kring *k = aio->kring;
+        unsigned nr = aio->kring_nr;
+        unsigned head = __atomic_load_n(&k->head, __ATOMIC_RELAXED);
+        unsigned tail = __atomic_load_n(&k->tail, __ATOMIC_ACQUIRE); /* events before tail */
+        unsigned n = 0;
+
+        if (head >= nr || tail >= nr) {
+                vbd_warn("completion ring head %u tail %u of %u: io_getevents from now on", head,
+                         tail, nr);
+                aio->kring = NULL;
+                return -EIO;
+        }
+        while (head != tail && n < max) {
+                events[n++] = k->events[head];
+                head = head + 1 == nr ? 0 : head + 1;
+        }
+        /* Our reads of the events come before the kernel may reuse their slots. */
+        __atomic_store_n(&k->head, head, __ATOMIC_RELEASE);
+        return (int)n;
+}
+
 static void aio_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
         struct vbd_aio *aio = w->data;
@@ -395,7 +454,11 @@ static void aio_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 
         (void)!read(aio->efd, &count, sizeof(count)); /* non-blocking; EAGAIN is fine */
         for (;;) {
-                n = io_getevents(aio->ctx, 0, (long)aio->max_inflight, aio->events, &zero);
+                n = -EIO;
+                if (aio->kring)
+                        n = kring_reap(aio, aio->events, aio->max_inflight);
+                if (n == -EIO)
+                        n = io_getevents(aio->ctx, 0, (long)aio->max_inflight, aio->events, &zero);
                 if (n == -EINTR)
                         continue;
                 if (n < 0) {
@@ -450,6 +513,9 @@ struct vbd_aio *vbd_aio_new(struct ev_loop *loop, unsigned max_inflight)
                 aio->ctx = 0;
                 goto fail;
         }
+        aio->kring = kring_check(aio->ctx, max_inflight);
+        if (aio->kring)
+                aio->kring_nr = aio->kring->nr;
 
         /* Our watchers alone do not keep the loop running: ev_unref after start. */
         ev_io_init(&aio->io_w, aio_io_cb, aio->efd, EV_READ);
@@ -583,6 +649,16 @@ void vbd_aio_fdatasync(struct vbd_aio *aio, struct vbd_aio_op *op, int fd)
         }
         list_push(&aio->queue, op);
         aio_kick(aio);
+}
+
+bool vbd_aio_kernel_ring(const struct vbd_aio *aio)
+{
+        return aio->kring != NULL;
+}
+
+void vbd_aio_no_kernel_ring(struct vbd_aio *aio)
+{
+        aio->kring = NULL;
 }
 
 unsigned vbd_aio_inflight(const struct vbd_aio *aio)

@@ -42,3 +42,8 @@ struct vbd_aio *vbd_aio_new(struct ev_loop *loop, unsigned max_inflight);
 /* NULL-safe.  Call with vbd_aio_inflight() == 0: ops still queued are dropped
  * (with a warning), ops in the kernel are waited for, neither calls done. */
 void vbd_aio_free(struct vbd_aio *aio);
+/* True while completions are read from the kernel's completion ring mapped
+ * at the io_context (see aio.c), false when io_getevents() reads them. */
+bool vbd_aio_kernel_ring(const struct vbd_aio *aio);
+/* From now on io_getevents() only (for tests: the two ways must agree). */
+void vbd_aio_no_kernel_ring(struct vbd_aio *aio);

@@ -1090,25 +1090,49 @@ static void vbd_kick_cb(struct ev_loop *loop, ev_idle *w, int revents)
         ev_idle_stop(loop, w); /* the prepare watcher does the work */
 }
 
-/* The evtchn fd is readable: one pending port per call (more keep it
- * readable), whose queue is looked at; EV_CUSTOM (resume): all of them. */
+/* The queue whose event channel port this is, or NULL (one just unbound). */
+static struct vbd_queue *port_queue(struct vbd *v, uint32_t port)
+{
+        for (unsigned i = 0; i < v->nr_queues; i++)
+                if (v->queue[i].local_port == port)
+                        return &v->queue[i];
+        return NULL;
+}
+
+/*
+ * The evtchn fd is readable: take a pending port and look at its queue.
+ * With several queues, up to one port per queue in one call: each read
+ * gives one port, and leaving the others for the fd's next readiness would
+ * cost a loop iteration (an epoll_wait and every watcher) each.  With one
+ * queue a single read, so that no read ends in EAGAIN.  EV_CUSTOM (resume):
+ * every queue.
+ */
 static void vbd_evtchn_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
         struct vbd *v = w->data;
-        uint32_t port = 0;
-        int r = vbd_xen_evtchn_ack(v->xen, &port);
+        unsigned n = v->nr_queues > 1 ? v->nr_queues : 1;
+        bool any = false;
 
-        if (r < 0 && vbd_ratelimit_ok(&v->rl))
-                vbd_log_errno(r, "reading the event channel failed: %m");
-        if (r > 0 && !(revents & EV_CUSTOM)) {
-                for (unsigned i = 0; i < v->nr_queues; i++)
-                        if (v->queue[i].local_port == port) {
-                                queue_process(&v->queue[i]);
-                                return;
-                        }
-                /* Not one of ours (a port just unbound): nothing to do. */
-                if (v->nr_queues > 0)
+        for (unsigned k = 0; k < n; k++) {
+                uint32_t port = 0;
+                int r = vbd_xen_evtchn_ack(v->xen, &port);
+                struct vbd_queue *q;
+
+                if (r < 0 && vbd_ratelimit_ok(&v->rl))
+                        vbd_log_errno(r, "reading the event channel failed: %m");
+                if (r <= 0)
+                        break;
+                any = true;
+                if (revents & EV_CUSTOM)
+                        continue;
+                q = port_queue(v, port);
+                if (q)
+                        queue_process(q);
+                /* else not one of ours (a port just unbound): nothing to do */
+                if (!v->connected || v->closing)
                         return;
         }
-        vbd_process_rings(v);
+        /* resume, or the read failed: look at every queue */
+        if ((revents & EV_CUSTOM) || !any)
+                vbd_process_rings(v);
 }

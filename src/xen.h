@@ -30,8 +30,8 @@ int vbd_xen_evtchn_bind(struct vbd_xen *x, uint32_t domid, uint32_t remote_port,
 int vbd_xen_evtchn_unbind(struct vbd_xen *x, uint32_t local_port);
 int vbd_xen_evtchn_notify(struct vbd_xen *x, uint32_t local_port);
 /* Take one pending event and unmask its port: 1 and *ret_port (the local
- * port), 0 if none, or -errno.  Called once per readiness of the fd: more
- * events keep it readable. */
+ * port), 0 if none, or -errno.  Events not taken keep the fd readable; the
+ * ring code takes up to one per queue per readiness. */
 int vbd_xen_evtchn_ack(struct vbd_xen *x, uint32_t *ret_port);
 
 /* Domains: 1 running, 0 dying or gone, -errno if unknown (no libxenctrl access). */

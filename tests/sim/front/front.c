@@ -1563,9 +1563,15 @@ int simfront_poll(struct simfront *fe, int timeout_ms)
 
         if (!fe->prepared)
                 return seterr(fe, -ENOTCONN, "not connected");
-        n = consume(fe);
-        if (n != 0 || timeout_ms == 0)
-                return n;
+        if (fe->o.events_only && timeout_ms == 0) {
+                r = wait_event(fe, 0);
+                return r <= 0 ? r : consume(fe);
+        }
+        if (!fe->o.events_only) {
+                n = consume(fe);
+                if (n != 0 || timeout_ms == 0)
+                        return n;
+        }
         if (timeout_ms > 0)
                 deadline = vbd_now_ns() + (uint64_t)timeout_ms * 1000000u;
         for (;;) {
@@ -1582,7 +1588,8 @@ int simfront_poll(struct simfront *fe, int timeout_ms)
                 r = wait_event(fe, ms);
                 if (r < 0)
                         return r;
-                n = consume(fe);
+                /* events_only: a wait that timed out does not look. */
+                n = r == 0 && fe->o.events_only ? 0 : consume(fe);
                 if (n != 0)
                         return n;
                 if (r == 0 && fe->check) {

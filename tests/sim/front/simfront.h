@@ -177,6 +177,12 @@ struct simfront_opts {
                                   * i % queues; simfront_io_get() takes the queues in
                                   * turn; a response on another queue than its
                                   * request's is -EPROTO */
+        bool events_only;        /* look at the rings for responses only after an
+                                  * event-channel event, as blkfront does (no look
+                                  * on entry to simfront_poll, none after a wait
+                                  * that timed out): a notification the backend
+                                  * owed and did not send stalls simfront_poll
+                                  * until its timeout instead of being covered up */
 };
 
 struct simfront *simfront_new(struct simfront_env *env, const struct simfront_opts *o);

@@ -86,6 +86,9 @@ static void usage(FILE *f)
                    "                    --bs / 4096); above 11 uses BLKIF_OP_INDIRECT, which\n"
                    "                    the backend must offer (feature-max-indirect-segments)\n"
                    "  --indirect-always send every read/write as BLKIF_OP_INDIRECT\n"
+                   "  --events-only     look for responses only after an event-channel event,\n"
+                   "                    as blkfront does: a notification the backend fails\n"
+                   "                    to send stalls the run (see --stall-timeout)\n"
                    "  --stall-timeout S bench, dd: fail when no request is answered for S seconds\n"
                    "                    (1..3600, default 10)\n"
                    "  --keep            keep the simulation directory (logs, xen.shm)\n"
@@ -151,7 +154,7 @@ struct gopts {
         const char *image, *vbdd, *mode, *protocol;
         unsigned ring_order, max_segments; /* 0: the command's default */
         unsigned queues;                   /* 0: one, no --max-queues for vbdd-sim */
-        bool keep, indirect_always;
+        bool keep, indirect_always, events_only;
 };
 
 struct session {
@@ -237,6 +240,7 @@ static int session_start(struct session *s, const struct gopts *g, unsigned max_
             .max_segments = max_segments,
             .protocol = g->protocol,
             .indirect_always = g->indirect_always,
+            .events_only = g->events_only,
             .queues = g->queues,
             /* the synchronous requests (dd) wait as long as bench does */
             .timeout_ms = (int)stall_timeout_s * 1000,
@@ -1254,6 +1258,7 @@ enum {
         OPT_PROTOCOL,
         OPT_MAX_SEGMENTS,
         OPT_INDIRECT_ALWAYS,
+        OPT_EVENTS_ONLY,
         OPT_STALL_TIMEOUT,
 };
 
@@ -1280,6 +1285,7 @@ static const struct option long_opts[] = {
     {"protocol", required_argument, NULL, OPT_PROTOCOL},
     {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
     {"indirect-always", no_argument, NULL, OPT_INDIRECT_ALWAYS},
+    {"events-only", no_argument, NULL, OPT_EVENTS_ONLY},
     {"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
@@ -1403,6 +1409,9 @@ int main(int argc, char **argv)
                             g.max_segments > SIMFRONT_MAX_INDIRECT_SEG)
                                 die_usage("--max-segments '%s': give 1..%u", optarg,
                                           SIMFRONT_MAX_INDIRECT_SEG);
+                        break;
+                case OPT_EVENTS_ONLY:
+                        g.events_only = true;
                         break;
                 case OPT_INDIRECT_ALWAYS:
                         g.indirect_always = true;

@@ -534,9 +534,10 @@ static xenevtchn_port_or_error_t pending_once(xenevtchn_handle *h)
          * ate a datagram sent between the two, leaving the doorbell set with
          * nothing queued: the re-ring below for a second pending port (two
          * queues on one handle) then sent nothing, and the fd stayed quiet
-         * with that port pending. */
-        while (recv(h->fd, buf, sizeof(buf), MSG_DONTWAIT) >= 0)
-                ;
+         * with that port pending.  One recv drains it: a datagram is sent
+         * only when the doorbell goes 0 -> 1, so at most one is queued (if
+         * ever two were, the second is a spurious wakeup, no more). */
+        (void)recv(h->fd, buf, sizeof(buf), MSG_DONTWAIT);
         if (hh->id == h->id)
                 __atomic_store_n(&hh->doorbell, 0, __ATOMIC_SEQ_CST);
         sx_lock(h->sx);
