@@ -56,7 +56,7 @@ migrate_once() { # NAME EXTRA-ARGS...
                 uri=$puri
                 pid=$partner_pid
         else
-                ns=vbds$$
+                ns=vbs$$ # netns.sh: at most 10 characters
                 netns_up "$ns" "${LINK/g/gbit}" >/dev/null || return 1
                 env -u VBD_RUNTIME_DIR ip netns exec "$ns" "$VBDD" --export-only --image "qcow2:$dst" \
                         --nbd "tcp:$NS_ADDR:10809" --nbd-writable --nbd-insecure 2>>"$tmp/p-$name.log" &
