@@ -945,7 +945,8 @@ t_rbd() {
         wait_domu_gone "$name" 30 || fail "domU did not power off"
         reap vbdd "$DOMID" "guest poweroff"
         show_vbdd_log
-        check "vbdd opened the RBD image (log)" grep -q "vbdt-xen: 67108864 bytes" "$VBDD_LOG"
+        check "vbdd opened the RBD image read-write, 64 MiB in 4 MiB objects (log)" \
+                grep -q -E "drv.rbd: rbd:$rimg,.*: 67108864 bytes, objects of 4194304 bytes(, fast-diff)?$" "$VBDD_LOG"
         check "guest sees 131072 sectors" eq "$(vbdt_val "$name" sectors)" 131072
         check "guest sees a write-back cache (flushes reach librbd)" eq "$(vbdt_val "$name" wc)" write_back
         check "guest reads the data dom0 imported (md5 $r8)" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
