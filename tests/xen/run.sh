@@ -95,6 +95,9 @@ RBD_SKIP=""
 QEMU_NET=()
 rbd_teardown() {
         if [ -f "$RBD_CDIR/.ceph-cluster" ]; then
+                # the daemons' logs stay (logs/ceph), the cluster goes
+                mkdir -p "$WORK/logs/ceph"
+                cp "$RBD_CDIR"/*.log "$RBD_CDIR"/*.out "$WORK/logs/ceph/" 2>/dev/null
                 "$HERE/../rbd/ceph-cluster.sh" stop "$RBD_CDIR" || say "WARNING: ceph-cluster.sh stop failed"
         fi
         [ -z "$RBD_TAP" ] || ip link del "$RBD_TAP" 2>/dev/null
@@ -149,7 +152,7 @@ rbd_setup() {
         fi
         t0=$(date +%s)
         "$HERE/../rbd/ceph-cluster.sh" stop "$RBD_CDIR" 2>/dev/null
-        rm -rf "$RBD_CDIR"
+        rm -rf "$RBD_CDIR" "$WORK/logs/ceph"
         if ! out=$(CEPH_ADDR=$RBD_HOST "$HERE/../rbd/ceph-cluster.sh" start "$RBD_CDIR" 2>"$WORK/logs/ceph-start.log"); then
                 # a cluster that cannot start on a host that has Ceph is a failure
                 RBD_FAIL="the Ceph cluster did not start on $RBD_HOST: $(tail -n 2 "$WORK/logs/ceph-start.log" | tr '\n' ' ')"
@@ -218,10 +221,10 @@ if [ -n "$VBDD" ]; then
                         say "WARNING: no $t on the host (qemu-utils): the qcow2 test will fail"
                 fi
         done
-        # shellcheck disable=SC2086
         # (librbd, librados and ceph's private libceph-common: ldd follows
         # librbd's RUNPATH; the rbd tool when the rbd test runs)
         [ -x "$SHARE/bin/rbd" ] && QTOOLS="$QTOOLS $SHARE/bin/rbd"
+        # shellcheck disable=SC2086
         for lib in $(LD_LIBRARY_PATH=$TOOLS/lib/x86_64-linux-gnu:$TOOLS/usr/lib/x86_64-linux-gnu \
                 ldd "$VBDD" "$SHARE/bin/vbd-ctl" "$SHARE/bin/nbd-client" $QTOOLS 2>/dev/null |
                 awk '/=> \//{print $3}' | sort -u); do
