@@ -961,7 +961,7 @@ t_rbd() {
         t0=$(ts)
         if rbd_cli export --no-progress "$rimg" "$exp" >"$OUT/$CUR_TEST.export.log" 2>&1; then
                 secs=$(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')
-                log "rbd export of 64 MiB took ${secs}s ($(awk -v s="$secs" 'BEGIN{printf "%.1f", s > 0 ? 64 / s : 0}') MiB/s)"
+                log "rbd export of 64 MiB took ${secs}s ($(awk -v s="$secs" 'BEGIN{printf "%.1f", (s > 0 ? 64 / s : 0)}') MiB/s)"
                 check "rbd export: the image holds the guest's 4 MiB at 1 MiB (md5 $pat)" eq "$(img_md5 "$exp" 1 4 1M)" "$pat"
                 check "rbd export: the image holds the 7 sectors at 20001" eq "$(img_md5 "$exp" 20001 7 512)" "$small"
                 # everything else is what dom0 imported: its image with the
