@@ -103,7 +103,16 @@ rbd_teardown() {
         [ -z "$RBD_TAP" ] || ip link del "$RBD_TAP" 2>/dev/null
         RBD_TAP=""
 }
-trap rbd_teardown EXIT
+QEMU_PID=""
+on_exit() {
+        if [ -n "$QEMU_PID" ]; then
+                say "stopping QEMU (pid $QEMU_PID)"
+                kill -TERM "$QEMU_PID" 2>/dev/null
+                wait "$QEMU_PID" 2>/dev/null
+        fi
+        rbd_teardown
+}
+trap on_exit EXIT
 trap 'exit 143' INT TERM HUP
 # rbd_net: a free /30 and a tap device on it (RBD_TAP, RBD_HOST, RBD_DOM0)
 rbd_net() {
@@ -274,8 +283,13 @@ nice -n 5 timeout "$TIMEOUT" qemu-system-x86_64 \
         -initrd "$CACHE/boot/vmlinuz ${DOM0_CMDLINE//,/,,},$CACHE/boot/initrd.img" \
         -drive "file=$CACHE/dom0.img,if=virtio,format=raw,cache=unsafe,snapshot=on" \
         -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share" \
-        >"$WORK/logs/qemu.stdout" 2>&1
+        >"$WORK/logs/qemu.stdout" 2>&1 &
+# waited for in the background: a signal to this script runs its traps at
+# once (which stop QEMU, then the rbd test's Ceph and tap device)
+QEMU_PID=$!
+wait "$QEMU_PID"
 QRC=$?
+QEMU_PID=""
 say "QEMU exited rc=$QRC"
 [ "$QRC" = 124 ] && say "TIMEOUT: QEMU killed after ${TIMEOUT}s"
 rm -rf "$WORK/out"
