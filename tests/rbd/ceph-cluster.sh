@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # A throw-away single-node Ceph cluster for the rbd tests and bench/rbd.sh:
 # one monitor, one manager, one OSD (BlueStore on a sparse file), pools of
-# size 1, everything on 127.0.0.1 with cephx on, all state in one directory.
+# size 1, everything on one address (127.0.0.1 unless CEPH_ADDR says
+# otherwise) with cephx on, all state in one directory.
 #
 #   ceph-cluster.sh start DIR     bring it up in DIR (created, must be empty);
 #                                 prints DIR/ceph.conf; on failure tears down
@@ -19,7 +20,9 @@
 # and the pool "rbd" exists (rbd pool init).
 #
 # Environment: CEPH_OSD_SIZE (default 4G: the sparse file), CEPH_START_TIMEOUT
-# (seconds, default 60).  Memory is kept small: the OSD's caches are fixed at
+# (seconds, default 60), CEPH_ADDR (default 127.0.0.1: the IPv4 address of
+# this host the monitor, the manager and the OSD bind to and announce; the
+# real-guest Xen suite gives one on a tap device, which its dom0 reaches).  Memory is kept small: the OSD's caches are fixed at
 # 64 MiB (osd_memory_target cannot go below 896 MiB in Ceph 16, so autotuning
 # is off instead), the manager loads no optional modules.
 #
@@ -74,10 +77,10 @@ cmd_stop() {
 }
 
 free_port() {
-        python3 -c 'import socket
+        python3 -c 'import socket, sys
 s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
+s.bind((sys.argv[1], 0))
+print(s.getsockname()[1])' "$addr"
 }
 
 # ceph with a timeout: a command to a dead monitor would wait for ever.
@@ -105,6 +108,8 @@ wait_osd_up() {
 cmd_start() {
         local fsid port t0
         dir=$1
+        addr=${CEPH_ADDR:-127.0.0.1}
+        [[ $addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "CEPH_ADDR '$addr' is not an IPv4 address"
         t0=$(date +%s%N)
         timeout_s=${CEPH_START_TIMEOUT:-60}
         for t in ceph ceph-mon ceph-mgr ceph-osd ceph-authtool monmaptool rbd python3; do
@@ -117,13 +122,13 @@ cmd_start() {
         trap 'stop_daemons "$dir"; echo "ceph-cluster: start failed; logs were in $dir" >&2' EXIT
 
         fsid=$(python3 -c 'import uuid; print(uuid.uuid4())')
-        port=$(free_port)
+        port=$(free_port) || die "cannot bind to $addr (CEPH_ADDR)"
         cat >"$dir/ceph.conf" <<EOF
 [global]
 fsid = $fsid
-mon_host = [v2:127.0.0.1:$port]
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
+mon_host = [v2:$addr:$port]
+public_addr = $addr
+cluster_addr = $addr
 ms_bind_msgr1 = false
 ms_bind_ipv6 = false
 auth_cluster_required = cephx
@@ -185,7 +190,7 @@ EOF
                 --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null ||
                 die "ceph-authtool failed"
         ceph-authtool "$dir/mon.keyring" --import-keyring "$admin" >/dev/null || die "ceph-authtool failed"
-        monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null ||
+        monmaptool --create --fsid "$fsid" --addv a "[v2:$addr:$port]" "$dir/monmap" >/dev/null ||
                 die "monmaptool failed"
         mkdir -p "$dir/mon" "$dir/mgr" "$dir/osd" "$dir/crash"
         ceph-mon -c "$dir/ceph.conf" --mkfs -i a --monmap "$dir/monmap" \

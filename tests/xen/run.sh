@@ -14,15 +14,21 @@
 #   VBD_XEN_WORK      work dir: share + logs (default $VBD_XEN_CACHE/run)
 #   VBD_XEN_BACKENDS  backends for the functional tests (default "vbdd";
 #                     "vbdd blkback" also runs them on the in-kernel reference)
-#   VBD_XEN_TESTS     subset of "rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate
-#                     detach destroy xl xldetach xldestroy xlcrash bench"
+#   VBD_XEN_TESTS     subset of "rw mq mqbench reboot rebind ro flush backup mount qcow2 rbd
+#                     migrate detach destroy xl xldetach xldestroy xlcrash bench"
+#                     (rbd: a single-node Ceph on the host, reached by dom0
+#                     over a tap device; started only when rbd is selected)
 #   VBD_XEN_BENCH     "MIB SECS ROUNDS" for the benchmark (default "64 8 2")
 #   VBD_XEN_VBDD_ARGS extra vbdd arguments (e.g. "-D xenbus,ring")
 #   VBD_XEN_DOMU_EXTRA extra domU kernel arguments (vbdt_debug=1: full dmesg)
 #   VBD_XEN_TIMEOUT   QEMU wall-clock limit in seconds (default 2400)
 #   VBD_XEN_RESULTS   where to write the benchmark figures (default
 #                     RESULTS-latest.txt beside this script)
-# Exit: 0 all passed, 1 failure, 77 skipped (qemu-system-x86 not installable).
+#   VBD_XEN_RBD_NET   candidate /30s for the rbd test's tap device, by their
+#                     first three octets (default "10.213.0 ... 10.213.63":
+#                     the first no route covers); the host is .1, dom0 .2
+# Exit: 0 all passed (some may have skipped), 1 failure, 77 skipped
+# (qemu-system-x86 not installable, or every test selected skipped).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -74,6 +80,117 @@ for f in vmlinux initrd.cpio.gz; do
         cp -l "$CACHE/domu/$f" "$SHARE/domu/" 2>/dev/null || cp "$CACHE/domu/$f" "$SHARE/domu/"
 done
 BACKENDS=${VBD_XEN_BACKENDS:-vbdd}
+
+# --- Ceph for the rbd test: a single-node cluster on a tap device ----------
+# Only when the rbd test is selected (VBD_XEN_TESTS names it, or the default
+# list) and vbdd runs: tests/rbd/ceph-cluster.sh binds to the host's end of
+# a tap device QEMU gives dom0 as a virtio NIC; dom0 gets the client's
+# ceph.conf and keyring and the host's rbd tool in the share. Cluster and tap
+# are torn down when this script exits, whatever happens. A reason to skip
+# (no Ceph packages, vbdd without the rbd driver) goes to the config: the
+# test reports SKIP with it.
+RBD_TAP=""
+RBD_CDIR=$WORK/ceph
+RBD_SKIP=""
+QEMU_NET=()
+rbd_teardown() {
+        if [ -f "$RBD_CDIR/.ceph-cluster" ]; then
+                # the daemons' logs stay (logs/ceph), the cluster goes
+                mkdir -p "$WORK/logs/ceph"
+                cp "$RBD_CDIR"/*.log "$RBD_CDIR"/*.out "$WORK/logs/ceph/" 2>/dev/null
+                "$HERE/../rbd/ceph-cluster.sh" stop "$RBD_CDIR" || say "WARNING: ceph-cluster.sh stop failed"
+        fi
+        [ -z "$RBD_TAP" ] || ip link del "$RBD_TAP" 2>/dev/null
+        RBD_TAP=""
+}
+QEMU_PID=""
+on_exit() {
+        if [ -n "$QEMU_PID" ]; then
+                say "stopping QEMU (pid $QEMU_PID)"
+                kill -TERM "$QEMU_PID" 2>/dev/null
+                wait "$QEMU_PID" 2>/dev/null
+        fi
+        rbd_teardown
+}
+trap on_exit EXIT
+trap 'exit 143' INT TERM HUP
+# rbd_net: a free /30 and a tap device on it (RBD_TAP, RBD_HOST, RBD_DOM0)
+rbd_net() {
+        local n net cands
+        cands=${VBD_XEN_RBD_NET:-$(seq -f '10.213.%g' 0 63)}
+        for net in $cands; do
+                # taken when any route but the default one covers it
+                [ -z "$(ip -4 route show to match "$net.1" | grep -v '^default')" ] || continue
+                n=vbdtap${net##*.}
+                ip tuntap add dev "$n" mode tap 2>/dev/null || continue
+                RBD_TAP=$n
+                if ip addr add "$net.1/30" dev "$n" && ip link set "$n" up; then
+                        RBD_HOST=$net.1
+                        RBD_DOM0=$net.2/30
+                        return 0
+                fi
+                ip link del "$n" 2>/dev/null
+                RBD_TAP=""
+        done
+        return 1
+}
+rbd_setup() {
+        local t missing="" pkgs="ceph-mon ceph-osd ceph-mgr ceph-common" t0 out
+        if ! "$VBDD" --help 2>&1 | grep -q '^  rbd '; then
+                RBD_SKIP="vbdd was built without the rbd driver (librbd/librados not found)"
+                return
+        fi
+        for t in ceph ceph-mon ceph-mgr ceph-osd ceph-authtool monmaptool rbd python3; do
+                command -v $t >/dev/null || missing=1
+        done
+        if [ -n "$missing" ]; then
+                say "rbd test: installing $pkgs"
+                # shellcheck disable=SC2086
+                { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                        --no-install-recommends $pkgs; } >"$WORK/logs/ceph-apt.log" 2>&1
+                for t in ceph ceph-mon ceph-mgr ceph-osd ceph-authtool monmaptool rbd python3; do
+                        if ! command -v $t >/dev/null; then
+                                RBD_SKIP="the Ceph packages ($pkgs) are not installed and cannot be installed (no $t; see logs/ceph-apt.log)"
+                                return
+                        fi
+                done
+        fi
+        if ! rbd_net; then
+                RBD_SKIP="cannot create a tap device with a free 10.213.x.0/30 for dom0's network"
+                return
+        fi
+        t0=$(date +%s)
+        "$HERE/../rbd/ceph-cluster.sh" stop "$RBD_CDIR" 2>/dev/null
+        rm -rf "$RBD_CDIR" "$WORK/logs/ceph"
+        if ! out=$(CEPH_ADDR=$RBD_HOST "$HERE/../rbd/ceph-cluster.sh" start "$RBD_CDIR" 2>"$WORK/logs/ceph-start.log"); then
+                # a cluster that cannot start on a host that has Ceph is a failure
+                RBD_FAIL="the Ceph cluster did not start on $RBD_HOST: $(tail -n 2 "$WORK/logs/ceph-start.log" | tr '\n' ' ')"
+                return
+        fi
+        say "rbd test: Ceph up on $RBD_HOST ($RBD_TAP) in $(($(date +%s) - t0)) s: $out"
+        # what a client in dom0 needs: the monitor's address, cephx, the key
+        mkdir -p "$SHARE/rbd"
+        {
+                echo "[global]"
+                grep -E '^(fsid|mon_host|auth_[a-z]*_required) = ' "$RBD_CDIR/ceph.conf"
+                echo "ms_bind_ipv6 = false"
+                echo "log_to_stderr = false"
+                echo "err_to_stderr = true"
+                echo "admin_socket = /run/vbdt-ceph/\$name.\$pid.asok"
+        } >"$SHARE/rbd/ceph.conf"
+        cp "$RBD_CDIR/client.vbd.keyring" "$SHARE/rbd/"
+        cp "$(command -v rbd)" "$SHARE/bin/rbd"
+        QEMU_NET=(-netdev "tap,id=net0,ifname=$RBD_TAP,script=no,downscript=no"
+                -device "virtio-net-pci,netdev=net0,mac=52:54:00:56:42:44")
+}
+RBD_FAIL=""
+if [ -n "$VBDD" ] && [[ " $BACKENDS " == *" vbdd "* ]] &&
+        { [ -z "${VBD_XEN_TESTS:-}" ] || [[ " $VBD_XEN_TESTS " == *" rbd "* ]]; }; then
+        rbd_setup
+        [ -z "$RBD_SKIP" ] || say "rbd test will SKIP: $RBD_SKIP"
+        [ -z "$RBD_FAIL" ] || say "rbd test will FAIL: $RBD_FAIL"
+fi
+
 if [ -n "$VBDD" ]; then
         if [ ! -x "$VBDD" ]; then
                 echo "FAIL: vbdd '$VBDD' is not an executable"
@@ -113,6 +230,9 @@ if [ -n "$VBDD" ]; then
                         say "WARNING: no $t on the host (qemu-utils): the qcow2 test will fail"
                 fi
         done
+        # (librbd, librados and ceph's private libceph-common: ldd follows
+        # librbd's RUNPATH; the rbd tool when the rbd test runs)
+        [ -x "$SHARE/bin/rbd" ] && QTOOLS="$QTOOLS $SHARE/bin/rbd"
         # shellcheck disable=SC2086
         for lib in $(LD_LIBRARY_PATH=$TOOLS/lib/x86_64-linux-gnu:$TOOLS/usr/lib/x86_64-linux-gnu \
                 ldd "$VBDD" "$SHARE/bin/vbd-ctl" "$SHARE/bin/nbd-client" $QTOOLS 2>/dev/null |
@@ -140,6 +260,9 @@ read -r B_MIB B_SECS B_ROUNDS <<<"${VBD_XEN_BENCH:-64 8 2}"
         [ -z "${VBD_XEN_VBDD_ARGS:-}" ] || echo "VBDD_ARGS=\"$VBD_XEN_VBDD_ARGS\""
         [ -z "${VBD_XEN_DOMU_EXTRA:-}" ] || echo "DOMU_EXTRA=\"$VBD_XEN_DOMU_EXTRA\""
         echo "BENCH_MIB=$B_MIB BENCH_SECS=$B_SECS BENCH_ROUNDS=$B_ROUNDS"
+        [ -z "$RBD_TAP" ] || echo "RBD_HOST=$RBD_HOST RBD_DOM0=$RBD_DOM0"
+        [ -z "$RBD_SKIP" ] || echo "RBD_SKIP=\"$RBD_SKIP\""
+        [ -z "$RBD_FAIL" ] || echo "RBD_FAIL=\"$RBD_FAIL\""
 } >"$SHARE/config"
 
 # --- boot Xen + dom0 in QEMU (TCG) ----------------------------------------
@@ -154,14 +277,19 @@ DOM0_CMDLINE="$DOM0_CMDLINE init=/usr/local/sbin/vbd-dom0-boot"
 say "booting Xen in qemu-system-x86_64 -accel tcg (timeout ${TIMEOUT}s), serial log $LOG"
 nice -n 5 timeout "$TIMEOUT" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu qemu64 -m 3072 -smp 2 -machine q35 \
-        -display none -vga none -no-reboot -monitor none -net none \
+        -display none -vga none -no-reboot -monitor none -net none "${QEMU_NET[@]}" \
         -chardev "file,id=ser0,path=$LOG" -serial chardev:ser0 \
         -kernel "$CACHE/boot/xen.elf" -append "$XEN_CMDLINE" \
         -initrd "$CACHE/boot/vmlinuz ${DOM0_CMDLINE//,/,,},$CACHE/boot/initrd.img" \
         -drive "file=$CACHE/dom0.img,if=virtio,format=raw,cache=unsafe,snapshot=on" \
         -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share" \
-        >"$WORK/logs/qemu.stdout" 2>&1
+        >"$WORK/logs/qemu.stdout" 2>&1 &
+# waited for in the background: a signal to this script runs its traps at
+# once (which stop QEMU, then the rbd test's Ceph and tap device)
+QEMU_PID=$!
+wait "$QEMU_PID"
 QRC=$?
+QEMU_PID=""
 say "QEMU exited rc=$QRC"
 [ "$QRC" = 124 ] && say "TIMEOUT: QEMU killed after ${TIMEOUT}s"
 rm -rf "$WORK/out"
@@ -172,12 +300,14 @@ RES=$WORK/out/results.txt
 grep -a -E '\[dom0-main\]|VBDT-FATAL' "$LOG" | tr -d '\r' | sed 's/^/    /'
 pass=0
 failed=0
+skipped=0
 if [ -f "$RES" ]; then
         while read -r tag name status detail; do
                 [ "$tag" = VBDT-RESULT ] || continue
                 echo "  $status  $name  $detail"
                 case $status in
                 PASS) pass=$((pass + 1)) ;;
+                SKIP) skipped=$((skipped + 1)) ;;
                 *) failed=$((failed + 1)) ;;
                 esac
         done <"$RES"
@@ -206,5 +336,6 @@ if [ -f "$WORK/out/bench.txt" ]; then
         cat "$WORK/out/bench.txt"
 fi
 say "logs: $WORK/logs (serial), $WORK/out (per-test dom0 logs, consoles, vbdd logs)"
-echo "$pass passed, $failed failed"
+echo "$pass passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ] && [ "$pass" = 0 ] && [ "$skipped" -gt 0 ] && exit 77
 [ "$failed" = 0 ] && [ "$pass" -gt 0 ]

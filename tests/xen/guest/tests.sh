@@ -9,14 +9,15 @@
 # /share/config (written by run.sh) may set:
 #   VBD_BACKENDS  backends for the functional tests (default "vbdd"; add
 #                 "blkback", the reference that validates the tests)
-#   VBD_TESTS     subset of: rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate detach destroy
-#                 xl xldetach xldestroy xlcrash bench
+#   VBD_TESTS     subset of: rw mq mqbench reboot rebind ro flush backup mount qcow2 rbd migrate
+#                 detach destroy xl xldetach xldestroy xlcrash bench
+#   RBD_HOST RBD_DOM0 RBD_SKIP RBD_FAIL   the rbd test's Ceph (see run.sh)
 #   BENCH_MIB BENCH_SECS BENCH_ROUNDS   benchmark size/duration/rounds
 HERE=$(dirname "$0")
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 VBD_BACKENDS="vbdd"
-VBD_TESTS="rw mq mqbench reboot rebind ro flush backup mount qcow2 migrate detach destroy xl xldetach xldestroy xlcrash bench"
+VBD_TESTS="rw mq mqbench reboot rebind ro flush backup mount qcow2 rbd migrate detach destroy xl xldetach xldestroy xlcrash bench"
 BENCH_MIB=64
 BENCH_SECS=8
 BENCH_ROUNDS=2
@@ -835,6 +836,143 @@ t_migrate() {
         check "no I/O error in the guest's kernel log" eq "$(console_of "$name" | grep -c -i 'I/O error')" 0
         grep -q "cut-over hold is released" "$VBDD_LOG" || fail "vbdd did not log the end of the migration"
         show_vbdd_log
+        test_end
+}
+
+# --- (4e) a Ceph RBD image: the rbd driver (librbd) under a real guest ----
+# run.sh starts a single-node Ceph on the host (tests/rbd/ceph-cluster.sh)
+# bound to its end of a tap device, QEMU's virtio NIC in dom0 is the other
+# end; the share has the client's ceph.conf + keyring and the host's rbd
+# tool. dom0 imports a 64 MiB image holding 4 MiB of random data at 8 MiB,
+# vbdd serves it (rbd:rbd/IMAGE,conf=,id=vbd,keyring=) to the rw guest, and
+# after the guest is gone `rbd export` (librbd, not vbdd) must hold the
+# guest's writes and dom0's data, nothing else changed.
+RBD_DIR=/tmp/rbd
+rbd_cli() { timeout 120 /usr/local/bin/rbd -c "$RBD_DIR/ceph.conf" --id vbd --keyring "$RBD_DIR/client.vbd.keyring" "$@"; }
+# rbd_net_up: dom0's virtio NIC at RBD_DOM0, the monitor at RBD_HOST answers
+rbd_net_up() {
+        local n ifc="" port i
+        mkdir -p "$RBD_DIR" /run/vbdt-ceph
+        cp /share/rbd/ceph.conf /share/rbd/client.vbd.keyring "$RBD_DIR/" || {
+                fail "no ceph.conf/keyring in /share/rbd"
+                return 1
+        }
+        install -m 755 /share/bin/rbd /usr/local/bin/rbd || {
+                fail "no rbd tool in the share"
+                return 1
+        }
+        modprobe virtio_net || {
+                fail "modprobe virtio_net"
+                return 1
+        }
+        for i in $(seq 50); do
+                for n in /sys/class/net/*; do
+                        [ "$(basename "$(readlink -f "$n/device/driver")")" = virtio_net ] && ifc=${n##*/}
+                done
+                [ -n "$ifc" ] && break
+                sleep 0.1
+        done
+        if [ -z "$ifc" ]; then
+                fail "no virtio NIC in dom0 ($(ls /sys/class/net | tr '\n' ' '))"
+                return 1
+        fi
+        ip addr add "$RBD_DOM0" dev "$ifc" && ip link set "$ifc" up || {
+                fail "cannot bring up $ifc at $RBD_DOM0"
+                return 1
+        }
+        port=$(sed -n 's/^mon_host = \[v2:[0-9.]*:\([0-9]*\)\]$/\1/p' "$RBD_DIR/ceph.conf")
+        for i in $(seq 60); do
+                timeout 2 bash -c "exec 3<>/dev/tcp/$RBD_HOST/$port" 2>/dev/null && {
+                        log "dom0 $ifc at $RBD_DOM0 reaches the monitor at $RBD_HOST:$port (after ${i} tries)"
+                        return 0
+                }
+                sleep 0.5
+        done
+        fail "the monitor at $RBD_HOST:$port does not answer over $ifc ($(ip -br addr show dev "$ifc" | tr -s ' '))"
+        return 1
+}
+t_rbd() {
+        local b=$1 name=rbd-$1 src=$IMGDIR/rbd-src.img exp=$IMGDIR/rbd-export.img rimg=rbd/vbdt-xen
+        local spec r8 pat small back t0 secs be
+        if [ "$b" != vbdd ]; then
+                test_skip "rbd-$b" "vbdd only (blkback serves local devices)"
+                return
+        fi
+        if [ -n "${RBD_SKIP:-}" ]; then
+                test_skip "rbd-$b" "$RBD_SKIP"
+                return
+        fi
+        test_begin "rbd-$b"
+        if [ -n "${RBD_FAIL:-}" ] || [ -z "${RBD_HOST:-}" ]; then
+                fail "${RBD_FAIL:-no Ceph cluster from run.sh (RBD_HOST unset)}"
+                test_end
+                return
+        fi
+        rbd_net_up || {
+                test_end
+                return
+        }
+        mkimg "$src" 64
+        r8=$(put_random "$src" 8 4)
+        t0=$(ts)
+        rbd_cli import --no-progress "$src" "$rimg" >"$OUT/$CUR_TEST.import.log" 2>&1 || {
+                fail "rbd import: $(tail -n 2 "$OUT/$CUR_TEST.import.log" | tr '\n' ' ')"
+                test_end
+                return
+        }
+        log "rbd import of 64 MiB (4 MiB data) took $(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')s; $(rbd_cli info "$rimg" 2>&1 | grep -E 'size|features' | tr -s ' ' | tr '\n' ';')"
+        spec="$rimg,conf=$RBD_DIR/ceph.conf,id=vbd,keyring=$RBD_DIR/client.vbd.keyring"
+        domu_create "$name" rw "vbdt_timeout=180" || {
+                test_end
+                return
+        }
+        VBDD_FORMAT=rbd attach vbdd "$DOMID" "$spec" w "$CUR_TEST"
+        # held once it sees xvda, before any I/O
+        if hold_wait "$name" connected 90; then
+                xs_dump "$DOMID" connected
+                be=$(vbdd_be "$DOMID")
+                check_xs "backend state 4 (Connected)" "$be/state" 4
+                check_xs "frontend state 4 (Connected)" "$(vbdd_fe "$DOMID")/state" 4
+                check_xs "backend sectors = 131072 (the RBD image's 64 MiB)" "$be/sectors" 131072
+                check_xs "backend feature-flush-cache = 1" "$be/feature-flush-cache" 1
+                check_xs "backend feature-discard = 1" "$be/feature-discard" 1
+                check_xs "backend discard-granularity = 65536 (the rbd driver's)" "$be/discard-granularity" 65536
+        fi
+        release "$name" connected
+        guest_done "$name" 190
+        show_console "$name"
+        save_console "$name"
+        wait_domu_gone "$name" 30 || fail "domU did not power off"
+        reap vbdd "$DOMID" "guest poweroff"
+        show_vbdd_log
+        check "vbdd opened the RBD image read-write, 64 MiB in 4 MiB objects (log)" \
+                grep -q -E "drv.rbd: rbd:$rimg,.*: 67108864 bytes, objects of 4194304 bytes(, fast-diff)?$" "$VBDD_LOG"
+        check "guest sees 131072 sectors" eq "$(vbdt_val "$name" sectors)" 131072
+        check "guest sees a write-back cache (flushes reach librbd)" eq "$(vbdt_val "$name" wc)" write_back
+        check "guest reads the data dom0 imported (md5 $r8)" eq "$(console_of "$name" | sed -n 's/^VBDT read8 md5=//p')" "$r8"
+        pat=$(console_of "$name" | sed -n 's/^VBDT pattern md5=//p')
+        check "guest write (O_DIRECT 1 MiB + fsync) succeeded" eq "$(console_of "$name" | sed -n 's/^VBDT write rc=\([0-9]*\).*/\1/p')" 0
+        check "guest reads back what it wrote" eq "$(console_of "$name" | sed -n 's/^VBDT readback md5=//p')" "$pat"
+        small=$(console_of "$name" | sed -n 's/^VBDT small md5=\([0-9a-f]*\).*/\1/p')
+        back=$(console_of "$name" | sed -n 's/^VBDT small .*back=\([0-9a-f]*\).*/\1/p')
+        check "7-sector write at sector 20001 read back by the guest" eq "$back" "$small"
+        # the image as another librbd client reads it
+        rm -f "$exp"
+        t0=$(ts)
+        if rbd_cli export --no-progress "$rimg" "$exp" >"$OUT/$CUR_TEST.export.log" 2>&1; then
+                secs=$(awk -v a="$t0" -v b="$(ts)" 'BEGIN{printf "%.1f", b-a}')
+                log "rbd export of 64 MiB took ${secs}s ($(awk -v s="$secs" 'BEGIN{printf "%.1f", (s > 0 ? 64 / s : 0)}') MiB/s)"
+                check "rbd export: the image holds the guest's 4 MiB at 1 MiB (md5 $pat)" eq "$(img_md5 "$exp" 1 4 1M)" "$pat"
+                check "rbd export: the image holds the 7 sectors at 20001" eq "$(img_md5 "$exp" 20001 7 512)" "$small"
+                # everything else is what dom0 imported: its image with the
+                # guest's two writes copied in equals the export
+                dd if="$exp" of="$src" bs=1M skip=1 seek=1 count=4 conv=notrunc status=none
+                dd if="$exp" of="$src" bs=512 skip=20001 seek=20001 count=7 conv=notrunc status=none
+                check "rbd export: nothing else changed (dom0's data and zeros)" cmp -s "$exp" "$src"
+        else
+                fail "rbd export: $(tail -n 2 "$OUT/$CUR_TEST.export.log" | tr '\n' ' ')"
+        fi
+        rm -f "$exp" "$src"
         test_end
 }
 
