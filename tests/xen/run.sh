@@ -136,7 +136,7 @@ rbd_net() {
 }
 rbd_setup() {
         local t missing="" pkgs="ceph-mon ceph-osd ceph-mgr ceph-common" t0 out
-        if ! "$VBDD" --help 2>&1 | grep -q '^  rbd '; then
+        if ! "$VBDD" --help 2>&1 | grep '^  rbd ' >/dev/null; then # not -q: SIGPIPE under pipefail
                 RBD_SKIP="vbdd was built without the rbd driver (librbd/librados not found)"
                 return
         fi
@@ -244,7 +244,7 @@ if [ -n "$VBDD" ]; then
                         say "vbdd/vbd-ctl/nbd-client/qemu-img need $n, not in the dom0 image: shipped in the share"
                 fi
         done
-        if "$VBDD" --help 2>&1 | grep -q -- '--domid'; then
+        if "$VBDD" --help 2>&1 | grep -- '--domid' >/dev/null; then # not -q: vbdd would get SIGPIPE (pipefail)
                 say "vbdd: $VBDD"
         else
                 say "WARNING: '$VBDD --help' prints no usage; vbdd tests will probably fail"
