@@ -141,8 +141,8 @@ int vbd_xen_domain_alive(struct vbd_xen *x, uint32_t domid)
         if (!x->xch)
                 return -ENOSYS;
         n = xc_domain_getinfo(x->xch, domid, 1, &info);
-        if (n < 0)
-                return -errno;
+        if (n < 0) /* ESRCH: no domain from domid up (it was the last one): gone */
+                return errno == ESRCH ? 0 : -errno;
         if (n == 0 || info.domid != domid)
                 return 0;
         return !(info.dying || info.shutdown);
