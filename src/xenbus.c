@@ -429,10 +429,11 @@ static void xenbus_evaluate(struct vbd_xenbus *xb)
                 if (xb->state == XenbusStateConnected || xb->state == XenbusStateClosing)
                         (void)switch_state(xb, XenbusStateClosed);
                 /* The frontend's directory gone: its domain is being
-                 * destroyed, most likely.  @releaseDomain says when, but one
-                 * that fired before the domain was dying is not repeated
-                 * (seen: 1 run in 5 of tests/xen destroy hung here), so poll
-                 * too, once a second, until it is dead or comes back. */
+                 * destroyed, most likely.  @releaseDomain says when, once;
+                 * a check that cannot tell then (it was ESRCH, now read as
+                 * gone: tests/xen destroy hung 1 run in 4 on it) is not
+                 * asked again, so poll too, once a second, until the domain
+                 * is dead or its frontend comes back. */
                 if (fe == XenbusStateUnknown && !ev_is_active(&xb->gone_w))
                         ev_timer_again(xb->loop, &xb->gone_w);
                 break;
